@@ -1,0 +1,145 @@
+//! `#[graphex::hooks]`: puts the announce calls into the user's
+//! `ActiveModelBehavior` impl. A method the user wrote keeps its body; the
+//! announce runs after it, on what it returned.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
+    let mut krate: syn::Path = syn::parse_quote!(::graphex);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("crate") {
+            let value: syn::LitStr = meta.value()?.parse()?;
+            krate = value.parse()?;
+            Ok(())
+        } else {
+            Err(meta.error("unknown argument; expected `crate = \"...\"`"))
+        }
+    });
+    parser.parse2(args)?;
+    let mut item: syn::ItemImpl = syn::parse2(input)?;
+    let p = quote!(#krate::__private);
+
+    let trait_is_behavior = item
+        .trait_
+        .as_ref()
+        .and_then(|(_, path, _)| path.segments.last())
+        .is_some_and(|segment| segment.ident == "ActiveModelBehavior");
+    if !trait_is_behavior {
+        return Err(syn::Error::new_spanned(
+            &item.self_ty,
+            "#[graphex::hooks] goes on `impl ActiveModelBehavior for ActiveModel`",
+        ));
+    }
+
+    let mut has_save = false;
+    let mut has_delete = false;
+    for impl_item in &mut item.items {
+        let syn::ImplItem::Fn(method) = impl_item else { continue };
+        if method.sig.ident == "after_save" {
+            has_save = true;
+            wrap_after_save(method, &p)?;
+        } else if method.sig.ident == "after_delete" {
+            has_delete = true;
+            wrap_after_delete(method, &p)?;
+        }
+    }
+    if !has_save {
+        item.items.push(syn::parse_quote! {
+            /// Announces the saved row to its subscribers (added by `#[graphex::hooks]`).
+            async fn after_save<C>(
+                model: <<Self as #p::sea_orm::ActiveModelTrait>::Entity as #p::sea_orm::EntityTrait>::Model,
+                _db: &C,
+                insert: bool,
+            ) -> ::core::result::Result<
+                <<Self as #p::sea_orm::ActiveModelTrait>::Entity as #p::sea_orm::EntityTrait>::Model,
+                #p::sea_orm::DbErr,
+            >
+            where
+                C: #p::sea_orm::ConnectionTrait,
+            {
+                #p::announce_saved(&model, insert).await;
+                ::core::result::Result::Ok(model)
+            }
+        });
+    }
+    if !has_delete {
+        item.items.push(syn::parse_quote! {
+            /// Announces the deleted row to its subscribers (added by `#[graphex::hooks]`).
+            async fn after_delete<C>(self, _db: &C) -> ::core::result::Result<Self, #p::sea_orm::DbErr>
+            where
+                C: #p::sea_orm::ConnectionTrait,
+            {
+                #p::announce_deleted(&self).await;
+                ::core::result::Result::Ok(self)
+            }
+        });
+    }
+    let has_async_trait = item
+        .attrs
+        .iter()
+        .any(|attr| attr.path().segments.last().is_some_and(|segment| segment.ident == "async_trait"));
+    if !has_async_trait {
+        item.attrs.push(syn::parse_quote!(#[#p::async_trait::async_trait]));
+    }
+    Ok(quote!(#item))
+}
+
+/// Renames the user's parameters, runs their body as an inner block, then
+/// announces what it returned.
+fn rebind_params(method: &mut syn::ImplItemFn) -> Vec<TokenStream> {
+    let mut rebinds = Vec::new();
+    for (position, input) in method.sig.inputs.iter_mut().enumerate() {
+        if let syn::FnArg::Typed(typed) = input {
+            let fresh = format_ident!("__graphex_arg{}", position);
+            let original = std::mem::replace(&mut *typed.pat, syn::parse_quote!(#fresh));
+            rebinds.push(quote!(let #original = #fresh;));
+        }
+    }
+    rebinds
+}
+
+fn wrap_after_save(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result<()> {
+    if method.sig.inputs.len() != 3 {
+        return Err(syn::Error::new_spanned(&method.sig, "after_save takes (model, db, insert)"));
+    }
+    let rebinds = rebind_params(method);
+    let body = &method.block;
+    let output = match &method.sig.output {
+        syn::ReturnType::Type(_, ty) => ty.clone(),
+        syn::ReturnType::Default => return Err(syn::Error::new_spanned(&method.sig, "after_save returns Result<Model, DbErr>")),
+    };
+    method.block = syn::parse_quote!({
+        let __graphex_insert: bool = __graphex_arg2;
+        let __graphex_result: #output = async move {
+            #(#rebinds)*
+            #body
+        }
+        .await;
+        let __graphex_model = __graphex_result?;
+        #p::announce_saved(&__graphex_model, __graphex_insert).await;
+        ::core::result::Result::Ok(__graphex_model)
+    });
+    Ok(())
+}
+
+fn wrap_after_delete(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result<()> {
+    let rebinds = rebind_params(method);
+    let body = &method.block;
+    let output = match &method.sig.output {
+        syn::ReturnType::Type(_, ty) => ty.clone(),
+        syn::ReturnType::Default => return Err(syn::Error::new_spanned(&method.sig, "after_delete returns Result<Self, DbErr>")),
+    };
+    method.block = syn::parse_quote!({
+        let __graphex_result: #output = async move {
+            #(#rebinds)*
+            #body
+        }
+        .await;
+        let __graphex_deleted = __graphex_result?;
+        #p::announce_deleted(&__graphex_deleted).await;
+        ::core::result::Result::Ok(__graphex_deleted)
+    });
+    Ok(())
+}

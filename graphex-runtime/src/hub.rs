@@ -1,0 +1,544 @@
+//! The process's channels and groups: who is subscribed to what, and the
+//! local fan-out of every change the channel layer brings in.
+//!
+//! Locks are `std::sync` and never held across `.await`: the group map is
+//! read-locked only while queueing deliveries with `try_send`, and a
+//! channel's subscription list only while deciding which frames it gets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::filter::Filter;
+use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
+use crate::model::Action;
+use crate::notification::{Change, Event};
+
+/// WebSocket close code sent to a client whose outgoing queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// A decoded change on its way to one channel, tagged with the group it came through.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The group the change was sent to.
+    pub group: Arc<str>,
+    /// The change, shared by every channel of the group.
+    pub event: Arc<Event>,
+}
+
+/// Decides, by one primary-key-bounded query, whether a row still matches.
+pub type RowCheck = Arc<dyn Fn(Json) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// What identifies a subscription for UNSUBSCRIBE: the arguments it was made with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionKey {
+    /// Stream of the model.
+    pub stream: &'static str,
+    /// One action (ALL_ACTIONS makes three subscriptions).
+    pub action: Action,
+    /// Canonical primary key of `id`, if given.
+    pub id: Option<Json>,
+    /// The client's filters, as given.
+    pub filters: Option<Json>,
+    /// The requested fields, if any.
+    pub projection: Option<Vec<&'static str>>,
+}
+
+/// One subscription of one channel.
+pub struct Subscription {
+    /// Its arguments.
+    pub key: SubscriptionKey,
+    /// The group it receives from.
+    pub group: String,
+    /// Scope and client filters merged.
+    pub filter: Filter,
+    /// Query used when the filter cannot be decided from the change.
+    pub check: Option<RowCheck>,
+}
+
+impl Subscription {
+    fn frame(&self, event: &Event) -> Bytes {
+        match &self.key.projection {
+            None => event.frame.clone(),
+            Some(fields) => event.projected(fields),
+        }
+    }
+}
+
+/// Why a channel was closed by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its outgoing queue overflowed.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// One WebSocket connection's mailbox and subscriptions.
+pub struct Channel {
+    id: String,
+    seq: u64,
+    owner: Option<String>,
+    tx: mpsc::Sender<Delivery>,
+    closed: CancellationToken,
+    close_reason: OnceLock<CloseReason>,
+    subscriptions: Mutex<Vec<Subscription>>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("id", &self.id).field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// The channel id sent in the handshake.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The principal id that opened the socket, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// Resolves when the server closes this channel.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// Why the server closed the channel.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get().copied()
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let _ = self.close_reason.set(reason);
+        self.closed.cancel();
+    }
+
+    /// Number of subscriptions held.
+    pub fn subscription_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscription>> {
+        self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The frames this channel's subscriptions take from a delivery.
+    pub async fn frames(&self, delivery: &Delivery, frames: &mut Vec<Bytes>) {
+        let event = &delivery.event;
+        let mut pending: Vec<(RowCheck, Bytes)> = Vec::new();
+        {
+            let subscriptions = self.lock();
+            for subscription in subscriptions.iter().filter(|s| *s.group == *delivery.group) {
+                match subscription.filter.matches(&event.known) {
+                    Some(true) => frames.push(subscription.frame(event)),
+                    Some(false) => {}
+                    // The row is gone: what the change does not carry cannot be decided.
+                    None if event.change.action == Action::Delete => {}
+                    None => {
+                        if let Some(check) = &subscription.check {
+                            pending.push((check.clone(), subscription.frame(event)));
+                        }
+                    }
+                }
+            }
+        }
+        for (check, frame) in pending {
+            if check(event.change.pk.clone()).await {
+                frames.push(frame);
+            }
+        }
+    }
+}
+
+/// Outcome of adding a subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    /// Added.
+    New,
+    /// An identical subscription already existed.
+    Existing,
+}
+
+/// Refusals of subscription changes on a channel.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChannelError {
+    /// No open channel has this id.
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// The channel was opened by another principal.
+    #[error("channel belongs to another principal")]
+    ForeignChannel,
+    /// Too many subscriptions on one channel.
+    #[error("subscription limit reached ({0} per channel)")]
+    TooManySubscriptions(usize),
+    /// No subscription with these arguments.
+    #[error("no subscription with these arguments")]
+    NotSubscribed,
+    /// Too many open channels.
+    #[error("too many open channels")]
+    TooManyChannels,
+    /// The channel layer refused.
+    #[error("{0}")]
+    Layer(String),
+}
+
+impl From<LayerError> for ChannelError {
+    fn from(error: LayerError) -> Self {
+        ChannelError::Layer(error.to_string())
+    }
+}
+
+/// Counters a test or an operator can read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Changes published (one per change, whatever the number of groups).
+    pub published: AtomicU64,
+    /// Layer messages received for groups with local members.
+    pub received: AtomicU64,
+    /// Deliveries queued to channels.
+    pub delivered: AtomicU64,
+    /// Channels closed as slow consumers.
+    pub slow_consumers: AtomicU64,
+    /// Messages that failed to publish or decode.
+    pub dropped: AtomicU64,
+}
+
+struct Inner {
+    layer: Arc<dyn ChannelLayer>,
+    config: Config,
+    channels: RwLock<HashMap<String, Arc<Channel>>>,
+    groups: RwLock<HashMap<String, HashMap<u64, Arc<Channel>>>>,
+    next_seq: AtomicU64,
+    stats: Stats,
+}
+
+/// Channels, groups and the channel layer of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("channels", &self.channel_count()).finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(Config::default())
+    }
+}
+
+impl Hub {
+    /// A hub on the in-memory layer.
+    pub fn new(config: Config) -> Hub {
+        Hub::with_layer(config, Arc::new(MemoryLayer::new()))
+    }
+
+    /// A hub on the given channel layer.
+    pub fn with_layer(config: Config, layer: Arc<dyn ChannelLayer>) -> Hub {
+        let inner = Arc::new(Inner {
+            layer,
+            config,
+            channels: RwLock::default(),
+            groups: RwLock::default(),
+            next_seq: AtomicU64::new(1),
+            stats: Stats::default(),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
+            if let Some(inner) = weak.upgrade() {
+                Hub { inner }.dispatch(group, &message);
+            }
+        }));
+        Hub { inner }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Opens a channel owned by `owner`; returns it and its delivery queue.
+    pub fn open_channel(&self, owner: Option<String>) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
+        let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
+        let channel = Arc::new(Channel {
+            id: new_channel_id(),
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+            owner,
+            tx,
+            closed: CancellationToken::new(),
+            close_reason: OnceLock::new(),
+            subscriptions: Mutex::new(Vec::new()),
+        });
+        let mut channels = write(&self.inner.channels);
+        if channels.len() >= self.inner.config.max_channels {
+            return Err(ChannelError::TooManyChannels);
+        }
+        channels.insert(channel.id.clone(), channel.clone());
+        Ok((channel, rx))
+    }
+
+    /// The open channel with this id.
+    pub fn channel(&self, id: &str) -> Option<Arc<Channel>> {
+        read(&self.inner.channels).get(id).cloned()
+    }
+
+    /// Number of open channels.
+    pub fn channel_count(&self) -> usize {
+        read(&self.inner.channels).len()
+    }
+
+    /// Number of groups with members in this process.
+    pub fn group_count(&self) -> usize {
+        read(&self.inner.groups).len()
+    }
+
+    /// Number of local channels in `group`.
+    pub fn group_size(&self, group: &str) -> usize {
+        read(&self.inner.groups).get(group).map_or(0, HashMap::len)
+    }
+
+    /// Adds a subscription to a channel and joins its group.
+    pub async fn add_subscription(&self, channel: &Arc<Channel>, subscription: Subscription) -> Result<Added, ChannelError> {
+        let group = subscription.group.clone();
+        let joins = {
+            let mut subscriptions = channel.lock();
+            if subscriptions.iter().any(|existing| existing.key == subscription.key) {
+                return Ok(Added::Existing);
+            }
+            let limit = self.inner.config.max_subscriptions_per_channel;
+            if subscriptions.len() >= limit {
+                return Err(ChannelError::TooManySubscriptions(limit));
+            }
+            let joins = !subscriptions.iter().any(|existing| existing.group == group);
+            subscriptions.push(subscription);
+            joins
+        };
+        if joins && self.join(&group, channel) {
+            self.inner.layer.listen(&group).await?;
+        }
+        Ok(Added::New)
+    }
+
+    /// Removes the subscription with this key, leaving its group if no other
+    /// subscription of the channel uses it.
+    pub async fn remove_subscription(&self, channel: &Arc<Channel>, key: &SubscriptionKey) -> Result<(), ChannelError> {
+        let left = {
+            let mut subscriptions = channel.lock();
+            let position = subscriptions.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
+            let removed = subscriptions.swap_remove(position);
+            (!subscriptions.iter().any(|existing| existing.group == removed.group)).then_some(removed.group)
+        };
+        if let Some(group) = left
+            && self.leave(&group, channel)
+        {
+            self.inner.layer.unlisten(&group).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes a channel: forgets it, leaves every group, drops its subscriptions.
+    pub async fn close_channel(&self, channel: &Arc<Channel>) {
+        write(&self.inner.channels).remove(&channel.id);
+        let groups: Vec<String> = {
+            let mut subscriptions = channel.lock();
+            let mut groups: Vec<String> = subscriptions.drain(..).map(|s| s.group).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            groups
+        };
+        for group in groups {
+            if self.leave(&group, channel)
+                && let Err(error) = self.inner.layer.unlisten(&group).await
+            {
+                tracing::warn!(%group, %error, "unlisten failed");
+            }
+        }
+    }
+
+    /// Closes every channel (their socket tasks send a close frame and exit).
+    pub fn shutdown(&self) {
+        for channel in read(&self.inner.channels).values() {
+            channel.close(CloseReason::Shutdown);
+        }
+    }
+
+    /// Returns true when the group gained its first local member.
+    fn join(&self, group: &str, channel: &Arc<Channel>) -> bool {
+        let mut groups = write(&self.inner.groups);
+        let members = groups.entry(group.to_owned()).or_default();
+        members.insert(channel.seq, channel.clone());
+        members.len() == 1
+    }
+
+    /// Returns true when the group lost its last local member.
+    fn leave(&self, group: &str, channel: &Channel) -> bool {
+        let mut groups = write(&self.inner.groups);
+        let Some(members) = groups.get_mut(group) else { return false };
+        members.remove(&channel.seq);
+        if members.is_empty() {
+            groups.remove(group);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Publishes a change to each of its groups, through the layer.
+    pub async fn publish(&self, groups: &[String], message: Bytes) {
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        for group in groups {
+            if let Err(error) = self.inner.layer.publish(group, message.clone()).await {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%group, %error, "change not published");
+            }
+        }
+    }
+
+    /// Fans a layer message out to the local members of `group`.
+    fn dispatch(&self, group: &str, message: &[u8]) {
+        let groups = read(&self.inner.groups);
+        let Some(members) = groups.get(group) else { return };
+        self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
+        let event = match Change::decode(message) {
+            Ok(change) => Arc::new(Event::new(change)),
+            Err(error) => {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%group, %error, "undecodable message dropped");
+                return;
+            }
+        };
+        let group: Arc<str> = Arc::from(group);
+        let mut delivered = 0;
+        for channel in members.values() {
+            let delivery = Delivery { group: group.clone(), event: event.clone() };
+            match channel.tx.try_send(delivery) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if channel.close_reason().is_none() {
+                        self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");
+                    }
+                    channel.close(CloseReason::SlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.inner.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// 160 random bits from the OS, hex-encoded.
+fn new_channel_id() -> String {
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group;
+
+    fn subscription(group: &str, action: Action, filters: Option<Json>) -> Subscription {
+        Subscription {
+            key: SubscriptionKey { stream: "users", action, id: None, filters, projection: None },
+            group: group.to_owned(),
+            filter: Filter::default(),
+            check: None,
+        }
+    }
+
+    #[test]
+    fn channel_ids_are_long_and_distinct() {
+        let a = new_channel_id();
+        assert_eq!(a.len(), 40);
+        assert_ne!(a, new_channel_id());
+    }
+
+    #[tokio::test]
+    async fn join_dispatch_leave() {
+        let hub = Hub::default();
+        let (channel, mut rx) = hub.open_channel(None).unwrap();
+        let group = group::coarse("users", Action::Create);
+        hub.add_subscription(&channel, subscription(&group, Action::Create, None)).await.unwrap();
+        assert_eq!(
+            hub.add_subscription(&channel, subscription(&group, Action::Create, None)).await.unwrap(),
+            Added::Existing
+        );
+        hub.add_subscription(&channel, subscription(&group, Action::Create, Some(serde_json::json!({"a": 1}))))
+            .await
+            .unwrap();
+        assert_eq!(hub.group_size(&group), 1, "one membership per channel and group");
+
+        let change = Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: 1.into(),
+            pk_field: "id".into(),
+            values: None,
+        };
+        hub.publish(std::slice::from_ref(&group), change.encode()).await;
+        let delivery = rx.try_recv().expect("delivered once");
+        assert!(rx.try_recv().is_err(), "a group delivers once per channel");
+        let mut frames = Vec::new();
+        channel.frames(&delivery, &mut frames).await;
+        assert_eq!(frames.len(), 2, "each subscription gets its frame");
+
+        hub.close_channel(&channel).await;
+        assert_eq!(hub.group_count(), 0);
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_the_channel() {
+        let hub = Hub::new(Config { queue_capacity: 1, ..Config::default() });
+        let (slow, _slow_rx) = hub.open_channel(None).unwrap();
+        let (fast, mut fast_rx) = hub.open_channel(None).unwrap();
+        let group = group::coarse("users", Action::Create);
+        hub.add_subscription(&slow, subscription(&group, Action::Create, None)).await.unwrap();
+        hub.add_subscription(&fast, subscription(&group, Action::Create, None)).await.unwrap();
+        let change = Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: 1.into(),
+            pk_field: "id".into(),
+            values: None,
+        };
+        for _ in 0..2 {
+            hub.publish(std::slice::from_ref(&group), change.encode()).await;
+            assert!(fast_rx.try_recv().is_ok());
+        }
+        assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
+        assert!(slow.closed().is_cancelled());
+        assert_eq!(fast.close_reason(), None);
+    }
+}

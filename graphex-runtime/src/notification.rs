@@ -1,0 +1,163 @@
+//! A change as it travels: encoded once by the publisher, decoded once per
+//! receiving process, and rendered to socket frames (once for subscribers
+//! that take the whole payload, once per projection otherwise).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+use crate::model::{Action, ModelSubscription};
+
+/// The message a channel layer carries for one change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Stream of the model.
+    pub stream: String,
+    /// Model label.
+    pub model: String,
+    /// What happened.
+    pub action: Action,
+    /// Primary key.
+    pub pk: Json,
+    /// Name of the primary-key field.
+    pub pk_field: String,
+    /// Every payload field, in full-payload mode; absent in id-only mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Map<String, Json>>,
+}
+
+impl Change {
+    /// The change for `row`, serialized once.
+    pub fn of<M: ModelSubscription>(row: &M, action: Action) -> Change {
+        Change {
+            stream: M::STREAM.to_owned(),
+            model: M::LABEL.to_owned(),
+            action,
+            pk: row.primary_key(),
+            pk_field: M::FIELDS[M::PRIMARY_KEY].name.to_owned(),
+            values: M::FULL_PAYLOAD.then(|| row.values()),
+        }
+    }
+
+    /// Encodes for a channel layer.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("a change is plain JSON"))
+    }
+
+    /// Decodes a channel-layer message.
+    pub fn decode(bytes: &[u8]) -> Result<Change, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// A decoded change with what every subscriber of this process shares.
+#[derive(Debug)]
+pub struct Event {
+    /// The change.
+    pub change: Change,
+    /// Values filters are decided on: the full row, or just the primary key.
+    pub known: Map<String, Json>,
+    /// The frame for subscribers without a projection.
+    pub frame: Bytes,
+}
+
+impl Event {
+    /// Prepares a decoded change for delivery.
+    pub fn new(change: Change) -> Event {
+        let known = match &change.values {
+            Some(values) => values.clone(),
+            None => Map::from_iter([(change.pk_field.clone(), change.pk.clone())]),
+        };
+        let frame = render(&change, None);
+        Event { change, known, frame }
+    }
+
+    /// The frame for a subscriber that asked for these fields.
+    pub fn projected(&self, fields: &[&'static str]) -> Bytes {
+        render(&self.change, Some(fields))
+    }
+}
+
+#[derive(Serialize)]
+struct Frame<'a> {
+    stream: &'a str,
+    payload: Payload<'a>,
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    action: Action,
+    model: &'a str,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    Id { id: &'a Json },
+    All(&'a Map<String, Json>),
+    Some(Map<String, Json>),
+}
+
+/// `{"stream": S, "payload": {"action": A, "model": L, "data": {...}}}`.
+fn render(change: &Change, fields: Option<&[&'static str]>) -> Bytes {
+    let data = match (&change.values, fields) {
+        (None, _) => Data::Id { id: &change.pk },
+        (Some(values), None) => Data::All(values),
+        (Some(values), Some(fields)) => Data::Some(
+            fields
+                .iter()
+                .filter_map(|field| values.get(*field).map(|value| ((*field).to_owned(), value.clone())))
+                .collect(),
+        ),
+    };
+    let frame = Frame {
+        stream: &change.stream,
+        payload: Payload { action: change.action, model: &change.model, data },
+    };
+    Bytes::from(serde_json::to_vec(&frame).expect("a frame is plain JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(values: Option<Map<String, Json>>) -> Change {
+        Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Update,
+            pk: json!(5),
+            pk_field: "id".into(),
+            values,
+        }
+    }
+
+    #[test]
+    fn id_only_frame() {
+        let event = Event::new(change(None));
+        let frame: Json = serde_json::from_slice(&event.frame).unwrap();
+        assert_eq!(
+            frame,
+            json!({"stream": "users", "payload": {"action": "update", "model": "user", "data": {"id": 5}}})
+        );
+        assert_eq!(event.known, Map::from_iter([("id".to_owned(), json!(5))]));
+    }
+
+    #[test]
+    fn full_and_projected_frames() {
+        let values = json!({"id": 5, "username": "neo", "email": "neo@example.com"});
+        let event = Event::new(change(values.as_object().cloned()));
+        let frame: Json = serde_json::from_slice(&event.frame).unwrap();
+        assert_eq!(frame["payload"]["data"], values);
+        let projected: Json = serde_json::from_slice(&event.projected(&["email", "username"])).unwrap();
+        assert_eq!(projected["payload"]["data"], json!({"email": "neo@example.com", "username": "neo"}));
+    }
+
+    #[test]
+    fn change_round_trips() {
+        let original = change(json!({"id": 5}).as_object().cloned());
+        assert_eq!(Change::decode(&original.encode()).unwrap(), original);
+    }
+}
