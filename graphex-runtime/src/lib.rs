@@ -16,6 +16,7 @@ pub mod layer;
 pub mod model;
 pub mod notification;
 pub mod scope;
+pub mod server;
 pub mod subscribe;
 
 pub use announce::{announce, announce_many, set_global_hub, transaction};
@@ -24,6 +25,7 @@ pub use filter::{Filter, FilterError, FilterLimits, Lookup};
 pub use hub::{Hub, Stats};
 pub use model::{Action, ActionSubscription, Field, FieldsEnum, ModelSubscription, OperationSubscription};
 pub use scope::{Denied, Principal, Scope, SubscribeRequest};
+pub use server::{Anonymous, Authenticator, router};
 pub use subscribe::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
 
 #[doc(hidden)]

@@ -1,0 +1,228 @@
+//! Serving with axum: the GraphQL HTTP endpoint (queries, mutations and
+//! one-shot two-channel subscribes) and the two-channel WebSocket endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{ObjectType, Request, Response, Schema, SubscriptionType};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::hub::{CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
+use crate::scope::Principal;
+
+/// Turns a bearer token into a principal. Requests without a token, or
+/// whose token yields `None`, are anonymous.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal a token stands for.
+    async fn authenticate(&self, token: &str) -> Option<Principal>;
+}
+
+/// Everyone is anonymous.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Anonymous;
+
+#[async_trait::async_trait]
+impl Authenticator for Anonymous {
+    async fn authenticate(&self, _token: &str) -> Option<Principal> {
+        None
+    }
+}
+
+/// Most deliveries written to a socket before one flush.
+const WRITE_BATCH: usize = 256;
+
+struct AppState<Q, M, S> {
+    schema: Schema<Q, M, S>,
+    hub: Hub,
+    auth: Arc<dyn Authenticator>,
+}
+
+/// The axum router serving `schema` at the hub's configured paths.
+///
+/// Every HTTP request runs inside [`Hub::scope`], so changes its mutations
+/// make are announced to this hub.
+pub fn router<Q, M, S>(schema: Schema<Q, M, S>, hub: Hub, auth: impl Authenticator) -> Router
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let config = hub.config().clone();
+    let state = Arc::new(AppState { schema, hub, auth: Arc::new(auth) });
+    Router::new()
+        .route(&config.http_path, post(graphql_http::<Q, M, S>))
+        .route(&config.ws_path, get(graphql_ws::<Q, M, S>))
+        .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim)
+}
+
+async fn principal(auth: &dyn Authenticator, token: Option<&str>) -> Option<Principal> {
+    match token {
+        Some(token) if !token.is_empty() => auth.authenticate(token).await,
+        _ => None,
+    }
+}
+
+async fn graphql_http<Q, M, S>(
+    State(state): State<Arc<AppState<Q, M, S>>>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let mut request = request.into_inner().data(state.hub.clone());
+    if let Some(principal) = principal(state.auth.as_ref(), bearer(&headers)).await {
+        request = request.data(principal);
+    }
+    state.hub.scope(execute(&state.schema, request)).await.into()
+}
+
+/// Executes a query or mutation, or a subscription operation once (the
+/// two-channel subscribe answers with exactly one item).
+pub async fn execute<Q, M, S>(schema: &Schema<Q, M, S>, request: Request) -> Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    if is_subscription(&request) {
+        let mut stream = schema.execute_stream(request);
+        stream.next().await.unwrap_or_else(|| {
+            Response::from_errors(vec![async_graphql::ServerError::new("subscription produced no result", None)])
+        })
+    } else {
+        schema.execute(request).await
+    }
+}
+
+fn is_subscription(request: &Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return false };
+    let is_sub = |ty: OperationType| ty == OperationType::Subscription;
+    match &document.operations {
+        DocumentOperations::Single(operation) => is_sub(operation.node.ty),
+        DocumentOperations::Multiple(operations) => match &request.operation_name {
+            Some(name) => operations.get(name.as_str()).is_some_and(|operation| is_sub(operation.node.ty)),
+            None => false,
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+async fn graphql_ws<Q, M, S>(
+    State(state): State<Arc<AppState<Q, M, S>>>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> impl IntoResponse
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let token = bearer(&headers).map(str::to_owned).or(query.token);
+    let principal = principal(state.auth.as_ref(), token.as_deref()).await;
+    let hub = state.hub.clone();
+    upgrade.on_upgrade(move |socket: WebSocket| async move {
+        let (sink, stream) = socket.split();
+        serve_socket(hub, principal.map(|principal| principal.id), sink, stream).await;
+    })
+}
+
+/// Runs one two-channel WebSocket: opens a channel owned by `owner`, sends
+/// the handshake, then writes the channel's frames until either side closes.
+/// Generic over the socket halves so tests can drive it with channels.
+#[tracing::instrument(skip_all)]
+pub async fn serve_socket<Si, St, E>(hub: Hub, owner: Option<String>, mut sink: Si, stream: St)
+where
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let (channel, rx) = match hub.open_channel(owner) {
+        Ok(opened) => opened,
+        Err(error) => {
+            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(error.to_string()) };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    };
+    tracing::debug!(channel = channel.id(), "channel opened");
+    let handshake = serde_json::json!({"channel_id": channel.id(), "connect": "success"}).to_string();
+    if sink.send(Message::Text(handshake.into())).await.is_ok() {
+        pump(&channel, rx, &mut sink, stream).await;
+    }
+    hub.close_channel(&channel).await;
+    tracing::debug!(channel = channel.id(), "channel closed");
+}
+
+async fn pump<Si, St, E>(channel: &Arc<Channel>, mut rx: mpsc::Receiver<Delivery>, sink: &mut Si, mut stream: St)
+where
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let mut frames = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = channel.closed().cancelled() => {
+                let (code, reason) = match channel.close_reason() {
+                    Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
+                    _ => (1001, "server shutting down"),
+                };
+                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                return;
+            }
+            incoming = stream.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            delivery = rx.recv() => {
+                let Some(delivery) = delivery else { return };
+                channel.frames(&delivery, &mut frames).await;
+                let mut batched = 1;
+                while batched < WRITE_BATCH {
+                    let Ok(delivery) = rx.try_recv() else { break };
+                    channel.frames(&delivery, &mut frames).await;
+                    batched += 1;
+                }
+                if frames.is_empty() {
+                    continue;
+                }
+                let write = async {
+                    for frame in frames.drain(..) {
+                        let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
+                        sink.feed(Message::Text(text)).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    written = write => if written.is_err() { return },
+                    // A client that stopped reading: give up on the write.
+                    () = channel.closed().cancelled() => return,
+                }
+            }
+        }
+    }
+}
