@@ -1,9 +1,9 @@
 //! Derive and attribute macros of graphex. Use them through the `graphex`
 //! crate, which documents them with examples.
 //!
-//! Phases, one module each: [`attr`] declares the attributes (darling),
-//! [`valid`] checks them into an [`ast::Model`], [`expand`] emits glue over
-//! the runtime, and [`fallback`] emits placeholders beside errors.
+//! Phases, one module each: `attr` declares the attributes (darling),
+//! `valid` checks them into an `ast::Model`, `expand` emits glue over the
+//! runtime, and `fallback` emits placeholders beside errors.
 
 use proc_macro::TokenStream;
 

@@ -1,7 +1,7 @@
 //! The run-time half of graphex: carries model changes through a channel
 //! layer to subscribed WebSocket clients.
 //!
-//! The pipeline: a SeaORM hook ([`announce`]) serializes a change once and
+//! The pipeline: a SeaORM hook ([`mod@announce`]) serializes a change once and
 //! publishes it to its groups through a [`layer::ChannelLayer`]; the
 //! [`Hub`] of each process fans it out to the channels in the group; each
 //! channel's socket task applies its subscriptions' filters and projections
