@@ -1,7 +1,7 @@
 //! The `#[graphex(...)]` attributes as declared to darling.
 
 use darling::util::{Flag, PathList, SpannedValue};
-use darling::{FromDeriveInput, FromField};
+use darling::{FromDeriveInput, FromField, FromMeta};
 
 /// Struct-level attributes of `#[derive(ModelSubscription)]`.
 #[derive(FromDeriveInput)]
@@ -11,7 +11,9 @@ pub(crate) struct ModelAttrs {
     pub(crate) vis: syn::Visibility,
     pub(crate) data: darling::ast::Data<darling::util::Ignored, FieldAttrs>,
     /// Stream name: notifications carry it and groups start with it.
-    pub(crate) stream: SpannedValue<String>,
+    /// Required; checked in `valid` so that its absence is reported at the
+    /// struct, beside any other mistake.
+    pub(crate) stream: Option<SpannedValue<String>>,
     /// GraphQL name prefix (`User` -> `UserFields`, `userSubscription`).
     pub(crate) name: Option<SpannedValue<String>>,
     /// The `model` label in notifications.
@@ -19,6 +21,7 @@ pub(crate) struct ModelAttrs {
     /// Description of the subscription field.
     pub(crate) description: Option<String>,
     /// Full payload (`true`) or id-only (`false`); absent: the global default.
+    #[darling(default, with = bool_value)]
     pub(crate) serialize_data: Option<bool>,
     /// Fields whose values name value-scoped groups.
     #[darling(default)]
@@ -29,6 +32,7 @@ pub(crate) struct ModelAttrs {
     /// `fn(&SubscribeRequest) -> Result<Scope<Entity>, Denied>`.
     pub(crate) scope: Option<syn::Path>,
     /// Only authenticated principals may subscribe.
+    #[darling(default, with = flag)]
     pub(crate) authenticated: Flag,
     /// `fn(&SubscribeRequest) -> Result<(), Denied>`.
     pub(crate) authorize: Option<syn::Path>,
@@ -39,6 +43,54 @@ pub(crate) struct ModelAttrs {
     pub(crate) attrs: Vec<syn::Attribute>,
 }
 
+impl ModelAttrs {
+    /// Reads the attributes. A wrong shape (enum, union, tuple or unit
+    /// struct) is reported at what makes it wrong, not at the derive.
+    pub(crate) fn parse(input: &syn::DeriveInput) -> darling::Result<Self> {
+        Self::from_derive_input(input).map_err(|error| error.with_span(&shape_span(input)))
+    }
+}
+
+/// Where a derive input stops being a struct with named fields.
+fn shape_span(input: &syn::DeriveInput) -> proc_macro2::Span {
+    use syn::spanned::Spanned;
+    match &input.data {
+        syn::Data::Struct(data) => match &data.fields {
+            syn::Fields::Named(_) => input.ident.span(),
+            syn::Fields::Unnamed(fields) => fields.span(),
+            syn::Fields::Unit => data.semi_token.map_or_else(|| input.ident.span(), |semi| semi.span),
+        },
+        syn::Data::Enum(data) => data.enum_token.span,
+        syn::Data::Union(data) => data.union_token.span,
+    }
+}
+
+/// A `bool` key: `key`, `key = true` or `key = false`. darling's own error
+/// for anything else ("Unknown value") does not say what is expected.
+fn bool_value(meta: &syn::Meta) -> darling::Result<Option<bool>> {
+    bool::from_meta(meta).map(Some).map_err(|_| {
+        let error =
+            darling::Error::custom(format!("`{}` takes `true` or `false`", darling::util::path_to_string(meta.path())));
+        match meta {
+            syn::Meta::NameValue(name_value) => error.with_span(&name_value.value),
+            _ => error.with_span(meta),
+        }
+    })
+}
+
+/// A bare switch such as `authenticated`. darling's own error for a value
+/// ("Unexpected type `string`") does not say that none is wanted.
+fn flag(meta: &syn::Meta) -> darling::Result<Flag> {
+    Flag::from_meta(meta).map_err(|_| {
+        let key = darling::util::path_to_string(meta.path());
+        let error = darling::Error::custom(format!("`{key}` takes no value: write `{key}` alone"));
+        match meta {
+            syn::Meta::NameValue(name_value) => error.with_span(&name_value.value),
+            _ => error.with_span(meta),
+        }
+    })
+}
+
 /// Field-level attributes.
 #[derive(FromField)]
 #[darling(attributes(graphex), forward_attrs(sea_orm))]
@@ -47,6 +99,7 @@ pub(crate) struct FieldAttrs {
     pub(crate) ty: syn::Type,
     pub(crate) attrs: Vec<syn::Attribute>,
     /// Keep this field out of every payload and filter.
+    #[darling(default, with = flag)]
     pub(crate) skip: Flag,
     /// Payload / filter key for this field.
     pub(crate) rename: Option<SpannedValue<String>>,

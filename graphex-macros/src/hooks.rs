@@ -6,7 +6,38 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::parse::Parser;
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
+const TARGET: &str = "#[graphex::hooks] goes on `impl ActiveModelBehavior for ActiveModel`";
+
+/// The impl with the hooks added; on a mistake, the errors beside the impl as
+/// written (minus a malformed hook method), so that the entity still has its
+/// `ActiveModelBehavior` and the user sees only the real error.
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut item: syn::ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(error) => return placeholder(syn::Error::new(error.span(), TARGET), input),
+    };
+    // Bad arguments still get the default path's hooks, so only they are reported.
+    let (krate, args_error) = match parse_args(args) {
+        Ok(krate) => (krate, None),
+        Err(error) => (syn::parse_quote!(::graphex), Some(error)),
+    };
+    match (add_hooks(&mut item, &krate), args_error) {
+        (Ok(()), None) => quote!(#item),
+        (Ok(()), Some(error)) | (Err(error), None) => placeholder(error, quote!(#item)),
+        (Err(error), Some(mut errors)) => {
+            errors.combine(error);
+            placeholder(errors, quote!(#item))
+        }
+    }
+}
+
+fn placeholder(error: syn::Error, item: TokenStream) -> TokenStream {
+    let error = error.into_compile_error();
+    quote!(#error #item)
+}
+
+/// `crate = "..."`, the path of the graphex crate.
+fn parse_args(args: TokenStream) -> syn::Result<syn::Path> {
     let mut krate: syn::Path = syn::parse_quote!(::graphex);
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("crate") {
@@ -18,7 +49,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
         }
     });
     parser.parse2(args)?;
-    let mut item: syn::ItemImpl = syn::parse2(input)?;
+    Ok(krate)
+}
+
+/// Wraps the user's hook methods and adds the missing ones. A malformed
+/// method is reported and removed; the rest of `item` is still completed.
+fn add_hooks(item: &mut syn::ItemImpl, krate: &syn::Path) -> syn::Result<()> {
     let p = quote!(#krate::__private);
 
     let trait_is_behavior = item
@@ -27,24 +63,34 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
         .and_then(|(_, path, _)| path.segments.last())
         .is_some_and(|segment| segment.ident == "ActiveModelBehavior");
     if !trait_is_behavior {
-        return Err(syn::Error::new_spanned(
-            &item.self_ty,
-            "#[graphex::hooks] goes on `impl ActiveModelBehavior for ActiveModel`",
-        ));
+        return Err(syn::Error::new_spanned(&item.self_ty, TARGET));
     }
 
     let mut has_save = false;
     let mut has_delete = false;
-    for impl_item in &mut item.items {
-        let syn::ImplItem::Fn(method) = impl_item else { continue };
-        if method.sig.ident == "after_save" {
+    let mut errors: Option<syn::Error> = None;
+    item.items.retain_mut(|impl_item| {
+        let syn::ImplItem::Fn(method) = impl_item else { return true };
+        let wrapped = if method.sig.ident == "after_save" {
             has_save = true;
-            wrap_after_save(method, &p)?;
+            wrap_after_save(method, &p)
         } else if method.sig.ident == "after_delete" {
             has_delete = true;
-            wrap_after_delete(method, &p)?;
+            wrap_after_delete(method, &p)
+        } else {
+            return true;
+        };
+        match wrapped {
+            Ok(()) => true,
+            Err(error) => {
+                match &mut errors {
+                    Some(errors) => errors.combine(error),
+                    None => errors = Some(error),
+                }
+                false
+            }
         }
-    }
+    });
     if !has_save {
         item.items.push(syn::parse_quote! {
             /// Announces the saved row to its subscribers (added by `#[graphex::hooks]`).
@@ -76,14 +122,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
             }
         });
     }
-    let has_async_trait = item
-        .attrs
-        .iter()
-        .any(|attr| attr.path().segments.last().is_some_and(|segment| segment.ident == "async_trait"));
+    let has_async_trait =
+        item.attrs.iter().any(|attr| attr.path().segments.last().is_some_and(|segment| segment.ident == "async_trait"));
     if !has_async_trait {
         item.attrs.push(syn::parse_quote!(#[#p::async_trait::async_trait]));
     }
-    Ok(quote!(#item))
+    errors.map_or(Ok(()), Err)
 }
 
 /// Renames the user's parameters, runs their body as an inner block, then
@@ -108,7 +152,9 @@ fn wrap_after_save(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result
     let body = &method.block;
     let output = match &method.sig.output {
         syn::ReturnType::Type(_, ty) => ty.clone(),
-        syn::ReturnType::Default => return Err(syn::Error::new_spanned(&method.sig, "after_save returns Result<Model, DbErr>")),
+        syn::ReturnType::Default => {
+            return Err(syn::Error::new_spanned(&method.sig, "after_save returns Result<Model, DbErr>"));
+        }
     };
     method.block = syn::parse_quote!({
         let __graphex_insert: bool = __graphex_arg2;
@@ -129,7 +175,9 @@ fn wrap_after_delete(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Resu
     let body = &method.block;
     let output = match &method.sig.output {
         syn::ReturnType::Type(_, ty) => ty.clone(),
-        syn::ReturnType::Default => return Err(syn::Error::new_spanned(&method.sig, "after_delete returns Result<Self, DbErr>")),
+        syn::ReturnType::Default => {
+            return Err(syn::Error::new_spanned(&method.sig, "after_delete returns Result<Self, DbErr>"));
+        }
     };
     method.block = syn::parse_quote!({
         let __graphex_result: #output = async move {

@@ -22,14 +22,13 @@ pub fn derive_model_subscription(input: TokenStream) -> TokenStream {
 }
 
 fn model_subscription(input: &syn::DeriveInput) -> proc_macro2::TokenStream {
-    use darling::FromDeriveInput;
     let mut errors = darling::Error::accumulator();
-    let model = errors
-        .handle(attr::ModelAttrs::from_derive_input(input))
-        .and_then(|attrs| valid::model(attrs, &mut errors));
+    let model = errors.handle(attr::ModelAttrs::parse(input)).and_then(|attrs| valid::model(attrs, &mut errors));
     match (errors.finish(), model) {
         (Ok(()), Some(model)) => expand::expand(&model),
-        (Ok(()), None) => fallback::errors_only(darling::Error::custom("a subscription needs at least one field").with_span(&input.ident)),
+        (Ok(()), None) => fallback::errors_only(
+            darling::Error::custom("a subscription needs at least one field").with_span(&input.ident),
+        ),
         (Err(error), model) => fallback::with_placeholders(error, model.as_ref()),
     }
 }
@@ -38,5 +37,5 @@ fn model_subscription(input: &syn::DeriveInput) -> proc_macro2::TokenStream {
 /// keeping any `after_save` / `after_delete` the impl already has.
 #[proc_macro_attribute]
 pub fn hooks(args: TokenStream, input: TokenStream) -> TokenStream {
-    hooks::expand(args.into(), input.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+    hooks::expand(args.into(), input.into()).into()
 }

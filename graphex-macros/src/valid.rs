@@ -84,21 +84,37 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
         attrs,
     } = attrs;
 
-    if !valid_stream(&stream) {
-        errors.push(
-            Error::custom(format!(
-                "invalid stream `{}`: use 1 to 50 ASCII letters, digits, `_` or `.`",
-                stream.as_str()
-            ))
-            .with_span(&stream.span()),
-        );
-    }
+    let stream = match stream {
+        Some(stream) => {
+            if !valid_stream(&stream) {
+                errors.push(
+                    Error::custom(format!(
+                        "invalid stream `{}`: use 1 to 50 ASCII letters, digits, `_` or `.`",
+                        stream.as_str()
+                    ))
+                    .with_span(&stream.span()),
+                );
+            }
+            stream.into_inner()
+        }
+        None => {
+            errors.push(
+                Error::custom(
+                    "missing `stream`: name the stream notifications go to, e.g. `#[graphex(stream = \"users\")]`",
+                )
+                .with_span(&ident),
+            );
+            String::new()
+        }
+    };
 
     let table = sea_orm_value(&attrs, "table_name");
     let (name, name_span) = match name {
         Some(name) => {
             if !valid_graphql_name(&name) {
-                errors.push(Error::custom(format!("`{}` is not a valid GraphQL name", name.as_str())).with_span(&name.span()));
+                errors.push(
+                    Error::custom(format!("`{}` is not a valid GraphQL name", name.as_str())).with_span(&name.span()),
+                );
             }
             (name.as_str().to_upper_camel_case(), name.span())
         }
@@ -114,7 +130,7 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
         },
     };
     let label = label.map(SpannedValue::into_inner).unwrap_or_else(|| name.to_snake_case());
-    let description = description.unwrap_or_else(|| format!("Live changes of {name} (stream `{}`).", stream.as_str()));
+    let description = description.unwrap_or_else(|| format!("Live changes of {name} (stream `{stream}`)."));
     let full_payload = serialize_data.unwrap_or(cfg!(feature = "full-payload-default"));
 
     let auth = match (authenticated.is_present(), authorize) {
@@ -129,24 +145,29 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
 
     let struct_fields: Vec<FieldAttrs> = data.take_struct().map(|fields| fields.fields).unwrap_or_default();
     let has_field = |path: &syn::Path| {
-        path.get_ident()
-            .is_some_and(|wanted| struct_fields.iter().any(|field| field.ident.as_ref() == Some(wanted)))
+        path.get_ident().is_some_and(|wanted| struct_fields.iter().any(|field| field.ident.as_ref() == Some(wanted)))
     };
     for path in skip.iter() {
         if !has_field(path) {
             errors.push(Error::custom(format!("`skip` names no field of `{ident}`")).with_span(path));
         }
     }
-    let skipped_by_list = |field: &syn::Ident| skip.iter().any(|path| path.is_ident(field));
+    let skipped_by_list = |field: &syn::Ident| skip.iter().find(|path| path.is_ident(field));
 
     let mut fields = Vec::new();
     let mut primary_keys = Vec::new();
+    let mut skipped_primary_key = false;
     for field in &struct_fields {
         let Some(field_ident) = field.ident.clone() else { continue };
         let is_pk = sea_orm_flag(&field.attrs, "primary_key");
-        let skipped = field.skip.is_present() || skipped_by_list(&field_ident);
+        let listed = skipped_by_list(&field_ident);
+        let skipped = field.skip.is_present() || listed.is_some();
         if is_pk && skipped {
-            let span = if field.skip.is_present() { field.skip.span() } else { field_ident.span() };
+            skipped_primary_key = true;
+            let span = match listed {
+                Some(path) => syn::spanned::Spanned::span(path),
+                None => field.skip.span(),
+            };
             errors.push(
                 Error::custom("the primary key cannot be skipped: every notification carries it").with_span(&span),
             );
@@ -158,7 +179,8 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
             Some(rename) => {
                 if !valid_graphql_name(rename) {
                     errors.push(
-                        Error::custom(format!("`{}` is not a valid field name", rename.as_str())).with_span(&rename.span()),
+                        Error::custom(format!("`{}` is not a valid field name", rename.as_str()))
+                            .with_span(&rename.span()),
                     );
                 }
                 rename.as_str().to_owned()
@@ -181,8 +203,13 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
 
     let primary_key = match primary_keys.as_slice() {
         [(index, _)] => *index,
+        // A skipped primary key was reported above.
+        [] if skipped_primary_key => 0,
         [] => {
-            errors.push(Error::custom("no `#[sea_orm(primary_key)]` field: a subscription needs a primary key").with_span(&ident));
+            errors.push(
+                Error::custom("no `#[sea_orm(primary_key)]` field: a subscription needs a primary key")
+                    .with_span(&ident),
+            );
             0
         }
         [_, (_, second), ..] => {
@@ -193,16 +220,22 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
 
     let mut index: Vec<(String, usize)> = Vec::new();
     for path in index_fields.iter() {
-        let found = path.get_ident().and_then(|wanted| {
-            fields.iter().position(|field| &field.ident == wanted)
-        });
+        let found = path.get_ident().and_then(|wanted| fields.iter().position(|field| &field.ident == wanted));
         match found {
             Some(position) if index.iter().any(|(_, seen)| *seen == position) => {
-                errors.push(Error::custom("duplicate index field").with_span(path));
+                errors.push(
+                    Error::custom(format!("`{}` is already an index field", fields[position].ident)).with_span(path),
+                );
             }
             Some(position) => index.push((fields[position].key.clone(), position)),
             None if has_field(path) => {
-                errors.push(Error::custom("an index field cannot be skipped").with_span(path));
+                errors.push(
+                    Error::custom(format!(
+                        "`{}` is skipped, so it cannot be an index field",
+                        path.get_ident().map(ToString::to_string).unwrap_or_default()
+                    ))
+                    .with_span(path),
+                );
             }
             None => errors.push(Error::custom(format!("index field names no field of `{ident}`")).with_span(path)),
         }
@@ -217,7 +250,7 @@ pub(crate) fn model(attrs: ModelAttrs, errors: &mut Accumulator) -> Option<Model
         ident,
         vis,
         krate,
-        stream: stream.into_inner(),
+        stream,
         name,
         name_span,
         label,

@@ -1,0 +1,4 @@
+#[graphex::hooks]
+fn after_save() {}
+
+fn main() {}
