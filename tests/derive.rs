@@ -99,8 +99,8 @@ fn sample_user() -> user::Model {
 fn binding_reads_rows() {
     assert_eq!(user::Model::STREAM, "users");
     assert_eq!(user::Model::LABEL, "user");
-    assert!(user::Model::FULL_PAYLOAD);
-    assert!(!comment::Model::FULL_PAYLOAD);
+    const { assert!(user::Model::FULL_PAYLOAD) };
+    const { assert!(!comment::Model::FULL_PAYLOAD) };
     assert_eq!(user::Model::INDEX_FIELDS, &["tenant"]);
     let row = sample_user();
     assert_eq!(row.primary_key(), json!(7));

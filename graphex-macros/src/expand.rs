@@ -152,6 +152,8 @@ fn root(model: &Model, names: &Names) -> TokenStream {
         impl #root {
             #[doc = #description]
             #[graphql(name = #field_name)]
+            // Each argument is one GraphQL argument of the field.
+            #[allow(clippy::too_many_arguments)]
             async fn #method(
                 &self,
                 ctx: &#p::async_graphql::Context<'_>,
@@ -203,7 +205,7 @@ fn binding(model: &Model) -> TokenStream {
         let key = &field.key;
         let field_ident = &field.ident;
         quote! {
-            values.insert(::std::string::String::from(#key), #p::field_value(#key, &self.#field_ident));
+            values.insert(<::std::string::String as ::core::convert::From<&str>>::from(#key), #p::field_value(#key, &self.#field_ident));
         }
     });
     let index_names = model.index.iter().map(|(key, _)| key);
