@@ -398,7 +398,8 @@ fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBac
     // should it, the clause selects nothing rather than everything.
     let typed = |value: &Json| (field.parse)(value.clone()).ok();
     let text = clause.value.as_str().unwrap_or_default().to_owned();
-    let length = text.chars().count() as i64;
+    // An INT4: PostgreSQL has no SUBSTR or RIGHT taking a BIGINT length.
+    let length = i32::try_from(text.chars().count()).unwrap_or(i32::MAX);
     let never = || Expr::val(1).eq(0);
     match clause.lookup {
         Lookup::Exact if Json::is_null(&clause.value) => column.is_null(),
