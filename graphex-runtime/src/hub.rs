@@ -89,7 +89,15 @@ pub struct Channel {
     tx: mpsc::Sender<Delivery>,
     closed: CancellationToken,
     close_reason: OnceLock<CloseReason>,
-    subscriptions: Mutex<Vec<Subscription>>,
+    subscriptions: Mutex<Subscriptions>,
+}
+
+/// A channel's subscriptions; `gone` once the channel is closed, after
+/// which nothing may be added (a subscribe racing the socket's close).
+#[derive(Default)]
+struct Subscriptions {
+    list: Vec<Subscription>,
+    gone: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -126,10 +134,10 @@ impl Channel {
 
     /// Number of subscriptions held.
     pub fn subscription_count(&self) -> usize {
-        self.lock().len()
+        self.lock().list.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscription>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
         self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -139,7 +147,7 @@ impl Channel {
         let mut pending: Vec<(RowCheck, Bytes)> = Vec::new();
         {
             let subscriptions = self.lock();
-            for subscription in subscriptions.iter().filter(|s| *s.group == *delivery.group) {
+            for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
                 match subscription.filter.matches(&event.known) {
                     Some(true) => frames.push(subscription.frame(event)),
                     Some(false) => {}
@@ -286,7 +294,7 @@ impl Hub {
             tx,
             closed: CancellationToken::new(),
             close_reason: OnceLock::new(),
-            subscriptions: Mutex::new(Vec::new()),
+            subscriptions: Mutex::default(),
         });
         let mut channels = write(&self.inner.channels);
         if channels.len() >= self.inner.config.max_channels {
@@ -319,20 +327,26 @@ impl Hub {
     /// Adds a subscription to a channel and joins its group.
     pub async fn add_subscription(&self, channel: &Arc<Channel>, subscription: Subscription) -> Result<Added, ChannelError> {
         let group = subscription.group.clone();
-        let joins = {
+        // The group is joined under the channel's lock, so a concurrent
+        // close either sees the subscription (and leaves the group) or has
+        // already marked the channel gone.
+        let first_member = {
             let mut subscriptions = channel.lock();
-            if subscriptions.iter().any(|existing| existing.key == subscription.key) {
+            if subscriptions.gone {
+                return Err(ChannelError::UnknownChannel);
+            }
+            if subscriptions.list.iter().any(|existing| existing.key == subscription.key) {
                 return Ok(Added::Existing);
             }
             let limit = self.inner.config.max_subscriptions_per_channel;
-            if subscriptions.len() >= limit {
+            if subscriptions.list.len() >= limit {
                 return Err(ChannelError::TooManySubscriptions(limit));
             }
-            let joins = !subscriptions.iter().any(|existing| existing.group == group);
-            subscriptions.push(subscription);
-            joins
+            let joins = !subscriptions.list.iter().any(|existing| existing.group == group);
+            subscriptions.list.push(subscription);
+            joins && self.join(&group, channel)
         };
-        if joins && self.join(&group, channel) {
+        if first_member {
             self.inner.layer.listen(&group).await?;
         }
         Ok(Added::New)
@@ -343,13 +357,13 @@ impl Hub {
     pub async fn remove_subscription(&self, channel: &Arc<Channel>, key: &SubscriptionKey) -> Result<(), ChannelError> {
         let left = {
             let mut subscriptions = channel.lock();
-            let position = subscriptions.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
-            let removed = subscriptions.swap_remove(position);
-            (!subscriptions.iter().any(|existing| existing.group == removed.group)).then_some(removed.group)
+            let position =
+                subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
+            let removed = subscriptions.list.swap_remove(position);
+            let still_used = subscriptions.list.iter().any(|existing| existing.group == removed.group);
+            (!still_used && self.leave(&removed.group, channel)).then_some(removed.group)
         };
-        if let Some(group) = left
-            && self.leave(&group, channel)
-        {
+        if let Some(group) = left {
             self.inner.layer.unlisten(&group).await?;
         }
         Ok(())
@@ -360,15 +374,15 @@ impl Hub {
         write(&self.inner.channels).remove(&channel.id);
         let groups: Vec<String> = {
             let mut subscriptions = channel.lock();
-            let mut groups: Vec<String> = subscriptions.drain(..).map(|s| s.group).collect();
+            subscriptions.gone = true;
+            let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
             groups.sort_unstable();
             groups.dedup();
+            groups.retain(|group| self.leave(group, channel));
             groups
         };
         for group in groups {
-            if self.leave(&group, channel)
-                && let Err(error) = self.inner.layer.unlisten(&group).await
-            {
+            if let Err(error) = self.inner.layer.unlisten(&group).await {
                 tracing::warn!(%group, %error, "unlisten failed");
             }
         }
@@ -515,6 +529,12 @@ mod tests {
         hub.close_channel(&channel).await;
         assert_eq!(hub.group_count(), 0);
         assert_eq!(hub.channel_count(), 0);
+        // A subscribe that found the channel just before it closed adds nothing.
+        assert_eq!(
+            hub.add_subscription(&channel, subscription(&group, Action::Create, None)).await,
+            Err(ChannelError::UnknownChannel)
+        );
+        assert_eq!(hub.group_count(), 0);
     }
 
     #[tokio::test]
