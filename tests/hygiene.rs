@@ -11,6 +11,9 @@
 //!   so the compile test does not catch a bare use of them by graphex, and
 //!   look-alike `Option` / `Result` types cannot sit beside sea-orm's
 //!   derives at all.
+//! - graphex-macros' `snapshots::no_bare_prelude_paths` unit test covers
+//!   that gap: it scans the derive's and the hooks' expansions for any path
+//!   that starts with a prelude name.
 #![allow(unreachable_pub)]
 
 mod entities {

@@ -44,11 +44,14 @@ fn fields_enum(model: &Model, names: &Names) -> TokenStream {
     let vis = &model.vis;
     let ident = &names.fields;
     let gql_name = format!("{}Fields", model.name);
-    let doc = format!("Payload fields of the `{}` stream, for the subscription's `data` argument.", model.stream);
+    let doc = format!(
+        " The payload fields of the `{}` stream (GraphQL enum `{gql_name}`), for the subscription's `data` argument.",
+        model.stream
+    );
     let variants = model.fields.iter().map(|field| {
         let variant = &field.variant;
         let item = &field.item;
-        let doc = format!("The `{}` field.", field.key);
+        let doc = format!(" The `{}` field.", field.key);
         quote! {
             #[doc = #doc]
             #[graphql(name = #item)]
@@ -68,6 +71,7 @@ fn fields_enum(model: &Model, names: &Names) -> TokenStream {
             #(#variants,)*
         }
 
+        /// The payload key each item selects.
         #[automatically_derived]
         impl #krate::FieldsEnum for #ident {
             fn field_name(self) -> &'static str {
@@ -85,7 +89,10 @@ fn confirmation(model: &Model, names: &Names) -> TokenStream {
     let vis = &model.vis;
     let ident = &names.confirmation;
     let gql_name = format!("{}Subscription", model.name);
-    let doc = format!("The answer to a subscribe or unsubscribe on the `{}` stream.", model.stream);
+    let doc = format!(
+        " The answer to a subscribe or unsubscribe on the `{}` stream (GraphQL type `{gql_name}`).",
+        model.stream
+    );
     quote! {
         #[doc = #doc]
         #[derive(#krate::__private::async_graphql::SimpleObject, ::core::clone::Clone, ::core::fmt::Debug)]
@@ -103,6 +110,7 @@ fn confirmation(model: &Model, names: &Names) -> TokenStream {
             pub action: #krate::ActionSubscription,
         }
 
+        /// Copies the runtime's confirmation into this GraphQL type.
         #[automatically_derived]
         impl ::core::convert::From<#krate::Confirmation> for #ident {
             fn from(confirmation: #krate::Confirmation) -> Self {
@@ -127,9 +135,12 @@ fn root(model: &Model, names: &Names) -> TokenStream {
     let confirmation = &names.confirmation;
     let field_name = format!("{}Subscription", model.name.to_lower_camel_case());
     let method = format_ident!("{}_subscription", heck::ToSnakeCase::to_snake_case(model.name.as_str()));
-    let description = &model.description;
+    // async-graphql trims doc lines, so the leading space only reads better.
+    let description = format!(" {}", model.description);
     let root_name = format!("{}SubscriptionRoot", model.name);
-    let doc = format!("The `{field_name}` subscription field; merge it into the schema's subscription root.");
+    let doc = format!(
+        " The `{field_name}` subscription field (GraphQL type `{root_name}`): merge it into the schema's subscription root."
+    );
     let p = quote!(#krate::__private);
     let (data_param, data_arg) = if model.full_payload {
         let fields = &names.fields;
@@ -183,11 +194,11 @@ fn binding(model: &Model) -> TokenStream {
     let stream = &model.stream;
     let label = &model.label;
     let full = model.full_payload;
-    let primary_key = model.primary_key;
+    let primary_key = proc_macro2::Literal::usize_unsuffixed(model.primary_key);
     let pk_field = &model.fields[model.primary_key];
     let pk_ident = &pk_field.ident;
     let pk_key = &pk_field.key;
-    let field_count = model.fields.len();
+    let field_count = proc_macro2::Literal::usize_unsuffixed(model.fields.len());
     let field_consts = model.fields.iter().map(|field| {
         let key = &field.key;
         let column = &field.column;
@@ -205,7 +216,7 @@ fn binding(model: &Model) -> TokenStream {
         let key = &field.key;
         let field_ident = &field.ident;
         quote! {
-            values.insert(<::std::string::String as ::core::convert::From<&str>>::from(#key), #p::field_value(#key, &self.#field_ident));
+            values.insert(::std::borrow::ToOwned::to_owned(#key), #p::field_value(#key, &self.#field_ident));
         }
     });
     let index_names = model.index.iter().map(|(key, _)| key);

@@ -3,7 +3,7 @@
 //! announce runs after it, on what it returned.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::quote;
 use syn::parse::Parser;
 
 const TARGET: &str = "#[graphex::hooks] goes on `impl ActiveModelBehavior for ActiveModel`";
@@ -130,64 +130,77 @@ fn add_hooks(item: &mut syn::ItemImpl, krate: &syn::Path) -> syn::Result<()> {
     errors.map_or(Ok(()), Err)
 }
 
-/// Renames the user's parameters, runs their body as an inner block, then
-/// announces what it returned.
-fn rebind_params(method: &mut syn::ImplItemFn) -> Vec<TokenStream> {
+/// Gives the method's typed parameters our own names, and returns the
+/// `let <user pattern> = <our name>;` lines that bind the user's patterns
+/// again inside their body. Our names are `mixed_site`: the user's body
+/// cannot see them, and they cannot capture the user's.
+fn rebind_params(method: &mut syn::ImplItemFn, names: &[&str]) -> Vec<TokenStream> {
     let mut rebinds = Vec::new();
-    for (position, input) in method.sig.inputs.iter_mut().enumerate() {
-        if let syn::FnArg::Typed(typed) = input {
-            let fresh = format_ident!("__graphex_arg{}", position);
-            let original = std::mem::replace(&mut *typed.pat, syn::parse_quote!(#fresh));
-            rebinds.push(quote!(let #original = #fresh;));
-        }
+    let typed = method.sig.inputs.iter_mut().filter_map(|input| match input {
+        syn::FnArg::Typed(typed) => Some(typed),
+        syn::FnArg::Receiver(_) => None,
+    });
+    for (position, typed) in typed.enumerate() {
+        let name = names.get(position).map_or_else(|| format!("arg{position}"), |name| (*name).to_owned());
+        let ours = local(&name);
+        let original = std::mem::replace(&mut *typed.pat, syn::parse_quote!(#ours));
+        rebinds.push(quote!(let #original = #ours;));
     }
     rebinds
 }
 
+/// A local variable of the generated code, invisible to the user's tokens.
+fn local(name: &str) -> syn::Ident {
+    syn::Ident::new(name, proc_macro2::Span::mixed_site())
+}
+
+/// Runs the user's `after_save` body, then announces the model it returned.
 fn wrap_after_save(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result<()> {
     if method.sig.inputs.len() != 3 {
         return Err(syn::Error::new_spanned(&method.sig, "after_save takes (model, db, insert)"));
     }
-    let rebinds = rebind_params(method);
-    let body = &method.block;
     let output = match &method.sig.output {
         syn::ReturnType::Type(_, ty) => ty.clone(),
         syn::ReturnType::Default => {
             return Err(syn::Error::new_spanned(&method.sig, "after_save returns Result<Model, DbErr>"));
         }
     };
+    let rebinds = rebind_params(method, &["model", "db", "insert"]);
+    let body = &method.block;
+    let (insert, returned, saved) = (local("insert"), local("returned"), local("saved"));
     method.block = syn::parse_quote!({
-        let __graphex_insert: bool = __graphex_arg2;
-        let __graphex_result: #output = async move {
+        let #returned: #output = async move {
             #(#rebinds)*
             #body
         }
         .await;
-        let __graphex_model = __graphex_result?;
-        #p::announce_saved(&__graphex_model, __graphex_insert).await;
-        ::core::result::Result::Ok(__graphex_model)
+        let #saved = #returned?;
+        #p::announce_saved(&#saved, #insert).await;
+        ::core::result::Result::Ok(#saved)
     });
     Ok(())
 }
 
+/// Runs the user's `after_delete` body, then announces what it returned.
 fn wrap_after_delete(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result<()> {
-    let rebinds = rebind_params(method);
-    let body = &method.block;
     let output = match &method.sig.output {
         syn::ReturnType::Type(_, ty) => ty.clone(),
         syn::ReturnType::Default => {
             return Err(syn::Error::new_spanned(&method.sig, "after_delete returns Result<Self, DbErr>"));
         }
     };
+    let rebinds = rebind_params(method, &["db"]);
+    let body = &method.block;
+    let (returned, deleted) = (local("returned"), local("deleted"));
     method.block = syn::parse_quote!({
-        let __graphex_result: #output = async move {
+        let #returned: #output = async move {
             #(#rebinds)*
             #body
         }
         .await;
-        let __graphex_deleted = __graphex_result?;
-        #p::announce_deleted(&__graphex_deleted).await;
-        ::core::result::Result::Ok(__graphex_deleted)
+        let #deleted = #returned?;
+        #p::announce_deleted(&#deleted).await;
+        ::core::result::Result::Ok(#deleted)
     });
     Ok(())
 }

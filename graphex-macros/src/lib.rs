@@ -12,6 +12,8 @@ mod attr;
 mod expand;
 mod fallback;
 mod hooks;
+#[cfg(test)]
+mod snapshots;
 mod valid;
 
 /// Declares a SeaORM model's live subscription. See the `graphex` crate docs.
