@@ -22,17 +22,19 @@ use crate::scope::Scope;
 pub enum Lookup {
     /// Equal (the default when a key has no `__lookup`).
     Exact,
-    /// Equal, ignoring case (text fields).
+    /// Equal, ignoring ASCII case (text fields). Only ASCII letters are
+    /// folded, on every database alike: SQLite's `LOWER` folds no others.
     IExact,
     /// Contains the substring (text fields, case-sensitive).
     Contains,
-    /// Contains the substring, ignoring case (text fields).
+    /// Contains the substring, ignoring ASCII case (text fields).
     IContains,
     /// Starts with (text fields, case-sensitive).
     StartsWith,
     /// Ends with (text fields, case-sensitive).
     EndsWith,
-    /// Greater than.
+    /// Greater than. Numbers compare numerically, timestamps as instants,
+    /// text by code point (whatever the column's collation).
     Gt,
     /// Greater than or equal.
     Gte,
@@ -40,7 +42,7 @@ pub enum Lookup {
     Lt,
     /// Less than or equal.
     Lte,
-    /// One of a list of values.
+    /// One of a list of values (`null` in the list matches null).
     In,
     /// Is null (`true`) or is not null (`false`).
     IsNull,
@@ -74,10 +76,7 @@ impl Lookup {
     }
 
     fn needs_text(self) -> bool {
-        matches!(
-            self,
-            Lookup::IExact | Lookup::Contains | Lookup::IContains | Lookup::StartsWith | Lookup::EndsWith
-        )
+        matches!(self, Lookup::IExact | Lookup::Contains | Lookup::IContains | Lookup::StartsWith | Lookup::EndsWith)
     }
 }
 
@@ -113,7 +112,9 @@ pub enum FilterError {
         available: String,
     },
     /// The key's `__suffix` is not a lookup.
-    #[error("unknown lookup `{lookup}` on `{field}`; lookups: exact, iexact, contains, icontains, startswith, endswith, gt, gte, lt, lte, in, isnull")]
+    #[error(
+        "unknown lookup `{lookup}` on `{field}`; lookups: exact, iexact, contains, icontains, startswith, endswith, gt, gte, lt, lte, in, isnull"
+    )]
     UnknownLookup {
         /// The field named.
         field: String,
@@ -187,11 +188,7 @@ impl Filter {
     pub fn parse<M: ModelSubscription>(filters: &Json, limits: &FilterLimits) -> Result<Filter, FilterError> {
         let object = filters.as_object().ok_or(FilterError::NotAnObject)?;
         if object.len() > limits.max_clauses {
-            return Err(FilterError::TooLarge(format!(
-                "{} clauses, at most {}",
-                object.len(),
-                limits.max_clauses
-            )));
+            return Err(FilterError::TooLarge(format!("{} clauses, at most {}", object.len(), limits.max_clauses)));
         }
         let clauses = object
             .iter()
@@ -267,10 +264,8 @@ fn parse_clause<M: ModelSubscription>(key: &str, value: Json, limits: &FilterLim
     let (name, lookup) = match key.split_once("__") {
         None => (key, Lookup::Exact),
         Some((name, suffix)) => {
-            let lookup = Lookup::from_suffix(suffix).ok_or_else(|| FilterError::UnknownLookup {
-                field: name.to_owned(),
-                lookup: suffix.to_owned(),
-            })?;
+            let lookup = Lookup::from_suffix(suffix)
+                .ok_or_else(|| FilterError::UnknownLookup { field: name.to_owned(), lookup: suffix.to_owned() })?;
             (name, lookup)
         }
     };
@@ -296,10 +291,7 @@ fn parse_clause<M: ModelSubscription>(key: &str, value: Json, limits: &FilterLim
                     limits.max_in_values
                 )));
             }
-            let items = items
-                .into_iter()
-                .map(|item| canonical(field, item, limits).map_err(&invalid))
-                .collect::<Result<_, _>>()?;
+            let items = items.into_iter().map(|item| canonical(field, key, item, limits)).collect::<Result<_, _>>()?;
             Json::Array(items)
         }
         lookup if lookup.needs_text() => {
@@ -307,30 +299,45 @@ fn parse_clause<M: ModelSubscription>(key: &str, value: Json, limits: &FilterLim
                 return Err(invalid(format!("{} applies to text fields only", lookup.suffix())));
             }
             match value {
-                Json::String(ref text) if text.len() <= limits.max_text_len => value,
-                Json::String(_) => return Err(FilterError::TooLarge(format!("`{key}` value is too long"))),
+                Json::String(ref text) => {
+                    check_text_len(key, text, limits)?;
+                    value
+                }
                 _ => return Err(invalid("expected a string".into())),
             }
         }
-        _ => canonical(field, value, limits).map_err(invalid)?,
+        _ => canonical(field, key, value, limits)?,
     };
     Ok(Clause { field: index, name: field.name, lookup, value })
 }
 
-fn canonical<E: EntityTrait>(field: &Field<E>, value: Json, limits: &FilterLimits) -> Result<Json, String> {
-    if let Json::String(text) = &value
-        && text.len() > limits.max_text_len
-    {
-        return Err("value is too long".into());
+fn check_text_len(key: &str, text: &str, limits: &FilterLimits) -> Result<(), FilterError> {
+    if text.len() > limits.max_text_len {
+        return Err(FilterError::TooLarge(format!(
+            "`{key}` value has {} bytes, at most {}",
+            text.len(),
+            limits.max_text_len
+        )));
     }
-    (field.canonical)(value).map_err(|error| error.to_string())
+    Ok(())
+}
+
+/// `value` as the field's own type would serialize it.
+fn canonical<E: EntityTrait>(
+    field: &Field<E>,
+    key: &str,
+    value: Json,
+    limits: &FilterLimits,
+) -> Result<Json, FilterError> {
+    if let Json::String(text) = &value {
+        check_text_len(key, text, limits)?;
+    }
+    (field.canonical)(value)
+        .map_err(|error| FilterError::InvalidValue { key: key.to_owned(), reason: error.to_string() })
 }
 
 fn is_text<E: EntityTrait>(field: &Field<E>) -> bool {
-    matches!(
-        field.column.def().get_column_type(),
-        ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_)
-    )
+    matches!(field.column.def().get_column_type(), ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_))
 }
 
 /// Evaluates one lookup in memory. Values are canonical JSON on both sides.
@@ -348,9 +355,9 @@ pub fn eval(lookup: Lookup, actual: &Json, expected: &Json) -> bool {
                 return false;
             };
             match text_lookup {
-                Lookup::IExact => actual.to_lowercase() == expected.to_lowercase(),
+                Lookup::IExact => actual.eq_ignore_ascii_case(expected),
                 Lookup::Contains => actual.contains(expected),
-                Lookup::IContains => actual.to_lowercase().contains(&expected.to_lowercase()),
+                Lookup::IContains => actual.to_ascii_lowercase().contains(&expected.to_ascii_lowercase()),
                 Lookup::StartsWith => actual.starts_with(expected),
                 Lookup::EndsWith => actual.ends_with(expected),
                 _ => false,
@@ -392,6 +399,33 @@ fn escape_like(text: &str) -> String {
     escaped
 }
 
+/// The column for an order comparison: text by code point, as in memory.
+/// PostgreSQL columns often carry a linguistic collation (en_US and the
+/// like) that would order `bob` before `C`.
+fn ordered<E: EntityTrait>(field: &Field<E>, backend: DbBackend) -> Expr {
+    let column = field.column.into_expr();
+    if !is_text(field) {
+        return column;
+    }
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_expr("$1 COLLATE \"C\"", column),
+        DbBackend::Sqlite => Expr::cust_with_expr("? COLLATE BINARY", column),
+        _ => column,
+    }
+}
+
+/// The column with ASCII letters lowered and no others, as in memory:
+/// SQLite's `LOWER` does just that, PostgreSQL's lowers all of Unicode.
+fn ascii_lower<E: EntityTrait>(field: &Field<E>, backend: DbBackend) -> Expr {
+    let column = field.column.into_expr();
+    match backend {
+        DbBackend::Postgres => Expr::expr(
+            Func::cust("TRANSLATE").arg(column).arg("ABCDEFGHIJKLMNOPQRSTUVWXYZ").arg("abcdefghijklmnopqrstuvwxyz"),
+        ),
+        _ => Expr::expr(Func::lower(column)),
+    }
+}
+
 fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBackend) -> SimpleExpr {
     let column = field.column;
     // Canonical values came from the field's own type, so parsing cannot fail;
@@ -404,36 +438,47 @@ fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBac
     match clause.lookup {
         Lookup::Exact if Json::is_null(&clause.value) => column.is_null(),
         Lookup::Exact => typed(&clause.value).map_or_else(never, |value| column.eq(value)),
-        Lookup::Gt => typed(&clause.value).map_or_else(never, |value| column.gt(value)),
-        Lookup::Gte => typed(&clause.value).map_or_else(never, |value| column.gte(value)),
-        Lookup::Lt => typed(&clause.value).map_or_else(never, |value| column.lt(value)),
-        Lookup::Lte => typed(&clause.value).map_or_else(never, |value| column.lte(value)),
+        Lookup::Gt => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).gt(value)),
+        Lookup::Gte => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).gte(value)),
+        Lookup::Lt => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).lt(value)),
+        Lookup::Lte => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).lte(value)),
         Lookup::In => {
-            let values: Option<Vec<_>> =
-                clause.value.as_array().map(|items| items.iter().map(typed).collect()).unwrap_or_default();
-            values.map_or_else(never, |values| column.is_in(values))
+            let items = clause.value.as_array().map(Vec::as_slice).unwrap_or_default();
+            // SQL's IN never matches NULL; a null in the list does in memory.
+            let (nulls, items): (Vec<&Json>, Vec<&Json>) = items.iter().partition(|item| item.is_null());
+            let values: Option<Vec<_>> = items.into_iter().map(typed).collect();
+            match values {
+                None => never(),
+                Some(values) if nulls.is_empty() => column.is_in(values),
+                Some(values) => column.is_in(values).or(column.is_null()),
+            }
         }
         Lookup::IsNull if clause.value.as_bool() == Some(true) => column.is_null(),
         Lookup::IsNull => column.is_not_null(),
-        Lookup::IExact => Expr::expr(Func::lower(Expr::col(column))).eq(text.to_lowercase()),
-        Lookup::IContains => Expr::expr(Func::lower(Expr::col(column)))
-            .like(LikeExpr::new(format!("%{}%", escape_like(&text.to_lowercase()))).escape('\\')),
+        // Every text contains, starts and ends with "" (and SQLite's SUBSTR
+        // has no empty suffix to compare it with).
+        Lookup::Contains | Lookup::IContains | Lookup::StartsWith | Lookup::EndsWith if text.is_empty() => {
+            column.is_not_null()
+        }
+        Lookup::IExact => ascii_lower(field, backend).eq(text.to_ascii_lowercase()),
+        Lookup::IContains => ascii_lower(field, backend)
+            .like(LikeExpr::new(format!("%{}%", escape_like(&text.to_ascii_lowercase()))).escape('\\')),
         // LIKE ignores case on SQLite and MySQL, so the case-sensitive text
         // lookups use each backend's position and substring functions.
         Lookup::Contains => match backend {
-            DbBackend::Sqlite => Expr::expr(Func::cust("INSTR").arg(Expr::col(column)).arg(text)).gt(0),
-            DbBackend::Postgres => Expr::expr(Func::cust("STRPOS").arg(Expr::col(column)).arg(text)).gt(0),
+            DbBackend::Sqlite => Expr::expr(Func::cust("INSTR").arg(column.into_expr()).arg(text)).gt(0),
+            DbBackend::Postgres => Expr::expr(Func::cust("STRPOS").arg(column.into_expr()).arg(text)).gt(0),
             _ => column.like(LikeExpr::new(format!("%{}%", escape_like(&text))).escape('\\')),
         },
         Lookup::StartsWith => match backend {
             DbBackend::Sqlite | DbBackend::Postgres => {
-                Expr::expr(Func::cust("SUBSTR").arg(Expr::col(column)).arg(1).arg(length)).eq(text)
+                Expr::expr(Func::cust("SUBSTR").arg(column.into_expr()).arg(1).arg(length)).eq(text)
             }
             _ => column.like(LikeExpr::new(format!("{}%", escape_like(&text))).escape('\\')),
         },
         Lookup::EndsWith => match backend {
-            DbBackend::Sqlite => Expr::expr(Func::cust("SUBSTR").arg(Expr::col(column)).arg(-length)).eq(text),
-            DbBackend::Postgres => Expr::expr(Func::cust("RIGHT").arg(Expr::col(column)).arg(length)).eq(text),
+            DbBackend::Sqlite => Expr::expr(Func::cust("SUBSTR").arg(column.into_expr()).arg(-length)).eq(text),
+            DbBackend::Postgres => Expr::expr(Func::cust("RIGHT").arg(column.into_expr()).arg(length)).eq(text),
             _ => column.like(LikeExpr::new(format!("%{}", escape_like(&text))).escape('\\')),
         },
     }
@@ -442,7 +487,102 @@ fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::{EntityTrait, QueryFilter, QueryTrait};
     use serde_json::json;
+
+    mod person {
+        #![allow(unreachable_pub)]
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "people")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            pub id: i32,
+            pub name: String,
+            pub nick: Option<String>,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    fn people_field(name: &'static str) -> Field<person::Entity> {
+        use crate::model::{canonical_value, parse_value};
+        match name {
+            "id" => {
+                Field { name, column: person::Column::Id, parse: parse_value::<i32>, canonical: canonical_value::<i32> }
+            }
+            "name" => Field {
+                name,
+                column: person::Column::Name,
+                parse: parse_value::<String>,
+                canonical: canonical_value::<String>,
+            },
+            _ => Field {
+                name,
+                column: person::Column::Nick,
+                parse: parse_value::<Option<String>>,
+                canonical: canonical_value::<Option<String>>,
+            },
+        }
+    }
+
+    /// The WHERE clause one lookup becomes on `backend`.
+    fn sql(backend: DbBackend, field: &'static str, lookup: Lookup, value: Json) -> String {
+        let clause = Clause { field: 0, name: field, lookup, value };
+        let condition = Condition::all().add(clause_expr(&people_field(field), &clause, backend));
+        let query = person::Entity::find().filter(condition).build(backend).to_string();
+        query.split_once(" WHERE ").map(|(_, condition)| condition.to_owned()).unwrap_or(query)
+    }
+
+    #[test]
+    fn text_orders_by_code_point_whatever_the_collation() {
+        assert_eq!(sql(DbBackend::Postgres, "name", Lookup::Gt, json!("C")), r#"("people"."name" COLLATE "C") > 'C'"#);
+        assert_eq!(
+            sql(DbBackend::Sqlite, "name", Lookup::Lte, json!("C")),
+            r#"("people"."name" COLLATE BINARY) <= 'C'"#
+        );
+        assert_eq!(sql(DbBackend::Postgres, "id", Lookup::Gt, json!(3)), r#""people"."id" > 3"#);
+    }
+
+    #[test]
+    fn a_null_in_an_in_list_matches_null() {
+        assert!(eval(Lookup::In, &Json::Null, &json!(["a", null])));
+        assert_eq!(
+            sql(DbBackend::Sqlite, "nick", Lookup::In, json!(["a", null])),
+            r#""people"."nick" IN ('a') OR "people"."nick" IS NULL"#
+        );
+        assert_eq!(sql(DbBackend::Sqlite, "nick", Lookup::In, json!(["a"])), r#""people"."nick" IN ('a')"#);
+    }
+
+    #[test]
+    fn the_empty_string_is_in_every_text() {
+        for lookup in [Lookup::Contains, Lookup::IContains, Lookup::StartsWith, Lookup::EndsWith] {
+            assert!(eval(lookup, &json!("abc"), &json!("")), "{lookup:?}");
+            assert!(!eval(lookup, &Json::Null, &json!("")), "{lookup:?}");
+            for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+                assert_eq!(sql(backend, "nick", lookup, json!("")), r#""people"."nick" IS NOT NULL"#);
+            }
+        }
+    }
+
+    #[test]
+    fn case_is_folded_for_ascii_letters_only() {
+        assert!(!eval(Lookup::IExact, &json!("Émile"), &json!("éMILE")));
+        assert!(eval(Lookup::IExact, &json!("Émile"), &json!("ÉMILE")));
+        assert!(!eval(Lookup::IContains, &json!("Émile"), &json!("ém")));
+        assert_eq!(
+            sql(DbBackend::Postgres, "name", Lookup::IExact, json!("ÉMILE")),
+            r#"TRANSLATE("people"."name", 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') = 'Émile'"#
+        );
+        assert_eq!(
+            sql(DbBackend::Sqlite, "name", Lookup::IExact, json!("ÉMILE")),
+            r#"LOWER("people"."name") = 'Émile'"#
+        );
+    }
 
     #[test]
     fn lookup_suffixes_round_trip() {
