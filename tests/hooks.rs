@@ -76,7 +76,10 @@ async fn user_hooks_run_and_changes_are_announced() {
     let created = chrono::NaiveDate::from_ymd_opt(2024, 5, 1).unwrap().and_hms_opt(8, 0, 0).unwrap();
     let before = USER_HOOK_RUNS.load(Ordering::SeqCst);
     let row = hub
-        .scope(item::ActiveModel { name: Set("widget".into()), created: Set(Some(created)), ..Default::default() }.insert(&db))
+        .scope(
+            item::ActiveModel { name: Set("widget".into()), created: Set(Some(created)), ..Default::default() }
+                .insert(&db),
+        )
         .await
         .unwrap();
     assert_eq!(row.name, "WIDGET", "the user's after_save still shapes the result");

@@ -154,8 +154,15 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
-    async fn create_user(&self, ctx: &Context<'_>, username: String, email: String, tenant: String) -> Result<user::Model> {
-        let row = user::ActiveModel { username: Set(username), email: Set(email), tenant: Set(tenant), ..Default::default() };
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        email: String,
+        tenant: String,
+    ) -> Result<user::Model> {
+        let row =
+            user::ActiveModel { username: Set(username), email: Set(email), tenant: Set(tenant), ..Default::default() };
         Ok(row.insert(db(ctx)).await?)
     }
 
@@ -236,10 +243,7 @@ impl graphex::Authenticator for UsernameAuth {
 pub async fn connect(url: &str, schema: Option<&str>) -> DatabaseConnection {
     if let Some(schema) = schema {
         let admin = Database::connect(url).await.expect("database reachable");
-        admin
-            .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .await
-            .expect("schema created");
+        admin.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await.expect("schema created");
     }
     let mut options = ConnectOptions::new(url);
     if url.starts_with("sqlite::memory:") {

@@ -69,9 +69,9 @@ pub fn prepare<M: ModelSubscription>(row: &M, action: Action) -> Prepared {
 
 /// Sends a prepared change now, or, inside [`transaction`], after commit.
 pub async fn send(prepared: Prepared) {
-    let prepared = match PENDING.try_with(|pending| {
-        pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(prepared.clone())
-    }) {
+    let prepared = match PENDING
+        .try_with(|pending| pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(prepared.clone()))
+    {
         Ok(()) => return,
         Err(_) => prepared,
     };

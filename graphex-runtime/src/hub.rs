@@ -285,7 +285,10 @@ impl Hub {
     }
 
     /// Opens a channel owned by `owner`; returns it and its delivery queue.
-    pub fn open_channel(&self, owner: Option<String>) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
+    pub fn open_channel(
+        &self,
+        owner: Option<String>,
+    ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
         let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
         let channel = Arc::new(Channel {
             id: new_channel_id(),
@@ -325,7 +328,11 @@ impl Hub {
     }
 
     /// Adds a subscription to a channel and joins its group.
-    pub async fn add_subscription(&self, channel: &Arc<Channel>, subscription: Subscription) -> Result<Added, ChannelError> {
+    pub async fn add_subscription(
+        &self,
+        channel: &Arc<Channel>,
+        subscription: Subscription,
+    ) -> Result<Added, ChannelError> {
         let group = subscription.group.clone();
         // The group is joined under the channel's lock, so a concurrent
         // close either sees the subscription (and leaves the group) or has
@@ -357,8 +364,11 @@ impl Hub {
     pub async fn remove_subscription(&self, channel: &Arc<Channel>, key: &SubscriptionKey) -> Result<(), ChannelError> {
         let left = {
             let mut subscriptions = channel.lock();
-            let position =
-                subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
+            let position = subscriptions
+                .list
+                .iter()
+                .position(|existing| existing.key == *key)
+                .ok_or(ChannelError::NotSubscribed)?;
             let removed = subscriptions.list.swap_remove(position);
             let still_used = subscriptions.list.iter().any(|existing| existing.group == removed.group);
             (!still_used && self.leave(&removed.group, channel)).then_some(removed.group)

@@ -111,10 +111,8 @@ fn render(change: &Change, fields: Option<&[&'static str]>) -> Bytes {
                 .collect(),
         ),
     };
-    let frame = Frame {
-        stream: &change.stream,
-        payload: Payload { action: change.action, model: &change.model, data },
-    };
+    let frame =
+        Frame { stream: &change.stream, payload: Payload { action: change.action, model: &change.model, data } };
     Bytes::from(serde_json::to_vec(&frame).expect("a frame is plain JSON"))
 }
 

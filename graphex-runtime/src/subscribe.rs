@@ -189,11 +189,8 @@ fn row_check<M: ModelSubscription>(ctx: &Context<'_>, filter: &Filter) -> Result
         Box::pin(async move {
             let pk_field = &M::FIELDS[M::PRIMARY_KEY];
             let Ok(pk) = (pk_field.parse)(pk) else { return false };
-            let row = <M::Entity as EntityTrait>::find()
-                .filter(pk_field.column.eq(pk))
-                .filter(condition)
-                .one(&db)
-                .await;
+            let row =
+                <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(pk)).filter(condition).one(&db).await;
             match row {
                 Ok(row) => row.is_some(),
                 Err(error) => {
