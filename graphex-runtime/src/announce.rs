@@ -58,13 +58,18 @@ pub struct Prepared {
 /// Serializes a change of `row` and names its groups.
 pub fn prepare<M: ModelSubscription>(row: &M, action: Action) -> Prepared {
     let change = Change::of(row, action);
-    let mut groups = vec![group::coarse(M::STREAM, action), group::instance(M::STREAM, action, &change.pk)];
+    let mut groups = key_groups::<M>(action, &change.pk);
     if !M::INDEX_FIELDS.is_empty() {
         let values = row.index_values();
         let pairs: Vec<(&str, &Json)> = values.iter().map(|(name, value)| (*name, value)).collect();
         groups.push(group::indexed(M::STREAM, action, &pairs));
     }
     Prepared { groups, message: change.encode() }
+}
+
+/// The coarse and per-instance groups of a change.
+fn key_groups<M: ModelSubscription>(action: Action, pk: &Json) -> Vec<String> {
+    vec![group::coarse(M::STREAM, action), group::instance(M::STREAM, action, pk)]
 }
 
 /// Sends a prepared change now, or, inside [`transaction`], after commit.
@@ -137,10 +142,7 @@ pub fn prepare_pk<M: ModelSubscription>(pk: Json, action: Action) -> Prepared {
         values: None,
         pk,
     };
-    Prepared {
-        groups: vec![group::coarse(M::STREAM, action), group::instance(M::STREAM, action, &change.pk)],
-        message: change.encode(),
-    }
+    Prepared { groups: key_groups::<M>(action, &change.pk), message: change.encode() }
 }
 
 /// Runs `callback` in a database transaction; the changes its hooks announce

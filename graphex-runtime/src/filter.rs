@@ -153,11 +153,7 @@ pub struct Clause {
 impl Clause {
     /// The filter key this clause was written as.
     pub fn key(&self) -> String {
-        if self.lookup == Lookup::Exact {
-            self.name.to_owned()
-        } else {
-            format!("{}__{}", self.name, self.lookup.suffix())
-        }
+        filter_key(self.name, self.lookup)
     }
 
     /// Decides the clause on a change's values; `None` when the field is not there.
@@ -209,12 +205,7 @@ impl Filter {
                     .iter()
                     .find(|field| field.column.as_str() == column.as_str())
                     .ok_or_else(|| FilterError::ScopeColumn(column.as_str().to_owned()))?;
-                let key = if *lookup == Lookup::Exact {
-                    field.name.to_owned()
-                } else {
-                    format!("{}__{}", field.name, lookup.suffix())
-                };
-                parse_clause::<M>(&key, value.clone(), &limits)
+                parse_clause::<M>(&filter_key(field.name, *lookup), value.clone(), &limits)
             })
             .collect::<Result<_, _>>()?;
         Ok(Filter { clauses })
@@ -258,6 +249,11 @@ impl Filter {
             condition.add(clause_expr(&M::FIELDS[clause.field], clause, backend))
         })
     }
+}
+
+/// `field` for an exact test, `field__lookup` otherwise.
+fn filter_key(name: &str, lookup: Lookup) -> String {
+    if lookup == Lookup::Exact { name.to_owned() } else { format!("{name}__{}", lookup.suffix()) }
 }
 
 fn parse_clause<M: ModelSubscription>(key: &str, value: Json, limits: &FilterLimits) -> Result<Clause, FilterError> {
