@@ -218,7 +218,7 @@ pub struct Stats {
     pub delivered: AtomicU64,
     /// Channels closed as slow consumers.
     pub slow_consumers: AtomicU64,
-    /// Messages that failed to publish or decode.
+    /// Changes that failed to publish (counted once per change) or decode.
     pub dropped: AtomicU64,
 }
 
@@ -429,11 +429,9 @@ impl Hub {
     /// Publishes a change to each of its groups, through the layer.
     pub async fn publish(&self, groups: &[String], message: Bytes) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
-        for group in groups {
-            if let Err(error) = self.inner.layer.publish(group, message.clone()).await {
-                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%group, %error, "change not published");
-            }
+        if let Err(error) = self.inner.layer.publish_all(groups, message).await {
+            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(?groups, %error, "change not published");
         }
     }
 

@@ -12,7 +12,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisLayer, RedisOptions, RedisStats};
 pub use memory::MemoryLayer;
 
 /// Where a layer delivers messages for the groups this process listens to.
@@ -24,6 +28,28 @@ pub enum LayerError {
     /// The backend could not be reached; the message was not sent.
     #[error("channel layer unavailable: {0}")]
     Unavailable(String),
+    /// The layer URL names no layer this build supports.
+    #[error("unsupported channel layer URL `{0}`: use `memory://`{redis}", redis = if cfg!(feature = "redis") { " or `redis://host:port/db`" } else { " (Redis needs the `redis` feature)" })]
+    Unsupported(String),
+}
+
+/// The layer a URL names: `memory://` (the default, one process) or, with the
+/// `redis` feature, `redis://host:port/db` / `rediss://...`, whose group
+/// channels are named `<prefix><group>`.
+pub async fn connect(url: &str, prefix: &str) -> Result<Arc<dyn ChannelLayer>, LayerError> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryLayer::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+unix" | "unix" => {
+            let options = RedisOptions { prefix: prefix.to_owned(), ..RedisOptions::default() };
+            Ok(Arc::new(RedisLayer::connect_with(url, options).await?))
+        }
+        _ => {
+            let _ = prefix;
+            Err(LayerError::Unsupported(url.to_owned()))
+        }
+    }
 }
 
 /// Carries messages to the processes that listen to a group.
@@ -33,6 +59,17 @@ pub trait ChannelLayer: Send + Sync + 'static {
     fn start(&self, inbound: Inbound);
     /// Sends `message` to every process listening to `group`.
     async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError>;
+    /// Sends `message` to each of `groups` (one publish per group). Layers
+    /// that can batch (Redis pipelines them) override this.
+    async fn publish_all(&self, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        let mut outcome = Ok(());
+        for group in groups {
+            if let Err(error) = self.publish(group, message.clone()).await {
+                outcome = Err(error);
+            }
+        }
+        outcome
+    }
     /// This process now has members in `group`.
     async fn listen(&self, group: &str) -> Result<(), LayerError>;
     /// This process no longer has members in `group`.

@@ -1,0 +1,56 @@
+//! Running the reference example as a process: settings from the
+//! environment, the channel layer they name, the server until Ctrl+C.
+
+use crate::app;
+
+/// What the example process is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `DATABASE_URL`, default `sqlite::memory:`.
+    pub database_url: String,
+    /// `GRAPHEX_LAYER`, default `memory://`; `redis://host:port/db` shares changes between processes.
+    pub layer_url: String,
+    /// `GRAPHEX_PREFIX`, default `graphex:`: namespaces the Redis channels.
+    pub prefix: String,
+    /// `PORT`, default 8000 (0 picks a free port).
+    pub port: u16,
+}
+
+impl Settings {
+    /// Reads the settings from the environment.
+    pub fn from_env() -> Settings {
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        Settings {
+            database_url: var("DATABASE_URL", "sqlite::memory:"),
+            layer_url: var("GRAPHEX_LAYER", "memory://"),
+            prefix: var("GRAPHEX_PREFIX", "graphex:"),
+            port: var("PORT", "8000").parse().expect("PORT is a port number"),
+        }
+    }
+}
+
+/// Runs the example server until Ctrl+C. Prints its address first.
+pub async fn serve(settings: Settings) {
+    let db = app::connect(&settings.database_url, None).await;
+    let layer = match graphex::layer::connect(&settings.layer_url, &settings.prefix).await {
+        Ok(layer) => layer,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    };
+    let hub = graphex::Hub::with_layer(graphex::Config::default(), layer);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await.expect("port free");
+    println!("graphex reference example on http://{}", listener.local_addr().expect("bound"));
+    println!("  POST /graphql       queries, mutations, subscribe/unsubscribe");
+    println!("  GET  /ws/graphql/   two-channel WebSocket");
+    println!("  channel layer       {}", settings.layer_url);
+    let shutdown = {
+        let hub = hub.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            hub.shutdown();
+        }
+    };
+    axum::serve(listener, app::app(db, hub)).with_graceful_shutdown(shutdown).await.expect("server ran");
+}

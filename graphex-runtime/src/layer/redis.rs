@@ -1,0 +1,386 @@
+//! The Redis layer: several server processes sharing one Redis (feature `redis`).
+//!
+//! Each group is one Redis pub/sub channel, `<prefix><group>`. A process
+//! subscribes to a group's channel when the group gains its first local member
+//! and unsubscribes when it loses its last one, so Redis carries one copy of a
+//! change per process that wants it, and each process fans it out locally.
+//!
+//! Two connections per process:
+//! - publishing goes through a multiplexed [`ConnectionManager`]; the groups of
+//!   one change are sent as one pipeline (one `PUBLISH` per group, one round
+//!   trip);
+//! - receiving goes through a dedicated pub/sub connection owned by one task
+//!   (the *subscriber*), which also applies listen/unlisten requests in order.
+//!   When that connection drops (Redis restarted, network cut, a failed health
+//!   ping), the subscriber reconnects with exponential backoff and subscribes
+//!   again to every group that still has local members: clients do nothing.
+//!
+//! What an outage does:
+//! - `listen` / `unlisten` never fail: the wanted set is updated at once and
+//!   applied to Redis when the connection is back.
+//! - `publish` retries once when it finds its connection dead (the usual
+//!   sign of a Redis restart), then fails with [`LayerError::Unavailable`],
+//!   at the latest once `publish_timeout` has passed; the hub logs it and counts it in [`crate::Stats::dropped`]
+//!   (the change is already committed to the database, so failing the
+//!   mutation that caused it would misreport a write that happened). The
+//!   layer's own [`RedisStats::publish_failures`] counts it too.
+//! - Redis pub/sub keeps nothing: changes published while a process was
+//!   disconnected are not replayed to it, and nothing delivered before the
+//!   outage is delivered again after it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ChannelLayer, Inbound, LayerError};
+
+/// Settings of the Redis layer, with documented defaults.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Prepended to every group to name its Redis channel, so several apps
+    /// can share one Redis. Default `graphex:`.
+    pub prefix: String,
+    /// How long a publish may take before it counts as failed. Default 1 s.
+    pub publish_timeout: Duration,
+    /// How long one connection attempt may take. Default 2 s.
+    pub connect_timeout: Duration,
+    /// First delay between reconnection attempts; doubles up to `max_backoff`.
+    /// Default 100 ms.
+    pub min_backoff: Duration,
+    /// Longest delay between reconnection attempts. Default 5 s.
+    pub max_backoff: Duration,
+    /// How often the subscriber pings Redis to find a connection that died
+    /// silently. Default 5 s.
+    pub health_check_interval: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            prefix: "graphex:".into(),
+            publish_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of the Redis layer that a test or an operator can read.
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// `PUBLISH` commands Redis accepted (one per group per change).
+    pub published: AtomicU64,
+    /// `PUBLISH` commands that failed or timed out (the change was dropped).
+    pub publish_failures: AtomicU64,
+    /// Messages received from Redis, for any group.
+    pub received: AtomicU64,
+    /// Subscriber connections established after the first one.
+    pub reconnects: AtomicU64,
+    /// Connection attempts that failed.
+    pub connect_failures: AtomicU64,
+    /// Groups subscribed again after a reconnection.
+    pub resubscribed: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl RedisStats {
+    /// Whether the subscriber connection is up.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+enum Command {
+    Listen(String, oneshot::Sender<()>),
+    Unlisten(String, oneshot::Sender<()>),
+}
+
+/// A channel layer on Redis pub/sub. See the [module documentation](self).
+pub struct RedisLayer {
+    publisher: ConnectionManager,
+    commands: mpsc::Sender<Command>,
+    inbound: Arc<OnceLock<Inbound>>,
+    stats: Arc<RedisStats>,
+    options: RedisOptions,
+}
+
+impl std::fmt::Debug for RedisLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLayer").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl RedisLayer {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`) with default options.
+    pub async fn connect(url: &str) -> Result<RedisLayer, LayerError> {
+        RedisLayer::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`. Fails if the URL is invalid or Redis
+    /// cannot be reached now; after that, the layer reconnects by itself.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisLayer, LayerError> {
+        let client = redis::Client::open(url).map_err(|error| unavailable("invalid Redis URL", error))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.publish_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(options.min_backoff)
+            .set_max_delay(options.max_backoff);
+        let publisher =
+            tokio::time::timeout(options.connect_timeout, client.get_connection_manager_with_config(config))
+                .await
+                .map_err(|_| LayerError::Unavailable(format!("Redis at {url} did not answer in time")))?
+                .map_err(|error| unavailable("cannot connect to Redis", error))?;
+        let first = connect_pubsub(&client, &options).await?;
+        tracing::info!(url, prefix = %options.prefix, "redis layer connected");
+
+        let stats = Arc::new(RedisStats::default());
+        stats.connected.store(true, Ordering::Relaxed);
+        let inbound = Arc::new(OnceLock::new());
+        // Bounded: listen/unlisten callers wait for room rather than queue without limit.
+        let (commands, receiver) = mpsc::channel(256);
+        let subscriber = Subscriber {
+            client,
+            options: options.clone(),
+            inbound: inbound.clone(),
+            stats: stats.clone(),
+            commands: receiver,
+            wanted: HashSet::new(),
+        };
+        tokio::spawn(subscriber.run(first));
+        Ok(RedisLayer { publisher, commands, inbound, stats, options })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &RedisStats {
+        &self.stats
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &RedisOptions {
+        &self.options
+    }
+
+    async fn request(&self, command: impl FnOnce(oneshot::Sender<()>) -> Command) -> Result<(), LayerError> {
+        let (done, applied) = oneshot::channel();
+        self.commands.send(command(done)).await.map_err(|_| stopped())?;
+        applied.await.map_err(|_| stopped())
+    }
+}
+
+#[async_trait::async_trait]
+impl ChannelLayer for RedisLayer {
+    fn start(&self, inbound: Inbound) {
+        let _ = self.inbound.set(inbound);
+    }
+
+    async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError> {
+        self.publish_all(std::slice::from_ref(&group.to_owned()), message).await
+    }
+
+    async fn publish_all(&self, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        let mut pipe = redis::pipe();
+        for group in groups {
+            pipe.publish(format!("{}{group}", self.options.prefix), message.as_ref()).ignore();
+        }
+        let mut connection = self.publisher.clone();
+        let send = async {
+            match pipe.exec_async(&mut connection).await {
+                // The connection was found dead (e.g. Redis restarted): the
+                // manager reconnects; try once more on the new connection.
+                Err(error) if error.is_connection_dropped() || error.is_connection_refusal() => {
+                    pipe.exec_async(&mut connection).await
+                }
+                outcome => outcome,
+            }
+        };
+        let outcome = match tokio::time::timeout(self.options.publish_timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(unavailable("Redis publish failed", error)),
+            Err(_) => Err(LayerError::Unavailable("Redis publish timed out".into())),
+        };
+        let counter = if outcome.is_ok() { &self.stats.published } else { &self.stats.publish_failures };
+        counter.fetch_add(groups.len() as u64, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn listen(&self, group: &str) -> Result<(), LayerError> {
+        self.request(|done| Command::Listen(group.to_owned(), done)).await
+    }
+
+    async fn unlisten(&self, group: &str) -> Result<(), LayerError> {
+        self.request(|done| Command::Unlisten(group.to_owned(), done)).await
+    }
+}
+
+/// The task that owns the pub/sub connection and the set of wanted groups.
+struct Subscriber {
+    client: redis::Client,
+    options: RedisOptions,
+    inbound: Arc<OnceLock<Inbound>>,
+    stats: Arc<RedisStats>,
+    commands: mpsc::Receiver<Command>,
+    /// Groups with local members: what to subscribe to after a reconnection.
+    wanted: HashSet<String>,
+}
+
+/// Why the subscriber stopped serving a connection.
+enum Ended {
+    /// The connection is gone: reconnect.
+    Lost,
+    /// The layer was dropped: stop.
+    Stopped,
+}
+
+impl Subscriber {
+    async fn run(mut self, first: (PubSubSink, PubSubStream)) {
+        let mut connection = Some(first);
+        let mut backoff = self.options.min_backoff;
+        loop {
+            let (sink, stream) = match connection.take() {
+                Some(connection) => connection,
+                None => match connect_pubsub(&self.client, &self.options).await {
+                    Ok(connection) => {
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("redis layer reconnected");
+                        backoff = self.options.min_backoff;
+                        connection
+                    }
+                    Err(error) => {
+                        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, retry_in = ?backoff, "redis layer reconnect failed");
+                        if let Ended::Stopped = self.wait_offline(backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(self.options.max_backoff);
+                        continue;
+                    }
+                },
+            };
+            match self.serve(sink, stream).await {
+                Ended::Stopped => return,
+                Ended::Lost => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(groups = self.wanted.len(), "redis layer lost its subscriber connection");
+                }
+            }
+        }
+    }
+
+    /// While disconnected: keeps the wanted set current for `delay`.
+    async fn wait_offline(&mut self, delay: Duration) -> Ended {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Ended::Lost,
+                command = self.commands.recv() => match command {
+                    None => return Ended::Stopped,
+                    Some(command) => {
+                        // Recorded: the next connection subscribes to it.
+                        let (_, _, done) = self.record(command);
+                        let _ = done.send(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// Updates the wanted set; returns the group, whether to subscribe to
+    /// it (or unsubscribe), and whom to tell once that is done.
+    fn record(&mut self, command: Command) -> (String, bool, oneshot::Sender<()>) {
+        match command {
+            Command::Listen(group, done) => {
+                self.wanted.insert(group.clone());
+                (group, true, done)
+            }
+            Command::Unlisten(group, done) => {
+                self.wanted.remove(&group);
+                (group, false, done)
+            }
+        }
+    }
+
+    async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Ended {
+        if !self.wanted.is_empty() {
+            let channels: Vec<String> = self.wanted.iter().map(|group| self.channel(group)).collect();
+            if let Err(error) = sink.subscribe(&channels).await {
+                tracing::warn!(%error, "redis layer resubscribe failed");
+                return Ended::Lost;
+            }
+            self.stats.resubscribed.fetch_add(channels.len() as u64, Ordering::Relaxed);
+            tracing::info!(groups = channels.len(), "redis layer resubscribed");
+        }
+        self.stats.connected.store(true, Ordering::Relaxed);
+        let mut health = tokio::time::interval(self.options.health_check_interval);
+        health.tick().await;
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => self.deliver(&message),
+                    None => return Ended::Lost,
+                },
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ended::Stopped };
+                    // Subscribe before answering, so a change published after
+                    // the subscribe call returns reaches this process.
+                    let (group, subscribe, done) = self.record(command);
+                    let channel = self.channel(&group);
+                    let applied = if subscribe { sink.subscribe(&channel).await } else { sink.unsubscribe(&channel).await };
+                    let _ = done.send(());
+                    if let Err(error) = applied {
+                        // Recorded in `wanted`: the next connection applies it.
+                        tracing::warn!(%group, %error, "redis layer (un)subscribe failed");
+                        return Ended::Lost;
+                    }
+                },
+                _ = health.tick() => {
+                    let ping = tokio::time::timeout(self.options.connect_timeout, sink.ping::<String>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        tracing::warn!("redis layer health ping failed");
+                        return Ended::Lost;
+                    }
+                },
+            }
+        }
+    }
+
+    fn channel(&self, group: &str) -> String {
+        format!("{}{group}", self.options.prefix)
+    }
+
+    fn deliver(&self, message: &redis::Msg) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some(group) = message.get_channel_name().strip_prefix(&self.options.prefix) else { return };
+        if let Some(inbound) = self.inbound.get() {
+            inbound(group, Bytes::copy_from_slice(message.get_payload_bytes()));
+        }
+    }
+}
+
+async fn connect_pubsub(
+    client: &redis::Client,
+    options: &RedisOptions,
+) -> Result<(PubSubSink, PubSubStream), LayerError> {
+    match tokio::time::timeout(options.connect_timeout, client.get_async_pubsub()).await {
+        Ok(Ok(pubsub)) => Ok(pubsub.split()),
+        Ok(Err(error)) => Err(unavailable("cannot connect to Redis", error)),
+        Err(_) => Err(LayerError::Unavailable("Redis did not answer in time".into())),
+    }
+}
+
+fn unavailable(what: &str, error: redis::RedisError) -> LayerError {
+    LayerError::Unavailable(format!("{what}: {error}"))
+}
+
+fn stopped() -> LayerError {
+    LayerError::Unavailable("redis layer stopped".into())
+}

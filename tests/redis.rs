@@ -1,0 +1,540 @@
+//! The Redis channel layer, across real processes and through a Redis restart.
+//!
+//! A plain test binary (`harness = false`) because it also serves as the
+//! server processes: started with `GRAPHEX_REDIS_TEST_CHILD=1`, it runs the
+//! reference example's own `serve` (examples/reference/serve.rs) with the
+//! settings in its environment, exactly as `cargo run --example reference`
+//! does. Otherwise it runs the cases below one after the other.
+//!
+//! Needs `GRAPHEX_TEST_REDIS_URL` (set by `.ci/run`) for the two-process
+//! cases and a `redis-server` binary for the restart case; without them it
+//! prints what it skipped. With `GRAPHEX_TEST_REDIS_URL` set, a missing
+//! `redis-server` is a failure.
+#![allow(unreachable_pub)]
+
+#[path = "../examples/reference/app.rs"]
+#[allow(dead_code)]
+mod app;
+#[path = "../examples/reference/serve.rs"]
+mod serve;
+#[allow(dead_code)]
+mod support;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use graphex::layer::{ChannelLayer, LayerError, RedisLayer, RedisOptions};
+use graphex::{Config, Hub};
+use redis::AsyncCommands;
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+use support::{Server, TIMEOUT, post_json, user_frame};
+
+const CHILD_ENV: &str = "GRAPHEX_REDIS_TEST_CHILD";
+const REDIS_ENV: &str = "GRAPHEX_TEST_REDIS_URL";
+
+/// A case; `None` when it was skipped (it printed why).
+type Case = fn() -> Pin<Box<dyn Future<Output = Option<()>>>>;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if std::env::var_os(CHILD_ENV).is_some() {
+        runtime.block_on(serve::serve(serve::Settings::from_env()));
+        return;
+    }
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let cases: [(&str, Case); 5] = [
+        ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
+        ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
+        ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
+        ("two_processes_unsubscribe", || Box::pin(two_processes_unsubscribe())),
+        ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
+    ];
+    let mut failed = Vec::new();
+    for (name, case) in cases {
+        if filter.as_deref().is_some_and(|filter| !name.contains(filter)) {
+            continue;
+        }
+        println!("test {name} ...");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(case())));
+        match outcome {
+            Ok(Some(())) => println!("test {name} ... ok"),
+            Ok(None) => println!("test {name} ... skipped"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("failed: {failed:?}");
+        std::process::exit(101);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cases
+
+async fn layer_urls_are_checked() -> Option<()> {
+    let error = graphex::layer::connect("nats://127.0.0.1:4222", "x:").await.err().expect("unsupported scheme refused");
+    assert!(matches!(error, LayerError::Unsupported(_)), "{error}");
+    assert!(error.to_string().contains("redis://"), "the message names what works: {error}");
+    // Nothing listens on port 1: refused at start, with the reason.
+    let error = graphex::layer::connect("redis://127.0.0.1:1/0", "x:").await.err().expect("unreachable Redis refused");
+    assert!(matches!(error, LayerError::Unavailable(_)), "{error}");
+    assert!(graphex::layer::connect("memory://", "x:").await.is_ok());
+    Some(())
+}
+
+/// A client on process A subscribed to a coarse group; changes made on
+/// process B reach it exactly once, with one Redis publish per group.
+async fn two_processes_coarse_group() -> Option<()> {
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let spy = Spy::start(&url, &cluster.prefix).await;
+    let mut on_a = Client::connect(cluster.a.addr, None).await;
+    let mut on_b = Client::connect(cluster.b.addr, None).await;
+    on_a.subscribe_ok(cluster.a.addr, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    on_b.subscribe_ok(cluster.b.addr, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    assert_eq!(spy.subscribers(&["users-create"]).await, 2, "one Redis subscription per process");
+
+    let ann = create_user(cluster.b.addr, "ann", "ann@example.com", "t1").await;
+    on_a.expect(&user_frame("create", &ann)).await;
+    on_b.expect(&user_frame("create", &ann)).await;
+    let id = ann["id"].clone();
+    assert_eq!(
+        spy.published_until_sentinel().await,
+        vec!["users-create".to_owned(), format!("users-create-{id}")],
+        "one publish per group of the change, whatever the number of processes and sockets"
+    );
+
+    // Exactly one: the next frame is the next change, not a copy.
+    let bob = create_user(cluster.a.addr, "bob", "bob@example.com", "t1").await;
+    on_a.expect(&user_frame("create", &bob)).await;
+    on_b.expect(&user_frame("create", &bob)).await;
+    Some(())
+}
+
+/// Index fields route through their own group across processes too.
+async fn two_processes_indexed_group() -> Option<()> {
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let spy = Spy::start(&url, &cluster.prefix).await;
+    create_user(cluster.b.addr, "ann", "ann@example.com", "t1").await;
+    let mut ws = Client::connect(cluster.a.addr, Some("ann")).await;
+    ws.subscribe_ok(
+        cluster.a.addr,
+        "messageSubscription",
+        "action: CREATE, operation: SUBSCRIBE",
+        Some(json!({"room": 7})),
+    )
+    .await;
+    let group = "messages-create:room=7&tenant=t1";
+    assert_eq!(spy.subscribers(&[group, "messages-create"]).await, 1, "only the indexed group is subscribed");
+
+    spy.published_until_sentinel().await; // the user's creation
+
+    let other_room = create_message(cluster.b.addr, "ann", 8, "elsewhere").await;
+    let in_room = create_message(cluster.b.addr, "ann", 7, "hello").await;
+    // Changes arrive in order: a leak of room 8 would come first.
+    ws.expect(&json!({"stream": "messages", "payload": {"action": "create", "model": "message", "data": in_room}}))
+        .await;
+    let groups = |message: &Json| {
+        let room = &message["room"];
+        vec![
+            "messages-create".to_owned(),
+            format!("messages-create-{}", message["id"]),
+            format!("messages-create:room={room}&tenant=t1"),
+        ]
+    };
+    assert_eq!(
+        spy.published_until_sentinel().await,
+        [groups(&other_room), groups(&in_room)].concat(),
+        "each message published once to each of its three groups"
+    );
+    Some(())
+}
+
+/// When the last member on A leaves, A leaves the Redis channel, and B's
+/// changes stop reaching the client.
+async fn two_processes_unsubscribe() -> Option<()> {
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let spy = Spy::start(&url, &cluster.prefix).await;
+    let mut ws = Client::connect(cluster.a.addr, None).await;
+    let args = "action: CREATE, operation: SUBSCRIBE";
+    ws.subscribe_ok(cluster.a.addr, "userSubscription", args, None).await;
+    assert_eq!(spy.subscribers(&["users-create"]).await, 1);
+    ws.subscribe_ok(cluster.a.addr, "userSubscription", "action: CREATE, operation: UNSUBSCRIBE", None).await;
+    assert_eq!(spy.subscribers(&["users-create"]).await, 0, "the process left the Redis channel");
+
+    // Sentinel: a comment subscription made afterwards; the user created
+    // before the comment would arrive first if it leaked.
+    ws.subscribe_ok(cluster.a.addr, "commentSubscription", args, None).await;
+    create_user(cluster.b.addr, "ann", "ann@example.com", "t1").await;
+    let comment = execute(cluster.b.addr, None, "mutation { createComment(post: 1, text: \"x\") { id } }").await;
+    let id = comment["createComment"]["id"].clone();
+    ws.expect(&json!({"stream": "comments", "payload": {"action": "create", "model": "comment", "data": {"id": id}}}))
+        .await;
+    Some(())
+}
+
+/// Kills and restarts a Redis of the test's own: the layer reconnects and
+/// resubscribes, delivery resumes with no client action, the outage's
+/// publish is a counted drop, and nothing is delivered twice.
+async fn redis_restart_resumes_delivery() -> Option<()> {
+    let mut redis = OwnRedis::start().await?;
+    let options = RedisOptions {
+        prefix: unique_prefix(),
+        publish_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        health_check_interval: Duration::from_millis(500),
+    };
+    let layer = Arc::new(RedisLayer::connect_with(&redis.url(), options).await.expect("own Redis answers"));
+    let hub = Hub::with_layer(Config::default(), layer.clone() as Arc<dyn ChannelLayer>);
+    let db = app::connect("sqlite::memory:", None).await;
+    let server = Server::start(db, hub.clone()).await;
+    let mut ws = server.ws().await;
+    ws.arm_user_sentinel(&server).await;
+
+    let before = server.create_user("before", "b@example.com", "t1").await;
+    ws.expect(&user_frame("create", &before)).await;
+    assert_eq!(layer.stats().published.load(Ordering::Relaxed), 2, "two groups, one publish each");
+
+    redis.stop().await;
+    // HTTP keeps working; the change is committed, its announcement is a counted drop.
+    let during = server.create_user("during", "d@example.com", "t1").await;
+    assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1, "the outage's change is counted as dropped");
+    assert!(layer.stats().publish_failures.load(Ordering::Relaxed) >= 1);
+    wait_until("the layer notices the outage", || !layer.stats().connected()).await;
+
+    redis.start_again().await;
+    wait_until("the layer reconnects and resubscribes", || {
+        layer.stats().connected() && layer.stats().resubscribed.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(layer.stats().reconnects.load(Ordering::Relaxed) >= 1);
+    let after = server.create_user("after", "a@example.com", "t1").await;
+    // Neither `before` again nor `during`: the next frame is `after`.
+    ws.expect(&user_frame("create", &after)).await;
+    assert_ne!(during, after);
+    assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1);
+    Some(())
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var(REDIS_ENV).ok();
+    if url.is_none() {
+        println!("skipped: needs a Redis server (set {REDIS_ENV}, e.g. redis://127.0.0.1:6379/0)");
+    }
+    url
+}
+
+fn unique_prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("graphex-test-{}-{}-{random:016x}:", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two reference-example processes on one SQLite file and one Redis prefix.
+struct Cluster {
+    a: Process,
+    b: Process,
+    prefix: String,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    async fn start(redis_url: &str) -> Cluster {
+        let dir = TempDir::new();
+        let database = format!("sqlite://{}?mode=rwc", dir.0.join("shared.db").display());
+        let prefix = unique_prefix();
+        // One after the other: the first creates the tables.
+        let a = Process::start(&database, redis_url, &prefix).await;
+        let b = Process::start(&database, redis_url, &prefix).await;
+        Cluster { a, b, prefix, _dir: dir }
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique_prefix().trim_end_matches(':'));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// This binary, started as the reference example's server.
+struct Process {
+    addr: SocketAddr,
+    _child: Child,
+}
+
+impl Process {
+    async fn start(database: &str, redis_url: &str, prefix: &str) -> Process {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env(CHILD_ENV, "1")
+            .env("DATABASE_URL", database)
+            .env("GRAPHEX_LAYER", redis_url)
+            .env("GRAPHEX_PREFIX", prefix)
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("server process starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(TIMEOUT * 2, lines.next_line())
+            .await
+            .expect("server process announced itself in time")
+            .expect("readable stdout")
+            .expect("server process printed its address");
+        let addr = first
+            .rsplit("http://")
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        // Keep reading so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { addr, _child: child }
+    }
+}
+
+/// A raw Redis subscriber on every channel of a prefix: sees each publish.
+struct Spy {
+    messages: tokio::sync::Mutex<futures_util::stream::BoxStream<'static, redis::Msg>>,
+    publisher: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
+impl Spy {
+    async fn start(url: &str, prefix: &str) -> Spy {
+        let client = redis::Client::open(url).expect("Redis URL");
+        let mut pubsub = client.get_async_pubsub().await.expect("Redis answers");
+        pubsub.psubscribe(format!("{prefix}*")).await.expect("psubscribe");
+        let publisher = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        Spy {
+            messages: tokio::sync::Mutex::new(pubsub.into_on_message().boxed()),
+            publisher,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The number of subscribers (processes) of these groups' channels, summed.
+    async fn subscribers(&self, groups: &[&str]) -> i64 {
+        let mut command = redis::cmd("PUBSUB");
+        command.arg("NUMSUB");
+        for group in groups {
+            command.arg(format!("{}{group}", self.prefix));
+        }
+        let counts: Vec<(String, i64)> =
+            command.query_async(&mut self.publisher.clone()).await.expect("PUBSUB NUMSUB answers");
+        counts.into_iter().map(|(_, count)| count).sum()
+    }
+
+    /// The groups published to since the last call, in order, up to a
+    /// sentinel this publishes now (Redis keeps the order of publishes).
+    async fn published_until_sentinel(&self) -> Vec<String> {
+        let sentinel = format!("{}~sentinel", self.prefix);
+        let _: i64 = self.publisher.clone().publish(&sentinel, "").await.expect("publish sentinel");
+        let mut messages = self.messages.lock().await;
+        let mut groups = Vec::new();
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, messages.next())
+                .await
+                .expect("spy received the sentinel in time")
+                .expect("spy connection open");
+            let channel = message.get_channel_name();
+            if channel == sentinel {
+                return groups;
+            }
+            groups.push(channel.strip_prefix(&self.prefix).expect("prefixed channel").to_owned());
+        }
+    }
+}
+
+/// A `redis-server` of the test's own, on a free port, that can be killed
+/// and started again on the same port.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Option<OwnRedis> {
+        let found = std::process::Command::new("redis-server").arg("--version").output().is_ok();
+        if !found {
+            assert!(std::env::var_os(REDIS_ENV).is_none(), "redis-server must be installed when {REDIS_ENV} is set");
+            println!("skipped: needs the redis-server binary");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.start_again().await;
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("url");
+        wait_for_async("the test's redis-server answers", || {
+            let client = client.clone();
+            async move {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut connection) => redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("redis-server killed");
+        }
+    }
+}
+
+async fn wait_for_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A two-channel socket on a server of another process.
+struct Client {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    channel_id: String,
+    token: Option<String>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, token: Option<&str>) -> Client {
+        let url = match token {
+            Some(token) => format!("ws://{addr}/ws/graphql/?token={token}"),
+            None => format!("ws://{addr}/ws/graphql/"),
+        };
+        let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("ws connect in time")
+            .expect("ws connect");
+        let mut client = Client { stream, channel_id: String::new(), token: token.map(str::to_owned) };
+        let handshake = client.next_json().await;
+        client.channel_id = handshake["channel_id"].as_str().expect("channel id").to_owned();
+        client
+    }
+
+    async fn subscribe_ok(&self, addr: SocketAddr, field: &str, args: &str, filters: Option<Json>) {
+        let query = format!(
+            "subscription ($channelId: String!, $filters: JSON) {{ \
+               {field}(channelId: $channelId, {args}, filters: $filters) {{ ok error }} }}"
+        );
+        let body = json!({"query": query, "variables": {"channelId": self.channel_id, "filters": filters}});
+        let (status, response) = post_json(addr, "/graphql", self.token.as_deref(), &body).await;
+        assert_eq!(status, 200, "{response}");
+        assert_eq!(response["data"][field]["ok"], json!(true), "{field}({args}) refused: {response}");
+    }
+
+    async fn next_json(&mut self) -> Json {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.stream.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("socket open")
+                .expect("socket readable");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("frames are JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    async fn expect(&mut self, expected: &Json) {
+        let got = self.next_json().await;
+        assert_eq!(&got, expected, "unexpected frame on channel {}", self.channel_id);
+    }
+}
+
+async fn execute(addr: SocketAddr, token: Option<&str>, query: &str) -> Json {
+    execute_with(addr, token, query, json!({})).await
+}
+
+async fn execute_with(addr: SocketAddr, token: Option<&str>, query: &str, variables: Json) -> Json {
+    let (status, response) = post_json(addr, "/graphql", token, &json!({"query": query, "variables": variables})).await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response.get("errors").is_none(), "GraphQL errors for {query}: {response}");
+    response["data"].clone()
+}
+
+async fn create_user(addr: SocketAddr, username: &str, email: &str, tenant: &str) -> Json {
+    let data = execute_with(
+        addr,
+        None,
+        "mutation ($u: String!, $e: String!, $t: String!) { \
+           createUser(username: $u, email: $e, tenant: $t) { id username email tenant } }",
+        json!({"u": username, "e": email, "t": tenant}),
+    )
+    .await;
+    data["createUser"].clone()
+}
+
+async fn create_message(addr: SocketAddr, author: &str, room: i32, text: &str) -> Json {
+    let data = execute_with(
+        addr,
+        Some(author),
+        "mutation ($r: Int!, $t: String!) { createMessage(room: $r, text: $t) { id tenant room text } }",
+        json!({"r": room, "t": text}),
+    )
+    .await;
+    data["createMessage"].clone()
+}
