@@ -52,11 +52,12 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 5] = [
+    let cases: [(&str, Case); 6] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
         ("two_processes_unsubscribe", || Box::pin(two_processes_unsubscribe())),
+        ("subscribe_through_another_process", || Box::pin(subscribe_through_another_process())),
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
     ];
     let mut failed = Vec::new();
@@ -188,6 +189,53 @@ async fn two_processes_unsubscribe() -> Option<()> {
     Some(())
 }
 
+/// The subscribe may reach any process: B forwards it to A, which holds the
+/// socket, and answers with A's confirmation (same token, same rules).
+async fn subscribe_through_another_process() -> Option<()> {
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let spy = Spy::start(&url, &cluster.prefix).await;
+    create_user(cluster.a.addr, "ann", "ann@example.com", "t1").await;
+    let mut ws = Client::connect(cluster.a.addr, Some("ann")).await;
+    // Through B: a scoped, authenticated subscription on A's socket.
+    ws.subscribe_ok(
+        cluster.b.addr,
+        "messageSubscription",
+        "action: CREATE, operation: SUBSCRIBE",
+        Some(json!({"room": 7})),
+    )
+    .await;
+    let group = "messages-create:room=7&tenant=t1";
+    assert_eq!(spy.subscribers(&[group]).await, 1, "the process holding the socket subscribed");
+    let message = create_message(cluster.b.addr, "ann", 7, "hello").await;
+    ws.expect(&json!({"stream": "messages", "payload": {"action": "create", "model": "message", "data": message}}))
+        .await;
+
+    // The owner's rules apply: another principal may not use ann's channel.
+    let foreign =
+        ws.subscribe(cluster.b.addr, Some("nobody"), "userSubscription", "action: CREATE, operation: SUBSCRIBE").await;
+    assert_eq!(foreign["ok"], json!(false), "{foreign}");
+    assert_eq!(foreign["error"], json!("channel belongs to another principal"), "{foreign}");
+
+    ws.subscribe_ok(
+        cluster.b.addr,
+        "messageSubscription",
+        "action: CREATE, operation: UNSUBSCRIBE",
+        Some(json!({"room": 7})),
+    )
+    .await;
+    assert_eq!(spy.subscribers(&[group]).await, 0, "unsubscribed through B as well");
+
+    // A channel of no running process: the usual refusal, at once.
+    let mut unknown = Client::connect(cluster.a.addr, None).await;
+    unknown.channel_id = "ffffffff".repeat(5);
+    let refused =
+        unknown.subscribe(cluster.b.addr, None, "userSubscription", "action: CREATE, operation: SUBSCRIBE").await;
+    assert_eq!(refused["ok"], json!(false), "{refused}");
+    assert_eq!(refused["error"], json!("unknown channel"), "{refused}");
+    Some(())
+}
+
 /// Kills and restarts a Redis of the test's own: the layer reconnects and
 /// resubscribes, delivery resumes with no client action, the outage's
 /// publish is a counted drop, and nothing is delivered twice.
@@ -200,6 +248,7 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
         min_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
         health_check_interval: Duration::from_millis(500),
+        ..RedisOptions::default()
     };
     let layer = Arc::new(RedisLayer::connect_with(&redis.url(), options).await.expect("own Redis answers"));
     let hub = Hub::with_layer(Config::default(), layer.clone() as Arc<dyn ChannelLayer>);
@@ -474,14 +523,31 @@ impl Client {
     }
 
     async fn subscribe_ok(&self, addr: SocketAddr, field: &str, args: &str, filters: Option<Json>) {
+        let confirmation = self.subscribe_with(addr, self.token.as_deref(), field, args, filters).await;
+        assert_eq!(confirmation["ok"], json!(true), "{field}({args}) refused: {confirmation}");
+    }
+
+    async fn subscribe(&self, addr: SocketAddr, token: Option<&str>, field: &str, args: &str) -> Json {
+        self.subscribe_with(addr, token, field, args, None).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        addr: SocketAddr,
+        token: Option<&str>,
+        field: &str,
+        args: &str,
+        filters: Option<Json>,
+    ) -> Json {
         let query = format!(
             "subscription ($channelId: String!, $filters: JSON) {{ \
                {field}(channelId: $channelId, {args}, filters: $filters) {{ ok error }} }}"
         );
         let body = json!({"query": query, "variables": {"channelId": self.channel_id, "filters": filters}});
-        let (status, response) = post_json(addr, "/graphql", self.token.as_deref(), &body).await;
+        let (status, response) = post_json(addr, "/graphql", token, &body).await;
         assert_eq!(status, 200, "{response}");
-        assert_eq!(response["data"][field]["ok"], json!(true), "{field}({args}) refused: {response}");
+        assert!(response.get("errors").is_none(), "GraphQL errors: {response}");
+        response["data"][field].clone()
     }
 
     async fn next_json(&mut self) -> Json {

@@ -223,6 +223,8 @@ pub struct Stats {
 }
 
 struct Inner {
+    /// This hub's node id: the first [`NODE_ID_LEN`] characters of its channel ids.
+    node: String,
     layer: Arc<dyn ChannelLayer>,
     config: Config,
     channels: RwLock<HashMap<String, Arc<Channel>>>,
@@ -258,6 +260,7 @@ impl Hub {
     /// A hub on the given channel layer.
     pub fn with_layer(config: Config, layer: Arc<dyn ChannelLayer>) -> Hub {
         let inner = Arc::new(Inner {
+            node: random_hex(NODE_ID_LEN / 2),
             layer,
             config,
             channels: RwLock::default(),
@@ -272,6 +275,29 @@ impl Hub {
             }
         }));
         Hub { inner }
+    }
+
+    /// This hub's node id, which starts each of its channel ids, so another
+    /// process can tell where a channel lives.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The node id a channel id starts with.
+    pub fn node_of(channel_id: &str) -> Option<&str> {
+        channel_id.get(..NODE_ID_LEN)
+    }
+
+    /// Makes this hub answer requests other processes send it through the
+    /// layer (the router registers its subscribe handler here).
+    pub fn serve_requests(&self, handler: crate::layer::RequestHandler) {
+        self.inner.layer.serve_requests(&self.inner.node, handler);
+    }
+
+    /// Sends a request to the process of node `node`; `None` when no
+    /// process answers for it.
+    pub async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
+        self.inner.layer.request(node, body).await
     }
 
     /// The settings.
@@ -291,7 +317,7 @@ impl Hub {
     ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
         let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
         let channel = Arc::new(Channel {
-            id: new_channel_id(),
+            id: format!("{}{}", self.inner.node, random_hex(CHANNEL_RANDOM_BYTES)),
             seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
             owner,
             tx,
@@ -476,9 +502,15 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// 160 random bits from the OS, hex-encoded.
-fn new_channel_id() -> String {
-    let mut bytes = [0u8; 20];
+/// Hex characters of a node id at the start of every channel id.
+pub const NODE_ID_LEN: usize = 8;
+
+/// Random bytes after the node id in a channel id (128 bits).
+const CHANNEL_RANDOM_BYTES: usize = 16;
+
+/// `len` random bytes from the OS, hex-encoded.
+fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -498,10 +530,15 @@ mod tests {
     }
 
     #[test]
-    fn channel_ids_are_long_and_distinct() {
-        let a = new_channel_id();
-        assert_eq!(a.len(), 40);
-        assert_ne!(a, new_channel_id());
+    fn channel_ids_name_their_node_and_are_distinct() {
+        let hub = Hub::default();
+        let (a, _rx_a) = hub.open_channel(None).unwrap();
+        let (b, _rx_b) = hub.open_channel(None).unwrap();
+        assert_eq!(a.id().len(), 40);
+        assert_ne!(a.id(), b.id());
+        assert_eq!(Hub::node_of(a.id()), Some(hub.node()));
+        assert_ne!(hub.node(), Hub::default().node());
+        assert_eq!(Hub::node_of("abc"), None);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 pub mod announce;
 pub mod config;
 pub mod filter;
+pub mod forward;
 pub mod group;
 pub mod hub;
 pub mod layer;

@@ -12,10 +12,12 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::forward::{self, Forwarded};
 use crate::hub::{CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
 use crate::scope::Principal;
 
@@ -58,7 +60,28 @@ where
     S: SubscriptionType + 'static,
 {
     let config = hub.config().clone();
-    let state = Arc::new(AppState { schema, hub, auth: Arc::new(auth) });
+    let state = Arc::new(AppState { schema, hub: hub.clone(), auth: Arc::new(auth) });
+    // Subscribes other processes forward here, for channels of this process.
+    // Weak: the layer (held by the hub) must not keep the router alive.
+    let served = Arc::downgrade(&state);
+    hub.serve_requests(Arc::new(move |body: Bytes| {
+        let state = served.upgrade();
+        Box::pin(async move {
+            let forwarded = serde_json::from_slice::<Forwarded>(&body);
+            let response = match (state, forwarded) {
+                (Some(state), Ok(forwarded)) => {
+                    let (request, token) = forwarded.into_request();
+                    run(&state, request, token.as_deref()).await
+                }
+                (None, _) => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
+                (_, Err(error)) => Response::from_errors(vec![async_graphql::ServerError::new(
+                    format!("malformed forwarded request: {error}"),
+                    None,
+                )]),
+            };
+            Bytes::from(serde_json::to_vec(&response).unwrap_or_default())
+        })
+    }));
     Router::new()
         .route(&config.http_path, post(graphql_http::<Q, M, S>))
         .route(&config.ws_path, get(graphql_ws::<Q, M, S>))
@@ -81,17 +104,32 @@ async fn graphql_http<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
     headers: HeaderMap,
     request: GraphQLRequest,
-) -> GraphQLResponse
+) -> axum::response::Response
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let mut request = request.into_inner().data(state.hub.clone());
-    if let Some(principal) = principal(state.auth.as_ref(), bearer(&headers)).await {
+    let request = request.into_inner();
+    let token = bearer(&headers);
+    if let Some(reply) = forward::to_owner(&state.hub, &request, token).await {
+        return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
+    }
+    GraphQLResponse::from(run(&state, request, token).await).into_response()
+}
+
+/// Runs a request as the principal `token` stands for, announcing to this hub.
+async fn run<Q, M, S>(state: &AppState<Q, M, S>, request: Request, token: Option<&str>) -> Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let mut request = request.data(state.hub.clone());
+    if let Some(principal) = principal(state.auth.as_ref(), token).await {
         request = request.data(principal);
     }
-    state.hub.scope(execute(&state.schema, request)).await.into()
+    state.hub.scope(execute(&state.schema, request)).await
 }
 
 /// Executes a query or mutation, or a subscription operation once (the

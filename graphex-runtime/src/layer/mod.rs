@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 pub mod memory;
 #[cfg(feature = "redis")]
@@ -21,6 +22,10 @@ pub use memory::MemoryLayer;
 
 /// Where a layer delivers messages for the groups this process listens to.
 pub type Inbound = Arc<dyn Fn(&str, Bytes) + Send + Sync>;
+
+/// Answers a request another process sent to this one (see
+/// [`ChannelLayer::request`]); the reply goes back to the sender.
+pub type RequestHandler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Bytes> + Send + Sync>;
 
 /// A channel layer failure.
 #[derive(Debug, thiserror::Error)]
@@ -74,4 +79,16 @@ pub trait ChannelLayer: Send + Sync + 'static {
     async fn listen(&self, group: &str) -> Result<(), LayerError>;
     /// This process no longer has members in `group`.
     async fn unlisten(&self, group: &str) -> Result<(), LayerError>;
+    /// Makes this process answer the requests sent to `node` (its hub's
+    /// node id) with `handler`. Layers that link no other process ignore it.
+    fn serve_requests(&self, node: &str, handler: RequestHandler) {
+        let _ = (node, handler);
+    }
+    /// Sends `body` to the process whose node id is `node` and returns its
+    /// reply, or `None` when no process answers for `node` (the default:
+    /// a layer that links no other process).
+    async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
+        let _ = (node, body);
+        Ok(None)
+    }
 }

@@ -15,6 +15,11 @@
 //!   ping), the subscriber reconnects with exponential backoff and subscribes
 //!   again to every group that still has local members: clients do nothing.
 //!
+//! Processes also answer each other's requests (a subscribe that reached
+//! the wrong process, see [`crate::forward`]): each process listens on
+//! `<prefix>@node:<node id>` for requests and `<prefix>@reply:<node id>` for
+//! replies, through the same subscriber connection.
+//!
 //! What an outage does:
 //! - `listen` / `unlisten` never fail: the wanted set is updated at once and
 //!   applied to Redis when the connection is back.
@@ -28,9 +33,9 @@
 //!   disconnected are not replayed to it, and nothing delivered before the
 //!   outage is delivered again after it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +43,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ChannelLayer, Inbound, LayerError};
+use super::{ChannelLayer, Inbound, LayerError, RequestHandler};
 
 /// Settings of the Redis layer, with documented defaults.
 #[derive(Clone, Debug)]
@@ -58,6 +63,9 @@ pub struct RedisOptions {
     /// How often the subscriber pings Redis to find a connection that died
     /// silently. Default 5 s.
     pub health_check_interval: Duration,
+    /// How long a request to another process (a subscribe sent to the
+    /// process holding the socket) waits for its reply. Default 5 s.
+    pub request_timeout: Duration,
 }
 
 impl Default for RedisOptions {
@@ -69,6 +77,7 @@ impl Default for RedisOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -103,13 +112,37 @@ enum Command {
     Unlisten(String, oneshot::Sender<()>),
 }
 
+/// Requests sent to other processes, waiting for their reply, by request id.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
+
 /// A channel layer on Redis pub/sub. See the [module documentation](self).
 pub struct RedisLayer {
     publisher: ConnectionManager,
     commands: mpsc::Sender<Command>,
     inbound: Arc<OnceLock<Inbound>>,
+    requests: Requests,
+    next_request: AtomicU64,
     stats: Arc<RedisStats>,
     options: RedisOptions,
+}
+
+/// What both halves of the layer know about process-to-process requests.
+#[derive(Clone, Default)]
+struct Requests {
+    /// This process's node id, once it serves requests.
+    node: Arc<OnceLock<String>>,
+    handler: Arc<OnceLock<RequestHandler>>,
+    pending: Pending,
+}
+
+/// The group a process receives requests on.
+fn requests_group(node: &str) -> String {
+    format!("@node:{node}")
+}
+
+/// The group a process receives replies on.
+fn replies_group(node: &str) -> String {
+    format!("@reply:{node}")
 }
 
 impl std::fmt::Debug for RedisLayer {
@@ -145,18 +178,21 @@ impl RedisLayer {
         let stats = Arc::new(RedisStats::default());
         stats.connected.store(true, Ordering::Relaxed);
         let inbound = Arc::new(OnceLock::new());
+        let requests = Requests::default();
         // Bounded: listen/unlisten callers wait for room rather than queue without limit.
         let (commands, receiver) = mpsc::channel(256);
         let subscriber = Subscriber {
             client,
             options: options.clone(),
             inbound: inbound.clone(),
+            requests: requests.clone(),
+            publisher: publisher.clone(),
             stats: stats.clone(),
             commands: receiver,
             wanted: HashSet::new(),
         };
         tokio::spawn(subscriber.run(first));
-        Ok(RedisLayer { publisher, commands, inbound, stats, options })
+        Ok(RedisLayer { publisher, commands, inbound, requests, next_request: AtomicU64::new(1), stats, options })
     }
 
     /// The counters.
@@ -169,7 +205,7 @@ impl RedisLayer {
         &self.options
     }
 
-    async fn request(&self, command: impl FnOnce(oneshot::Sender<()>) -> Command) -> Result<(), LayerError> {
+    async fn command(&self, command: impl FnOnce(oneshot::Sender<()>) -> Command) -> Result<(), LayerError> {
         let (done, applied) = oneshot::channel();
         self.commands.send(command(done)).await.map_err(|_| stopped())?;
         applied.await.map_err(|_| stopped())
@@ -213,12 +249,75 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn listen(&self, group: &str) -> Result<(), LayerError> {
-        self.request(|done| Command::Listen(group.to_owned(), done)).await
+        self.command(|done| Command::Listen(group.to_owned(), done)).await
     }
 
     async fn unlisten(&self, group: &str) -> Result<(), LayerError> {
-        self.request(|done| Command::Unlisten(group.to_owned(), done)).await
+        self.command(|done| Command::Unlisten(group.to_owned(), done)).await
     }
+
+    fn serve_requests(&self, node: &str, handler: RequestHandler) {
+        if self.requests.node.set(node.to_owned()).is_err() {
+            tracing::warn!(node, "redis layer already serves requests for another node");
+            return;
+        }
+        let _ = self.requests.handler.set(handler);
+        for group in [requests_group(node), replies_group(node)] {
+            let (done, _) = oneshot::channel();
+            if self.commands.try_send(Command::Listen(group, done)).is_err() {
+                tracing::error!(node, "redis layer could not listen for requests");
+            }
+        }
+    }
+
+    async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
+        let Some(me) = self.requests.node.get() else { return Ok(None) };
+        let channel = format!("{}{}", self.options.prefix, requests_group(node));
+        let mut connection = self.publisher.clone();
+        // Channel subscribers only: a PSUBSCRIBE monitor would make PUBLISH's
+        // receiver count lie about whether the node exists.
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB").arg(&channel);
+        let listeners =
+            tokio::time::timeout(self.options.publish_timeout, numsub.query_async::<(String, i64)>(&mut connection));
+        match listeners.await {
+            Ok(Ok((_, 0))) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(unavailable("Redis PUBSUB failed", error)),
+            Err(_) => return Err(LayerError::Unavailable("Redis PUBSUB timed out".into())),
+        }
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, replied) = oneshot::channel();
+        lock(&self.requests.pending).insert(id, reply);
+        let forget = || lock(&self.requests.pending).remove(&id);
+        let mut payload = format!("{id}\n{me}\n").into_bytes();
+        payload.extend_from_slice(&body);
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(channel).arg(payload);
+        let publish = publish.exec_async(&mut connection);
+        match tokio::time::timeout(self.options.publish_timeout, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                forget();
+                return Err(unavailable("Redis publish failed", error));
+            }
+            Err(_) => {
+                forget();
+                return Err(LayerError::Unavailable("Redis publish timed out".into()));
+            }
+        }
+        match tokio::time::timeout(self.options.request_timeout, replied).await {
+            Ok(Ok(reply)) => Ok(Some(reply)),
+            _ => {
+                forget();
+                Err(LayerError::Unavailable(format!("process {node} did not answer in time")))
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The task that owns the pub/sub connection and the set of wanted groups.
@@ -226,6 +325,9 @@ struct Subscriber {
     client: redis::Client,
     options: RedisOptions,
     inbound: Arc<OnceLock<Inbound>>,
+    requests: Requests,
+    /// Sends the replies to requests.
+    publisher: ConnectionManager,
     stats: Arc<RedisStats>,
     commands: mpsc::Receiver<Command>,
     /// Groups with local members: what to subscribe to after a reconnection.
@@ -360,8 +462,42 @@ impl Subscriber {
     fn deliver(&self, message: &redis::Msg) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Some(group) = message.get_channel_name().strip_prefix(&self.options.prefix) else { return };
-        if let Some(inbound) = self.inbound.get() {
-            inbound(group, Bytes::copy_from_slice(message.get_payload_bytes()));
+        let payload = message.get_payload_bytes();
+        if group.starts_with('@') {
+            self.control(group, payload);
+        } else if let Some(inbound) = self.inbound.get() {
+            inbound(group, Bytes::copy_from_slice(payload));
+        }
+    }
+
+    /// A request from another process (`<id>\n<node>\n<body>`), answered in
+    /// a task of its own, or a reply to one of ours (`<id>\n<body>`).
+    fn control(&self, group: &str, payload: &[u8]) {
+        let Some(me) = self.requests.node.get() else { return };
+        let mut parts = payload.splitn(3, |byte| *byte == b'\n');
+        let id = parts.next().and_then(|id| std::str::from_utf8(id).ok()).and_then(|id| id.parse::<u64>().ok());
+        let Some(id) = id else {
+            tracing::warn!(group, "malformed request or reply ignored");
+            return;
+        };
+        if group == replies_group(me) {
+            let body = Bytes::copy_from_slice(parts.next().unwrap_or_default());
+            if let Some(waiting) = lock(&self.requests.pending).remove(&id) {
+                let _ = waiting.send(body);
+            }
+        } else if group == requests_group(me) {
+            let (Some(from), Some(body)) = (parts.next(), parts.next()) else { return };
+            let (Ok(from), Some(handler)) = (std::str::from_utf8(from), self.requests.handler.get()) else { return };
+            let reply_to = format!("{}{}", self.options.prefix, replies_group(from));
+            let answer = handler(Bytes::copy_from_slice(body));
+            let mut connection = self.publisher.clone();
+            tokio::spawn(async move {
+                let mut payload = format!("{id}\n").into_bytes();
+                payload.extend_from_slice(&answer.await);
+                if let Err(error) = redis::cmd("PUBLISH").arg(reply_to).arg(payload).exec_async(&mut connection).await {
+                    tracing::warn!(%error, "reply to another process not sent");
+                }
+            });
         }
     }
 }
