@@ -267,16 +267,21 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1, "the outage's change is counted as dropped");
     assert!(layer.stats().publish_failures.load(Ordering::Relaxed) >= 1);
     wait_until("the layer notices the outage", || !layer.stats().connected()).await;
+    // A subscribe during the outage is accepted and takes effect on reconnection.
+    let mut late = server.ws().await;
+    late.subscribe_ok(&server, "userSubscription", "action: UPDATE, operation: SUBSCRIBE", None).await;
 
     redis.start_again().await;
     wait_until("the layer reconnects and resubscribes", || {
-        layer.stats().connected() && layer.stats().resubscribed.load(Ordering::Relaxed) >= 1
+        layer.stats().connected() && layer.stats().resubscribed.load(Ordering::Relaxed) >= 2
     })
     .await;
     assert!(layer.stats().reconnects.load(Ordering::Relaxed) >= 1);
     let after = server.create_user("after", "a@example.com", "t1").await;
     // Neither `before` again nor `during`: the next frame is `after`.
     ws.expect(&user_frame("create", &after)).await;
+    let updated = server.update_user(&after["id"], "new@example.com").await;
+    late.expect(&user_frame("update", &updated)).await;
     assert_ne!(during, after);
     assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1);
     Some(())
