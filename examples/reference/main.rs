@@ -17,6 +17,7 @@ async fn main() {
     println!("graphex reference example on http://{}", listener.local_addr().expect("bound"));
     println!("  POST /graphql       queries, mutations, subscribe/unsubscribe");
     println!("  GET  /ws/graphql/   two-channel WebSocket");
+    println!("  GET  /graphql/client/  browser client page");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
