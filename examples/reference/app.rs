@@ -281,7 +281,8 @@ pub fn app(db: DatabaseConnection, hub: Hub) -> Router {
 /// (the client page then completes GraphQL keywords only).
 #[allow(dead_code, reason = "served by tests/browser.rs only")]
 pub fn app_without_introspection(db: DatabaseConnection, hub: Hub) -> Router {
-    let schema = Schema::build(Query, Mutation, Subscription::default()).data(db.clone()).disable_introspection().finish();
+    let schema =
+        Schema::build(Query, Mutation, Subscription::default()).data(db.clone()).disable_introspection().finish();
     serve(schema, hub, db)
 }
 
