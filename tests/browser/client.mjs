@@ -23,8 +23,8 @@ if (!base || !noIntrospectionBase || !outputDir || !["available", "refused"].inc
 }
 const CHROMIUM = process.env.GRAPHEX_CHROMIUM || "/usr/bin/chromium";
 const ONLY = process.env.GRAPHEX_BROWSER_ONLY || null;
-const STEP_TIMEOUT = 5000;
-const TOTAL_TIMEOUT = 60000;
+const STEP_TIMEOUT = 10000;
+const TOTAL_TIMEOUT = 90000;
 mkdirSync(outputDir, { recursive: true });
 
 const watchdog = setTimeout(() => {
