@@ -57,6 +57,7 @@ pub struct ClientPage {
     /// upgraded (`ws://host/graphql`).
     pub standard_ws_path: Option<String>,
     /// The page title. Default `graphex client`.
+    #[serde(skip)]
     pub title: String,
 }
 
@@ -150,7 +151,6 @@ mod tests {
                 "ws_path": "/ws/graphql/",
                 "http_path": "/graphql",
                 "standard_ws_path": null,
-                "title": "graphex client",
             })
         );
     }

@@ -247,7 +247,13 @@ try {
     await page.keyboard.type(", operation: SUBSCRIBE, data: [");
     await page.keyboard.press("Control+Space");
     await accept("USERNAME", "Tab");
-    await page.keyboard.type(", EMAIL]) { ok error stream operation action }");
+    await page.keyboard.type(", EMAIL]) { ok error ");
+    await page.keyboard.press("Control+Space");
+    const rest = await waitFor("the confirmation's fields", completions);
+    check(rest.some((item) => item.label === "stream") && !rest.some((item) => item.label === "ok"),
+      `fields not yet selected: ${JSON.stringify(rest)}`);
+    await page.keyboard.press("Escape");
+    await page.keyboard.type("stream operation action }");
     await page.keyboard.press("Enter");
     await page.keyboard.type("}");
     equal(await editor.inputValue(),
@@ -262,6 +268,8 @@ try {
     equal((await responseJson()).data.userSubscription,
       { ok: true, error: null, stream: "users", operation: "SUBSCRIBE", action: "ALL_ACTIONS" }, "confirmation");
     equal(await page.locator("#active li").count(), 1, "one active subscription");
+    equal(await page.locator("#active li .mono").textContent(),
+      "userSubscription(action: ALL_ACTIONS, data: [USERNAME, EMAIL])", "its label");
     equal(await ask(`channel ${channel}`), "3", "ALL_ACTIONS joined three groups on the page's channel");
   });
 
