@@ -2,7 +2,8 @@
 //! `tests/browser/client.mjs` (playwright-core): the reference app is served
 //! on port 0 (once as is, once with introspection disabled) and the script
 //! uses the page as a person would. It asks this test for the server's side
-//! of the story over its stdout/stdin (`@@ channel <id>`, `@@ drop`).
+//! of the story over its stdout/stdin (`@@ channel <id>`, `@@ owner <id>`,
+//! `@@ drop`).
 //!
 //! The standard-protocol switch is checked against whatever the reference
 //! app answers on `ws://host/graphql` (a refusal message while it serves no
@@ -112,6 +113,10 @@ async fn answer(request: &str, main: &Served) -> String {
     match (words.next(), words.next()) {
         (Some("channel"), Some(id)) => match main.hub.channel(id) {
             Some(channel) => channel.subscription_count().to_string(),
+            None => "none".into(),
+        },
+        (Some("owner"), Some(id)) => match main.hub.channel(id) {
+            Some(channel) => channel.owner().unwrap_or("anonymous").to_owned(),
             None => "none".into(),
         },
         (Some("drop"), None) => {

@@ -2,6 +2,7 @@
 // person uses it. Run by tests/browser.rs, which serves the reference app and
 // answers the `@@ ...` requests this script prints (one reply line on stdin):
 //   @@ channel <id>   -> the channel's subscription count on the server, or "none"
+//   @@ owner <id>     -> the principal owning the channel, "anonymous" or "none"
 //   @@ drop           -> the server closes every socket (as on a restart); "ok"
 //
 // node client.mjs <base-url> <no-introspection-base-url> <output-dir> <available|refused>
@@ -81,10 +82,12 @@ async function step(name, body, tags = []) {
   console.log(`ok: ${name}`);
 }
 
-async function graphql(url, query, variables) {
+async function graphql(url, query, variables, token) {
+  const headers = { "content-type": "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
   const response = await fetch(`${url}/graphql`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers,
     body: JSON.stringify({ query, variables }),
     signal: AbortSignal.timeout(STEP_TIMEOUT),
   });
@@ -334,6 +337,24 @@ try {
     await page.locator("#clear").click();
     equal(await page.locator("#notifications li").count(), 0, "cleared");
     equal(await page.locator("#count").textContent(), "0", "count reset");
+  });
+
+  await step("a token authenticates the socket and the subscribe", async () => {
+    phase = "token";
+    const owner = (await createUser()).username;
+    await page.locator("#token").fill(owner);
+    await page.locator("#token").press("Enter");
+    channel = await channelShown(page, channel);
+    equal(await ask(`owner ${channel}`), owner, "the new channel belongs to the token's principal");
+    await editor.fill("subscription { noteSubscription(action: CREATE, operation: SUBSCRIBE) { ok error stream } }");
+    await page.locator("#subscribe").click();
+    await waitFor("a confirmation", async () => (await responseJson()).data?.noteSubscription?.ok === true);
+    equal(await ask(`channel ${channel}`), "1", "subscribed as the principal");
+    const note = await graphql(base, "mutation { createNote(text: \"from the browser test\") { id owner } }", {}, owner);
+    const item = page.locator("#notifications li.notification", { hasText: "from the browser test" });
+    await item.waitFor();
+    equal(JSON.parse(await item.locator("pre").textContent()), { id: note.createNote.id, owner, text: "from the browser test" },
+      "the note");
   });
 
   await step(`the standard-protocol switch (server: ${standardOffer})`, async () => {
