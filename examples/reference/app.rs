@@ -271,7 +271,22 @@ pub fn schema(db: DatabaseConnection) -> Schema<Query, Mutation, Subscription> {
     Schema::build(Query, Mutation, Subscription::default()).data(db).finish()
 }
 
-/// The whole app: GraphQL over HTTP at `/graphql`, the two-channel socket at `/ws/graphql/`.
+/// The whole app: GraphQL over HTTP at `/graphql`, the two-channel socket at
+/// `/ws/graphql/`, the browser client page at `/graphql/client/`.
 pub fn app(db: DatabaseConnection, hub: Hub) -> Router {
-    graphex::router(schema(db.clone()), hub, UsernameAuth(db))
+    serve(schema(db.clone()), hub, db)
+}
+
+/// [`app`] with introspection disabled, as some production servers run
+/// (the client page then completes GraphQL keywords only).
+#[allow(dead_code, reason = "served by tests/browser.rs only")]
+pub fn app_without_introspection(db: DatabaseConnection, hub: Hub) -> Router {
+    let schema =
+        Schema::build(Query, Mutation, Subscription::default()).data(db.clone()).disable_introspection().finish();
+    serve(schema, hub, db)
+}
+
+fn serve(schema: Schema<Query, Mutation, Subscription>, hub: Hub, db: DatabaseConnection) -> Router {
+    let client = graphex::client_page(graphex::ClientPage::from_config(hub.config()));
+    graphex::router(schema, hub, UsernameAuth(db)).merge(client)
 }

@@ -44,6 +44,7 @@ pub async fn serve(settings: Settings) {
     println!("graphex reference example on http://{}", listener.local_addr().expect("bound"));
     println!("  POST /graphql       queries, mutations, subscribe/unsubscribe");
     println!("  GET  /ws/graphql/   two-channel WebSocket");
+    println!("  GET  /graphql/client/  browser client page");
     println!("  channel layer       {}", settings.layer_url);
     let shutdown = {
         let hub = hub.clone();

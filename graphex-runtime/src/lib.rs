@@ -8,6 +8,7 @@
 //! and writes frames ([`server`]).
 
 pub mod announce;
+pub mod client;
 pub mod config;
 pub mod filter;
 pub mod forward;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod subscribe;
 
 pub use announce::{announce, announce_many, set_global_hub, transaction};
+pub use client::{ClientPage, client_page};
 pub use config::Config;
 pub use filter::{Filter, FilterError, FilterLimits, Lookup};
 pub use hub::{Hub, Stats};

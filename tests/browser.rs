@@ -1,0 +1,380 @@
+//! The browser client page, driven in Debian's headless Chromium by
+//! `tests/browser/client.mjs` (playwright-core): the reference app is served
+//! on port 0 (once as is, once with introspection disabled) and the script
+//! uses the page as a person would. It asks this test for the server's side
+//! of the story over its stdout/stdin (`@@ channel <id>`, `@@ owner <id>`,
+//! `@@ drop`).
+//!
+//! The standard-protocol switch is checked against whatever the reference
+//! app answers on `ws://host/graphql` (a refusal message while it serves no
+//! graphql-transport-ws; streaming once it does), and always against a
+//! stand-in server that serves async-graphql's own graphql-transport-ws with
+//! one native field (`userChanges`).
+//!
+//! Needs `node`, `/usr/bin/chromium` (or `GRAPHEX_CHROMIUM`) and
+//! `tests/browser/node_modules` (`npm ci` there). Without them the test
+//! prints `skipped: ...`, unless `GRAPHEX_TEST_BROWSER=1` (set by `.ci/run`)
+//! makes that a failure. Screenshots go to `target/test-output/browser/`.
+#![allow(unreachable_pub)]
+
+#[path = "../examples/reference/app.rs"]
+mod app;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_graphql::Schema;
+use async_graphql::http::{WebSocket as ProtocolSocket, WebSocketProtocols, WsMessage};
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use graphex::Hub;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Bound on the whole browser run (the script has its own, shorter, watchdog).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const REQUIRED_ENV: &str = "GRAPHEX_TEST_BROWSER";
+
+struct Served {
+    addr: SocketAddr,
+    hub: Hub,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(make: fn(sea_orm::DatabaseConnection, Hub) -> Router) -> Served {
+    let db = app::connect("sqlite::memory:", None).await;
+    let hub = Hub::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address");
+    let router = make(db, hub.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("server runs");
+    });
+    Served { addr, hub, task }
+}
+
+struct Tools {
+    node: PathBuf,
+    chromium: PathBuf,
+    dir: PathBuf,
+}
+
+/// The tools the test needs, or why they are missing.
+async fn tools() -> Result<Tools, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = PathBuf::from(std::env::var("GRAPHEX_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    let node = PathBuf::from("node");
+    let version = Command::new(&node).arg("--version").output().await;
+    if !matches!(&version, Ok(output) if output.status.success()) {
+        return Err("node is not installed".into());
+    }
+    if !chromium.exists() {
+        return Err(format!(
+            "no Chromium at {} (apt-get install chromium, or set GRAPHEX_CHROMIUM)",
+            chromium.display()
+        ));
+    }
+    if !dir.join("node_modules/playwright-core/package.json").exists() {
+        return Err(format!("playwright-core is not installed (npm ci in {})", dir.display()));
+    }
+    Ok(Tools { node, chromium, dir })
+}
+
+/// Whether the server answers a graphql-transport-ws handshake on the HTTP
+/// endpoint's path (the standard protocols are another issue's work).
+async fn standard_protocol_offered(addr: SocketAddr) -> bool {
+    let mut request = format!("ws://{addr}/graphql").into_client_request().expect("valid ws url");
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().expect("header value"));
+    match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request)).await {
+        Ok(Ok((mut socket, response))) => {
+            let _ = socket.close(None).await;
+            response.headers().get("sec-websocket-protocol").is_some_and(|value| value == "graphql-transport-ws")
+        }
+        _ => false,
+    }
+}
+
+/// Answers one `@@` request of the script.
+async fn answer(request: &str, main: &Served) -> String {
+    let mut words = request.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("channel"), Some(id)) => match main.hub.channel(id) {
+            Some(channel) => channel.subscription_count().to_string(),
+            None => "none".into(),
+        },
+        (Some("owner"), Some(id)) => match main.hub.channel(id) {
+            Some(channel) => channel.owner().unwrap_or("anonymous").to_owned(),
+            None => "none".into(),
+        },
+        (Some("drop"), None) => {
+            main.hub.shutdown();
+            "ok".into()
+        }
+        _ => format!("unknown request {request:?}"),
+    }
+}
+
+/// Where the screenshots of `run` go (under the target directory).
+fn output_dir(run: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-output/browser").join(run)
+}
+
+/// The tools, or `None` after printing why the test is skipped (a failure
+/// when `GRAPHEX_TEST_BROWSER=1`).
+async fn tools_or_skip() -> Option<Tools> {
+    match tools().await {
+        Ok(tools) => Some(tools),
+        Err(why) if std::env::var(REQUIRED_ENV).as_deref() == Ok("1") => {
+            panic!("{REQUIRED_ENV}=1 but the browser test cannot run: {why}")
+        }
+        Err(why) => {
+            println!("skipped: browser test: {why}");
+            None
+        }
+    }
+}
+
+/// Runs `client.mjs` against `main` (and `keywords`, the same app without
+/// introspection), answering its requests; asserts it passed and saved `screenshots`.
+async fn run_script(
+    tools: &Tools,
+    main: &Served,
+    keywords: SocketAddr,
+    standard: &str,
+    only: Option<&str>,
+    output: &Path,
+    screenshots: &[&str],
+) {
+    std::fs::create_dir_all(output).expect("output folder");
+    for shot in screenshots.iter().chain(&["client-failure.png"]) {
+        let _ = std::fs::remove_file(output.join(shot));
+    }
+    let mut command = Command::new(&tools.node);
+    command
+        .arg(tools.dir.join("client.mjs"))
+        .arg(format!("http://{}", main.addr))
+        .arg(format!("http://{keywords}"))
+        .arg(output)
+        .arg(standard)
+        .env("GRAPHEX_CHROMIUM", &tools.chromium)
+        .env_remove("GRAPHEX_BROWSER_ONLY")
+        .current_dir(&tools.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(only) = only {
+        command.env("GRAPHEX_BROWSER_ONLY", only);
+    }
+    let mut child = command.spawn().expect("node starts");
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let mut stderr = child.stderr.take().expect("stderr piped");
+
+    let run = async {
+        let mut log = Vec::new();
+        while let Some(line) = stdout.next_line().await.expect("read the script's output") {
+            if let Some(request) = line.strip_prefix("@@ ") {
+                let reply = answer(request, main).await;
+                stdin.write_all(format!("{reply}\n").as_bytes()).await.expect("reply to the script");
+                stdin.flush().await.expect("flush the reply");
+            } else {
+                println!("{line}");
+                log.push(line);
+            }
+        }
+        let mut errors = String::new();
+        stderr.read_to_string(&mut errors).await.expect("read the script's errors");
+        (child.wait().await.expect("node exits"), log, errors)
+    };
+    let (status, log, errors) =
+        tokio::time::timeout(RUN_TIMEOUT, run).await.expect("the browser test is bounded in time");
+    if !errors.is_empty() {
+        eprintln!("{errors}");
+    }
+    assert!(status.success(), "the browser script failed ({status}): {errors}");
+    assert!(log.last().is_some_and(|line| line.starts_with("browser: ")), "the script reported its steps: {log:?}");
+    for shot in screenshots {
+        assert!(output.join(shot).exists(), "screenshot {shot} saved in {}", output.display());
+    }
+    println!("screenshots in {}", output.canonicalize().unwrap_or_else(|_| output.to_owned()).display());
+}
+
+/// A GET over a fresh connection: the status line, the headers (lower-case
+/// names) and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (String, Vec<(String, String)>, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read the response");
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("GET answered in time");
+    let (head, body) = response.split_once("\r\n\r\n").expect("end of headers");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().expect("status line").to_owned();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+}
+
+/// The reference app serves the page (no browser needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_app_serves_the_page() {
+    let main = serve(app::app).await;
+    let (status, headers, body) = http_get(main.addr, "/graphql/client/").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(header(&headers, "content-type"), Some("text/html; charset=utf-8"));
+    let csp = header(&headers, "content-security-policy").expect("a content security policy");
+    assert!(csp.starts_with("default-src 'none'; script-src 'unsafe-inline'"), "{csp}");
+    assert!(body.contains(r#"{"ws_path":"/ws/graphql/","http_path":"/graphql","standard_ws_path":null"#), "settings");
+
+    let (status, headers, _) = http_get(main.addr, "/graphql/client").await;
+    assert_eq!(status, "HTTP/1.1 308 Permanent Redirect");
+    assert_eq!(header(&headers, "location"), Some("/graphql/client/"));
+}
+
+/// The whole page against the reference app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_page_in_headless_chromium() {
+    let Some(tools) = tools_or_skip().await else { return };
+    let main = serve(app::app).await;
+    let keywords = serve(app::app_without_introspection).await;
+    let standard = if standard_protocol_offered(main.addr).await { "available" } else { "refused" };
+    println!("graphql-transport-ws on /graphql: {standard}");
+    let screenshots = ["client-light.png", "client-dark.png", "client-completion.png", "client-keywords.png"];
+    run_script(&tools, &main, keywords.addr, standard, None, &output_dir("reference"), &screenshots).await;
+}
+
+/// The protocol switch streaming over graphql-transport-ws, against the stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_switch_streams_from_a_graphql_transport_ws_server() {
+    let Some(tools) = tools_or_skip().await else { return };
+    let server = serve(stand_in::app).await;
+    assert!(standard_protocol_offered(server.addr).await, "the stand-in answers graphql-transport-ws");
+    let screenshots = ["client-standard.png"];
+    run_script(&tools, &server, server.addr, "available", Some("standard"), &output_dir("stand-in"), &screenshots)
+        .await;
+}
+
+/// A stand-in for the standard protocols (another issue's work): the
+/// reference app plus async-graphql's own graphql-transport-ws on
+/// `GET /graphql`, with one native field, `userChanges`, that streams every
+/// user and then each one created later (it polls the table: a test
+/// double, not how graphex announces changes).
+mod stand_in {
+    use std::collections::VecDeque;
+
+    use async_graphql::{Context, MergedSubscription, SimpleObject, Subscription};
+    use futures_util::Stream;
+    use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+
+    use super::*;
+    use crate::app::user;
+
+    /// One change of a user.
+    #[derive(SimpleObject)]
+    pub struct UserChange {
+        action: String,
+        id: i32,
+        username: String,
+    }
+
+    #[derive(Default)]
+    pub struct UserChanges;
+
+    #[Subscription]
+    impl UserChanges {
+        /// Every user, then each user created later.
+        async fn user_changes(
+            &self,
+            ctx: &Context<'_>,
+            action: graphex::ActionSubscription,
+        ) -> impl Stream<Item = UserChange> + use<> {
+            let _ = action;
+            let db = ctx.data_unchecked::<DatabaseConnection>().clone();
+            futures_util::stream::unfold((db, 0, VecDeque::new()), |(db, mut last, mut queue)| async move {
+                loop {
+                    if let Some(change) = queue.pop_front() {
+                        return Some((change, (db, last, queue)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let rows = user::Entity::find()
+                        .filter(user::Column::Id.gt(last))
+                        .order_by_asc(user::Column::Id)
+                        .all(&db)
+                        .await
+                        .unwrap_or_default();
+                    for row in rows {
+                        last = row.id;
+                        queue.push_back(UserChange { action: "create".into(), id: row.id, username: row.username });
+                    }
+                }
+            })
+        }
+    }
+
+    #[derive(MergedSubscription, Default)]
+    pub struct Root(user::UserSubscription, UserChanges);
+
+    type StandInSchema = Schema<app::Query, app::Mutation, Root>;
+
+    pub fn app(db: DatabaseConnection, hub: Hub) -> Router {
+        let schema: StandInSchema = Schema::build(app::Query, app::Mutation, Root::default()).data(db.clone()).finish();
+        let ws_schema = schema.clone();
+        let upgrade = move |upgrade: WebSocketUpgrade| {
+            let schema = ws_schema.clone();
+            async move {
+                upgrade
+                    .protocols([WebSocketProtocols::GraphQLWS.sec_websocket_protocol()])
+                    .on_upgrade(move |socket| transport_ws(schema, socket))
+            }
+        };
+        let client = graphex::client_page(graphex::ClientPage::from_config(hub.config()));
+        graphex::router(schema, hub, app::UsernameAuth(db)).route("/graphql", get(upgrade)).merge(client)
+    }
+
+    async fn transport_ws(schema: StandInSchema, socket: WebSocket) {
+        let (mut sink, stream) = socket.split();
+        let input = stream
+            .take_while(|message| std::future::ready(!matches!(message, Err(_) | Ok(Message::Close(_)))))
+            .filter_map(|message| {
+                std::future::ready(match message {
+                    Ok(Message::Text(text)) => Some(text.to_string()),
+                    _ => None,
+                })
+            });
+        let mut output = std::pin::pin!(ProtocolSocket::new(schema, input, WebSocketProtocols::GraphQLWS));
+        while let Some(message) = output.next().await {
+            let frame = match message {
+                WsMessage::Text(text) => Message::Text(text.into()),
+                WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame { code, reason: reason.into() })),
+            };
+            let closing = matches!(frame, Message::Close(_));
+            if sink.send(frame).await.is_err() || closing {
+                break;
+            }
+        }
+    }
+}
