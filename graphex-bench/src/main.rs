@@ -13,6 +13,7 @@ const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|all
 options (defaults are the issue's numbers):
   --fanout-n 1000,10000      subscribers of the fan-out series
   --fanout-deliveries 2000000  deliveries per fan-out throughput run
+  --latency-n 1000           fan-out N that also get a latency run (empty: none)
   --latency-rate 200         changes per second of the latency runs
   --latency-secs 5           seconds of each latency run
   --partitioned-n 10000      subscribers of the partitioned scenario
@@ -23,6 +24,7 @@ options (defaults are the issue's numbers):
   --payload-changes 2000     changes per payload run
   --memory-n 10000           idle connections of the memory scenario
   --window 256               changes in flight at most
+  --writers 8                tasks saving changes concurrently (throughput runs)
   --settle-secs 2            wait for late deliveries
   --systems ceiling,graphex,alternative
   --out target/bench         where the JSON goes";
@@ -91,6 +93,14 @@ fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
             "--fanout-n" => {
                 options.fanout_n = value.split(',').map(str::parse).collect::<Result<_, _>>().map_err(bad)?;
             }
+            "--latency-n" => {
+                options.latency_n = value
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?;
+            }
             "--fanout-deliveries" => options.fanout_deliveries = value.parse().map_err(bad)?,
             "--latency-rate" => options.latency_rate = float()?,
             "--latency-secs" => options.latency_secs = float()?,
@@ -101,6 +111,7 @@ fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
             "--payload-n" => options.payload_n = value.parse().map_err(bad)?,
             "--payload-changes" => options.payload_changes = value.parse().map_err(bad)?,
             "--memory-n" => options.memory_n = value.parse().map_err(bad)?,
+            "--writers" => options.writers = value.parse().map_err(bad)?,
             "--window" => options.window = value.parse().map_err(bad)?,
             "--settle-secs" => options.settle_secs = float()?,
             "--systems" => options.systems = value.split(',').map(str::parse).collect::<Result<_, _>>()?,

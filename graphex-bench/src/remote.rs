@@ -1,7 +1,7 @@
 //! A server under test in a child process, so that its resident memory is
 //! its own and not the load generator's. The child (`graphex-bench serve
 //! <system> <model>`) prints `listening <addr>`, then answers one line per
-//! command read on its standard input: `emit <room>` -> `ok`, `count` -> the
+//! command read on its standard input: `emit <seq> <room>` -> `ok`, `count` -> the
 //! number of subscribers, `rss` -> its VmRSS in KiB. It exits when its
 //! standard input closes.
 
@@ -25,8 +25,9 @@ pub async fn serve(system: System, model: Model) -> Result<(), BenchError> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let answer = match line.split_once(' ').unwrap_or((line.as_str(), "")) {
-            ("emit", room) => {
-                server.target.emit(room.trim().parse()?).await?;
+            ("emit", args) => {
+                let (seq, room) = args.trim().split_once(' ').unwrap_or((args, "0"));
+                server.target.emit(seq.parse()?, room.parse()?).await?;
                 "ok".to_owned()
             }
             ("count", _) => server.target.subscribers().await?.to_string(),
@@ -87,8 +88,8 @@ impl RemoteServer {
 
 #[async_trait::async_trait]
 impl Target for RemoteServer {
-    async fn emit(&self, room: i32) -> Result<(), BenchError> {
-        self.ask(&format!("emit {room}")).await.map(drop)
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
+        self.ask(&format!("emit {seq} {room}")).await.map(drop)
     }
 
     async fn subscribers(&self) -> Result<usize, BenchError> {

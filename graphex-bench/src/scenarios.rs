@@ -2,7 +2,8 @@
 //! baselines with the same clients, the same N and the same rows.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -56,6 +57,8 @@ pub struct Options {
     pub fanout_n: Vec<usize>,
     /// Deliveries per fan-out throughput run (changes = deliveries / N).
     pub fanout_deliveries: usize,
+    /// The N of the fan-out series that also get a latency run.
+    pub latency_n: Vec<usize>,
     /// Changes per second of the latency runs.
     pub latency_rate: f64,
     /// Seconds of each latency run.
@@ -76,6 +79,8 @@ pub struct Options {
     pub memory_n: usize,
     /// Changes in flight at most (throughput runs), so that no queue overflows.
     pub window: usize,
+    /// Tasks saving changes concurrently (throughput runs), as concurrent requests would.
+    pub writers: usize,
     /// How long a run waits for missing deliveries after the last progress.
     pub settle_secs: f64,
     /// The systems measured.
@@ -90,6 +95,7 @@ impl Default for Options {
         Options {
             fanout_n: vec![1_000, 10_000],
             fanout_deliveries: 2_000_000,
+            latency_n: vec![1_000],
             latency_rate: 200.0,
             latency_secs: 5.0,
             partitioned_n: 10_000,
@@ -100,6 +106,7 @@ impl Default for Options {
             payload_changes: 2_000,
             memory_n: 10_000,
             window: 256,
+            writers: 8,
             settle_secs: 2.0,
             systems: vec![System::Ceiling, System::Graphex, System::Alternative],
             server_exe: None,
@@ -208,6 +215,8 @@ struct Pace {
     /// Changes per second; `None`: as fast as the window allows.
     rate: Option<f64>,
     latency: bool,
+    /// graphex only: announce without saving (see [`systems::start_with`]).
+    announce_only: bool,
 }
 
 /// Starts `system`, connects the clients, sends the changes, counts.
@@ -219,11 +228,11 @@ async fn measure(
     variant: &str,
     options: &Options,
 ) -> Result<Run, BenchError> {
-    let server = systems::start(system, model).await?;
+    let server = systems::start_with(system, model, !pace.announce_only).await?;
     let n = plans.len();
     let fleet = Fleet::connect(system, model, server.addr, plans, pace.changes, pace.latency).await?;
     wait_for_subscribers(server.target.as_ref(), n).await?;
-    let seconds = drive(server.target.as_ref(), &fleet, &pace, options).await?;
+    let seconds = drive(server.target.clone(), &fleet, &pace, options).await?;
     let dropped = server.target.dropped();
     let tally = fleet.finish(pace.changes, pace.rooms).await?;
     Ok(run_of(system, variant, n, pace.changes, seconds, dropped, &tally))
@@ -268,11 +277,13 @@ async fn wait_for_subscribers(target: &dyn Target, n: usize) -> Result<(), Bench
     }
 }
 
-/// Sends the changes round-robin over the rooms, either at a fixed rate or
-/// keeping at most `options.window` changes' deliveries outstanding, then
-/// waits for the last delivery (or for `settle_secs` without progress).
+/// Sends the changes round-robin over the rooms, then waits for the last
+/// delivery (or for `settle_secs` without progress). At a fixed rate, each
+/// change is sent by its own task (independent requests arriving on
+/// schedule); otherwise `writers` tasks send concurrently, keeping at most
+/// `window` changes' deliveries outstanding so that no queue overflows.
 /// Returns the seconds from the first change to the last delivery.
-async fn drive(target: &dyn Target, fleet: &Fleet, pace: &Pace, options: &Options) -> Result<f64, BenchError> {
+async fn drive(target: Arc<dyn Target>, fleet: &Fleet, pace: &Pace, options: &Options) -> Result<f64, BenchError> {
     let rooms = pace.rooms.max(1);
     let mut per_room = vec![0u64; rooms];
     let mut everywhere = 0u64;
@@ -283,26 +294,46 @@ async fn drive(target: &dyn Target, fleet: &Fleet, pace: &Pace, options: &Option
             None => everywhere += 1,
         }
     }
-    let fanout = |seq: usize| everywhere + per_room[usize::try_from(room_of(seq, rooms)).unwrap_or(0)];
-    let total: u64 = (0..pace.changes).map(fanout).sum();
+    let fanout = Arc::new(move |seq: usize| everywhere + per_room[usize::try_from(room_of(seq, rooms)).unwrap_or(0)]);
+    let total: u64 = (0..pace.changes).map(|seq| fanout(seq)).sum();
     let window = (total as f64 / pace.changes.max(1) as f64 * options.window as f64).ceil().max(1.0) as u64;
-    let delivered = &fleet.delivered;
-    let mut ticker = pace.rate.map(|rate| tokio::time::interval(Duration::from_secs_f64(1.0 / rate)));
+    let delivered = fleet.delivered.clone();
     let start = Instant::now();
-    let mut sent = 0u64;
-    for seq in 0..pace.changes {
-        match ticker.as_mut() {
-            Some(ticker) => {
+    let mut tasks = Vec::new();
+    match pace.rate {
+        Some(rate) => {
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            for seq in 0..pace.changes {
                 ticker.tick().await;
-            }
-            None => {
-                while sent.saturating_sub(delivered.load(Ordering::Relaxed)) > window {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                let target = target.clone();
+                tasks.push(tokio::spawn(async move { target.emit(seq, room_of(seq, rooms)).await }));
             }
         }
-        target.emit(room_of(seq, rooms)).await?;
-        sent += fanout(seq);
+        None => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let sent = Arc::new(AtomicU64::new(0));
+            for _ in 0..options.writers.max(1) {
+                let (target, next, sent, delivered, fanout) =
+                    (target.clone(), next.clone(), sent.clone(), delivered.clone(), fanout.clone());
+                let changes = pace.changes;
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        if seq >= changes {
+                            return Ok(());
+                        }
+                        while sent.load(Ordering::Relaxed).saturating_sub(delivered.load(Ordering::Relaxed)) > window {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        sent.fetch_add(fanout(seq), Ordering::Relaxed);
+                        target.emit(seq, room_of(seq, rooms)).await?;
+                    }
+                }));
+            }
+        }
+    }
+    for task in tasks {
+        task.await.map_err(|error| BenchError::new(format!("writer failed: {error}")))??;
     }
     let settle = Duration::from_secs_f64(options.settle_secs);
     let mut last = delivered.load(Ordering::Relaxed);
@@ -357,9 +388,23 @@ async fn fanout(options: &Options) -> Outcome {
         let changes = (options.fanout_deliveries / n.max(1)).max(1);
         let latency_changes = ((options.latency_rate * options.latency_secs).round() as usize).max(1);
         for &system in &options.systems {
-            let pace = Pace { changes, rooms: 1, rate: None, latency: false };
+            let pace = Pace { changes, rooms: 1, rate: None, latency: false, announce_only: false };
             runs.push(measure(system, Model::Indexed, plans.clone(), pace, "throughput", options).await?);
-            let pace = Pace { changes: latency_changes, rooms: 1, rate: Some(options.latency_rate), latency: true };
+            if system == System::Graphex {
+                let pace = Pace { changes, rooms: 1, rate: None, latency: false, announce_only: true };
+                let variant = "throughput, no DB";
+                runs.push(measure(system, Model::Indexed, plans.clone(), pace, variant, options).await?);
+            }
+            if !options.latency_n.contains(&n) {
+                continue;
+            }
+            let pace = Pace {
+                changes: latency_changes,
+                rooms: 1,
+                rate: Some(options.latency_rate),
+                latency: true,
+                announce_only: false,
+            };
             let variant = format!("latency {}/s", options.latency_rate);
             runs.push(measure(system, Model::Indexed, plans.clone(), pace, &variant, options).await?);
         }
@@ -368,6 +413,12 @@ async fn fanout(options: &Options) -> Outcome {
         let alternative = rate_of(&runs, System::Alternative, "throughput", n);
         checks.extend(ratio_check(format!("fan-out N={n}: graphex / ceiling"), graphex, ceiling, 0.5));
         checks.extend(ratio_check(format!("fan-out N={n}: graphex / alternative (info)"), graphex, alternative, 0.0));
+        checks.extend(ratio_check(
+            format!("fan-out N={n}: graphex without DB / ceiling (info)"),
+            rate_of(&runs, System::Graphex, "throughput, no DB", n),
+            ceiling,
+            0.0,
+        ));
         let latency = runs
             .iter()
             .find(|run| run.system == System::Graphex.name() && run.n == n && run.variant.starts_with("latency"));
@@ -400,7 +451,7 @@ async fn partitioned(options: &Options) -> Outcome {
             System::Alternative => &[(Model::Indexed, "broadcast + filter", options.broadcast_changes)],
         };
         for &(model, variant, changes) in variants {
-            let pace = Pace { changes, rooms, rate: None, latency: false };
+            let pace = Pace { changes, rooms, rate: None, latency: false, announce_only: false };
             runs.push(measure(system, model, plans.clone(), pace, variant, options).await?);
         }
     }
@@ -435,10 +486,12 @@ async fn payload(options: &Options) -> Outcome {
     let mut runs = Vec::new();
     for &system in &options.systems {
         let id_only = vec![Plan { room: None, projection: None }; n];
-        let pace = Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false };
+        let pace =
+            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, announce_only: false };
         runs.push(measure(system, Model::IdOnly, id_only, pace, "id-only", options).await?);
         let projected: Vec<Plan> = (0..n).map(|index| Plan { room: None, projection: Some(index % 3) }).collect();
-        let pace = Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false };
+        let pace =
+            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, announce_only: false };
         runs.push(measure(system, Model::Indexed, projected, pace, "3 projections", options).await?);
     }
     let mut checks = Vec::new();
@@ -467,17 +520,17 @@ async fn memory(options: &Options) -> Outcome {
     let n = options.memory_n;
     let mut runs = Vec::new();
     for &system in &options.systems {
-        let server = RemoteServer::spawn(&exe, system, Model::Indexed).await?;
+        let server = Arc::new(RemoteServer::spawn(&exe, system, Model::Indexed).await?);
         // Let the child finish starting up before the baseline.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = server.resident_kib().await?;
         let plans = vec![Plan { room: None, projection: None }; n];
         let fleet = Fleet::connect(system, Model::Indexed, server.addr, plans, 1, false).await?;
-        wait_for_subscribers(&server, n).await?;
+        wait_for_subscribers(server.as_ref(), n).await?;
         tokio::time::sleep(Duration::from_secs_f64(options.settle_secs)).await;
         let after = server.resident_kib().await?;
-        let pace = Pace { changes: 1, rooms: 1, rate: None, latency: false };
-        let seconds = drive(&server, &fleet, &pace, options).await?;
+        let pace = Pace { changes: 1, rooms: 1, rate: None, latency: false, announce_only: false };
+        let seconds = drive(server.clone(), &fleet, &pace, options).await?;
         let tally = fleet.finish(1, 1).await?;
         let mut run = run_of(system, "idle subscribed", n, 1, seconds, 0, &tally);
         run.rss_before_kib = Some(before);

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::BenchError;
 use crate::entities::{self, BODY, alt_message, id_message, message, now_us, plain_message};
@@ -90,8 +91,8 @@ pub struct Plan {
 /// The side of a server the driver talks to.
 #[async_trait::async_trait]
 pub trait Target: Send + Sync {
-    /// Saves (or, for the ceiling, builds) one change in `room` and sends it.
-    async fn emit(&self, room: i32) -> Result<(), BenchError>;
+    /// Saves (or, for the ceiling, builds) change `seq` (row id `seq + 1`) in `room` and sends it.
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError>;
     /// Subscriptions the server holds now.
     async fn subscribers(&self) -> Result<usize, BenchError>;
     /// Changes the server dropped on its own side (a lagging broadcast receiver).
@@ -119,6 +120,13 @@ impl Drop for Server {
 
 /// Starts a server of `system` for `model` on `127.0.0.1:0`.
 pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
+    start_with(system, model, true).await
+}
+
+/// As [`start`]; with `save` false, graphex announces each row as its hooks
+/// would after saving it, without the database (a diagnostic: the runtime's
+/// own fan-out, apart from the pace at which SQLite produces changes).
+pub async fn start_with(system: System, model: Model, save: bool) -> Result<Server, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (target, task): (Arc<dyn Target>, JoinHandle<()>) = match system {
@@ -131,7 +139,7 @@ pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
             let task = tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });
-            (Arc::new(GraphexTarget { db, hub, model }), task)
+            (Arc::new(GraphexTarget { db, hub, model, save }), task)
         }
         System::Alternative => {
             let db = entities::database().await?;
@@ -147,10 +155,16 @@ pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
         System::Ceiling => {
             let registry = Arc::new(Mutex::new(Registry::default()));
             let task = tokio::spawn(ceiling_accept(listener, registry.clone()));
-            (Arc::new(CeilingTarget { registry, model, seq: AtomicU64::new(0) }), task)
+            (Arc::new(CeilingTarget { registry, model }), task)
         }
     };
     Ok(Server { system, addr, target, task })
+}
+
+/// The row id of change `seq`: set explicitly, so that concurrent writers
+/// still give every change a known id (and so a known room).
+fn row_id(seq: usize) -> Result<i32, BenchError> {
+    i32::try_from(seq + 1).map_err(|_| BenchError::new("too many changes"))
 }
 
 struct BenchQuery;
@@ -177,29 +191,37 @@ struct GraphexTarget {
     db: DatabaseConnection,
     hub: graphex::Hub,
     model: Model,
+    save: bool,
 }
 
 #[async_trait::async_trait]
 impl Target for GraphexTarget {
-    async fn emit(&self, room: i32) -> Result<(), BenchError> {
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
         let db = &self.db;
         let (author, body, created_us) = (Set(entities::author(room)), Set(BODY.to_owned()), Set(now_us()));
-        let room_id = Set(room);
+        let (id, room_id) = (Set(row_id(seq)?), Set(room));
+        if !self.save {
+            let row = message::Model {
+                id: row_id(seq)?,
+                room_id: room,
+                author: entities::author(room),
+                body: BODY.to_owned(),
+                created_us: now_us(),
+            };
+            self.hub.scope(graphex::announce(&row, graphex::Action::Create)).await;
+            return Ok(());
+        }
         // The hooks announce the saved row to the hub in scope.
         let saved = self.hub.scope(async {
             match self.model {
                 Model::Indexed => {
-                    message::ActiveModel { room_id, author, body, created_us, ..Default::default() }.insert(db).await?;
+                    message::ActiveModel { id, room_id, author, body, created_us }.insert(db).await?;
                 }
                 Model::Plain => {
-                    plain_message::ActiveModel { room_id, author, body, created_us, ..Default::default() }
-                        .insert(db)
-                        .await?;
+                    plain_message::ActiveModel { id, room_id, author, body, created_us }.insert(db).await?;
                 }
                 Model::IdOnly => {
-                    id_message::ActiveModel { room_id, author, body, created_us, ..Default::default() }
-                        .insert(db)
-                        .await?;
+                    id_message::ActiveModel { id, room_id, author, body, created_us }.insert(db).await?;
                 }
             }
             Ok::<(), sea_orm::DbErr>(())
@@ -256,13 +278,13 @@ struct AltTarget {
 
 #[async_trait::async_trait]
 impl Target for AltTarget {
-    async fn emit(&self, room: i32) -> Result<(), BenchError> {
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
         let row = alt_message::ActiveModel {
+            id: Set(row_id(seq)?),
             room_id: Set(room),
             author: Set(entities::author(room)),
             body: Set(BODY.to_owned()),
             created_us: Set(now_us()),
-            ..Default::default()
         }
         .insert(&self.db)
         .await?;
@@ -302,7 +324,6 @@ struct Registry {
 struct CeilingTarget {
     registry: Arc<Mutex<Registry>>,
     model: Model,
-    seq: AtomicU64,
 }
 
 /// The frame graphex would send for this row and variant.
@@ -321,8 +342,8 @@ fn frame(row: &Map<String, Json>, variant: Variant, stream: &str) -> Bytes {
 
 #[async_trait::async_trait]
 impl Target for CeilingTarget {
-    async fn emit(&self, room: i32) -> Result<(), BenchError> {
-        let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
+        let id = row_id(seq)?;
         let row = serde_json::json!({
             "id": id, "room_id": room, "author": entities::author(room), "body": BODY, "created_us": now_us(),
         });
@@ -370,7 +391,11 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>) {
         query = request.uri().query().unwrap_or_default().to_owned();
         Ok(response)
     };
-    let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+    // The clients send nothing: a small read buffer, since tungstenite zero-fills it before every read.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let Ok(socket) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else {
+        return;
+    };
     let mut room = None;
     let mut variant: Variant = 0;
     for pair in query.split('&') {
