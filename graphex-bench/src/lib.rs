@@ -1,0 +1,67 @@
+//! graphex benchmarks: fan-out throughput and latency, partitioned
+//! delivery, payload modes and memory per connection, each measured against
+//! a raw WebSocket ceiling and an async-graphql alternative in the same run.
+//!
+//! The binary (`cargo run --release -p graphex-bench -- <scenario>`) prints a
+//! table and writes `target/bench/<scenario>.json`; the smoke tests run every
+//! scenario at a tiny size through [`scenarios::run`].
+
+pub mod entities;
+pub mod load;
+pub mod remote;
+pub mod scenarios;
+pub mod systems;
+
+/// Anything that stops a benchmark run.
+#[derive(Debug)]
+pub struct BenchError(String);
+
+impl BenchError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> BenchError {
+        BenchError(message.into())
+    }
+}
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+macro_rules! from_error {
+    ($($source:ty),* $(,)?) => {$(
+        impl From<$source> for BenchError {
+            fn from(error: $source) -> Self {
+                BenchError(error.to_string())
+            }
+        }
+    )*};
+}
+
+from_error!(
+    std::io::Error,
+    sea_orm::DbErr,
+    serde_json::Error,
+    hyper::Error,
+    tokio_tungstenite::tungstenite::Error,
+    std::num::ParseIntError,
+);
+
+/// Raises the soft open-files limit to the hard limit (10 000 sockets need
+/// more than the usual 1 024); returns the limit now in force.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// Resident memory of this process in KiB (`VmRSS` of `/proc/self/status`).
+pub fn resident_kib() -> Result<u64, BenchError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| BenchError::new("no VmRSS in /proc/self/status"))
+}

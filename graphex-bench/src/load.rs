@@ -1,0 +1,433 @@
+//! The load generator: many WebSocket clients in this process, each
+//! subscribed as its [`Plan`] says, counting every notification it receives
+//! by the id of the change, so that missing and duplicate deliveries are
+//! known exactly, and (optionally) recording the latency from the row's
+//! `created_us` to receipt.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::stream::{self, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::BenchError;
+use crate::entities::now_us;
+use crate::systems::{Model, PROJECTIONS, Plan, System};
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Sockets opened at once while connecting.
+const CONNECT_CONCURRENCY: usize = 64;
+/// HTTP connections used for graphex subscribes.
+const HTTP_CONNECTIONS: usize = 8;
+
+/// What one client saw.
+#[derive(Debug, Default)]
+pub struct ClientRecord {
+    /// Notifications received.
+    pub received: u64,
+    /// Notifications of a change already received.
+    pub duplicates: u64,
+    /// Notifications of a change outside the client's plan (wrong room, unknown id).
+    pub unexpected: u64,
+    /// Bytes of notification payload received.
+    pub bytes: u64,
+    /// Which changes arrived, by sequence number (id - 1).
+    pub seen: Vec<u64>,
+    /// Latencies in microseconds, when recorded.
+    pub latencies: Vec<u32>,
+    /// The server closed the socket before the end (close code, if any).
+    pub closed_early: Option<u16>,
+}
+
+impl ClientRecord {
+    fn has(&self, seq: usize) -> bool {
+        self.seen.get(seq / 64).is_some_and(|word| word & (1 << (seq % 64)) != 0)
+    }
+}
+
+/// Connected and subscribed clients, reading in their own tasks.
+pub struct Fleet {
+    /// The clients' plans, in order.
+    pub plans: Vec<Plan>,
+    /// Notifications received so far by every client together.
+    pub delivered: Arc<AtomicU64>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<ClientRecord>>,
+}
+
+/// The sums over every client of a finished run.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Deliveries the plans call for.
+    pub expected: u64,
+    /// Distinct expected deliveries received.
+    pub delivered: u64,
+    /// Expected deliveries never received.
+    pub missing: u64,
+    /// Deliveries of a change already received.
+    pub duplicates: u64,
+    /// Deliveries nobody asked for.
+    pub unexpected: u64,
+    /// Clients the server closed.
+    pub closed_early: u64,
+    /// Mean notification size in bytes.
+    pub frame_bytes: f64,
+    /// Every latency sample, sorted, in microseconds.
+    pub latencies: Vec<u32>,
+}
+
+/// Which room change `seq` is saved in, for `rooms` rooms.
+pub fn room_of(seq: usize, rooms: usize) -> i32 {
+    i32::try_from(seq % rooms.max(1)).unwrap_or(0)
+}
+
+impl Fleet {
+    /// Opens one client per plan against the server at `addr` and subscribes
+    /// each; returns once every subscribe was answered.
+    pub async fn connect(
+        system: System,
+        model: Model,
+        addr: SocketAddr,
+        plans: Vec<Plan>,
+        changes: usize,
+        latency: bool,
+    ) -> Result<Fleet, BenchError> {
+        let http = match system {
+            System::Graphex => {
+                let mut pool = Vec::new();
+                for _ in 0..HTTP_CONNECTIONS {
+                    pool.push(AsyncMutex::new(http_connection(addr).await?));
+                }
+                pool
+            }
+            _ => Vec::new(),
+        };
+        let http = &http;
+        let sockets: Vec<Result<(usize, Socket), BenchError>> = stream::iter(plans.iter().copied().enumerate())
+            .map(|(index, plan)| async move {
+                let http = http.get(index % HTTP_CONNECTIONS.max(1));
+                open(system, model, addr, plan, http).await.map(|socket| (index, socket))
+            })
+            .buffer_unordered(CONNECT_CONCURRENCY)
+            .collect()
+            .await;
+        let delivered = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::with_capacity(plans.len());
+        let mut ordered: Vec<(usize, Socket)> = sockets.into_iter().collect::<Result<_, _>>()?;
+        ordered.sort_by_key(|(index, _)| *index);
+        for (index, socket) in ordered {
+            let (_, incoming) = socket.split();
+            let reader =
+                Reader { protocol: system, plan: plans[index], changes, latency, delivered: delivered.clone() };
+            tasks.push(tokio::spawn(reader.run(incoming, stop.clone())));
+        }
+        Ok(Fleet { plans, delivered, stop, tasks })
+    }
+
+    /// Stops every client and sums what they saw, given that `changes`
+    /// changes were sent round-robin over `rooms` rooms.
+    pub async fn finish(self, changes: usize, rooms: usize) -> Result<Tally, BenchError> {
+        self.stop.cancel();
+        let mut tally = Tally::default();
+        let mut bytes = 0;
+        let mut received = 0;
+        for (plan, task) in self.plans.iter().zip(self.tasks) {
+            let record = task.await.map_err(|error| BenchError::new(format!("client task failed: {error}")))?;
+            for seq in 0..changes {
+                if plan.room.is_none_or(|room| room == room_of(seq, rooms)) {
+                    tally.expected += 1;
+                    if record.has(seq) {
+                        tally.delivered += 1;
+                    } else {
+                        tally.missing += 1;
+                    }
+                }
+            }
+            tally.duplicates += record.duplicates;
+            tally.unexpected += record.unexpected;
+            tally.closed_early += u64::from(record.closed_early.is_some());
+            bytes += record.bytes;
+            received += record.received;
+            tally.latencies.extend(record.latencies);
+        }
+        tally.frame_bytes = if received == 0 { 0.0 } else { bytes as f64 / received as f64 };
+        tally.latencies.sort_unstable();
+        Ok(tally)
+    }
+}
+
+impl Tally {
+    /// The latency at quantile `q` (0..=1), in microseconds.
+    pub fn latency(&self, q: f64) -> Option<u32> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let rank = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies.get(rank).copied()
+    }
+}
+
+struct Reader {
+    protocol: System,
+    plan: Plan,
+    changes: usize,
+    latency: bool,
+    delivered: Arc<AtomicU64>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    id: i64,
+    #[serde(default)]
+    room_id: Option<i32>,
+    #[serde(default)]
+    created_us: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct TwoChannelFrame {
+    payload: TwoChannelPayload,
+}
+
+#[derive(Deserialize)]
+struct TwoChannelPayload {
+    data: Row,
+}
+
+#[derive(Deserialize)]
+struct TransportWsFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Option<TransportWsPayload>,
+}
+
+#[derive(Deserialize)]
+struct TransportWsPayload {
+    data: TransportWsData,
+}
+
+#[derive(Deserialize)]
+struct TransportWsData {
+    message: Row,
+}
+
+impl Reader {
+    async fn run(self, mut incoming: SplitStream<Socket>, stop: CancellationToken) -> ClientRecord {
+        let mut record = ClientRecord { seen: vec![0; self.changes.div_ceil(64)], ..ClientRecord::default() };
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = incoming.next() => message,
+                () = &mut stopped => break,
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => self.take(text.as_str(), &mut record),
+                Some(Ok(Message::Close(frame))) => {
+                    record.closed_early = Some(frame.map_or(1005, |frame| u16::from(frame.code)));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => {
+                    record.closed_early.get_or_insert(1006);
+                    break;
+                }
+            }
+        }
+        record
+    }
+
+    fn take(&self, text: &str, record: &mut ClientRecord) {
+        let row = match self.protocol {
+            System::Graphex | System::Ceiling => {
+                serde_json::from_str::<TwoChannelFrame>(text).ok().map(|f| f.payload.data)
+            }
+            System::Alternative => match serde_json::from_str::<TransportWsFrame>(text) {
+                Ok(frame) if frame.kind == "next" => frame.payload.map(|payload| payload.data.message),
+                _ => None,
+            },
+        };
+        let Some(row) = row else {
+            record.unexpected += 1;
+            return;
+        };
+        let received_us = now_us();
+        record.received += 1;
+        record.bytes += text.len() as u64;
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let in_room = match (self.plan.room, row.room_id) {
+            (Some(room), Some(row_room)) => room == row_room,
+            _ => true,
+        };
+        let seq = usize::try_from(row.id - 1).ok().filter(|seq| *seq < self.changes);
+        let Some(seq) = seq.filter(|_| in_room) else {
+            record.unexpected += 1;
+            return;
+        };
+        let (word, bit) = (seq / 64, 1u64 << (seq % 64));
+        if record.seen[word] & bit != 0 {
+            record.duplicates += 1;
+            return;
+        }
+        record.seen[word] |= bit;
+        if self.latency
+            && let Some(created_us) = row.created_us
+        {
+            record.latencies.push(u32::try_from((received_us - created_us).max(0)).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+fn client_config() -> WebSocketConfig {
+    // Small buffers: the generator's own memory is not under test.
+    WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0)
+}
+
+async fn ws_connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Result<Socket, BenchError> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut request = format!("ws://{addr}{path}").into_client_request()?;
+    if let Some(protocol) = protocol {
+        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().expect("a valid header value"));
+    }
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(client_config())).await?;
+    Ok(socket)
+}
+
+async fn next_text(socket: &mut Socket) -> Result<String, BenchError> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => return Err(BenchError::new(format!("closed by the server: {frame:?}"))),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(BenchError::new("socket ended")),
+        }
+    }
+}
+
+async fn open(
+    system: System,
+    model: Model,
+    addr: SocketAddr,
+    plan: Plan,
+    http: Option<&AsyncMutex<HttpConnection>>,
+) -> Result<Socket, BenchError> {
+    match system {
+        System::Graphex => {
+            let mut socket = ws_connect(addr, "/ws/graphql/", None).await?;
+            let handshake: Json = serde_json::from_str(&next_text(&mut socket).await?)?;
+            let channel = handshake["channel_id"].as_str().ok_or_else(|| BenchError::new("no channel_id"))?;
+            let http = http.ok_or_else(|| BenchError::new("no HTTP connection"))?;
+            let answer = http.lock().await.post(addr, "/graphql", &subscribe_request(model, channel, plan)).await?;
+            let confirmation = answer["data"].as_object().and_then(|data| data.values().next());
+            if confirmation.and_then(|c| c["ok"].as_bool()) != Some(true) {
+                return Err(BenchError::new(format!("subscribe refused: {answer}")));
+            }
+            Ok(socket)
+        }
+        System::Ceiling => {
+            let variant = match (model, plan.projection) {
+                (Model::IdOnly, _) => 4,
+                (_, None) => 0,
+                (_, Some(projection)) => projection + 1,
+            };
+            let room = plan.room.map(|room| format!("&room={room}")).unwrap_or_default();
+            let mut socket = ws_connect(addr, &format!("/ws?variant={variant}{room}"), None).await?;
+            let ready = next_text(&mut socket).await?;
+            if ready != "ready" {
+                return Err(BenchError::new(format!("unexpected ceiling greeting {ready:?}")));
+            }
+            Ok(socket)
+        }
+        System::Alternative => {
+            let mut socket = ws_connect(addr, "/ws", Some("graphql-transport-ws")).await?;
+            socket.send(Message::text(json!({"type": "connection_init"}).to_string())).await?;
+            let ack: Json = serde_json::from_str(&next_text(&mut socket).await?)?;
+            if ack["type"] != "connection_ack" {
+                return Err(BenchError::new(format!("no connection_ack: {ack}")));
+            }
+            let fields = match (model, plan.projection) {
+                (Model::IdOnly, _) => "id".to_owned(),
+                (_, None) => "id room_id author body created_us".to_owned(),
+                (_, Some(projection)) => PROJECTIONS[projection].join(" "),
+            };
+            let query = format!("subscription($room: Int) {{ message(room: $room) {{ {fields} }} }}");
+            let subscribe =
+                json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"room": plan.room}}});
+            socket.send(Message::text(subscribe.to_string())).await?;
+            Ok(socket)
+        }
+    }
+}
+
+/// The graphex two-channel subscribe for `plan` on `channel`.
+fn subscribe_request(model: Model, channel: &str, plan: Plan) -> Json {
+    let filters = plan.room.map(|room| json!({"room_id": room}));
+    let (field, fields_type) = match model {
+        Model::Indexed => ("messageSubscription", Some("MessageFields")),
+        Model::Plain => ("plainMessageSubscription", Some("PlainMessageFields")),
+        Model::IdOnly => ("idMessageSubscription", None),
+    };
+    let query = match fields_type {
+        Some(fields_type) => format!(
+            "subscription($ch: String!, $f: JSON, $d: [{fields_type}!]) {{ {field}(channelId: $ch, action: CREATE, \
+             operation: SUBSCRIBE, filters: $f, data: $d) {{ ok error }} }}"
+        ),
+        None => format!(
+            "subscription($ch: String!, $f: JSON) {{ {field}(channelId: $ch, action: CREATE, operation: SUBSCRIBE, \
+             filters: $f) {{ ok error }} }}"
+        ),
+    };
+    let data = plan
+        .projection
+        .map(|projection| PROJECTIONS[projection].iter().map(|field| field.to_uppercase()).collect::<Vec<_>>());
+    json!({"query": query, "variables": {"ch": channel, "f": filters, "d": data}})
+}
+
+/// One keep-alive HTTP/1.1 connection (hyper's low-level client).
+pub(crate) struct HttpConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+async fn http_connection(addr: SocketAddr) -> Result<HttpConnection, BenchError> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(HttpConnection { sender })
+}
+
+impl HttpConnection {
+    async fn post(&mut self, addr: SocketAddr, path: &str, body: &Json) -> Result<Json, BenchError> {
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|error| BenchError::new(error.to_string()))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}

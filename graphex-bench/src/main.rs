@@ -1,0 +1,139 @@
+//! `graphex-bench <scenario|all> [options]`: runs scenarios, prints tables,
+//! writes `target/bench/<scenario>.json`. `graphex-bench serve <system>
+//! <model>` is the server process of the memory scenario.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use graphex_bench::remote;
+use graphex_bench::scenarios::{self, Options, Scenario};
+use graphex_bench::{BenchError, raise_open_files_limit};
+
+const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|all> [options]
+options (defaults are the issue's numbers):
+  --fanout-n 1000,10000      subscribers of the fan-out series
+  --fanout-deliveries 2000000  deliveries per fan-out throughput run
+  --latency-n 1000           fan-out N that also get a latency run (empty: none)
+  --latency-rate 200         changes per second of the latency runs
+  --latency-secs 5           seconds of each latency run
+  --partitioned-n 10000      subscribers of the partitioned scenario
+  --rooms 1000               rooms they are spread over
+  --partitioned-changes 20000  changes of the routed runs
+  --broadcast-changes 2000   changes of the coarse + filters and alternative runs
+  --payload-n 1000           subscribers of the payload scenario
+  --payload-changes 2000     changes per payload run
+  --memory-n 10000           idle connections of the memory scenario
+  --window 256               changes in flight at most
+  --writers 8                tasks saving changes concurrently (throughput runs)
+  --settle-secs 2            wait for late deliveries
+  --systems ceiling,graphex,alternative
+  --out target/bench         where the JSON goes";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("no tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = if args.first().map(String::as_str) == Some("serve") {
+        runtime.block_on(serve(&args[1..]))
+    } else {
+        runtime.block_on(bench(&args))
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: &[String]) -> Result<(), BenchError> {
+    let [system, model] = args else { return Err(BenchError::new("usage: graphex-bench serve <system> <model>")) };
+    raise_open_files_limit()?;
+    remote::serve(system.parse()?, remote::parse_model(model)?).await
+}
+
+async fn bench(args: &[String]) -> Result<(), BenchError> {
+    let Some(which) = args.first() else { return Err(BenchError::new(USAGE)) };
+    let scenarios = match which.as_str() {
+        "all" => Scenario::ALL.to_vec(),
+        "redis" => return Err(BenchError::new("scenario 5 (redis) lands with the Redis layer")),
+        name => vec![Scenario::parse(name).ok_or_else(|| BenchError::new(USAGE))?],
+    };
+    let (options, out) = parse_options(&args[1..])?;
+    let limit = raise_open_files_limit()?;
+    println!("open files limit: {limit}");
+    std::fs::create_dir_all(&out)?;
+    for scenario in scenarios {
+        let report = scenarios::run(scenario, &options).await?;
+        print!("{}", scenarios::table(&report));
+        let path = out.join(format!("{}.json", scenario.name()));
+        let machine = machine();
+        let json = serde_json::json!({"machine": machine, "report": report});
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+        println!("written {}\n", path.display());
+    }
+    Ok(())
+}
+
+fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
+    let mut options = Options { server_exe: Some(std::env::current_exe()?), ..Options::default() };
+    let mut out = PathBuf::from("target/bench");
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| BenchError::new(format!("{flag} needs a value\n{USAGE}")))?;
+        let bad = |_| BenchError::new(format!("bad value {value:?} for {flag}"));
+        let float = || value.parse::<f64>().map_err(|_| BenchError::new(format!("bad value {value:?} for {flag}")));
+        match flag.as_str() {
+            "--fanout-n" => {
+                options.fanout_n = value.split(',').map(str::parse).collect::<Result<_, _>>().map_err(bad)?;
+            }
+            "--latency-n" => {
+                options.latency_n = value
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?;
+            }
+            "--fanout-deliveries" => options.fanout_deliveries = value.parse().map_err(bad)?,
+            "--latency-rate" => options.latency_rate = float()?,
+            "--latency-secs" => options.latency_secs = float()?,
+            "--partitioned-n" => options.partitioned_n = value.parse().map_err(bad)?,
+            "--rooms" => options.rooms = value.parse().map_err(bad)?,
+            "--partitioned-changes" => options.partitioned_changes = value.parse().map_err(bad)?,
+            "--broadcast-changes" => options.broadcast_changes = value.parse().map_err(bad)?,
+            "--payload-n" => options.payload_n = value.parse().map_err(bad)?,
+            "--payload-changes" => options.payload_changes = value.parse().map_err(bad)?,
+            "--memory-n" => options.memory_n = value.parse().map_err(bad)?,
+            "--writers" => options.writers = value.parse().map_err(bad)?,
+            "--window" => options.window = value.parse().map_err(bad)?,
+            "--settle-secs" => options.settle_secs = float()?,
+            "--systems" => options.systems = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--out" => out = PathBuf::from(value),
+            _ => return Err(BenchError::new(format!("unknown option {flag}\n{USAGE}"))),
+        }
+    }
+    Ok((options, out))
+}
+
+/// What the figures were measured on.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:")).map(str::trim);
+    serde_json::json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": model,
+        "memory": memory,
+    })
+}

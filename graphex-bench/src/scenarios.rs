@@ -1,0 +1,603 @@
+//! The scenarios of issue 7 (1-4), each run against graphex and both
+//! baselines with the same clients, the same N and the same rows.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::BenchError;
+use crate::load::{Fleet, Tally, room_of};
+use crate::remote::RemoteServer;
+use crate::systems::{self, Model, Plan, System, Target};
+
+/// A benchmark scenario (the numbers of issue 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// 1. N sockets on one coarse group: throughput, then latency at a fixed rate.
+    Fanout,
+    /// 2. Subscribers spread over rooms: indexed groups vs coarse group with filters.
+    Partitioned,
+    /// 3. Id-only payloads vs full payloads with three projections in use.
+    Payload,
+    /// 4. Resident memory per idle subscribed connection.
+    Memory,
+    // 5. Redis (two processes through the Redis layer vs raw redis-rs
+    //    pub/sub) lands with the Redis layer: add a variant here, its
+    //    defaults in `Options`, and its function beside the others.
+}
+
+impl Scenario {
+    /// Every scenario, in order.
+    pub const ALL: [Scenario; 4] = [Scenario::Fanout, Scenario::Partitioned, Scenario::Payload, Scenario::Memory];
+
+    /// Its name on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::Partitioned => "partitioned",
+            Scenario::Payload => "payload",
+            Scenario::Memory => "memory",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|scenario| scenario.name() == name)
+    }
+}
+
+/// Sizes and rates; `Options::default()` holds the issue's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct Options {
+    /// Subscribers in the fan-out scenario (each value is one series).
+    pub fanout_n: Vec<usize>,
+    /// Deliveries per fan-out throughput run (changes = deliveries / N).
+    pub fanout_deliveries: usize,
+    /// The N of the fan-out series that also get a latency run.
+    pub latency_n: Vec<usize>,
+    /// Changes per second of the latency runs.
+    pub latency_rate: f64,
+    /// Seconds of each latency run.
+    pub latency_secs: f64,
+    /// Subscribers in the partitioned scenario.
+    pub partitioned_n: usize,
+    /// Rooms they are spread over.
+    pub rooms: usize,
+    /// Changes of the partitioned runs that route by room (ceiling, indexed groups).
+    pub partitioned_changes: usize,
+    /// Changes of the partitioned runs that send every change to every subscriber.
+    pub broadcast_changes: usize,
+    /// Subscribers in the payload scenario.
+    pub payload_n: usize,
+    /// Changes per payload run.
+    pub payload_changes: usize,
+    /// Idle subscribed connections in the memory scenario.
+    pub memory_n: usize,
+    /// Changes in flight at most (throughput runs), so that no queue overflows.
+    pub window: usize,
+    /// Tasks saving changes concurrently (throughput runs), as concurrent requests would.
+    pub writers: usize,
+    /// How long a run waits for missing deliveries after the last progress.
+    pub settle_secs: f64,
+    /// The systems measured.
+    pub systems: Vec<System>,
+    /// The benchmark binary, started as the server process of the memory scenario.
+    #[serde(skip)]
+    pub server_exe: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fanout_n: vec![1_000, 10_000],
+            fanout_deliveries: 2_000_000,
+            latency_n: vec![1_000],
+            latency_rate: 200.0,
+            latency_secs: 5.0,
+            partitioned_n: 10_000,
+            rooms: 1_000,
+            partitioned_changes: 20_000,
+            broadcast_changes: 2_000,
+            payload_n: 1_000,
+            payload_changes: 2_000,
+            memory_n: 10_000,
+            window: 256,
+            writers: 8,
+            settle_secs: 2.0,
+            systems: vec![System::Ceiling, System::Graphex, System::Alternative],
+            server_exe: None,
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Run {
+    /// `graphex`, `ceiling` or `alternative`.
+    pub system: String,
+    /// What was measured (e.g. `throughput`, `indexed`, `3 projections`).
+    pub variant: String,
+    /// Subscribed clients.
+    pub n: usize,
+    /// Changes sent.
+    pub changes: usize,
+    /// Deliveries the subscriptions call for.
+    pub expected: u64,
+    /// Distinct expected deliveries received.
+    pub delivered: u64,
+    /// Expected deliveries never received.
+    pub missing: u64,
+    /// Deliveries of a change already received.
+    pub duplicates: u64,
+    /// Deliveries nobody asked for.
+    pub unexpected: u64,
+    /// Clients closed by the server.
+    pub closed_early: u64,
+    /// Changes the server dropped on its own side.
+    pub server_dropped: u64,
+    /// From the first change sent to the last delivery received.
+    pub seconds: f64,
+    /// Delivered notifications per second.
+    pub rate: f64,
+    /// Mean notification size in bytes.
+    pub frame_bytes: f64,
+    /// Latency quantiles (commit to receipt), in microseconds.
+    pub p50_us: Option<u32>,
+    /// 99th percentile.
+    pub p99_us: Option<u32>,
+    /// Largest.
+    pub max_us: Option<u32>,
+    /// Server resident memory before the clients connected (memory scenario).
+    pub rss_before_kib: Option<u64>,
+    /// And with every client connected, subscribed and idle.
+    pub rss_after_kib: Option<u64>,
+    /// Growth per connection.
+    pub kib_per_connection: Option<f64>,
+}
+
+impl Run {
+    /// Nothing missing, duplicated, unexpected or closed.
+    pub fn lossless(&self) -> bool {
+        self.missing == 0
+            && self.duplicates == 0
+            && self.unexpected == 0
+            && self.closed_early == 0
+            && self.server_dropped == 0
+            && self.delivered == self.expected
+    }
+}
+
+/// A figure compared with a target of the issue (reported, never asserted).
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// What is compared.
+    pub name: String,
+    /// The measured value.
+    pub value: f64,
+    /// The target, in words.
+    pub target: String,
+    /// Whether it is met.
+    pub met: bool,
+}
+
+/// A scenario's runs and checks.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Which scenario.
+    pub scenario: Scenario,
+    /// The options it ran with.
+    pub options: Options,
+    /// Every run.
+    pub runs: Vec<Run>,
+    /// Figures against the issue's targets.
+    pub checks: Vec<Check>,
+}
+
+/// Runs `scenario`.
+pub async fn run(scenario: Scenario, options: &Options) -> Result<Report, BenchError> {
+    let (runs, checks) = match scenario {
+        Scenario::Fanout => fanout(options).await?,
+        Scenario::Partitioned => partitioned(options).await?,
+        Scenario::Payload => payload(options).await?,
+        Scenario::Memory => memory(options).await?,
+    };
+    Ok(Report { scenario, options: options.clone(), runs, checks })
+}
+
+/// How one run sends its changes.
+struct Pace {
+    changes: usize,
+    rooms: usize,
+    /// Changes per second; `None`: as fast as the window allows.
+    rate: Option<f64>,
+    latency: bool,
+    /// graphex only: announce without saving (see [`systems::start_with`]).
+    announce_only: bool,
+}
+
+/// Starts `system`, connects the clients, sends the changes, counts.
+async fn measure(
+    system: System,
+    model: Model,
+    plans: Vec<Plan>,
+    pace: Pace,
+    variant: &str,
+    options: &Options,
+) -> Result<Run, BenchError> {
+    let server = systems::start_with(system, model, !pace.announce_only).await?;
+    let n = plans.len();
+    let fleet = Fleet::connect(system, model, server.addr, plans, pace.changes, pace.latency).await?;
+    wait_for_subscribers(server.target.as_ref(), n).await?;
+    let seconds = drive(server.target.clone(), &fleet, &pace, options).await?;
+    let dropped = server.target.dropped();
+    let tally = fleet.finish(pace.changes, pace.rooms).await?;
+    Ok(run_of(system, variant, n, pace.changes, seconds, dropped, &tally))
+}
+
+fn run_of(system: System, variant: &str, n: usize, changes: usize, seconds: f64, dropped: u64, tally: &Tally) -> Run {
+    Run {
+        system: system.name().to_owned(),
+        variant: variant.to_owned(),
+        n,
+        changes,
+        expected: tally.expected,
+        delivered: tally.delivered,
+        missing: tally.missing,
+        duplicates: tally.duplicates,
+        unexpected: tally.unexpected,
+        closed_early: tally.closed_early,
+        server_dropped: dropped,
+        seconds,
+        rate: if seconds > 0.0 { tally.delivered as f64 / seconds } else { 0.0 },
+        frame_bytes: tally.frame_bytes,
+        p50_us: tally.latency(0.50),
+        p99_us: tally.latency(0.99),
+        max_us: tally.latency(1.0),
+        ..Run::default()
+    }
+}
+
+/// Waits until the server holds `n` subscribers (the alternative subscribes
+/// asynchronously: graphql-transport-ws has no subscribe acknowledgement).
+async fn wait_for_subscribers(target: &dyn Target, n: usize) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = target.subscribers().await?;
+        if count >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::new(format!("only {count} of {n} subscribers after 60 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends the changes round-robin over the rooms, then waits for the last
+/// delivery (or for `settle_secs` without progress). At a fixed rate, each
+/// change is sent by its own task (independent requests arriving on
+/// schedule); otherwise `writers` tasks send concurrently, keeping at most
+/// `window` changes' deliveries outstanding so that no queue overflows.
+/// Returns the seconds from the first change to the last delivery.
+async fn drive(target: Arc<dyn Target>, fleet: &Fleet, pace: &Pace, options: &Options) -> Result<f64, BenchError> {
+    let rooms = pace.rooms.max(1);
+    let mut per_room = vec![0u64; rooms];
+    let mut everywhere = 0u64;
+    for plan in &fleet.plans {
+        match plan.room.and_then(|room| usize::try_from(room).ok()) {
+            Some(room) if room < rooms => per_room[room] += 1,
+            Some(_) => {}
+            None => everywhere += 1,
+        }
+    }
+    let fanout = Arc::new(move |seq: usize| everywhere + per_room[usize::try_from(room_of(seq, rooms)).unwrap_or(0)]);
+    let total: u64 = (0..pace.changes).map(|seq| fanout(seq)).sum();
+    let window = (total as f64 / pace.changes.max(1) as f64 * options.window as f64).ceil().max(1.0) as u64;
+    let delivered = fleet.delivered.clone();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    match pace.rate {
+        Some(rate) => {
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            for seq in 0..pace.changes {
+                ticker.tick().await;
+                let target = target.clone();
+                tasks.push(tokio::spawn(async move { target.emit(seq, room_of(seq, rooms)).await }));
+            }
+        }
+        None => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let sent = Arc::new(AtomicU64::new(0));
+            for _ in 0..options.writers.max(1) {
+                let (target, next, sent, delivered, fanout) =
+                    (target.clone(), next.clone(), sent.clone(), delivered.clone(), fanout.clone());
+                let changes = pace.changes;
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        if seq >= changes {
+                            return Ok(());
+                        }
+                        while sent.load(Ordering::Relaxed).saturating_sub(delivered.load(Ordering::Relaxed)) > window {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        sent.fetch_add(fanout(seq), Ordering::Relaxed);
+                        target.emit(seq, room_of(seq, rooms)).await?;
+                    }
+                }));
+            }
+        }
+    }
+    for task in tasks {
+        task.await.map_err(|error| BenchError::new(format!("writer failed: {error}")))??;
+    }
+    let settle = Duration::from_secs_f64(options.settle_secs);
+    let mut last = delivered.load(Ordering::Relaxed);
+    let mut last_progress = Instant::now();
+    let mut end = Instant::now();
+    loop {
+        let now = delivered.load(Ordering::Relaxed);
+        if now >= total {
+            end = Instant::now();
+            break;
+        }
+        if now != last {
+            last = now;
+            last_progress = Instant::now();
+            end = last_progress;
+        } else if last_progress.elapsed() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(end.duration_since(start).as_secs_f64())
+}
+
+fn rate_of(runs: &[Run], system: System, variant: &str, n: usize) -> Option<f64> {
+    runs.iter().find(|run| run.system == system.name() && run.variant == variant && run.n == n).map(|run| run.rate)
+}
+
+fn lossless_check(runs: &[Run]) -> Check {
+    let lost: u64 = runs.iter().map(|run| run.missing + run.closed_early + run.server_dropped).sum();
+    let wrong: u64 = runs.iter().map(|run| run.duplicates + run.unexpected).sum();
+    Check {
+        name: "deliveries lost (+ duplicated or unexpected) over every run".into(),
+        value: (lost + wrong) as f64,
+        target: "0".into(),
+        met: runs.iter().all(Run::lossless),
+    }
+}
+
+fn ratio_check(name: String, value: Option<f64>, over: Option<f64>, at_least: f64) -> Option<Check> {
+    let ratio = value? / over.filter(|over| *over > 0.0)?;
+    Some(Check { name, value: ratio, target: format!(">= {at_least}"), met: ratio >= at_least })
+}
+
+type Outcome = Result<(Vec<Run>, Vec<Check>), BenchError>;
+
+/// Scenario 1: every client on the coarse group, full payload.
+async fn fanout(options: &Options) -> Outcome {
+    let mut runs = Vec::new();
+    let mut checks = Vec::new();
+    for &n in &options.fanout_n {
+        let plans = vec![Plan { room: None, projection: None }; n];
+        let changes = (options.fanout_deliveries / n.max(1)).max(1);
+        let latency_changes = ((options.latency_rate * options.latency_secs).round() as usize).max(1);
+        for &system in &options.systems {
+            let pace = Pace { changes, rooms: 1, rate: None, latency: false, announce_only: false };
+            runs.push(measure(system, Model::Indexed, plans.clone(), pace, "throughput", options).await?);
+            if system == System::Graphex {
+                let pace = Pace { changes, rooms: 1, rate: None, latency: false, announce_only: true };
+                let variant = "throughput, no DB";
+                runs.push(measure(system, Model::Indexed, plans.clone(), pace, variant, options).await?);
+            }
+            if !options.latency_n.contains(&n) {
+                continue;
+            }
+            let pace = Pace {
+                changes: latency_changes,
+                rooms: 1,
+                rate: Some(options.latency_rate),
+                latency: true,
+                announce_only: false,
+            };
+            let variant = format!("latency {}/s", options.latency_rate);
+            runs.push(measure(system, Model::Indexed, plans.clone(), pace, &variant, options).await?);
+        }
+        let graphex = rate_of(&runs, System::Graphex, "throughput", n);
+        let ceiling = rate_of(&runs, System::Ceiling, "throughput", n);
+        let alternative = rate_of(&runs, System::Alternative, "throughput", n);
+        checks.extend(ratio_check(format!("fan-out N={n}: graphex / ceiling"), graphex, ceiling, 0.5));
+        checks.extend(ratio_check(format!("fan-out N={n}: graphex / alternative (info)"), graphex, alternative, 0.0));
+        checks.extend(ratio_check(
+            format!("fan-out N={n}: graphex without DB / ceiling (info)"),
+            rate_of(&runs, System::Graphex, "throughput, no DB", n),
+            ceiling,
+            0.0,
+        ));
+        let latency = runs
+            .iter()
+            .find(|run| run.system == System::Graphex.name() && run.n == n && run.variant.starts_with("latency"));
+        if let Some(p99) = latency.and_then(|run| run.p99_us) {
+            checks.push(Check {
+                name: format!("graphex p99 latency at N={n}, {}/s (µs)", options.latency_rate),
+                value: f64::from(p99),
+                target: if n == 1_000 { "<= 5000".into() } else { "(info)".into() },
+                met: n != 1_000 || p99 <= 5_000,
+            });
+        }
+    }
+    checks.push(lossless_check(&runs));
+    Ok((runs, checks))
+}
+
+/// Scenario 2: N subscribers over `rooms` rooms, one room each.
+async fn partitioned(options: &Options) -> Outcome {
+    let n = options.partitioned_n;
+    let rooms = options.rooms.max(1);
+    let plans: Vec<Plan> = (0..n).map(|index| Plan { room: Some(room_of(index, rooms)), projection: None }).collect();
+    let mut runs = Vec::new();
+    for &system in &options.systems {
+        let variants: &[(Model, &str, usize)] = match system {
+            System::Graphex => &[
+                (Model::Indexed, "indexed groups", options.partitioned_changes),
+                (Model::Plain, "coarse + filters", options.broadcast_changes),
+            ],
+            System::Ceiling => &[(Model::Indexed, "rooms", options.partitioned_changes)],
+            System::Alternative => &[(Model::Indexed, "broadcast + filter", options.broadcast_changes)],
+        };
+        for &(model, variant, changes) in variants {
+            let pace = Pace { changes, rooms, rate: None, latency: false, announce_only: false };
+            runs.push(measure(system, model, plans.clone(), pace, variant, options).await?);
+        }
+    }
+    let indexed = rate_of(&runs, System::Graphex, "indexed groups", n);
+    let mut checks = Vec::new();
+    checks.extend(ratio_check(
+        "indexed groups / coarse + filters".into(),
+        indexed,
+        rate_of(&runs, System::Graphex, "coarse + filters", n),
+        20.0,
+    ));
+    checks.extend(ratio_check(
+        "indexed groups / alternative".into(),
+        indexed,
+        rate_of(&runs, System::Alternative, "broadcast + filter", n),
+        10.0,
+    ));
+    checks.extend(ratio_check(
+        "indexed groups / ceiling (info)".into(),
+        indexed,
+        rate_of(&runs, System::Ceiling, "rooms", n),
+        0.0,
+    ));
+    checks.push(lossless_check(&runs));
+    Ok((runs, checks))
+}
+
+/// Scenario 3: id-only payloads, then full payloads with three projections
+/// (client i takes projection i mod 3).
+async fn payload(options: &Options) -> Outcome {
+    let n = options.payload_n;
+    let mut runs = Vec::new();
+    for &system in &options.systems {
+        let id_only = vec![Plan { room: None, projection: None }; n];
+        let pace =
+            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, announce_only: false };
+        runs.push(measure(system, Model::IdOnly, id_only, pace, "id-only", options).await?);
+        let projected: Vec<Plan> = (0..n).map(|index| Plan { room: None, projection: Some(index % 3) }).collect();
+        let pace =
+            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, announce_only: false };
+        runs.push(measure(system, Model::Indexed, projected, pace, "3 projections", options).await?);
+    }
+    let mut checks = Vec::new();
+    for variant in ["id-only", "3 projections"] {
+        checks.extend(ratio_check(
+            format!("{variant}: graphex / ceiling"),
+            rate_of(&runs, System::Graphex, variant, n),
+            rate_of(&runs, System::Ceiling, variant, n),
+            0.5,
+        ));
+    }
+    checks.extend(ratio_check(
+        "graphex 3 projections / id-only (info)".into(),
+        rate_of(&runs, System::Graphex, "3 projections", n),
+        rate_of(&runs, System::Graphex, "id-only", n),
+        0.0,
+    ));
+    checks.push(lossless_check(&runs));
+    Ok((runs, checks))
+}
+
+/// Scenario 4: each server in its own process; its RSS growth per idle
+/// subscribed connection, then one change to check every subscription works.
+async fn memory(options: &Options) -> Outcome {
+    let exe = options.server_exe.clone().ok_or_else(|| BenchError::new("the memory scenario needs server_exe"))?;
+    let n = options.memory_n;
+    let mut runs = Vec::new();
+    for &system in &options.systems {
+        let server = Arc::new(RemoteServer::spawn(&exe, system, Model::Indexed).await?);
+        // Let the child finish starting up before the baseline.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = server.resident_kib().await?;
+        let plans = vec![Plan { room: None, projection: None }; n];
+        let fleet = Fleet::connect(system, Model::Indexed, server.addr, plans, 1, false).await?;
+        wait_for_subscribers(server.as_ref(), n).await?;
+        tokio::time::sleep(Duration::from_secs_f64(options.settle_secs)).await;
+        let after = server.resident_kib().await?;
+        let pace = Pace { changes: 1, rooms: 1, rate: None, latency: false, announce_only: false };
+        let seconds = drive(server.clone(), &fleet, &pace, options).await?;
+        let tally = fleet.finish(1, 1).await?;
+        let mut run = run_of(system, "idle subscribed", n, 1, seconds, 0, &tally);
+        run.rss_before_kib = Some(before);
+        run.rss_after_kib = Some(after);
+        run.kib_per_connection = Some(after.saturating_sub(before) as f64 / n.max(1) as f64);
+        runs.push(run);
+    }
+    let mut checks = Vec::new();
+    if let Some(per) = runs.iter().find(|run| run.system == System::Graphex.name()).and_then(|r| r.kib_per_connection) {
+        checks.push(Check {
+            name: format!("graphex KiB per idle subscribed connection (N={n})"),
+            value: per,
+            target: "<= 16".into(),
+            met: per <= 16.0,
+        });
+    }
+    checks.push(lossless_check(&runs));
+    Ok((runs, checks))
+}
+
+/// The report as a table.
+pub fn table(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let opt = |value: Option<u32>| value.map_or_else(|| "-".to_owned(), |value| value.to_string());
+    let _ = writeln!(out, "scenario: {}", report.scenario.name());
+    let _ = writeln!(
+        out,
+        "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>5} {:>8} {:>12} {:>6} {:>7} {:>7} {:>7} {:>8}",
+        "system",
+        "variant",
+        "N",
+        "changes",
+        "delivered",
+        "missing",
+        "dup",
+        "seconds",
+        "deliveries/s",
+        "bytes",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "KiB/conn"
+    );
+    for run in &report.runs {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>5} {:>8.3} {:>12.0} {:>6.0} {:>7} {:>7} {:>7} {:>8}",
+            run.system,
+            run.variant,
+            run.n,
+            run.changes,
+            run.delivered,
+            run.missing + run.closed_early + run.server_dropped,
+            run.duplicates + run.unexpected,
+            run.seconds,
+            run.rate,
+            run.frame_bytes,
+            opt(run.p50_us),
+            opt(run.p99_us),
+            opt(run.max_us),
+            run.kib_per_connection.map_or_else(|| "-".to_owned(), |kib| format!("{kib:.2}")),
+        );
+    }
+    for check in &report.checks {
+        let mark = if check.met { "met" } else { "MISSED" };
+        let _ = writeln!(out, "  {:<58} {:>12.2}  target {:<10} {mark}", check.name, check.value, check.target);
+    }
+    out
+}

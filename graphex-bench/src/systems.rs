@@ -1,0 +1,448 @@
+//! The servers under test, each started on `127.0.0.1:0` in this process:
+//! graphex itself, the ceiling (a minimal tokio-tungstenite server pushing
+//! pre-serialized frames) and the alternative (an async-graphql native
+//! subscription over graphql-transport-ws fed by a tokio broadcast channel).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_graphql::{Context, EmptyMutation, MergedSubscription, Object, Schema, Subscription};
+use async_graphql_axum::GraphQLSubscription;
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
+use serde_json::{Map, Value as Json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::BenchError;
+use crate::entities::{self, BODY, alt_message, id_message, message, now_us, plain_message};
+
+/// The implementation being measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum System {
+    /// graphex: SeaORM hooks, hub, two-channel WebSocket.
+    Graphex,
+    /// A minimal tokio-tungstenite server pushing pre-serialized frames with batched writes.
+    Ceiling,
+    /// async-graphql over graphql-transport-ws, fed by a tokio broadcast channel.
+    Alternative,
+}
+
+impl System {
+    /// Its name in tables and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Graphex => "graphex",
+            System::Ceiling => "ceiling",
+            System::Alternative => "alternative",
+        }
+    }
+}
+
+impl FromStr for System {
+    type Err = BenchError;
+
+    fn from_str(name: &str) -> Result<System, BenchError> {
+        [System::Graphex, System::Ceiling, System::Alternative]
+            .into_iter()
+            .find(|system| system.name() == name)
+            .ok_or_else(|| BenchError::new(format!("unknown system {name:?}")))
+    }
+}
+
+/// Which table, and so which groups and payload mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// Full payload, `index_fields(room_id)`: a room subscription joins an indexed group.
+    Indexed,
+    /// Full payload, no index fields: a room is a filter on the coarse group.
+    Plain,
+    /// Id-only payload.
+    IdOnly,
+}
+
+/// The fields of the three projections used by the payload scenario. Each
+/// carries `id` (delivery accounting) and `created_us` (latency).
+pub const PROJECTIONS: [&[&str]; 3] = [
+    &["id", "room_id", "created_us"],
+    &["id", "author", "created_us"],
+    &["id", "room_id", "author", "body", "created_us"],
+];
+
+/// What one client subscribes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Only changes of this room; `None`: every change.
+    pub room: Option<i32>,
+    /// One of [`PROJECTIONS`]; `None`: the whole payload.
+    pub projection: Option<usize>,
+}
+
+/// The side of a server the driver talks to.
+#[async_trait::async_trait]
+pub trait Target: Send + Sync {
+    /// Saves (or, for the ceiling, builds) change `seq` (row id `seq + 1`) in `room` and sends it.
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError>;
+    /// Subscriptions the server holds now.
+    async fn subscribers(&self) -> Result<usize, BenchError>;
+    /// Changes the server dropped on its own side (a lagging broadcast receiver).
+    fn dropped(&self) -> u64 {
+        0
+    }
+}
+
+/// A server under test, listening on `addr`. Dropping it stops accepting.
+pub struct Server {
+    /// What it is.
+    pub system: System,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How changes are sent to it.
+    pub target: Arc<dyn Target>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a server of `system` for `model` on `127.0.0.1:0`.
+pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
+    start_with(system, model, true).await
+}
+
+/// As [`start`]; with `save` false, graphex announces each row as its hooks
+/// would after saving it, without the database (a diagnostic: the runtime's
+/// own fan-out, apart from the pace at which SQLite produces changes).
+pub async fn start_with(system: System, model: Model, save: bool) -> Result<Server, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (target, task): (Arc<dyn Target>, JoinHandle<()>) = match system {
+        System::Graphex => {
+            let db = entities::database().await?;
+            let hub = graphex::Hub::default();
+            let schema =
+                Schema::build(BenchQuery, EmptyMutation, GraphexSubscription::default()).data(db.clone()).finish();
+            let app = graphex::router(schema, hub.clone(), graphex::Anonymous);
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            (Arc::new(GraphexTarget { db, hub, model, save }), task)
+        }
+        System::Alternative => {
+            let db = entities::database().await?;
+            let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+            let state = Arc::new(AltState { tx, lagged: AtomicU64::new(0) });
+            let schema = Schema::build(BenchQuery, EmptyMutation, AltSubscription).data(state.clone()).finish();
+            let app = axum::Router::new().route_service("/ws", GraphQLSubscription::new(schema));
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            (Arc::new(AltTarget { db, state }), task)
+        }
+        System::Ceiling => {
+            let registry = Arc::new(Mutex::new(Registry::default()));
+            let task = tokio::spawn(ceiling_accept(listener, registry.clone()));
+            (Arc::new(CeilingTarget { registry, model }), task)
+        }
+    };
+    Ok(Server { system, addr, target, task })
+}
+
+/// The row id of change `seq`: set explicitly, so that concurrent writers
+/// still give every change a known id (and so a known room).
+fn row_id(seq: usize) -> Result<i32, BenchError> {
+    i32::try_from(seq + 1).map_err(|_| BenchError::new("too many changes"))
+}
+
+struct BenchQuery;
+
+#[Object]
+impl BenchQuery {
+    /// Always true (a schema needs a query).
+    async fn ping(&self) -> bool {
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------
+// graphex
+
+#[derive(MergedSubscription, Default)]
+struct GraphexSubscription(
+    message::MessageSubscription,
+    plain_message::PlainMessageSubscription,
+    id_message::IdMessageSubscription,
+);
+
+struct GraphexTarget {
+    db: DatabaseConnection,
+    hub: graphex::Hub,
+    model: Model,
+    save: bool,
+}
+
+#[async_trait::async_trait]
+impl Target for GraphexTarget {
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
+        let db = &self.db;
+        let (author, body, created_us) = (Set(entities::author(room)), Set(BODY.to_owned()), Set(now_us()));
+        let (id, room_id) = (Set(row_id(seq)?), Set(room));
+        if !self.save {
+            let row = message::Model {
+                id: row_id(seq)?,
+                room_id: room,
+                author: entities::author(room),
+                body: BODY.to_owned(),
+                created_us: now_us(),
+            };
+            self.hub.scope(graphex::announce(&row, graphex::Action::Create)).await;
+            return Ok(());
+        }
+        // The hooks announce the saved row to the hub in scope.
+        let saved = self.hub.scope(async {
+            match self.model {
+                Model::Indexed => {
+                    message::ActiveModel { id, room_id, author, body, created_us }.insert(db).await?;
+                }
+                Model::Plain => {
+                    plain_message::ActiveModel { id, room_id, author, body, created_us }.insert(db).await?;
+                }
+                Model::IdOnly => {
+                    id_message::ActiveModel { id, room_id, author, body, created_us }.insert(db).await?;
+                }
+            }
+            Ok::<(), sea_orm::DbErr>(())
+        });
+        Ok(saved.await?)
+    }
+
+    async fn subscribers(&self) -> Result<usize, BenchError> {
+        Ok(self.hub.channel_count())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The alternative: async-graphql native subscriptions over a broadcast channel
+
+/// Broadcast buffer of the alternative; above the driver's window, so a
+/// receiver lags only if its socket falls far behind.
+const BROADCAST_CAPACITY: usize = 4096;
+
+struct AltState {
+    tx: broadcast::Sender<Arc<alt_message::Model>>,
+    lagged: AtomicU64,
+}
+
+struct AltSubscription;
+
+#[Subscription]
+impl AltSubscription {
+    /// New messages, of one room if `room` is given.
+    async fn message(&self, ctx: &Context<'_>, room: Option<i32>) -> impl Stream<Item = alt_message::Model> + use<> {
+        let state = ctx.data_unchecked::<Arc<AltState>>().clone();
+        let rx = state.tx.subscribe();
+        // The per-subscriber filter closure a user would write.
+        let wanted = move |row: &alt_message::Model| room.is_none_or(|room| row.room_id == room);
+        futures_util::stream::unfold((rx, state), move |(mut rx, state)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(row) if wanted(&row) => return Some(((*row).clone(), (rx, state))),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        state.lagged.fetch_add(missed, Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+}
+
+struct AltTarget {
+    db: DatabaseConnection,
+    state: Arc<AltState>,
+}
+
+#[async_trait::async_trait]
+impl Target for AltTarget {
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
+        let row = alt_message::ActiveModel {
+            id: Set(row_id(seq)?),
+            room_id: Set(room),
+            author: Set(entities::author(room)),
+            body: Set(BODY.to_owned()),
+            created_us: Set(now_us()),
+        }
+        .insert(&self.db)
+        .await?;
+        // No receivers is not an error here: nobody subscribed to anything.
+        let _ = self.state.tx.send(Arc::new(row));
+        Ok(())
+    }
+
+    async fn subscribers(&self) -> Result<usize, BenchError> {
+        Ok(self.state.tx.receiver_count())
+    }
+
+    fn dropped(&self) -> u64 {
+        self.state.lagged.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The ceiling: no GraphQL, no database, frames serialized once per change
+
+/// Frames queued per ceiling connection (the same bound as graphex's default queue).
+const CEILING_QUEUE: usize = 1024;
+/// Most frames written before one flush (as in graphex's socket loop).
+const WRITE_BATCH: usize = 256;
+
+/// The payload variant a ceiling connection takes: 0 = full, 1..=3 = projection, 4 = id only.
+type Variant = usize;
+
+#[derive(Default)]
+struct Registry {
+    /// Connections by room (`None`: every room), each with its variant.
+    rooms: HashMap<Option<i32>, Vec<(Variant, mpsc::Sender<Bytes>)>>,
+    count: usize,
+    dropped: u64,
+}
+
+struct CeilingTarget {
+    registry: Arc<Mutex<Registry>>,
+    model: Model,
+}
+
+/// The frame graphex would send for this row and variant.
+fn frame(row: &Map<String, Json>, variant: Variant, stream: &str) -> Bytes {
+    let data: Map<String, Json> = match variant {
+        0 => row.clone(),
+        4 => Map::from_iter([("id".to_owned(), row["id"].clone())]),
+        projection => {
+            PROJECTIONS[projection - 1].iter().map(|field| ((*field).to_owned(), row[*field].clone())).collect()
+        }
+    };
+    let frame =
+        serde_json::json!({"stream": stream, "payload": {"action": "create", "model": "message", "data": data}});
+    Bytes::from(serde_json::to_vec(&frame).expect("plain JSON"))
+}
+
+#[async_trait::async_trait]
+impl Target for CeilingTarget {
+    async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
+        let id = row_id(seq)?;
+        let row = serde_json::json!({
+            "id": id, "room_id": room, "author": entities::author(room), "body": BODY, "created_us": now_us(),
+        });
+        let Json::Object(row) = row else { unreachable!("an object literal") };
+        let stream = match self.model {
+            Model::Indexed => "messages",
+            Model::Plain => "plain_messages",
+            Model::IdOnly => "id_messages",
+        };
+        let mut frames: [Option<Bytes>; 5] = Default::default();
+        let mut registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut dropped = 0;
+        for key in [None, Some(room)] {
+            for (variant, tx) in registry.rooms.get(&key).into_iter().flatten() {
+                let bytes = frames[*variant].get_or_insert_with(|| frame(&row, *variant, stream)).clone();
+                if tx.try_send(bytes).is_err() {
+                    dropped += 1;
+                }
+            }
+        }
+        registry.dropped += dropped;
+        Ok(())
+    }
+
+    async fn subscribers(&self) -> Result<usize, BenchError> {
+        Ok(self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).count)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).dropped
+    }
+}
+
+async fn ceiling_accept(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(ceiling_connection(stream, registry.clone()));
+    }
+}
+
+/// `/ws?room=R&variant=V`: registers, sends `ready`, then writes queued frames in batches.
+async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>) {
+    let _ = stream.set_nodelay(true);
+    let mut query = String::new();
+    let callback = |request: &Request, response: Response| {
+        query = request.uri().query().unwrap_or_default().to_owned();
+        Ok(response)
+    };
+    // The clients send nothing: a small read buffer, since tungstenite zero-fills it before every read.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let Ok(socket) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else {
+        return;
+    };
+    let mut room = None;
+    let mut variant: Variant = 0;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("room", value)) => room = value.parse().ok(),
+            Some(("variant", value)) => variant = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CEILING_QUEUE);
+    let (mut sink, mut incoming) = socket.split();
+    {
+        let mut registry = registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.rooms.entry(room).or_default().push((variant, tx.clone()));
+        registry.count += 1;
+    }
+    if sink.send(Message::text("ready")).await.is_ok() {
+        loop {
+            tokio::select! {
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break };
+                    let mut batch = vec![frame];
+                    while batch.len() < WRITE_BATCH {
+                        let Ok(frame) = rx.try_recv() else { break };
+                        batch.push(frame);
+                    }
+                    let write = async {
+                        for frame in batch {
+                            let Ok(text) = frame.try_into() else { continue };
+                            sink.feed(Message::Text(text)).await?;
+                        }
+                        sink.flush().await
+                    };
+                    if write.await.is_err() {
+                        break;
+                    }
+                }
+                message = incoming.next() => match message {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+    let mut registry = registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(members) = registry.rooms.get_mut(&room) {
+        members.retain(|(_, member)| !member.same_channel(&tx));
+    }
+    registry.count -= 1;
+}

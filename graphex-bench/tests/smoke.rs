@@ -1,0 +1,78 @@
+//! Every scenario at a tiny size, so the benchmark cannot rot: each run must
+//! deliver exactly what its subscriptions call for (no time is asserted).
+
+#![allow(unreachable_pub)]
+
+use graphex_bench::scenarios::{self, Options, Report, Scenario};
+
+fn tiny() -> Options {
+    Options {
+        fanout_n: vec![12],
+        latency_n: vec![12],
+        fanout_deliveries: 600,
+        latency_rate: 100.0,
+        latency_secs: 0.2,
+        partitioned_n: 30,
+        rooms: 6,
+        partitioned_changes: 60,
+        broadcast_changes: 24,
+        payload_n: 9,
+        payload_changes: 30,
+        memory_n: 16,
+        window: 8,
+        settle_secs: 5.0,
+        server_exe: Some(env!("CARGO_BIN_EXE_graphex-bench").into()),
+        ..Options::default()
+    }
+}
+
+fn assert_lossless(report: &Report, runs: usize) {
+    println!("{}", scenarios::table(report));
+    assert_eq!(report.runs.len(), runs, "one run per system and variant");
+    for run in &report.runs {
+        assert!(run.expected > 0, "{} {}: nothing expected", run.system, run.variant);
+        assert!(run.lossless(), "{} {} lost or garbled deliveries: {run:?}", run.system, run.variant);
+    }
+    assert!(report.checks.iter().any(|check| check.name.starts_with("deliveries lost") && check.met));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout() {
+    let report = scenarios::run(Scenario::Fanout, &tiny()).await.unwrap();
+    assert_lossless(&report, 7);
+    let latency = report.runs.iter().find(|run| run.system == "graphex" && run.variant.starts_with("latency")).unwrap();
+    assert_eq!(latency.expected, 20 * 12, "rate x seconds changes, each to every client");
+    assert!(latency.p99_us.is_some(), "latencies recorded from the row timestamp");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned() {
+    let report = scenarios::run(Scenario::Partitioned, &tiny()).await.unwrap();
+    assert_lossless(&report, 4);
+    let indexed = report.runs.iter().find(|run| run.variant == "indexed groups").unwrap();
+    assert_eq!(indexed.expected, 60 * 5, "each change reaches the 5 subscribers of its room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload() {
+    let report = scenarios::run(Scenario::Payload, &tiny()).await.unwrap();
+    assert_lossless(&report, 6);
+    let size = |system: &str, variant: &str| {
+        report.runs.iter().find(|run| run.system == system && run.variant == variant).unwrap().frame_bytes
+    };
+    assert!(size("graphex", "id-only") < size("graphex", "3 projections"));
+    assert_eq!(
+        size("graphex", "3 projections"),
+        size("ceiling", "3 projections"),
+        "the ceiling sends graphex's frames"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory() {
+    let report = scenarios::run(Scenario::Memory, &tiny()).await.unwrap();
+    assert_lossless(&report, 3);
+    for run in &report.runs {
+        assert!(run.rss_after_kib.is_some_and(|kib| kib > 0), "{}: resident memory read", run.system);
+    }
+}
