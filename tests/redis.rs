@@ -52,12 +52,13 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 7] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
         ("two_processes_unsubscribe", || Box::pin(two_processes_unsubscribe())),
         ("subscribe_through_another_process", || Box::pin(subscribe_through_another_process())),
+        ("health_pings_keep_a_healthy_connection", || Box::pin(health_pings_keep_a_healthy_connection())),
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
     ];
     let mut failed = Vec::new();
@@ -233,6 +234,31 @@ async fn subscribe_through_another_process() -> Option<()> {
         unknown.subscribe(cluster.b.addr, None, "userSubscription", "action: CREATE, operation: SUBSCRIBE").await;
     assert_eq!(refused["ok"], json!(false), "{refused}");
     assert_eq!(refused["error"], json!("unknown channel"), "{refused}");
+    Some(())
+}
+
+/// Health pings on a subscribed connection succeed: no reconnection (which
+/// would lose the messages published meanwhile) while Redis is fine.
+async fn health_pings_keep_a_healthy_connection() -> Option<()> {
+    let url = redis_url()?;
+    let options = RedisOptions {
+        prefix: unique_prefix(),
+        health_check_interval: Duration::from_millis(10),
+        ..RedisOptions::default()
+    };
+    let layer = Arc::new(RedisLayer::connect_with(&url, options).await.expect("Redis answers"));
+    let hub = Hub::with_layer(Config::default(), layer.clone() as Arc<dyn ChannelLayer>);
+    let server = Server::start(app::connect("sqlite::memory:", None).await, hub).await;
+    let mut ws = server.ws().await;
+    ws.arm_user_sentinel(&server).await;
+    for round in 0..5 {
+        // Several pings fall between two changes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let user = server.create_user(&format!("u{round}"), "u@example.com", "t1").await;
+        ws.expect(&user_frame("create", &user)).await;
+    }
+    assert_eq!(layer.stats().reconnects.load(Ordering::Relaxed), 0, "a healthy connection is kept");
+    assert!(layer.stats().connected());
     Some(())
 }
 

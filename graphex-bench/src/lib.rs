@@ -8,6 +8,7 @@
 
 pub mod entities;
 pub mod load;
+pub mod redis_scenario;
 pub mod remote;
 pub mod scenarios;
 pub mod systems;
@@ -48,6 +49,7 @@ from_error!(
     hyper::Error,
     tokio_tungstenite::tungstenite::Error,
     std::num::ParseIntError,
+    redis::RedisError,
 );
 
 /// Raises the soft open-files limit to the hard limit (10 000 sockets need

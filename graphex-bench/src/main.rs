@@ -10,6 +10,7 @@ use graphex_bench::scenarios::{self, Options, Scenario};
 use graphex_bench::{BenchError, raise_open_files_limit};
 
 const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|all> [options]
+       graphex-bench redis [options]   (scenario 5; `graphex-bench redis --help` lists its options)
 options (defaults are the issue's numbers):
   --fanout-n 1000,10000      subscribers of the fan-out series
   --fanout-deliveries 2000000  deliveries per fan-out throughput run
@@ -40,6 +41,10 @@ fn main() -> ExitCode {
     };
     let outcome = if args.first().map(String::as_str) == Some("serve") {
         runtime.block_on(serve(&args[1..]))
+    } else if args.first().map(String::as_str) == Some("serve-redis") {
+        runtime.block_on(graphex_bench::redis_scenario::serve(&args[1..]))
+    } else if args.first().map(String::as_str) == Some("redis") {
+        runtime.block_on(redis_scenario(&args[1..]))
     } else {
         runtime.block_on(bench(&args))
     };
@@ -58,11 +63,49 @@ async fn serve(args: &[String]) -> Result<(), BenchError> {
     remote::serve(system.parse()?, remote::parse_model(model)?).await
 }
 
+const REDIS_USAGE: &str = "usage: graphex-bench redis [options]
+  --url redis://127.0.0.1:6379/0  the Redis both processes share (or GRAPHEX_BENCH_REDIS_URL)
+  --changes 100000           changes per run
+  --n 1,100                  subscribed sockets on the receiving process (one run each)
+  --window 256               changes in flight at most
+  --settle-secs 2            wait for late deliveries
+  --out target/bench         where redis.json goes";
+
+/// Scenario 5: two processes through the Redis layer vs raw redis-rs pub/sub.
+async fn redis_scenario(args: &[String]) -> Result<(), BenchError> {
+    let mut options = graphex_bench::redis_scenario::RedisOptions::default();
+    if let Ok(url) = std::env::var("GRAPHEX_BENCH_REDIS_URL") {
+        options.url = url;
+    }
+    let mut out = PathBuf::from("target/bench");
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| BenchError::new(format!("{flag} needs a value\n{REDIS_USAGE}")))?;
+        let bad = || BenchError::new(format!("bad value {value:?} for {flag}"));
+        match flag.as_str() {
+            "--url" => options.url = value.clone(),
+            "--changes" => options.changes = value.parse().map_err(|_| bad())?,
+            "--n" => options.n = value.split(',').map(str::parse).collect::<Result<_, _>>().map_err(|_| bad())?,
+            "--window" => options.window = value.parse().map_err(|_| bad())?,
+            "--settle-secs" => options.settle_secs = value.parse().map_err(|_| bad())?,
+            "--out" => out = PathBuf::from(value),
+            _ => return Err(BenchError::new(format!("unknown option {flag}\n{REDIS_USAGE}"))),
+        }
+    }
+    raise_open_files_limit()?;
+    let report = graphex_bench::redis_scenario::run(&options, &std::env::current_exe()?).await?;
+    print!("{}", graphex_bench::redis_scenario::table(&report));
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("redis.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({"machine": machine(), "report": report}))?)?;
+    println!("written {}", path.display());
+    Ok(())
+}
+
 async fn bench(args: &[String]) -> Result<(), BenchError> {
     let Some(which) = args.first() else { return Err(BenchError::new(USAGE)) };
     let scenarios = match which.as_str() {
         "all" => Scenario::ALL.to_vec(),
-        "redis" => return Err(BenchError::new("scenario 5 (redis) lands with the Redis layer")),
         name => vec![Scenario::parse(name).ok_or_else(|| BenchError::new(USAGE))?],
     };
     let (options, out) = parse_options(&args[1..])?;

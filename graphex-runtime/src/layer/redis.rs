@@ -445,7 +445,9 @@ impl Subscriber {
                     }
                 },
                 _ = health.tick() => {
-                    let ping = tokio::time::timeout(self.options.connect_timeout, sink.ping::<String>()).await;
+                    // Any answer will do: a subscribed RESP2 connection answers
+                    // `["pong", ""]`, not `PONG`.
+                    let ping = tokio::time::timeout(self.options.connect_timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         tracing::warn!("redis layer health ping failed");
                         return Ended::Lost;
