@@ -67,7 +67,7 @@ const REDIS_USAGE: &str = "usage: graphex-bench redis [options]
   --url redis://127.0.0.1:6379/0  the Redis both processes share (or GRAPHEX_BENCH_REDIS_URL)
   --changes 100000           changes per run
   --n 1,100                  subscribed sockets on the receiving process (one run each)
-  --window 256               changes in flight at most
+  --window 1000              changes whose deliveries may be outstanding
   --settle-secs 2            wait for late deliveries
   --out target/bench         where redis.json goes";
 

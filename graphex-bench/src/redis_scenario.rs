@@ -52,7 +52,7 @@ pub struct RedisOptions {
     pub changes: usize,
     /// Subscribed sockets on the receiving process (each value is one run).
     pub n: Vec<usize>,
-    /// Changes in flight at most.
+    /// Changes whose deliveries may be outstanding at most (the same for raw and graphex).
     pub window: usize,
     /// How long to wait for missing deliveries after the last progress.
     pub settle_secs: f64,
@@ -64,7 +64,11 @@ impl Default for RedisOptions {
             url: "redis://127.0.0.1:6379/0".into(),
             changes: 100_000,
             n: vec![1, 100],
-            window: 256,
+            // Two processes and Redis make the path longer than in one
+            // process, so more changes must be in flight to keep it busy
+            // (throughput <= window / latency); below the per-socket queue
+            // (1024), so no socket is closed as a slow consumer.
+            window: 1000,
             settle_secs: 2.0,
         }
     }
