@@ -143,19 +143,31 @@ impl Channel {
 
     /// The frames this channel's subscriptions take from a delivery.
     pub async fn frames(&self, delivery: &Delivery, frames: &mut Vec<Bytes>) {
+        self.select(delivery, Subscription::frame, frames).await;
+    }
+
+    /// What this channel's subscriptions take from a delivery: `render` is
+    /// called once per matching subscription (two-channel frames, or native
+    /// GraphQL events).
+    pub async fn select<T>(
+        &self,
+        delivery: &Delivery,
+        render: impl Fn(&Subscription, &Event) -> T,
+        frames: &mut Vec<T>,
+    ) {
         let event = &delivery.event;
-        let mut pending: Vec<(RowCheck, Bytes)> = Vec::new();
+        let mut pending: Vec<(RowCheck, T)> = Vec::new();
         {
             let subscriptions = self.lock();
             for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
                 match subscription.filter.matches(&event.known) {
-                    Some(true) => frames.push(subscription.frame(event)),
+                    Some(true) => frames.push(render(subscription, event)),
                     Some(false) => {}
                     // The row is gone: what the change does not carry cannot be decided.
                     None if event.change.action == Action::Delete => {}
                     None => {
                         if let Some(check) = &subscription.check {
-                            pending.push((check.clone(), subscription.frame(event)));
+                            pending.push((check.clone(), render(subscription, event)));
                         }
                     }
                 }
@@ -229,6 +241,8 @@ struct Inner {
     groups: RwLock<HashMap<String, HashMap<u64, Arc<Channel>>>>,
     next_seq: AtomicU64,
     stats: Stats,
+    /// Members of custom groups ([`crate::broadcast`]).
+    custom: crate::broadcast::Registry,
 }
 
 /// Channels, groups and the channel layer of one process. Cheap to clone.
@@ -264,6 +278,7 @@ impl Hub {
             groups: RwLock::default(),
             next_seq: AtomicU64::new(1),
             stats: Stats::default(),
+            custom: crate::broadcast::Registry::default(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
@@ -317,9 +332,19 @@ impl Hub {
         read(&self.inner.channels).len()
     }
 
-    /// Number of groups with members in this process.
+    /// Number of groups (model and custom) with members in this process.
     pub fn group_count(&self) -> usize {
-        read(&self.inner.groups).len()
+        read(&self.inner.groups).len() + self.inner.custom.group_count()
+    }
+
+    /// The channel layer.
+    pub(crate) fn layer(&self) -> &Arc<dyn ChannelLayer> {
+        &self.inner.layer
+    }
+
+    /// Members of custom groups.
+    pub(crate) fn custom(&self) -> &crate::broadcast::Registry {
+        &self.inner.custom
     }
 
     /// Number of local channels in `group`.
@@ -381,16 +406,26 @@ impl Hub {
 
     /// Closes a channel: forgets it, leaves every group, drops its subscriptions.
     pub async fn close_channel(&self, channel: &Arc<Channel>) {
+        let groups = self.detach_channel(channel);
+        self.unlisten_groups(groups).await;
+    }
+
+    /// The synchronous part of [`Hub::close_channel`], for `Drop` impls:
+    /// forgets the channel and leaves its groups now; returns the groups
+    /// that lost their last local member, which the layer must unlisten.
+    pub fn detach_channel(&self, channel: &Arc<Channel>) -> Vec<String> {
         write(&self.inner.channels).remove(&channel.id);
-        let groups: Vec<String> = {
-            let mut subscriptions = channel.lock();
-            subscriptions.gone = true;
-            let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
-            groups.sort_unstable();
-            groups.dedup();
-            groups.retain(|group| self.leave(group, channel));
-            groups
-        };
+        let mut subscriptions = channel.lock();
+        subscriptions.gone = true;
+        let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups.retain(|group| self.leave(group, channel));
+        groups
+    }
+
+    /// Tells the layer this process no longer listens to `groups`.
+    pub async fn unlisten_groups(&self, groups: Vec<String>) {
         for group in groups {
             if let Err(error) = self.inner.layer.unlisten(&group).await {
                 tracing::warn!(%group, %error, "unlisten failed");
@@ -439,6 +474,10 @@ impl Hub {
 
     /// Fans a layer message out to the local members of `group`.
     fn dispatch(&self, group: &str, message: &[u8]) {
+        // Custom groups live in their own namespace and carry payloads, not changes.
+        if crate::broadcast::is_custom(group) {
+            return self.inner.custom.dispatch(group, message, &self.inner.stats);
+        }
         let groups = read(&self.inner.groups);
         let Some(members) = groups.get(group) else { return };
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
