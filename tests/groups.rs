@@ -184,8 +184,8 @@ async fn invalid_group_names_are_refused() {
     let server = start(hub.clone()).await;
     let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
     client.start("x", r#"subscription { rooms(names: ["a\nb"]) { text } }"#).await;
-    let error = client.expect_type("error").await;
-    assert!(error["payload"][0]["message"].as_str().unwrap().starts_with("invalid custom group name"), "{error}");
+    let errors = client.expect_failure("x").await;
+    assert!(errors[0]["message"].as_str().unwrap().starts_with("invalid custom group name"), "{errors}");
     assert_eq!(hub.group_count(), 0);
     assert!(hub.broadcast("", 1).await.is_err());
 }

@@ -158,17 +158,20 @@ async fn refused_operations_get_an_error_message() {
     let error = client.expect_type("error").await;
     assert_eq!(error["id"], "1");
     assert!(error["payload"][0]["message"].as_str().unwrap().contains("nope"), "{error}");
-    // Authorization: notes need a principal.
+    // Refusals at subscribe time are execution errors: a result with the
+    // error (and its stable code), then complete.
     client.start("2", "subscription { noteChanges { id } }").await;
-    let error = client.expect_type("error").await;
-    assert_eq!(error["id"], "2");
-    assert_eq!(error["payload"][0]["message"], "not authorized: authentication required");
-    assert_eq!(error["payload"][0]["extensions"]["code"], "FORBIDDEN");
-    // A bad filter.
+    let errors = client.expect_failure("2").await;
+    assert_eq!(errors[0]["message"], "not authorized: authentication required");
+    assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN");
+    assert_eq!(errors[0]["path"], json!(["noteChanges"]));
     client.start("3", r#"subscription { userChanges(filters: {nope: 1}) { id } }"#).await;
-    let error = client.expect_type("error").await;
-    assert_eq!(error["payload"][0]["extensions"]["code"], "BAD_FILTER");
-    // No `complete` follows an error, the ids can be reused, nothing is left behind.
+    let errors = client.expect_failure("3").await;
+    assert_eq!(errors[0]["extensions"]["code"], "BAD_FILTER");
+    client.start("4", r#"subscription { userChanges(id: "not a number") { id } }"#).await;
+    let errors = client.expect_failure("4").await;
+    assert_eq!(errors[0]["message"], "invalid id `not a number`");
+    // No `complete` follows an `error`, the ids can be reused, nothing is left behind.
     let (_, others) = client.execute("1", CREATE_NEO).await;
     assert_eq!(others, Vec::<Json>::new());
     assert_eq!(hub.channel_count(), 0);
@@ -177,9 +180,8 @@ async fn refused_operations_get_an_error_message() {
     // Legacy: the errors arrive as a result, then complete.
     let mut legacy = Client::connected(server.addr, Proto::Legacy, json!({})).await;
     legacy.start("x", "subscription { noteChanges { id } }").await;
-    let data = legacy.expect_type("data").await;
-    assert_eq!(data["payload"]["errors"][0]["message"], "not authorized: authentication required");
-    assert_eq!(legacy.json().await, json!({"type": "complete", "id": "x"}));
+    let errors = legacy.expect_failure("x").await;
+    assert_eq!(errors[0]["message"], "not authorized: authentication required");
 }
 
 #[tokio::test]

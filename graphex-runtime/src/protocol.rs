@@ -360,12 +360,19 @@ async fn outgoing_text(
         }
         ("next" | "data", Some(id)) => {
             if ops.answered.insert(id.clone()) && ops.transport_ws {
-                // An operation that fails before producing a result gets an
-                // `error` message (graphql-transport-ws), not next + complete.
+                // An operation refused before execution (parse or validation
+                // errors: no data, no error path) gets an `error` message, as
+                // the graphql-transport-ws spec and reference server do;
+                // execution errors stay results (`next`, then `complete`).
                 let message: Json = serde_json::from_str(&text).ok()?;
                 let payload = &message["payload"];
                 if payload.get("data").is_none_or(Json::is_null)
                     && let Some(errors) = payload.get("errors")
+                    && errors.as_array().is_some_and(|errors| {
+                        errors
+                            .iter()
+                            .all(|error| error.get("path").is_none_or(|path| path.as_array().is_none_or(Vec::is_empty)))
+                    })
                 {
                     ops.silenced.insert(id.clone());
                     if ops.active.remove(&id) {

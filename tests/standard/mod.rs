@@ -205,6 +205,18 @@ impl Client {
         json
     }
 
+    /// Operation `id` must fail during execution: a result with `data: null`
+    /// and errors, then `complete`. Returns the errors.
+    pub async fn expect_failure(&mut self, id: &str) -> Json {
+        let result = self.expect_type(self.proto.next()).await;
+        assert_eq!(result["id"], id, "{result}");
+        assert_eq!(result["payload"]["data"], Json::Null, "{result}");
+        let errors = result["payload"]["errors"].clone();
+        assert!(errors.as_array().is_some_and(|errors| !errors.is_empty()), "{result}");
+        assert_eq!(self.json().await, json!({"type": "complete", "id": id}));
+        errors
+    }
+
     /// The next frame must be a close with this code; returns the reason.
     pub async fn expect_close(&mut self, code: u16) -> String {
         match self.frame().await {
