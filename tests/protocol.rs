@@ -435,3 +435,17 @@ async fn upgrades_without_a_standard_subprotocol_are_refused() {
         other => panic!("expected an HTTP 400, got {other}"),
     }
 }
+
+#[tokio::test]
+async fn hub_shutdown_closes_standard_connections() {
+    let (server, hub) = start_default().await;
+    let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+    client.start("1", USER_CREATES).await;
+    channels(&hub, 1).await;
+    hub.shutdown();
+    // The operation's stream ends with an error result, then the socket closes.
+    let errors = client.expect_failure("1").await;
+    assert_eq!(errors[0]["message"], "server shutting down");
+    assert_eq!(client.expect_close(1001).await, "server shutting down");
+    channels(&hub, 0).await;
+}

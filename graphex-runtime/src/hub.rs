@@ -243,6 +243,8 @@ struct Inner {
     stats: Stats,
     /// Members of custom groups ([`crate::broadcast`]).
     custom: crate::broadcast::Registry,
+    /// Cancelled by [`Hub::shutdown`]: standard-protocol connections close on it.
+    shutdown: CancellationToken,
 }
 
 /// Channels, groups and the channel layer of one process. Cheap to clone.
@@ -279,6 +281,7 @@ impl Hub {
             next_seq: AtomicU64::new(1),
             stats: Stats::default(),
             custom: crate::broadcast::Registry::default(),
+            shutdown: CancellationToken::new(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
@@ -335,6 +338,11 @@ impl Hub {
     /// Number of groups (model and custom) with members in this process.
     pub fn group_count(&self) -> usize {
         read(&self.inner.groups).len() + self.inner.custom.group_count()
+    }
+
+    /// Resolves once [`Hub::shutdown`] was called.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     /// The channel layer.
@@ -435,6 +443,7 @@ impl Hub {
 
     /// Closes every channel (their socket tasks send a close frame and exit).
     pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
         for channel in read(&self.inner.channels).values() {
             channel.close(CloseReason::Shutdown);
         }

@@ -212,6 +212,7 @@ pub async fn serve_connection<E, Si, St, Er>(
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (to_graphql, mut from_client) = mpsc::unbounded_channel::<Bytes>();
     let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
+    let shutdown = hub.shutting_down().clone();
     let mut connection_data = Data::default();
     connection_data.insert(hub);
     let on_init = {
@@ -255,6 +256,7 @@ pub async fn serve_connection<E, Si, St, Er>(
 
     let close: Option<(u16, String)> = loop {
         tokio::select! {
+            () = shutdown.cancelled() => break Some((1001, "server shutting down".into())),
             () = &mut init_deadline, if !ops.init_received => {
                 break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }

@@ -149,7 +149,7 @@ async fn graphql_http<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
     headers: HeaderMap,
     request: GraphQLRequest,
-) -> GraphQLResponse
+) -> axum::response::Response
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
@@ -159,7 +159,56 @@ where
     if let Some(principal) = principal(state.auth.as_ref(), bearer(&headers)).await {
         request = request.data(principal);
     }
-    state.hub.scope(execute(&state.schema, request)).await.into()
+    match streaming(&headers) {
+        Some(format) if is_subscription(&request) => stream_response(state.schema.execute_stream(request), format),
+        _ => GraphQLResponse::from(state.hub.scope(execute(&state.schema, request)).await).into_response(),
+    }
+}
+
+/// How a client without WebSockets asked for a subscription's results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Streaming {
+    /// `multipart/mixed; boundary="graphql"; subscriptionSpec="1.0"` (Apollo's HTTP subscriptions).
+    Multipart,
+    /// `text/event-stream` (GraphQL over SSE, distinct connections: `next` events, then `complete`).
+    ServerSentEvents,
+}
+
+fn streaming(headers: &HeaderMap) -> Option<Streaming> {
+    let accept = headers.get(axum::http::header::ACCEPT)?.to_str().ok()?;
+    if async_graphql::http::is_accept_multipart_mixed(accept) {
+        Some(Streaming::Multipart)
+    } else if accept.split(',').any(|item| item.trim().starts_with("text/event-stream")) {
+        Some(Streaming::ServerSentEvents)
+    } else {
+        None
+    }
+}
+
+/// A subscription's results as an HTTP stream. Dropping the response (the
+/// client went away) drops the operation, which frees its hub channel.
+fn stream_response(
+    results: futures_util::stream::BoxStream<'static, Response>,
+    format: Streaming,
+) -> axum::response::Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    match format {
+        Streaming::Multipart => {
+            let body = async_graphql::http::create_multipart_mixed_stream(results, Duration::from_secs(30))
+                .map(Ok::<_, std::convert::Infallible>);
+            (
+                [(axum::http::header::CONTENT_TYPE, "multipart/mixed; boundary=graphql")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
+        }
+        Streaming::ServerSentEvents => {
+            let events = results
+                .map(|result| Event::default().event("next").json_data(result))
+                .chain(futures_util::stream::once(async { Ok(Event::default().event("complete").data("")) }));
+            Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+        }
+    }
 }
 
 /// Executes a query or mutation, or a subscription operation once (the
