@@ -449,3 +449,35 @@ async fn hub_shutdown_closes_standard_connections() {
     assert_eq!(client.expect_close(1001).await, "server shutting down");
     channels(&hub, 0).await;
 }
+
+/// The schema's SDL without descriptions, whitespace collapsed.
+fn sdl() -> String {
+    let sdl = app::schema(sea_orm::DatabaseConnection::default()).sdl();
+    let mut text = String::new();
+    for (index, part) in sdl.split("\"\"\"").enumerate() {
+        if index % 2 == 0 {
+            text.push_str(part);
+        }
+    }
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('"'))
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn native_fields_sit_beside_the_two_channel_fields() {
+    let sdl = sdl();
+    for expected in [
+        "enum Action { CREATE UPDATE DELETE }",
+        "type ModelChange { action: Action! model: String! stream: String! id: JSON! data: JSON }",
+        "userSubscription( channelId: String!, action: ActionSubscriptionEnum!, operation: OperationSubscriptionEnum!, \
+         id: ID, filters: JSON, data: [UserFields!] ): UserSubscription! \
+         userChanges( action: ActionSubscriptionEnum! = ALL_ACTIONS, id: ID, filters: JSON, data: [UserFields!] ): ModelChange!",
+        // Id-only models have no `data` argument.
+        "commentChanges( action: ActionSubscriptionEnum! = ALL_ACTIONS, id: ID, filters: JSON ): ModelChange!",
+    ] {
+        assert!(sdl.contains(expected), "missing {expected}\nin {sdl}");
+    }
+}
