@@ -481,3 +481,52 @@ fn native_fields_sit_beside_the_two_channel_fields() {
         assert!(sdl.contains(expected), "missing {expected}\nin {sdl}");
     }
 }
+
+/// Id-only filters on another field than the id are decided by one
+/// primary-key-bounded query per change; deletes cannot be decided and are
+/// dropped, as on the two-channel path.
+async fn row_checks(db: sea_orm::DatabaseConnection) {
+    let hub = Hub::default();
+    let server = serve(app::app(db, hub.clone())).await;
+    let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+    client
+        .start("urgent", r#"subscription { commentChanges(filters: {text__icontains: "urgent"}) { action id data } }"#)
+        .await;
+    channels(&hub, 1).await;
+    let comment = |text: &str| format!(r#"mutation {{ createComment(post: 1, text: "{text}") {{ id }} }}"#);
+    let mut seen = client.execute("c1", &comment("routine")).await.1;
+    seen.extend(client.execute("c2", &comment("URGENT: fix")).await.1);
+    seen.extend(client.execute("u1", r#"mutation { updateComment(id: 1, text: "now urgent") { id } }"#).await.1);
+    seen.extend(client.execute("d2", "mutation { deleteComment(id: 2) }").await.1);
+    seen.extend(client.execute("c3", &comment("urgent again")).await.1);
+    while seen.len() < 3 {
+        seen.push(client.json().await);
+    }
+    let event = |action: &str, id: i32| json!({"type": "next", "id": "urgent", "payload": {"data": {"commentChanges": {"action": action, "id": id, "data": null}}}});
+    assert_eq!(seen, vec![event("CREATE", 2), event("UPDATE", 1), event("CREATE", 3)]);
+    client.stop("urgent").await;
+    channels(&hub, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_only_row_checks_on_sqlite_and_postgres() {
+    row_checks(app::connect("sqlite::memory:", None).await).await;
+    let Ok(url) = std::env::var("GRAPHEX_TEST_POSTGRES_URL") else {
+        println!("skipped: PostgreSQL variant (set GRAPHEX_TEST_POSTGRES_URL)");
+        return;
+    };
+    let schema = format!(
+        "graphex_protocol_{}_{:016x}",
+        std::process::id(),
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), "schema")
+    );
+    let db = app::connect(&url, Some(&schema)).await;
+    let outcome = tokio::spawn(row_checks(db)).await;
+    let admin = sea_orm::Database::connect(&url).await.expect("PostgreSQL reachable");
+    sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .expect("schema dropped");
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
