@@ -530,3 +530,38 @@ async fn id_only_row_checks_on_sqlite_and_postgres() {
         std::panic::resume_unwind(error.into_panic());
     }
 }
+
+#[tokio::test]
+async fn close_codes_of_the_legacy_protocol() {
+    let config = ProtocolConfig { init_timeout: Duration::from_millis(300), ..Default::default() };
+    let (server, hub) = start(config, None).await;
+    let mut client = Client::open(server.addr, Proto::Legacy).await;
+    assert_eq!(client.expect_close(4408).await, "Connection initialisation timeout");
+
+    let mut client = Client::open(server.addr, Proto::Legacy).await;
+    client.start("1", USER_CREATES).await;
+    assert_eq!(client.expect_close(4401).await, "Unauthorized");
+
+    // A second init: async-graphql answers connection_error and ends the connection.
+    let mut client = Client::connected(server.addr, Proto::Legacy, json!({})).await;
+    client.send(json!({"type": "connection_init"})).await;
+    let error = client.expect_type("connection_error").await;
+    assert_eq!(error["payload"]["message"], "Too many initialisation requests.");
+    assert!(matches!(client.frame().await, Frame::Close(..) | Frame::Gone));
+
+    // A reused id replaces the running operation (subscriptions-transport-ws semantics).
+    let mut client = Client::connected(server.addr, Proto::Legacy, json!({})).await;
+    client.start("same", "subscription { userChanges(action: UPDATE) { model } }").await;
+    wait_for("the first operation", || hub.group_size("users-update") == 1).await;
+    client.start("same", "subscription { userChanges(action: CREATE) { model } }").await;
+    wait_for("the replacement", || hub.group_size("users-create") == 1 && hub.group_count() == 1).await;
+    assert_eq!(hub.channel_count(), 1);
+    let (_, mut seen) = client.execute("m", CREATE_NEO).await;
+    if seen.is_empty() {
+        seen.push(client.json().await);
+    }
+    assert_eq!(
+        seen,
+        vec![json!({"type": "data", "id": "same", "payload": {"data": {"userChanges": {"model": "user"}}}})]
+    );
+}
