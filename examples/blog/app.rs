@@ -190,8 +190,10 @@ pub fn schema(db: DatabaseConnection) -> Schema<Query, Mutation, BlogSubscriptio
 pub async fn connect(url: &str) -> DatabaseConnection {
     let mut options = ConnectOptions::new(url);
     if url.starts_with("sqlite::memory:") {
-        // One connection: every pooled connection would get its own empty memory database.
-        options.max_connections(1);
+        // One connection: every pooled connection would get its own empty
+        // memory database. It must never be reaped either (that would drop
+        // the database), so no idle timeout or lifetime.
+        options.max_connections(1).idle_timeout(None).max_lifetime(None);
     }
     let db = Database::connect(options).await.expect("database reachable");
     let builder = DbSchema::new(db.get_database_backend());
