@@ -494,3 +494,76 @@ fn operation_error(ops: &Operations, id: &str, message: &str, code: &str) -> Str
     let payload = if ops.transport_ws { json!([error]) } else { error };
     json!({"type": "error", "id": id, "payload": payload}).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
+    use tokio_util::sync::PollSender;
+
+    use super::*;
+
+    struct Query;
+
+    #[Object(crate = "async_graphql")]
+    impl Query {
+        async fn answer(&self) -> i32 {
+            42
+        }
+    }
+
+    /// Drives the loop over in-memory channels instead of a socket.
+    fn connect(
+        config: ProtocolConfig,
+    ) -> (mpsc::UnboundedSender<Result<Message, std::convert::Infallible>>, mpsc::Receiver<Message>) {
+        let (client_tx, mut server_rx) = mpsc::unbounded_channel();
+        let (server_tx, client_rx) = mpsc::channel(16);
+        let server_rx = futures_util::stream::poll_fn(move |cx| server_rx.poll_recv(cx));
+        let server_tx = PollSender::new(server_tx);
+        let connection =
+            Connection::new(1, "graphql-transport-ws", HeaderMap::new(), None, Arc::new(crate::server::Anonymous));
+        let schema = Schema::new(Query, EmptyMutation, EmptySubscription);
+        tokio::spawn(serve_connection(
+            schema,
+            Hub::default(),
+            Arc::new(DefaultHooks),
+            config,
+            connection,
+            Protocols::GraphQLWS,
+            server_tx,
+            server_rx,
+        ));
+        (client_tx, client_rx)
+    }
+
+    fn text(message: Json) -> Result<Message, std::convert::Infallible> {
+        Ok(Message::Text(message.to_string().into()))
+    }
+
+    async fn json(rx: &mut mpsc::Receiver<Message>) -> Json {
+        match rx.recv().await {
+            Some(Message::Text(text)) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_over_channels() {
+        let (tx, mut rx) = connect(ProtocolConfig::default());
+        tx.send(text(json!({"type": "connection_init"}))).unwrap();
+        assert_eq!(json(&mut rx).await, json!({"type": "connection_ack"}));
+        tx.send(text(json!({"type": "subscribe", "id": "q", "payload": {"query": "{ answer }"}}))).unwrap();
+        assert_eq!(json(&mut rx).await, json!({"type": "next", "id": "q", "payload": {"data": {"answer": 42}}}));
+        assert_eq!(json(&mut rx).await, json!({"type": "complete", "id": "q"}));
+        drop(tx);
+        assert!(rx.recv().await.is_none(), "the loop ends with the client");
+    }
+
+    #[tokio::test]
+    async fn init_timeout_over_channels() {
+        let (_tx, mut rx) = connect(ProtocolConfig { init_timeout: Duration::from_millis(20), ..Default::default() });
+        match rx.recv().await {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CLOSE_INIT_TIMEOUT),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
