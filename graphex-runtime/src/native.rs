@@ -240,3 +240,68 @@ impl Stream for ChangeStream {
         self.inner.as_mut().poll_next(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::Config;
+    use crate::filter::Filter;
+    use crate::hub::SubscriptionKey;
+    use crate::notification::Change;
+
+    async fn stream(hub: &Hub, projection: Option<Vec<&'static str>>) -> ChangeStream {
+        let (channel, rx) = hub.open_channel(Some("neo".into())).unwrap();
+        let key = SubscriptionKey { stream: "users", action: Action::Create, id: None, filters: None, projection };
+        let subscription = Subscription { key, group: "users-create".into(), filter: Filter::default(), check: None };
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx)
+    }
+
+    fn change(id: i32) -> bytes::Bytes {
+        let values = json!({"id": id, "username": "neo", "email": "neo@example.com"});
+        Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: json!(id),
+            pk_field: "id".into(),
+            values: values.as_object().cloned(),
+        }
+        .encode()
+    }
+
+    #[tokio::test]
+    async fn deliveries_become_projected_events_and_dropping_frees_the_channel() {
+        let hub = Hub::default();
+        let mut events = stream(&hub, Some(vec!["username"])).await;
+        hub.publish(&["users-create".into()], change(7)).await;
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(
+            event,
+            ModelChange {
+                action: ChangeAction::Create,
+                model: "user".into(),
+                stream: "users".into(),
+                id: async_graphql::Json(json!(7)),
+                data: Some(async_graphql::Json(json!({"username": "neo"}))),
+            }
+        );
+        assert_eq!((hub.channel_count(), hub.group_count()), (1, 1));
+        drop(events);
+        assert_eq!((hub.channel_count(), hub.group_count()), (0, 0), "freed on drop, synchronously");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_ends_with_an_error() {
+        let hub = Hub::new(Config { queue_capacity: 1, ..Config::default() });
+        let mut events = stream(&hub, None).await;
+        hub.publish(&["users-create".into()], change(1)).await;
+        hub.publish(&["users-create".into()], change(2)).await;
+        let error = events.next().await.unwrap().unwrap_err();
+        assert_eq!(error.message, "slow consumer: outgoing queue full");
+        assert!(events.next().await.is_none());
+    }
+}
