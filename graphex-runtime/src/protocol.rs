@@ -49,7 +49,7 @@ pub struct ProtocolConfig {
     /// How long a client may take to send `connection_init`. Default 10 s.
     pub init_timeout: Duration,
     /// Interval of server keep-alives (`ping` in `graphql-transport-ws`,
-    /// `ka` in `graphql-ws`); `None` sends none. Default 15 s.
+    /// `ka` in `graphql-ws`); `None` (or zero) sends none. Default 15 s.
     pub keep_alive: Option<Duration>,
     /// Operations one connection may run at once; one more is answered
     /// with an `error` message (code `TOO_MANY_OPERATIONS`). Default 100.
@@ -174,6 +174,8 @@ struct Operations {
     transport_ws: bool,
     init_received: bool,
     acked: bool,
+    /// The ack is the message being sent (legacy clients get a `ka` right after it).
+    just_acked: bool,
     /// Operations running, by id.
     active: HashSet<String>,
     /// Operations that have produced at least one result.
@@ -244,13 +246,15 @@ pub async fn serve_connection<E, Si, St, Er>(
         transport_ws: protocol == Protocols::GraphQLWS,
         init_received: false,
         acked: false,
+        just_acked: false,
         active: HashSet::new(),
         answered: HashSet::new(),
         silenced: HashSet::new(),
     };
     let init_deadline = tokio::time::sleep(config.init_timeout);
     tokio::pin!(init_deadline);
-    let keep_alive_period = config.keep_alive.unwrap_or(Duration::from_secs(3600));
+    let keep_alive_on = config.keep_alive.is_some_and(|period| !period.is_zero());
+    let keep_alive_period = config.keep_alive.filter(|_| keep_alive_on).unwrap_or(Duration::from_secs(3600));
     let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive_period, keep_alive_period);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -260,7 +264,7 @@ pub async fn serve_connection<E, Si, St, Er>(
             () = &mut init_deadline, if !ops.init_received => {
                 break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
-            _ = keep_alive.tick(), if ops.acked && config.keep_alive.is_some() => {
+            _ = keep_alive.tick(), if ops.acked && keep_alive_on => {
                 let ping = if ops.transport_ws { r#"{"type":"ping"}"# } else { r#"{"type":"ka"}"# };
                 if sink.send(Message::Text(Utf8Bytes::from_static(ping))).await.is_err() {
                     break None;
@@ -282,11 +286,11 @@ pub async fn serve_connection<E, Si, St, Er>(
                     let Some(text) = outgoing_text(&mut ops, &hooks, &mut connection, &shared, text).await else {
                         continue;
                     };
-                    let keep_alive_now = ops.acked && !ops.transport_ws && text.contains(r#""connection_ack""#);
+                    let keep_alive_now = std::mem::take(&mut ops.just_acked) && !ops.transport_ws;
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break None;
                     }
-                    if keep_alive_now && config.keep_alive.is_some() {
+                    if keep_alive_now && keep_alive_on {
                         // graphql-ws clients expect a first keep-alive right after the ack.
                         if sink.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"ka"}"#))).await.is_err() {
                             break None;
@@ -357,6 +361,7 @@ async fn outgoing_text(
     match (head.kind.as_ref(), head.id) {
         ("connection_ack", _) => {
             ops.acked = true;
+            ops.just_acked = true;
             connection.principal = lock(shared).principal.clone();
             Some(text)
         }
