@@ -555,6 +555,15 @@ async fn close_codes_of_the_legacy_protocol() {
     client.start("1", USER_CREATES).await;
     assert_eq!(client.expect_close(4401).await, "Unauthorized");
 
+    // Operations sent right behind `connection_init` (as
+    // subscriptions-transport-ws does) wait for the init and then run.
+    let mut client = Client::open(server.addr, Proto::Legacy).await;
+    client.send(json!({"type": "connection_init", "payload": {}})).await;
+    client.start("q", "{ users { id } }").await;
+    client.expect_type("connection_ack").await;
+    assert_eq!(client.json().await, json!({"type": "data", "id": "q", "payload": {"data": {"users": []}}}));
+    assert_eq!(client.json().await, json!({"type": "complete", "id": "q"}));
+
     // A second init: async-graphql answers connection_error and ends the connection.
     let mut client = Client::connected(server.addr, Proto::Legacy, json!({})).await;
     client.send(json!({"type": "connection_init"})).await;

@@ -449,7 +449,12 @@ async fn incoming_message(
             let Some(request) = head.payload.and_then(|payload| serde_json::from_value::<Request>(payload).ok()) else {
                 return bad(ops, "an operation needs a GraphQL request payload");
             };
-            if !ops.acked {
+            // graphql-transport-ws clients must wait for the ack. Legacy
+            // clients (subscriptions-transport-ws) send their queued
+            // operations right after `connection_init`: async-graphql holds
+            // them until the init callback is done.
+            let ready = if ops.transport_ws { ops.acked } else { ops.init_received };
+            if !ready {
                 return Verdict::Close(CLOSE_UNAUTHORIZED, "Unauthorized".into());
             }
             if ops.active.contains(&id) {
