@@ -5,11 +5,11 @@
 //! of the story over its stdout/stdin (`@@ channel <id>`, `@@ owner <id>`,
 //! `@@ drop`).
 //!
-//! The standard-protocol switch is checked against whatever the reference
-//! app answers on `ws://host/graphql` (a refusal message while it serves no
-//! graphql-transport-ws; streaming once it does), and always against a
-//! stand-in server that serves async-graphql's own graphql-transport-ws with
-//! one native field (`userChanges`).
+//! The standard-protocol switch streams a native field (`userChanges`) over
+//! graphql-transport-ws from the reference app's `ws://host/graphql`; the
+//! script's refusal branch (a server without it) stays for servers mounted
+//! without the standard protocols. `@@ drop` disconnects every socket
+//! (`Hub::disconnect_all`) while the server goes on.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `GRAPHEX_CHROMIUM`) and
 //! `tests/browser/node_modules` (`npm ci` there). Without them the test
@@ -25,12 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_graphql::Schema;
-use async_graphql::http::{WebSocket as ProtocolSocket, WebSocketProtocols, WsMessage};
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
 use graphex::Hub;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -120,7 +115,7 @@ async fn answer(request: &str, main: &Served) -> String {
             None => "none".into(),
         },
         (Some("drop"), None) => {
-            main.hub.shutdown();
+            main.hub.disconnect_all();
             "ok".into()
         }
         _ => format!("unknown request {request:?}"),
@@ -261,120 +256,8 @@ async fn client_page_in_headless_chromium() {
     let Some(tools) = tools_or_skip().await else { return };
     let main = serve(app::app).await;
     let keywords = serve(app::app_without_introspection).await;
-    let standard = if standard_protocol_offered(main.addr).await { "available" } else { "refused" };
-    println!("graphql-transport-ws on /graphql: {standard}");
+    assert!(standard_protocol_offered(main.addr).await, "the reference app serves graphql-transport-ws on /graphql");
+    let standard = "available";
     let screenshots = ["client-light.png", "client-dark.png", "client-completion.png", "client-keywords.png"];
     run_script(&tools, &main, keywords.addr, standard, None, &output_dir("reference"), &screenshots).await;
-}
-
-/// The protocol switch streaming over graphql-transport-ws, against the stand-in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standard_switch_streams_from_a_graphql_transport_ws_server() {
-    let Some(tools) = tools_or_skip().await else { return };
-    let server = serve(stand_in::app).await;
-    assert!(standard_protocol_offered(server.addr).await, "the stand-in answers graphql-transport-ws");
-    let screenshots = ["client-standard.png"];
-    run_script(&tools, &server, server.addr, "available", Some("standard"), &output_dir("stand-in"), &screenshots)
-        .await;
-}
-
-/// A stand-in for the standard protocols (another issue's work): the
-/// reference app plus async-graphql's own graphql-transport-ws on
-/// `GET /graphql`, with one native field, `userChanges`, that streams every
-/// user and then each one created later (it polls the table: a test
-/// double, not how graphex announces changes).
-mod stand_in {
-    use std::collections::VecDeque;
-
-    use async_graphql::{Context, MergedSubscription, SimpleObject, Subscription};
-    use futures_util::Stream;
-    use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
-
-    use super::*;
-    use crate::app::user;
-
-    /// One change of a user.
-    #[derive(SimpleObject)]
-    pub struct UserChange {
-        action: String,
-        id: i32,
-        username: String,
-    }
-
-    #[derive(Default)]
-    pub struct UserChanges;
-
-    #[Subscription]
-    impl UserChanges {
-        /// Every user, then each user created later.
-        async fn user_changes(
-            &self,
-            ctx: &Context<'_>,
-            action: graphex::ActionSubscription,
-        ) -> impl Stream<Item = UserChange> + use<> {
-            let _ = action;
-            let db = ctx.data_unchecked::<DatabaseConnection>().clone();
-            futures_util::stream::unfold((db, 0, VecDeque::new()), |(db, mut last, mut queue)| async move {
-                loop {
-                    if let Some(change) = queue.pop_front() {
-                        return Some((change, (db, last, queue)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    let rows = user::Entity::find()
-                        .filter(user::Column::Id.gt(last))
-                        .order_by_asc(user::Column::Id)
-                        .all(&db)
-                        .await
-                        .unwrap_or_default();
-                    for row in rows {
-                        last = row.id;
-                        queue.push_back(UserChange { action: "create".into(), id: row.id, username: row.username });
-                    }
-                }
-            })
-        }
-    }
-
-    #[derive(MergedSubscription, Default)]
-    pub struct Root(user::UserSubscription, UserChanges);
-
-    type StandInSchema = Schema<app::Query, app::Mutation, Root>;
-
-    pub fn app(db: DatabaseConnection, hub: Hub) -> Router {
-        let schema: StandInSchema = Schema::build(app::Query, app::Mutation, Root::default()).data(db.clone()).finish();
-        let ws_schema = schema.clone();
-        let upgrade = move |upgrade: WebSocketUpgrade| {
-            let schema = ws_schema.clone();
-            async move {
-                upgrade
-                    .protocols([WebSocketProtocols::GraphQLWS.sec_websocket_protocol()])
-                    .on_upgrade(move |socket| transport_ws(schema, socket))
-            }
-        };
-        let client = graphex::client_page(graphex::ClientPage::from_config(hub.config()));
-        graphex::router(schema, hub, app::UsernameAuth(db)).route("/graphql", get(upgrade)).merge(client)
-    }
-
-    async fn transport_ws(schema: StandInSchema, socket: WebSocket) {
-        let (mut sink, stream) = socket.split();
-        let input = stream
-            .take_while(|message| std::future::ready(!matches!(message, Err(_) | Ok(Message::Close(_)))))
-            .filter_map(|message| {
-                std::future::ready(match message {
-                    Ok(Message::Text(text)) => Some(text.to_string()),
-                    _ => None,
-                })
-            });
-        let mut output = std::pin::pin!(ProtocolSocket::new(schema, input, WebSocketProtocols::GraphQLWS));
-        while let Some(message) = output.next().await {
-            let frame = match message {
-                WsMessage::Text(text) => Message::Text(text.into()),
-                WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame { code, reason: reason.into() })),
-            };
-            let closing = matches!(frame, Message::Close(_));
-            if sink.send(frame).await.is_err() || closing {
-                break;
-            }
-        }
-    }
 }

@@ -52,12 +52,13 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 7] = [
+    let cases: [(&str, Case); 8] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
         ("two_processes_unsubscribe", || Box::pin(two_processes_unsubscribe())),
         ("subscribe_through_another_process", || Box::pin(subscribe_through_another_process())),
+        ("custom_groups_cross_processes", || Box::pin(custom_groups_cross_processes())),
         ("health_pings_keep_a_healthy_connection", || Box::pin(health_pings_keep_a_healthy_connection())),
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
     ];
@@ -234,6 +235,28 @@ async fn subscribe_through_another_process() -> Option<()> {
         unknown.subscribe(cluster.b.addr, None, "userSubscription", "action: CREATE, operation: SUBSCRIBE").await;
     assert_eq!(refused["ok"], json!(false), "{refused}");
     assert_eq!(refused["error"], json!("unknown channel"), "{refused}");
+    Some(())
+}
+
+/// `broadcast` reaches custom-group subscribers of another hub through
+/// Redis, including a group whose name looks like a process's request channel.
+async fn custom_groups_cross_processes() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let hub = || async {
+        let options = RedisOptions { prefix: prefix.clone(), ..RedisOptions::default() };
+        let layer = RedisLayer::connect_with(&url, options).await.expect("Redis answers");
+        Hub::with_layer(Config::default(), Arc::new(layer))
+    };
+    let (a, b) = (hub().await, hub().await);
+    let lookalike = format!("node:{}", a.node());
+    let mut received = a.join_groups(["chat", lookalike.as_str()]).await.expect("joined");
+    b.broadcast("chat", json!({"text": "hi"})).await.expect("broadcast");
+    b.broadcast(&lookalike, json!({"text": "not a request"})).await.expect("broadcast");
+    for expected in [json!({"text": "hi"}), json!({"text": "not a request"})] {
+        let payload = tokio::time::timeout(TIMEOUT, received.next()).await.expect("in time").expect("open");
+        assert_eq!(*payload, expected);
+    }
     Some(())
 }
 

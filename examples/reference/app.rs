@@ -247,8 +247,9 @@ pub async fn connect(url: &str, schema: Option<&str>) -> DatabaseConnection {
     }
     let mut options = ConnectOptions::new(url);
     if url.starts_with("sqlite::memory:") {
-        // One connection: every pooled connection would get its own empty memory database.
-        options.max_connections(1);
+        // One connection: every pooled connection would get its own empty
+        // memory database; and never reaped, which would empty it.
+        options.max_connections(1).idle_timeout(None).max_lifetime(None);
     }
     if let Some(schema) = schema {
         options.set_schema_search_path(schema);

@@ -141,6 +141,14 @@ fn root(model: &Model, names: &Names) -> TokenStream {
     let doc = format!(
         " The `{field_name}` subscription field (GraphQL type `{root_name}`): merge it into the schema's subscription root."
     );
+    let changes_name = format!("{}Changes", model.name.to_lower_camel_case());
+    let changes_method = format_ident!("{}_changes", heck::ToSnakeCase::to_snake_case(model.name.as_str()));
+    let changes_description =
+        format!(" {} One `ModelChange` event per change (standard GraphQL protocols).", model.description);
+    let all_actions = format!(
+        "{}::ActionSubscription::AllActions",
+        graphql_crate(krate).trim_end_matches("::__private::async_graphql")
+    );
     let p = quote!(#krate::__private);
     let (data_param, data_arg) = if model.full_payload {
         let fields = &names.fields;
@@ -182,6 +190,22 @@ fn root(model: &Model, names: &Names) -> TokenStream {
             ) -> impl #p::Stream<Item = #confirmation> {
                 let request = #krate::SubscribeArgs::new(channel_id, action, operation, id, filters, #data_arg);
                 #p::confirm(#krate::subscribe::<#ident>(ctx, request).await)
+            }
+
+            #[doc = #changes_description]
+            #[graphql(name = #changes_name)]
+            async fn #changes_method(
+                &self,
+                ctx: &#p::async_graphql::Context<'_>,
+                #[graphql(desc = "Which changes to receive.", default_with = #all_actions)]
+                action: #krate::ActionSubscription,
+                #[graphql(desc = "Only changes of the row with this primary key.")]
+                id: ::core::option::Option<#p::async_graphql::ID>,
+                #[graphql(desc = "Field lookups, e.g. {post: 7, text__icontains: \"urgent\"}.")]
+                filters: ::core::option::Option<#p::async_graphql::Json<#p::serde_json::Value>>,
+                #data_param
+            ) -> #p::async_graphql::Result<#krate::ChangeStream> {
+                #krate::changes::<#ident>(ctx, #krate::ChangesArgs::new(action, id, filters, #data_arg)).await
             }
         }
     }

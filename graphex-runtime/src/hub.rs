@@ -79,7 +79,13 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is shutting down.
     Shutdown,
+    /// The server closed it while going on ([`Hub::disconnect_all`]); the client may reconnect.
+    Disconnected,
 }
+
+/// WebSocket close code of a channel the server disconnected while going on
+/// (1012, "service restart": clients reconnect).
+pub const CLOSE_DISCONNECTED: u16 = 1012;
 
 /// One WebSocket connection's mailbox and subscriptions.
 pub struct Channel {
@@ -143,19 +149,31 @@ impl Channel {
 
     /// The frames this channel's subscriptions take from a delivery.
     pub async fn frames(&self, delivery: &Delivery, frames: &mut Vec<Bytes>) {
+        self.select(delivery, Subscription::frame, frames).await;
+    }
+
+    /// What this channel's subscriptions take from a delivery: `render` is
+    /// called once per matching subscription (two-channel frames, or native
+    /// GraphQL events).
+    pub async fn select<T>(
+        &self,
+        delivery: &Delivery,
+        render: impl Fn(&Subscription, &Event) -> T,
+        frames: &mut Vec<T>,
+    ) {
         let event = &delivery.event;
-        let mut pending: Vec<(RowCheck, Bytes)> = Vec::new();
+        let mut pending: Vec<(RowCheck, T)> = Vec::new();
         {
             let subscriptions = self.lock();
             for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
                 match subscription.filter.matches(&event.known) {
-                    Some(true) => frames.push(subscription.frame(event)),
+                    Some(true) => frames.push(render(subscription, event)),
                     Some(false) => {}
                     // The row is gone: what the change does not carry cannot be decided.
                     None if event.change.action == Action::Delete => {}
                     None => {
                         if let Some(check) = &subscription.check {
-                            pending.push((check.clone(), subscription.frame(event)));
+                            pending.push((check.clone(), render(subscription, event)));
                         }
                     }
                 }
@@ -231,6 +249,10 @@ struct Inner {
     groups: RwLock<HashMap<String, HashMap<u64, Arc<Channel>>>>,
     next_seq: AtomicU64,
     stats: Stats,
+    /// Members of custom groups ([`crate::broadcast`]).
+    custom: crate::broadcast::Registry,
+    /// Cancelled by [`Hub::shutdown`]: standard-protocol connections close on it.
+    shutdown: CancellationToken,
 }
 
 /// Channels, groups and the channel layer of one process. Cheap to clone.
@@ -267,6 +289,8 @@ impl Hub {
             groups: RwLock::default(),
             next_seq: AtomicU64::new(1),
             stats: Stats::default(),
+            custom: crate::broadcast::Registry::default(),
+            shutdown: CancellationToken::new(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
@@ -343,9 +367,24 @@ impl Hub {
         read(&self.inner.channels).len()
     }
 
-    /// Number of groups with members in this process.
+    /// Number of groups (model and custom) with members in this process.
     pub fn group_count(&self) -> usize {
-        read(&self.inner.groups).len()
+        read(&self.inner.groups).len() + self.inner.custom.group_count()
+    }
+
+    /// Resolves once [`Hub::shutdown`] was called.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The channel layer.
+    pub(crate) fn layer(&self) -> &Arc<dyn ChannelLayer> {
+        &self.inner.layer
+    }
+
+    /// Members of custom groups.
+    pub(crate) fn custom(&self) -> &crate::broadcast::Registry {
+        &self.inner.custom
     }
 
     /// Number of local channels in `group`.
@@ -407,16 +446,26 @@ impl Hub {
 
     /// Closes a channel: forgets it, leaves every group, drops its subscriptions.
     pub async fn close_channel(&self, channel: &Arc<Channel>) {
+        let groups = self.detach_channel(channel);
+        self.unlisten_groups(groups).await;
+    }
+
+    /// The synchronous part of [`Hub::close_channel`], for `Drop` impls:
+    /// forgets the channel and leaves its groups now; returns the groups
+    /// that lost their last local member, which the layer must unlisten.
+    pub fn detach_channel(&self, channel: &Arc<Channel>) -> Vec<String> {
         write(&self.inner.channels).remove(&channel.id);
-        let groups: Vec<String> = {
-            let mut subscriptions = channel.lock();
-            subscriptions.gone = true;
-            let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
-            groups.sort_unstable();
-            groups.dedup();
-            groups.retain(|group| self.leave(group, channel));
-            groups
-        };
+        let mut subscriptions = channel.lock();
+        subscriptions.gone = true;
+        let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups.retain(|group| self.leave(group, channel));
+        groups
+    }
+
+    /// Tells the layer this process no longer listens to `groups`.
+    pub async fn unlisten_groups(&self, groups: Vec<String>) {
         for group in groups {
             if let Err(error) = self.inner.layer.unlisten(&group).await {
                 tracing::warn!(%group, %error, "unlisten failed");
@@ -424,8 +473,19 @@ impl Hub {
         }
     }
 
-    /// Closes every channel (their socket tasks send a close frame and exit).
+    /// Closes every two-channel socket and native stream with
+    /// [`CloseReason::Disconnected`] but keeps serving: clients reconnect
+    /// (e.g. to move them to other processes before a deploy).
+    pub fn disconnect_all(&self) {
+        for channel in read(&self.inner.channels).values() {
+            channel.close(CloseReason::Disconnected);
+        }
+    }
+
+    /// Closes every channel (their socket tasks send a close frame and exit)
+    /// and refuses new standard-protocol connections.
     pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
         for channel in read(&self.inner.channels).values() {
             channel.close(CloseReason::Shutdown);
         }
@@ -463,6 +523,10 @@ impl Hub {
 
     /// Fans a layer message out to the local members of `group`.
     fn dispatch(&self, group: &str, message: &[u8]) {
+        // Custom groups live in their own namespace and carry payloads, not changes.
+        if crate::broadcast::is_custom(group) {
+            return self.inner.custom.dispatch(group, message, &self.inner.stats);
+        }
         let groups = read(&self.inner.groups);
         let Some(members) = groups.get(group) else { return };
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 //! and writes frames ([`server`]).
 
 pub mod announce;
+pub mod broadcast;
 pub mod client;
 pub mod config;
 pub mod filter;
@@ -16,18 +17,24 @@ pub mod group;
 pub mod hub;
 pub mod layer;
 pub mod model;
+pub mod native;
 pub mod notification;
+pub mod protocol;
 pub mod scope;
 pub mod server;
 pub mod subscribe;
 
 pub use announce::{announce, announce_many, set_global_hub, transaction};
+pub use broadcast::{BroadcastError, GroupReceiver, GroupStream, subscribe_groups};
 pub use client::{ClientPage, client_page};
 pub use config::Config;
 pub use filter::{Filter, FilterError, FilterLimits, Lookup};
 pub use hub::{Hub, Stats};
 pub use model::{Action, ActionSubscription, Field, FieldsEnum, ModelSubscription, OperationSubscription};
+pub use native::{ChangeAction, ChangeStream, ChangesArgs, ModelChange, changes};
+pub use protocol::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig};
 pub use scope::{Denied, Principal, Scope, SubscribeRequest};
+pub use server::RouterBuilder;
 pub use server::{Anonymous, Authenticator, router};
 pub use subscribe::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
 

@@ -1,9 +1,13 @@
 //! Serving with axum: the GraphQL HTTP endpoint (queries, mutations and
-//! one-shot two-channel subscribes) and the two-channel WebSocket endpoint.
+//! one-shot two-channel subscribes), the standard GraphQL WebSocket
+//! protocols on the same path ([`crate::protocol`]) and the two-channel
+//! WebSocket endpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::{ObjectType, Request, Response, Schema, SubscriptionType};
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
@@ -18,7 +22,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::forward::{self, Forwarded};
-use crate::hub::{CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
+use crate::hub::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
+use crate::protocol::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
 use crate::scope::Principal;
 
 /// Turns a bearer token into a principal. Requests without a token, or
@@ -53,45 +58,108 @@ struct AppState<Q, M, S> {
     schema: Schema<Q, M, S>,
     hub: Hub,
     auth: Arc<dyn Authenticator>,
+    hooks: Arc<dyn ConnectionHooks>,
+    protocol: ProtocolConfig,
 }
 
-/// The axum router serving `schema` at the hub's configured paths.
+/// The axum router serving `schema` at the hub's configured paths: GraphQL
+/// over HTTP (`POST`) and the standard WebSocket protocols (`GET` upgrade)
+/// at [`crate::Config::http_path`], the two-channel WebSocket at
+/// [`crate::Config::ws_path`].
 ///
 /// Every HTTP request runs inside [`Hub::scope`], so changes its mutations
-/// make are announced to this hub.
+/// make are announced to this hub. [`RouterBuilder`] sets connection hooks
+/// and protocol settings.
 pub fn router<Q, M, S>(schema: Schema<Q, M, S>, hub: Hub, auth: impl Authenticator) -> Router
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let config = hub.config().clone();
-    let state = Arc::new(AppState { schema, hub: hub.clone(), auth: Arc::new(auth) });
-    // Subscribes other processes forward here, for channels of this process.
-    // Weak: the layer (held by the hub) must not keep the router alive.
-    let served = Arc::downgrade(&state);
-    hub.serve_requests(Arc::new(move |body: Bytes| {
-        let state = served.upgrade();
-        Box::pin(async move {
-            let forwarded = serde_json::from_slice::<Forwarded>(&body);
-            let response = match (state, forwarded) {
-                (Some(state), Ok(forwarded)) => {
-                    let (request, token) = forwarded.into_request();
-                    run(&state, request, token.as_deref()).await
-                }
-                (None, _) => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
-                (_, Err(error)) => Response::from_errors(vec![async_graphql::ServerError::new(
-                    format!("malformed forwarded request: {error}"),
-                    None,
-                )]),
-            };
-            Bytes::from(serde_json::to_vec(&response).unwrap_or_default())
-        })
-    }));
-    Router::new()
-        .route(&config.http_path, post(graphql_http::<Q, M, S>))
-        .route(&config.ws_path, get(graphql_ws::<Q, M, S>))
-        .with_state(state)
+    RouterBuilder::new(schema, hub).authenticator(auth).build()
+}
+
+/// Builds the graphex router with non-default authentication, connection
+/// hooks or protocol settings.
+///
+/// ```ignore
+/// let app = graphex::RouterBuilder::new(schema, hub)
+///     .authenticator(MyAuthenticator)
+///     .hooks(MyHooks)
+///     .protocol(graphex::ProtocolConfig { max_operations: 20, ..Default::default() })
+///     .build();
+/// ```
+pub struct RouterBuilder<Q, M, S> {
+    state: AppState<Q, M, S>,
+}
+
+impl<Q, M, S> RouterBuilder<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    /// Everyone anonymous, [`DefaultHooks`], default [`ProtocolConfig`].
+    pub fn new(schema: Schema<Q, M, S>, hub: Hub) -> Self {
+        RouterBuilder {
+            state: AppState {
+                schema,
+                hub,
+                auth: Arc::new(Anonymous),
+                hooks: Arc::new(DefaultHooks),
+                protocol: ProtocolConfig::default(),
+            },
+        }
+    }
+
+    /// Turns bearer tokens into principals.
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.state.auth = Arc::new(auth);
+        self
+    }
+
+    /// Connection hooks of the standard WebSocket protocols.
+    pub fn hooks(mut self, hooks: impl ConnectionHooks) -> Self {
+        self.state.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Settings of the standard WebSocket protocols.
+    pub fn protocol(mut self, protocol: ProtocolConfig) -> Self {
+        self.state.protocol = protocol;
+        self
+    }
+
+    /// The router.
+    pub fn build(self) -> Router {
+        let config = self.state.hub.config().clone();
+        let state = Arc::new(self.state);
+        // Subscribes other processes forward here, for channels of this process.
+        // Weak: the layer (held by the hub) must not keep the router alive.
+        let served = Arc::downgrade(&state);
+        state.hub.serve_requests(Arc::new(move |body: Bytes| {
+            let state = served.upgrade();
+            Box::pin(async move {
+                let forwarded = serde_json::from_slice::<Forwarded>(&body);
+                let response = match (state, forwarded) {
+                    (Some(state), Ok(forwarded)) => {
+                        let (request, token) = forwarded.into_request();
+                        run(&state, request, token.as_deref()).await
+                    }
+                    (None, _) => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
+                    (_, Err(error)) => Response::from_errors(vec![async_graphql::ServerError::new(
+                        format!("malformed forwarded request: {error}"),
+                        None,
+                    )]),
+                };
+                Bytes::from(serde_json::to_vec(&response).unwrap_or_default())
+            })
+        }));
+        Router::new()
+            .route(&config.http_path, post(graphql_http::<Q, M, S>).get(graphql_standard_ws::<Q, M, S>))
+            .route(&config.ws_path, get(graphql_ws::<Q, M, S>))
+            .with_state(state)
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -121,7 +189,22 @@ where
     if let Some(reply) = forward::to_owner(&state.hub, &request, token).await {
         return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
     }
-    GraphQLResponse::from(run(&state, request, token).await).into_response()
+    match streaming(&headers) {
+        Some(format) if is_subscription(&request) => {
+            let request = as_principal(&state, request, token).await;
+            stream_response(state.schema.execute_stream(request), format)
+        }
+        _ => GraphQLResponse::from(run(&state, request, token).await).into_response(),
+    }
+}
+
+/// The request with this hub and the principal `token` stands for.
+async fn as_principal<Q, M, S>(state: &AppState<Q, M, S>, request: Request, token: Option<&str>) -> Request {
+    let mut request = request.data(state.hub.clone());
+    if let Some(principal) = principal(state.auth.as_ref(), token).await {
+        request = request.data(principal);
+    }
+    request
 }
 
 /// Runs a request as the principal `token` stands for, announcing to this hub.
@@ -131,11 +214,54 @@ where
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let mut request = request.data(state.hub.clone());
-    if let Some(principal) = principal(state.auth.as_ref(), token).await {
-        request = request.data(principal);
-    }
+    let request = as_principal(state, request, token).await;
     state.hub.scope(execute(&state.schema, request)).await
+}
+
+/// How a client without WebSockets asked for a subscription's results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Streaming {
+    /// `multipart/mixed; boundary="graphql"; subscriptionSpec="1.0"` (Apollo's HTTP subscriptions).
+    Multipart,
+    /// `text/event-stream` (GraphQL over SSE, distinct connections: `next` events, then `complete`).
+    ServerSentEvents,
+}
+
+fn streaming(headers: &HeaderMap) -> Option<Streaming> {
+    let accept = headers.get(axum::http::header::ACCEPT)?.to_str().ok()?;
+    if async_graphql::http::is_accept_multipart_mixed(accept) {
+        Some(Streaming::Multipart)
+    } else if accept.split(',').any(|item| item.trim().starts_with("text/event-stream")) {
+        Some(Streaming::ServerSentEvents)
+    } else {
+        None
+    }
+}
+
+/// A subscription's results as an HTTP stream. Dropping the response (the
+/// client went away) drops the operation, which frees its hub channel.
+fn stream_response(
+    results: futures_util::stream::BoxStream<'static, Response>,
+    format: Streaming,
+) -> axum::response::Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    match format {
+        Streaming::Multipart => {
+            let body = async_graphql::http::create_multipart_mixed_stream(results, Duration::from_secs(30))
+                .map(Ok::<_, std::convert::Infallible>);
+            (
+                [(axum::http::header::CONTENT_TYPE, "multipart/mixed; boundary=graphql")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
+        }
+        Streaming::ServerSentEvents => {
+            let events = results
+                .map(|result| Event::default().event("next").json_data(result))
+                .chain(futures_util::stream::once(async { Ok(Event::default().event("complete").data("")) }));
+            Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+        }
+    }
 }
 
 /// Executes a query or mutation, or a subscription operation once (the
@@ -167,6 +293,61 @@ fn is_subscription(request: &Request) -> bool {
             None => false,
         },
     }
+}
+
+/// Serves `graphql-transport-ws` and `graphql-ws` on a GET upgrade of the
+/// HTTP endpoint, with async-graphql's protocol under [`crate::protocol`].
+async fn graphql_standard_ws<Q, M, S>(
+    State(state): State<Arc<AppState<Q, M, S>>>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> axum::response::Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+    let Some(protocol) = negotiate(&headers) else {
+        let message = "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws";
+        return (axum::http::StatusCode::BAD_REQUEST, message).into_response();
+    };
+    let token = bearer(&headers).map(str::to_owned).or(query.token);
+    let upgrade_principal = principal(state.auth.as_ref(), token.as_deref()).await;
+    let protocols = [protocol.sec_websocket_protocol()];
+    let connection = Connection::new(
+        CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+        protocol.sec_websocket_protocol(),
+        headers,
+        upgrade_principal,
+        state.auth.clone(),
+    );
+    upgrade
+        .protocols(protocols)
+        .on_upgrade(move |socket: WebSocket| async move {
+            let (sink, stream) = socket.split();
+            // Mutations sent over the socket announce their changes to this hub.
+            let hub = state.hub.clone();
+            hub.scope(serve_connection(
+                state.schema.clone(),
+                state.hub.clone(),
+                state.hooks.clone(),
+                state.protocol.clone(),
+                connection,
+                protocol,
+                sink,
+                stream,
+            ))
+            .await;
+        })
+        .into_response()
+}
+
+/// The first standard subprotocol the client offers.
+fn negotiate(headers: &HeaderMap) -> Option<Protocols> {
+    let offered = headers.get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    offered.split(',').find_map(|protocol| protocol.trim().parse::<Protocols>().ok())
 }
 
 #[derive(Deserialize)]
@@ -232,6 +413,7 @@ where
             () = channel.closed().cancelled() => {
                 let (code, reason) = match channel.close_reason() {
                     Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
+                    Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
                     _ => (1001, "server shutting down"),
                 };
                 let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };

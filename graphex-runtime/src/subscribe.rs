@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 
 use crate::filter::{Filter, FilterError};
 use crate::group;
-use crate::hub::{ChannelError, Hub, RowCheck, Subscription, SubscriptionKey};
+use crate::hub::{Channel, ChannelError, Hub, RowCheck, Subscription, SubscriptionKey};
 use crate::model::{ActionSubscription, ModelSubscription, OperationSubscription};
 use crate::scope::{Denied, Principal, SubscribeRequest};
 
@@ -127,10 +127,25 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
         return if removed == 0 { Err(ChannelError::NotSubscribed.into()) } else { Ok(()) };
     }
 
+    let subscriptions = prepare::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection.clone())?;
+    add_all(hub, &channel, subscriptions).await
+}
+
+/// Checks authorization, scope and filters for model `M` and builds one
+/// [`Subscription`] per action, each on its group. Shared by the
+/// two-channel subscribe and the native `<name>Changes` fields.
+pub(crate) fn prepare<M: ModelSubscription>(
+    ctx: &Context<'_>,
+    hub: &Hub,
+    action: ActionSubscription,
+    id: Option<Json>,
+    filters: Option<&Json>,
+    projection: Option<Vec<&'static str>>,
+) -> Result<Vec<Subscription>, SubscribeError> {
     let request = SubscribeRequest::new(ctx);
     M::authorize(&request)?;
     let scope = Filter::from_scope::<M>(&M::scope(&request)?)?;
-    let client = match &args.filters {
+    let client = match filters {
         Some(filters) => Filter::parse::<M>(filters, &hub.config().filter_limits)?,
         None => Filter::default(),
     };
@@ -139,21 +154,43 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
 
     let pinned: Option<Vec<(&str, &Json)>> =
         M::INDEX_FIELDS.iter().map(|name| filter.pinned(name).map(|value| (*name, value))).collect();
-    let keys: Vec<SubscriptionKey> = keys.collect();
+    let subscriptions = action
+        .actions()
+        .iter()
+        .map(|&action| {
+            let key = SubscriptionKey {
+                stream: M::STREAM,
+                action,
+                id: id.clone(),
+                filters: filters.cloned(),
+                projection: projection.clone(),
+            };
+            let group = match (&id, &pinned) {
+                (Some(pk), _) => group::instance(M::STREAM, action, pk),
+                (None, Some(pairs)) if !pairs.is_empty() => group::indexed(M::STREAM, action, pairs),
+                _ => group::coarse(M::STREAM, action),
+            };
+            Subscription { key, group, filter: filter.clone(), check: check.clone() }
+        })
+        .collect();
+    Ok(subscriptions)
+}
+
+/// Adds every subscription to the channel, or none of them.
+pub(crate) async fn add_all(
+    hub: &Hub,
+    channel: &Arc<Channel>,
+    subscriptions: Vec<Subscription>,
+) -> Result<(), SubscribeError> {
     let mut added = Vec::new();
-    for key in keys {
-        let group = match (&id, &pinned) {
-            (Some(pk), _) => group::instance(M::STREAM, key.action, pk),
-            (None, Some(pairs)) if !pairs.is_empty() => group::indexed(M::STREAM, key.action, pairs),
-            _ => group::coarse(M::STREAM, key.action),
-        };
-        let subscription = Subscription { key: key.clone(), group, filter: filter.clone(), check: check.clone() };
-        match hub.add_subscription(&channel, subscription).await {
+    for subscription in subscriptions {
+        let key = subscription.key.clone();
+        match hub.add_subscription(channel, subscription).await {
             Ok(_) => added.push(key),
             Err(error) => {
                 // All or nothing: undo what this request added.
                 for key in &added {
-                    let _ = hub.remove_subscription(&channel, key).await;
+                    let _ = hub.remove_subscription(channel, key).await;
                 }
                 return Err(error.into());
             }
@@ -163,7 +200,7 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
 }
 
 /// Reads `id` as the primary key's own type: as given, then as a number.
-fn canonical_id<M: ModelSubscription>(id: &ID) -> Result<Json, SubscribeError> {
+pub(crate) fn canonical_id<M: ModelSubscription>(id: &ID) -> Result<Json, SubscribeError> {
     let field = &M::FIELDS[M::PRIMARY_KEY];
     (field.canonical)(Json::String(id.to_string()))
         .or_else(|_| {

@@ -140,6 +140,42 @@ impl UserSubscription {
         );
         ::graphex::__private::confirm(::graphex::subscribe::<Model>(ctx, request).await)
     }
+    /// Live changes of User (stream `users`). One `ModelChange` event per change (standard GraphQL protocols).
+    #[graphql(name = "userChanges")]
+    async fn user_changes(
+        &self,
+        ctx: &::graphex::__private::async_graphql::Context<'_>,
+        #[graphql(
+            desc = "Which changes to receive.",
+            default_with = "::graphex::ActionSubscription::AllActions"
+        )]
+        action: ::graphex::ActionSubscription,
+        #[graphql(desc = "Only changes of the row with this primary key.")]
+        id: ::core::option::Option<::graphex::__private::async_graphql::ID>,
+        #[graphql(desc = "Field lookups, e.g. {post: 7, text__icontains: \"urgent\"}.")]
+        filters: ::core::option::Option<
+            ::graphex::__private::async_graphql::Json<
+                ::graphex::__private::serde_json::Value,
+            >,
+        >,
+        #[graphql(
+            desc = "Project notifications to these fields (all fields when omitted)."
+        )]
+        data: ::core::option::Option<::std::vec::Vec<UserFields>>,
+    ) -> ::graphex::__private::async_graphql::Result<::graphex::ChangeStream> {
+        ::graphex::changes::<
+            Model,
+        >(
+                ctx,
+                ::graphex::ChangesArgs::new(
+                    action,
+                    id,
+                    filters,
+                    ::graphex::__private::projection(data),
+                ),
+            )
+            .await
+    }
 }
 /// Binds this model to its live subscription: stream, fields, keys,
 /// scope and authorization, as read by the graphex runtime.

@@ -90,6 +90,38 @@ impl CommentSubscription {
         );
         ::graphex::__private::confirm(::graphex::subscribe::<Model>(ctx, request).await)
     }
+    /// Live changes of Comment (stream `comments`). One `ModelChange` event per change (standard GraphQL protocols).
+    #[graphql(name = "commentChanges")]
+    async fn comment_changes(
+        &self,
+        ctx: &::graphex::__private::async_graphql::Context<'_>,
+        #[graphql(
+            desc = "Which changes to receive.",
+            default_with = "::graphex::ActionSubscription::AllActions"
+        )]
+        action: ::graphex::ActionSubscription,
+        #[graphql(desc = "Only changes of the row with this primary key.")]
+        id: ::core::option::Option<::graphex::__private::async_graphql::ID>,
+        #[graphql(desc = "Field lookups, e.g. {post: 7, text__icontains: \"urgent\"}.")]
+        filters: ::core::option::Option<
+            ::graphex::__private::async_graphql::Json<
+                ::graphex::__private::serde_json::Value,
+            >,
+        >,
+    ) -> ::graphex::__private::async_graphql::Result<::graphex::ChangeStream> {
+        ::graphex::changes::<
+            Model,
+        >(
+                ctx,
+                ::graphex::ChangesArgs::new(
+                    action,
+                    id,
+                    filters,
+                    ::core::option::Option::None,
+                ),
+            )
+            .await
+    }
 }
 /// Binds this model to its live subscription: stream, fields, keys,
 /// scope and authorization, as read by the graphex runtime.

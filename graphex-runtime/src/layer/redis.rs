@@ -17,7 +17,7 @@
 //!
 //! Processes also answer each other's requests (a subscribe that reached
 //! the wrong process, see [`crate::forward`]): each process listens on
-//! `<prefix>@node:<node id>` for requests and `<prefix>@reply:<node id>` for
+//! `<prefix>~node:<node id>` for requests and `<prefix>~reply:<node id>` for
 //! replies, through the same subscriber connection.
 //!
 //! What an outage does:
@@ -135,14 +135,19 @@ struct Requests {
     pending: Pending,
 }
 
+/// Starts the groups of process-to-process requests and replies. Model
+/// groups start with a stream name (ASCII letters, digits, `_`, `.`) and
+/// custom groups with `@`, so neither can be taken for one.
+const CONTROL_MARK: char = '~';
+
 /// The group a process receives requests on.
 fn requests_group(node: &str) -> String {
-    format!("@node:{node}")
+    format!("~node:{node}")
 }
 
 /// The group a process receives replies on.
 fn replies_group(node: &str) -> String {
-    format!("@reply:{node}")
+    format!("~reply:{node}")
 }
 
 impl std::fmt::Debug for RedisLayer {
@@ -465,7 +470,7 @@ impl Subscriber {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Some(group) = message.get_channel_name().strip_prefix(&self.options.prefix) else { return };
         let payload = message.get_payload_bytes();
-        if group.starts_with('@') {
+        if group.starts_with(CONTROL_MARK) {
             self.control(group, payload);
         } else if let Some(inbound) = self.inbound.get() {
             inbound(group, Bytes::copy_from_slice(payload));

@@ -1,0 +1,29 @@
+//! The chat example: `cargo run --example chat`.
+//!
+//! SQLite in memory and the in-process channel layer; `DATABASE_URL` and
+//! `PORT` (default 8000) override them.
+#![allow(unreachable_pub)]
+
+mod app;
+
+#[tokio::main]
+async fn main() {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
+    let db = app::connect(&url).await;
+    let hub = graphex::Hub::default();
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("port free");
+    println!("graphex chat example on http://{}", listener.local_addr().expect("bound"));
+    println!("  POST /graphql             createUser, createMessage, messages, userId");
+    println!("  GET  /graphql (WebSocket) subscription {{ messages(userId: \"1\") {{ content senderId }} }}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    axum::serve(listener, app::app(db, hub.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            hub.shutdown();
+        })
+        .await
+        .expect("server ran");
+}

@@ -1,0 +1,308 @@
+//! Native GraphQL subscriptions: the `<name>Changes` field of every model
+//! streams one [`ModelChange`] per change over the standard protocols
+//! (`graphql-transport-ws`, legacy `graphql-ws`) or HTTP streaming.
+//!
+//! Same rules as the two-channel path (authorization, scope, filters,
+//! projection, id-only row checks, groups): both go through
+//! `subscribe::prepare`. Each native operation opens its own hub channel,
+//! owned by the connection's principal; dropping the stream (client
+//! `complete`, disconnect) forgets the channel and leaves its groups at once.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use async_graphql::{Context, ErrorExtensions, ID};
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use serde_json::{Map, Value as Json};
+use tokio::sync::mpsc;
+
+use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription};
+use crate::model::{Action, ActionSubscription, ModelSubscription};
+use crate::notification::Event;
+use crate::scope::Principal;
+use crate::subscribe::{SubscribeError, add_all, canonical_id, prepare};
+
+/// What happened to a row (GraphQL enum `Action`).
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(name = "Action", rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum ChangeAction {
+    /// A row was inserted.
+    Create,
+    /// A row was updated.
+    Update,
+    /// A row was deleted.
+    Delete,
+}
+
+impl From<Action> for ChangeAction {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Create => ChangeAction::Create,
+            Action::Update => ChangeAction::Update,
+            Action::Delete => ChangeAction::Delete,
+        }
+    }
+}
+
+/// One change of a model row, as a native subscription event.
+#[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
+#[graphql(name = "ModelChange")]
+pub struct ModelChange {
+    /// What happened.
+    pub action: ChangeAction,
+    /// The model label (e.g. `user`).
+    pub model: String,
+    /// The model's stream (e.g. `users`).
+    pub stream: String,
+    /// The row's primary key.
+    pub id: async_graphql::Json<Json>,
+    /// The row, projected to the `data` argument (full-payload mode); null
+    /// in id-only mode.
+    pub data: Option<async_graphql::Json<Json>>,
+}
+
+impl ModelChange {
+    fn of(subscription: &Subscription, event: &Event) -> ModelChange {
+        let change = &event.change;
+        let data = change.values.as_ref().map(|values| match &subscription.key.projection {
+            None => Json::Object(values.clone()),
+            Some(fields) => Json::Object(
+                fields
+                    .iter()
+                    .filter_map(|field| values.get(*field).map(|value| ((*field).to_owned(), value.clone())))
+                    .collect::<Map<String, Json>>(),
+            ),
+        });
+        ModelChange {
+            action: change.action.into(),
+            model: change.model.clone(),
+            stream: change.stream.clone(),
+            id: async_graphql::Json(change.pk.clone()),
+            data: data.map(async_graphql::Json),
+        }
+    }
+}
+
+/// The arguments of a `<name>Changes` field.
+#[derive(Clone, Debug)]
+pub struct ChangesArgs {
+    /// Which actions.
+    pub action: ActionSubscription,
+    /// Only this primary key.
+    pub id: Option<ID>,
+    /// Client filters.
+    pub filters: Option<Json>,
+    /// Requested fields (full-payload mode only).
+    pub projection: Option<Vec<&'static str>>,
+}
+
+impl ChangesArgs {
+    /// Collects the arguments (called by generated code).
+    pub fn new(
+        action: ActionSubscription,
+        id: Option<ID>,
+        filters: Option<async_graphql::Json<Json>>,
+        projection: Option<Vec<&'static str>>,
+    ) -> Self {
+        ChangesArgs { action, id, filters: filters.map(|json| json.0), projection }
+    }
+}
+
+impl SubscribeError {
+    /// A stable code for clients (`extensions.code` of the GraphQL error).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubscribeError::NoHub | SubscribeError::NoDatabase => "INTERNAL_SERVER_ERROR",
+            SubscribeError::Channel(ChannelError::TooManySubscriptions(_) | ChannelError::TooManyChannels) => {
+                "LIMIT_REACHED"
+            }
+            SubscribeError::Channel(_) => "CHANNEL_ERROR",
+            SubscribeError::Denied(_) => "FORBIDDEN",
+            SubscribeError::Filter(_) => "BAD_FILTER",
+            SubscribeError::InvalidId(_) => "BAD_USER_INPUT",
+        }
+    }
+}
+
+/// The GraphQL error a refused native subscription answers with, its
+/// [`SubscribeError::code`] in `extensions.code`.
+impl ErrorExtensions for SubscribeError {
+    fn extend(&self) -> async_graphql::Error {
+        let code = self.code();
+        async_graphql::Error::new(self.to_string()).extend_with(|_, extensions| extensions.set("code", code))
+    }
+}
+
+/// Runs a `<name>Changes` subscription for model `M` (called by generated code).
+#[tracing::instrument(skip_all, fields(stream = M::STREAM))]
+pub async fn changes<M: ModelSubscription>(
+    ctx: &Context<'_>,
+    args: ChangesArgs,
+) -> async_graphql::Result<ChangeStream> {
+    open::<M>(ctx, args).await.map_err(|error| {
+        tracing::debug!(%error, "subscription refused");
+        error.extend()
+    })
+}
+
+async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Result<ChangeStream, SubscribeError> {
+    let hub = ctx.data_opt::<Hub>().ok_or(SubscribeError::NoHub)?;
+    let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
+    let subscriptions = prepare::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection)?;
+    let owner = ctx.data_opt::<Principal>().map(|principal| principal.id.clone());
+    let (channel, rx) = hub.open_channel(owner)?;
+    let guard = ChannelGuard { hub: hub.clone(), channel };
+    add_all(hub, &guard.channel, subscriptions).await?;
+    Ok(ChangeStream::new(guard, rx))
+}
+
+/// Forgets the channel and leaves its groups when the stream is dropped.
+struct ChannelGuard {
+    hub: Hub,
+    channel: Arc<Channel>,
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        let groups = self.hub.detach_channel(&self.channel);
+        if groups.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hub = self.hub.clone();
+            runtime.spawn(async move { hub.unlisten_groups(groups).await });
+        }
+    }
+}
+
+/// The events of one native model subscription. Ends with an error item
+/// when the subscriber falls [`crate::Config::queue_capacity`] changes
+/// behind, or when the server shuts down.
+pub struct ChangeStream {
+    inner: BoxStream<'static, async_graphql::Result<ModelChange>>,
+}
+
+impl std::fmt::Debug for ChangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeStream").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    guard: ChannelGuard,
+    rx: mpsc::Receiver<Delivery>,
+    ready: VecDeque<ModelChange>,
+    done: bool,
+}
+
+impl ChangeStream {
+    fn new(guard: ChannelGuard, rx: mpsc::Receiver<Delivery>) -> ChangeStream {
+        let state = State { guard, rx, ready: VecDeque::new(), done: false };
+        let inner = futures_util::stream::unfold(state, |mut state| async move {
+            loop {
+                if let Some(change) = state.ready.pop_front() {
+                    return Some((Ok(change), state));
+                }
+                if state.done {
+                    return None;
+                }
+                let channel = state.guard.channel.clone();
+                tokio::select! {
+                    biased;
+                    () = channel.closed().cancelled() => {
+                        state.done = true;
+                        let message = match channel.close_reason() {
+                            Some(CloseReason::SlowConsumer) => "slow consumer: outgoing queue full",
+                            Some(CloseReason::Disconnected) => "disconnected by the server",
+                            _ => "server shutting down",
+                        };
+                        return Some((Err(async_graphql::Error::new(message)), state));
+                    }
+                    delivery = state.rx.recv() => {
+                        let delivery = delivery?;
+                        let mut changes = Vec::new();
+                        channel.select(&delivery, ModelChange::of, &mut changes).await;
+                        state.ready.extend(changes);
+                    }
+                }
+            }
+        });
+        ChangeStream { inner: Box::pin(inner) }
+    }
+}
+
+impl Stream for ChangeStream {
+    type Item = async_graphql::Result<ModelChange>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::Config;
+    use crate::filter::Filter;
+    use crate::hub::SubscriptionKey;
+    use crate::notification::Change;
+
+    async fn stream(hub: &Hub, projection: Option<Vec<&'static str>>) -> ChangeStream {
+        let (channel, rx) = hub.open_channel(Some("neo".into())).unwrap();
+        let key = SubscriptionKey { stream: "users", action: Action::Create, id: None, filters: None, projection };
+        let subscription = Subscription { key, group: "users-create".into(), filter: Filter::default(), check: None };
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx)
+    }
+
+    fn change(id: i32) -> bytes::Bytes {
+        let values = json!({"id": id, "username": "neo", "email": "neo@example.com"});
+        Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: json!(id),
+            pk_field: "id".into(),
+            values: values.as_object().cloned(),
+        }
+        .encode()
+    }
+
+    #[tokio::test]
+    async fn deliveries_become_projected_events_and_dropping_frees_the_channel() {
+        let hub = Hub::default();
+        let mut events = stream(&hub, Some(vec!["username"])).await;
+        hub.publish(&["users-create".into()], change(7)).await;
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(
+            event,
+            ModelChange {
+                action: ChangeAction::Create,
+                model: "user".into(),
+                stream: "users".into(),
+                id: async_graphql::Json(json!(7)),
+                data: Some(async_graphql::Json(json!({"username": "neo"}))),
+            }
+        );
+        assert_eq!((hub.channel_count(), hub.group_count()), (1, 1));
+        drop(events);
+        assert_eq!((hub.channel_count(), hub.group_count()), (0, 0), "freed on drop, synchronously");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_ends_with_an_error() {
+        let hub = Hub::new(Config { queue_capacity: 1, ..Config::default() });
+        let mut events = stream(&hub, None).await;
+        hub.publish(&["users-create".into()], change(1)).await;
+        hub.publish(&["users-create".into()], change(2)).await;
+        let error = events.next().await.unwrap().unwrap_err();
+        assert_eq!(error.message, "slow consumer: outgoing queue full");
+        assert!(events.next().await.is_none());
+    }
+}

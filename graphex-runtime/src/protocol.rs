@@ -1,0 +1,579 @@
+//! The standard GraphQL-over-WebSocket protocols on the HTTP endpoint's
+//! path: `graphql-transport-ws` (the `graphql-ws` npm package, Apollo,
+//! urql) and the legacy `graphql-ws` (`subscriptions-transport-ws`),
+//! negotiated by `Sec-WebSocket-Protocol`.
+//!
+//! The protocol itself is async-graphql's (`async_graphql::http::WebSocket`:
+//! init/ack, subscribe/next/complete, ping/pong, too many inits). This
+//! module wraps it with what it lacks: [`ConnectionHooks`] (connect with the
+//! `connection_init` payload, disconnect, operation start and complete), an
+//! init timeout, server keep-alives, a cap on operations per connection,
+//! duplicate operation ids, the close codes of the `graphql-transport-ws`
+//! spec for bad messages and subscribes before the ack, and `error` messages
+//! for operations that fail before producing a result.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::http::{WebSocketProtocols as Protocols, WsMessage};
+use async_graphql::{Data, Executor, Request};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
+
+use crate::hub::Hub;
+use crate::scope::{Denied, Principal};
+use crate::server::Authenticator;
+
+/// Close code: a message that is not valid for the protocol.
+pub const CLOSE_BAD_REQUEST: u16 = 4400;
+/// Close code: a subscribe before the connection was acknowledged.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code: [`ConnectionHooks::on_connect`] refused the connection.
+pub const CLOSE_FORBIDDEN: u16 = 4403;
+/// Close code: no `connection_init` within [`ProtocolConfig::init_timeout`].
+pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+/// Close code: a subscribe reused the id of an operation still running.
+pub const CLOSE_DUPLICATE_ID: u16 = 4409;
+/// Close code: a second `connection_init` (sent by async-graphql).
+pub const CLOSE_TOO_MANY_INITS: u16 = 4429;
+
+/// Settings of the standard WebSocket protocols.
+#[derive(Clone, Debug)]
+pub struct ProtocolConfig {
+    /// How long a client may take to send `connection_init`. Default 10 s.
+    pub init_timeout: Duration,
+    /// Interval of server keep-alives (`ping` in `graphql-transport-ws`,
+    /// `ka` in `graphql-ws`); `None` (or zero) sends none. Default 15 s.
+    pub keep_alive: Option<Duration>,
+    /// Operations one connection may run at once; one more is answered
+    /// with an `error` message (code `TOO_MANY_OPERATIONS`). Default 100.
+    pub max_operations: usize,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            init_timeout: Duration::from_secs(10),
+            keep_alive: Some(Duration::from_secs(15)),
+            max_operations: 100,
+        }
+    }
+}
+
+/// One standard-protocol WebSocket connection, as hooks see it.
+#[derive(Clone)]
+pub struct Connection {
+    /// Process-unique connection number.
+    pub id: u64,
+    /// The negotiated subprotocol: `graphql-transport-ws` or `graphql-ws`.
+    pub protocol: &'static str,
+    /// Headers of the upgrade request.
+    pub headers: HeaderMap,
+    /// The principal of the upgrade request (`Authorization: Bearer` or `?token=`).
+    pub upgrade_principal: Option<Principal>,
+    /// The principal [`ConnectionHooks::on_connect`] returned (set once acknowledged).
+    pub principal: Option<Principal>,
+    auth: Arc<dyn Authenticator>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("protocol", &self.protocol)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: u64,
+        protocol: &'static str,
+        headers: HeaderMap,
+        upgrade_principal: Option<Principal>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Self {
+        Connection { id, protocol, headers, upgrade_principal, principal: None, auth }
+    }
+
+    /// Runs the router's [`Authenticator`] on a token.
+    pub async fn authenticate(&self, token: &str) -> Option<Principal> {
+        if token.is_empty() { None } else { self.auth.authenticate(token).await }
+    }
+}
+
+/// Connection lifecycle hooks of the standard protocols (Ariadne's
+/// `on_connect` / `on_disconnect` / `on_operation` / `on_complete`).
+/// Every method has a default; implement the ones you need.
+#[async_trait::async_trait]
+pub trait ConnectionHooks: Send + Sync + 'static {
+    /// Called with the `connection_init` payload. Returns the principal the
+    /// connection's operations run as (authorization, scope, channel
+    /// ownership), or refuses: `graphql-transport-ws` closes with 4403,
+    /// `graphql-ws` answers `connection_error` and closes.
+    ///
+    /// The default is [`default_on_connect`].
+    async fn on_connect(&self, connection: &Connection, payload: &Json) -> Result<Option<Principal>, Denied> {
+        default_on_connect(connection, payload).await
+    }
+
+    /// Called once when an acknowledged connection ends, however it ends.
+    async fn on_disconnect(&self, _connection: &Connection) {}
+
+    /// Called before an operation starts; a refusal answers the operation
+    /// with an `error` message (code `FORBIDDEN`) and keeps the connection.
+    async fn on_operation(&self, _connection: &Connection, _id: &str, _request: &Request) -> Result<(), Denied> {
+        Ok(())
+    }
+
+    /// Called when an operation ends: completed by the client or the server,
+    /// failed, replaced, or cut by the disconnect.
+    async fn on_complete(&self, _connection: &Connection, _id: &str) {}
+}
+
+/// The hooks used when none are given: [`default_on_connect`], nothing else.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultHooks;
+
+impl ConnectionHooks for DefaultHooks {}
+
+/// Reads a token from the payload (`Authorization`, `authorization`,
+/// `authToken` or `token`, with or without `Bearer `) and authenticates it;
+/// an unknown token is refused. Without a token, the upgrade request's
+/// principal (or anonymous).
+pub async fn default_on_connect(connection: &Connection, payload: &Json) -> Result<Option<Principal>, Denied> {
+    let token = ["Authorization", "authorization", "authToken", "token"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(Json::as_str))
+        .map(|token| token.strip_prefix("Bearer ").unwrap_or(token).trim());
+    match token {
+        Some(token) => match connection.authenticate(token).await {
+            Some(principal) => Ok(Some(principal)),
+            None => Err(Denied::new("invalid token")),
+        },
+        None => Ok(connection.upgrade_principal.clone()),
+    }
+}
+
+/// Set by the `connection_init` callback, read by the connection loop.
+#[derive(Default)]
+struct Shared {
+    principal: Option<Principal>,
+    refused: Option<String>,
+}
+
+/// Per-connection protocol state the wrapper keeps besides async-graphql's.
+struct Operations {
+    transport_ws: bool,
+    init_received: bool,
+    acked: bool,
+    /// The ack is the message being sent (legacy clients get a `ka` right after it).
+    just_acked: bool,
+    /// Operations running, by id.
+    active: HashSet<String>,
+    /// Operations that have produced at least one result.
+    answered: HashSet<String>,
+    /// Operations whose `complete` from async-graphql must not reach the
+    /// client (it completed them, or got an `error` instead).
+    silenced: HashSet<String>,
+}
+
+/// What to do with one client message.
+enum Verdict {
+    Forward(Bytes),
+    Drop,
+    Reply(String),
+    Close(u16, String),
+}
+
+/// Serves one standard-protocol connection until either side closes.
+/// Generic over the socket halves so tests can drive it with channels.
+#[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(connection = connection.id, protocol = connection.protocol))]
+pub async fn serve_connection<E, Si, St, Er>(
+    executor: E,
+    hub: Hub,
+    hooks: Arc<dyn ConnectionHooks>,
+    config: ProtocolConfig,
+    mut connection: Connection,
+    protocol: Protocols,
+    mut sink: Si,
+    mut stream: St,
+) where
+    E: Executor,
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, Er>> + Unpin,
+{
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let (to_graphql, mut from_client) = mpsc::unbounded_channel::<Bytes>();
+    let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
+    let shutdown = hub.shutting_down().clone();
+    let mut connection_data = Data::default();
+    connection_data.insert(hub);
+    let on_init = {
+        let hooks = hooks.clone();
+        let connection = connection.clone();
+        let shared = shared.clone();
+        move |payload: Json| async move {
+            match hooks.on_connect(&connection, &payload).await {
+                Ok(principal) => {
+                    let mut data = Data::default();
+                    if let Some(principal) = &principal {
+                        data.insert(principal.clone());
+                    }
+                    lock(&shared).principal = principal;
+                    Ok(data)
+                }
+                Err(denied) => {
+                    lock(&shared).refused = Some(denied.0.clone());
+                    Err(async_graphql::Error::new(format!("Forbidden: {}", denied.0)))
+                }
+            }
+        }
+    };
+    let mut graphql = async_graphql::http::WebSocket::new(executor, input, protocol)
+        .connection_data(connection_data)
+        .on_connection_init(on_init);
+
+    let mut ops = Operations {
+        transport_ws: protocol == Protocols::GraphQLWS,
+        init_received: false,
+        acked: false,
+        just_acked: false,
+        active: HashSet::new(),
+        answered: HashSet::new(),
+        silenced: HashSet::new(),
+    };
+    let init_deadline = tokio::time::sleep(config.init_timeout);
+    tokio::pin!(init_deadline);
+    let keep_alive_on = config.keep_alive.is_some_and(|period| !period.is_zero());
+    let keep_alive_period = config.keep_alive.filter(|_| keep_alive_on).unwrap_or(Duration::from_secs(3600));
+    let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive_period, keep_alive_period);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let close: Option<(u16, String)> = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Some((1001, "server shutting down".into())),
+            () = &mut init_deadline, if !ops.init_received => {
+                break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
+            }
+            _ = keep_alive.tick(), if ops.acked && keep_alive_on => {
+                let ping = if ops.transport_ws { r#"{"type":"ping"}"# } else { r#"{"type":"ka"}"# };
+                if sink.send(Message::Text(Utf8Bytes::from_static(ping))).await.is_err() {
+                    break None;
+                }
+            }
+            outgoing = graphql.next() => match outgoing {
+                None => {
+                    let refused = lock(&shared).refused.clone();
+                    break refused.map(|reason| (CLOSE_FORBIDDEN, format!("Forbidden: {reason}")));
+                }
+                Some(WsMessage::Close(code, reason)) => {
+                    let refused = lock(&shared).refused.clone();
+                    break Some(match refused {
+                        Some(reason) if code == 1002 => (CLOSE_FORBIDDEN, format!("Forbidden: {reason}")),
+                        _ => (code, reason),
+                    });
+                }
+                Some(WsMessage::Text(text)) => {
+                    let Some(text) = outgoing_text(&mut ops, &hooks, &mut connection, &shared, text).await else {
+                        continue;
+                    };
+                    let keep_alive_now = std::mem::take(&mut ops.just_acked) && !ops.transport_ws;
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break None;
+                    }
+                    if keep_alive_now && keep_alive_on {
+                        // graphql-ws clients expect a first keep-alive right after the ack.
+                        if sink.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"ka"}"#))).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            },
+            incoming = stream.next() => {
+                let bytes = match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Text(text))) => Bytes::from(text),
+                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    Some(Ok(_)) => continue,
+                };
+                match incoming_message(&mut ops, &hooks, &connection, &config, bytes).await {
+                    Verdict::Forward(bytes) => {
+                        if to_graphql.send(bytes).is_err() {
+                            break None;
+                        }
+                    }
+                    Verdict::Drop => {}
+                    Verdict::Reply(text) => {
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Verdict::Close(code, reason) => break Some((code, reason)),
+                }
+            }
+        }
+    };
+    // Dropping async-graphql's connection drops every operation's stream,
+    // which frees their hub channels and groups.
+    drop(graphql);
+    if let Some((code, reason)) = close {
+        tracing::debug!(code, %reason, "closing");
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    }
+    for id in ops.active.drain() {
+        hooks.on_complete(&connection, &id).await;
+    }
+    if ops.acked {
+        hooks.on_disconnect(&connection).await;
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    id: Option<String>,
+}
+
+/// Observes a message async-graphql sends; returns what reaches the client.
+async fn outgoing_text(
+    ops: &mut Operations,
+    hooks: &Arc<dyn ConnectionHooks>,
+    connection: &mut Connection,
+    shared: &Mutex<Shared>,
+    text: String,
+) -> Option<String> {
+    let Ok(head) = serde_json::from_str::<Head<'_>>(&text) else { return Some(text) };
+    match (head.kind.as_ref(), head.id) {
+        ("connection_ack", _) => {
+            ops.acked = true;
+            ops.just_acked = true;
+            connection.principal = lock(shared).principal.clone();
+            Some(text)
+        }
+        ("next" | "data", Some(id)) => {
+            if ops.answered.insert(id.clone()) && ops.transport_ws {
+                // An operation refused before execution (parse or validation
+                // errors: no data, no error path) gets an `error` message, as
+                // the graphql-transport-ws spec and reference server do;
+                // execution errors stay results (`next`, then `complete`).
+                let message: Json = serde_json::from_str(&text).ok()?;
+                let payload = &message["payload"];
+                if payload.get("data").is_none_or(Json::is_null)
+                    && let Some(errors) = payload.get("errors")
+                    && errors.as_array().is_some_and(|errors| {
+                        errors
+                            .iter()
+                            .all(|error| error.get("path").is_none_or(|path| path.as_array().is_none_or(Vec::is_empty)))
+                    })
+                {
+                    ops.silenced.insert(id.clone());
+                    if ops.active.remove(&id) {
+                        hooks.on_complete(connection, &id).await;
+                    }
+                    return Some(json!({"type": "error", "id": id, "payload": errors}).to_string());
+                }
+            }
+            Some(text)
+        }
+        ("complete", Some(id)) => {
+            ops.answered.remove(&id);
+            if ops.silenced.remove(&id) {
+                return None;
+            }
+            if ops.active.remove(&id) {
+                hooks.on_complete(connection, &id).await;
+            }
+            Some(text)
+        }
+        _ => Some(text),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClientHead {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<Json>,
+    payload: Option<Json>,
+}
+
+/// Decides what to do with a client message before async-graphql sees it.
+async fn incoming_message(
+    ops: &mut Operations,
+    hooks: &Arc<dyn ConnectionHooks>,
+    connection: &Connection,
+    config: &ProtocolConfig,
+    bytes: Bytes,
+) -> Verdict {
+    let bad = |ops: &Operations, why: &str| {
+        if ops.transport_ws {
+            Verdict::Close(CLOSE_BAD_REQUEST, format!("Invalid message received: {why}"))
+        } else {
+            Verdict::Reply(
+                json!({"type": "error", "payload": {"message": format!("Invalid message received: {why}")}})
+                    .to_string(),
+            )
+        }
+    };
+    let Ok(head) = serde_json::from_slice::<ClientHead>(&bytes) else {
+        return bad(ops, "not a protocol message");
+    };
+    match head.kind.as_str() {
+        "connection_init" => {
+            if ops.init_received && ops.transport_ws {
+                return Verdict::Close(CLOSE_TOO_MANY_INITS, "Too many initialisation requests".into());
+            }
+            ops.init_received = true;
+            Verdict::Forward(bytes)
+        }
+        kind @ ("subscribe" | "start") => {
+            if (kind == "subscribe") != ops.transport_ws {
+                return bad(ops, "unknown message type for this protocol");
+            }
+            let Some(Json::String(id)) = head.id else { return bad(ops, "an operation needs a string id") };
+            let Some(request) = head.payload.and_then(|payload| serde_json::from_value::<Request>(payload).ok()) else {
+                return bad(ops, "an operation needs a GraphQL request payload");
+            };
+            // graphql-transport-ws clients must wait for the ack. Legacy
+            // clients (subscriptions-transport-ws) send their queued
+            // operations right after `connection_init`: async-graphql holds
+            // them until the init callback is done.
+            let ready = if ops.transport_ws { ops.acked } else { ops.init_received };
+            if !ready {
+                return Verdict::Close(CLOSE_UNAUTHORIZED, "Unauthorized".into());
+            }
+            if ops.active.contains(&id) {
+                if ops.transport_ws {
+                    return Verdict::Close(CLOSE_DUPLICATE_ID, format!("Subscriber for {id} already exists"));
+                }
+                // graphql-ws: the new operation replaces the old one.
+                ops.active.remove(&id);
+                ops.answered.remove(&id);
+                hooks.on_complete(connection, &id).await;
+            }
+            if ops.active.len() >= config.max_operations {
+                let message = format!("too many operations on this connection (limit {})", config.max_operations);
+                return Verdict::Reply(operation_error(ops, &id, &message, "TOO_MANY_OPERATIONS"));
+            }
+            if let Err(denied) = hooks.on_operation(connection, &id, &request).await {
+                return Verdict::Reply(operation_error(ops, &id, &denied.0, "FORBIDDEN"));
+            }
+            ops.active.insert(id);
+            Verdict::Forward(bytes)
+        }
+        kind @ ("complete" | "stop") => {
+            if (kind == "complete") != ops.transport_ws {
+                return bad(ops, "unknown message type for this protocol");
+            }
+            let Some(Json::String(id)) = head.id else { return bad(ops, "complete needs a string id") };
+            if !ops.active.remove(&id) {
+                // Already finished (or never started): nothing to stop.
+                return Verdict::Drop;
+            }
+            ops.answered.remove(&id);
+            if ops.transport_ws {
+                ops.silenced.insert(id.clone());
+            }
+            hooks.on_complete(connection, &id).await;
+            Verdict::Forward(bytes)
+        }
+        "ping" | "pong" if ops.transport_ws => Verdict::Forward(bytes),
+        "connection_terminate" if !ops.transport_ws => Verdict::Forward(bytes),
+        _ => bad(ops, "unknown message type"),
+    }
+}
+
+/// An `error` message for one operation, in the negotiated protocol's shape.
+fn operation_error(ops: &Operations, id: &str, message: &str, code: &str) -> String {
+    let error = json!({"message": message, "extensions": {"code": code}});
+    let payload = if ops.transport_ws { json!([error]) } else { error };
+    json!({"type": "error", "id": id, "payload": payload}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
+    use tokio_util::sync::PollSender;
+
+    use super::*;
+
+    struct Query;
+
+    #[Object(crate = "async_graphql")]
+    impl Query {
+        async fn answer(&self) -> i32 {
+            42
+        }
+    }
+
+    /// Drives the loop over in-memory channels instead of a socket.
+    fn connect(
+        config: ProtocolConfig,
+    ) -> (mpsc::UnboundedSender<Result<Message, std::convert::Infallible>>, mpsc::Receiver<Message>) {
+        let (client_tx, mut server_rx) = mpsc::unbounded_channel();
+        let (server_tx, client_rx) = mpsc::channel(16);
+        let server_rx = futures_util::stream::poll_fn(move |cx| server_rx.poll_recv(cx));
+        let server_tx = PollSender::new(server_tx);
+        let connection =
+            Connection::new(1, "graphql-transport-ws", HeaderMap::new(), None, Arc::new(crate::server::Anonymous));
+        let schema = Schema::new(Query, EmptyMutation, EmptySubscription);
+        tokio::spawn(serve_connection(
+            schema,
+            Hub::default(),
+            Arc::new(DefaultHooks),
+            config,
+            connection,
+            Protocols::GraphQLWS,
+            server_tx,
+            server_rx,
+        ));
+        (client_tx, client_rx)
+    }
+
+    fn text(message: Json) -> Result<Message, std::convert::Infallible> {
+        Ok(Message::Text(message.to_string().into()))
+    }
+
+    async fn json(rx: &mut mpsc::Receiver<Message>) -> Json {
+        match rx.recv().await {
+            Some(Message::Text(text)) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_over_channels() {
+        let (tx, mut rx) = connect(ProtocolConfig::default());
+        tx.send(text(json!({"type": "connection_init"}))).unwrap();
+        assert_eq!(json(&mut rx).await, json!({"type": "connection_ack"}));
+        tx.send(text(json!({"type": "subscribe", "id": "q", "payload": {"query": "{ answer }"}}))).unwrap();
+        assert_eq!(json(&mut rx).await, json!({"type": "next", "id": "q", "payload": {"data": {"answer": 42}}}));
+        assert_eq!(json(&mut rx).await, json!({"type": "complete", "id": "q"}));
+        drop(tx);
+        assert!(rx.recv().await.is_none(), "the loop ends with the client");
+    }
+
+    #[tokio::test]
+    async fn init_timeout_over_channels() {
+        let (_tx, mut rx) = connect(ProtocolConfig { init_timeout: Duration::from_millis(20), ..Default::default() });
+        match rx.recv().await {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CLOSE_INIT_TIMEOUT),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
