@@ -121,7 +121,10 @@ impl Fleet {
         let sockets: Vec<Result<(usize, Socket), BenchError>> = stream::iter(plans.iter().copied().enumerate())
             .map(|(index, plan)| async move {
                 let http = http.get(index % HTTP_CONNECTIONS.max(1));
-                open(system, model, addr, plan, http).await.map(|socket| (index, socket))
+                open(system, model, addr, plan, http)
+                    .await
+                    .map(|socket| (index, socket))
+                    .map_err(|error| BenchError::new(format!("{} client {index}: {error}", system.name())))
             })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .collect()
@@ -302,13 +305,15 @@ fn client_config() -> WebSocketConfig {
 }
 
 async fn ws_connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Result<Socket, BenchError> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = TcpStream::connect(addr).await.map_err(|error| BenchError::new(format!("connect: {error}")))?;
     tcp.set_nodelay(true)?;
     let mut request = format!("ws://{addr}{path}").into_client_request()?;
     if let Some(protocol) = protocol {
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().expect("a valid header value"));
     }
-    let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(client_config())).await?;
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(client_config()))
+        .await
+        .map_err(|error| BenchError::new(format!("WebSocket handshake: {error}")))?;
     Ok(socket)
 }
 

@@ -1,6 +1,6 @@
 //! `graphex-bench <scenario|all> [options]`: runs scenarios, prints tables,
 //! writes `target/bench/<scenario>.json`. `graphex-bench serve <system>
-//! <model>` is the server process of the memory scenario.
+//! <model> [no-db]` is the server process every run starts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ options (defaults are the issue's numbers):
   --payload-changes 2000     changes per payload run
   --memory-n 10000           idle connections of the memory scenario
   --window 256               changes in flight at most
-  --writers 8                tasks saving changes concurrently (throughput runs)
+  --writers 64               tasks saving changes concurrently (throughput runs)
   --settle-secs 2            wait for late deliveries
   --systems ceiling,graphex,alternative
   --out target/bench         where the JSON goes";
@@ -58,9 +58,13 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: &[String]) -> Result<(), BenchError> {
-    let [system, model] = args else { return Err(BenchError::new("usage: graphex-bench serve <system> <model>")) };
+    let (system, model, save) = match args {
+        [system, model] => (system, model, true),
+        [system, model, flag] if flag == "no-db" => (system, model, false),
+        _ => return Err(BenchError::new("usage: graphex-bench serve <system> <model> [no-db]")),
+    };
     raise_open_files_limit()?;
-    remote::serve(system.parse()?, remote::parse_model(model)?).await
+    remote::serve(system.parse()?, remote::parse_model(model)?, save).await
 }
 
 const REDIS_USAGE: &str = "usage: graphex-bench redis [options]

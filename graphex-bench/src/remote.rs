@@ -1,63 +1,92 @@
-//! A server under test in a child process, so that its resident memory is
-//! its own and not the load generator's. The child (`graphex-bench serve
-//! <system> <model>`) prints `listening <addr>`, then answers one line per
-//! command read on its standard input: `emit <seq> <room>` -> `ok`, `count` -> the
-//! number of subscribers, `rss` -> its VmRSS in KiB. It exits when its
+//! The server under test runs in a child process (`graphex-bench serve
+//! <system> <model> [no-db]`): 10 000 clients and their 10 000 server sockets
+//! would not fit one process's open-files limit, and the server's resident
+//! memory must be its own, not the load generator's.
+//!
+//! The child prints `listening <addr>`, then obeys tagged commands on its
+//! standard input, each answered by one line with the same tag, and runs
+//! them concurrently (so concurrent writers stay concurrent):
+//! `<tag> emit <seq> <room>` -> `<tag> ok`, `<tag> count` -> `<tag> <subscribers>`,
+//! `<tag> rss` -> `<tag> <VmRSS KiB>`, `<tag> dropped` -> `<tag> <count>`.
+//! A failure answers `<tag> error <message>`. The child exits when its
 //! standard input closes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
 use crate::systems::{self, Model, System, Target};
 use crate::{BenchError, resident_kib};
 
 /// The child side: serves `system` and obeys commands until stdin closes.
-pub async fn serve(system: System, model: Model) -> Result<(), BenchError> {
-    let server = systems::start(system, model).await?;
-    let mut stdout = tokio::io::stdout();
-    stdout.write_all(format!("listening {}\n", server.addr).as_bytes()).await?;
-    stdout.flush().await?;
+pub async fn serve(system: System, model: Model, save: bool) -> Result<(), BenchError> {
+    let server = systems::start_with(system, model, save).await?;
+    let target = server.target.clone();
+    let (answers, mut outgoing) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(line) = outgoing.recv().await {
+            if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let _ = answers.send(format!("listening {}\n", server.addr));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
-        let answer = match line.split_once(' ').unwrap_or((line.as_str(), "")) {
-            ("emit", args) => {
-                let (seq, room) = args.trim().split_once(' ').unwrap_or((args, "0"));
-                server.target.emit(seq.parse()?, room.parse()?).await?;
-                "ok".to_owned()
-            }
-            ("count", _) => server.target.subscribers().await?.to_string(),
-            ("rss", _) => resident_kib()?.to_string(),
-            (other, _) => format!("error: unknown command {other:?}"),
-        };
-        stdout.write_all(format!("{answer}\n").as_bytes()).await?;
-        stdout.flush().await?;
+        let (target, answers) = (target.clone(), answers.clone());
+        tokio::spawn(async move {
+            let mut words = line.split_whitespace();
+            let tag = words.next().unwrap_or_default().to_owned();
+            let command: Vec<&str> = words.collect();
+            let answer = obey(target.as_ref(), &command).await.unwrap_or_else(|error| format!("error {error}"));
+            let _ = answers.send(format!("{tag} {answer}\n"));
+        });
     }
+    drop(answers);
+    let _ = writer.await;
     Ok(())
 }
+
+async fn obey(target: &dyn Target, command: &[&str]) -> Result<String, BenchError> {
+    match command {
+        ["emit", seq, room] => target.emit(seq.parse()?, room.parse()?).await.map(|()| "ok".to_owned()),
+        ["count"] => Ok(target.subscribers().await?.to_string()),
+        ["dropped"] => Ok(target.dropped().to_string()),
+        ["rss"] => Ok(resident_kib()?.to_string()),
+        other => Err(BenchError::new(format!("unknown command {other:?}"))),
+    }
+}
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<String>>>>;
 
 /// The parent side: a child server process and its command pipe.
 pub struct RemoteServer {
     /// Where the child listens.
     pub addr: SocketAddr,
-    pipe: Mutex<(ChildStdin, Lines<BufReader<ChildStdout>>)>,
+    stdin: AsyncMutex<ChildStdin>,
+    waiting: Waiting,
+    next_tag: AtomicU64,
     _child: Child,
 }
 
 impl RemoteServer {
-    /// Starts `exe serve <system> <model>` and waits for its address.
-    pub async fn spawn(exe: &Path, system: System, model: Model) -> Result<RemoteServer, BenchError> {
+    /// Starts `exe serve <system> <model> [no-db]` and waits for its address.
+    pub async fn spawn(exe: &Path, system: System, model: Model, save: bool) -> Result<RemoteServer, BenchError> {
         let model = serde_json::to_value(model)?.as_str().unwrap_or_default().to_owned();
-        let mut child = Command::new(exe)
-            .args(["serve", system.name(), &model])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut command = Command::new(exe);
+        command.args(["serve", system.name(), &model]);
+        if !save {
+            command.arg("no-db");
+        }
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
         let stdin = child.stdin.take().ok_or_else(|| BenchError::new("no child stdin"))?;
         let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| BenchError::new("no child stdout"))?).lines();
         let line = lines.next_line().await?.ok_or_else(|| BenchError::new("child exited before listening"))?;
@@ -65,24 +94,45 @@ impl RemoteServer {
             .strip_prefix("listening ")
             .and_then(|addr| addr.parse().ok())
             .ok_or_else(|| BenchError::new(format!("unexpected child line {line:?}")))?;
-        Ok(RemoteServer { addr, pipe: Mutex::new((stdin, lines)), _child: child })
+        let waiting: Waiting = Arc::default();
+        let answers = waiting.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some((tag, answer)) = line.split_once(' ') else { continue };
+                let Ok(tag) = tag.parse::<u64>() else { continue };
+                let sender = answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&tag);
+                if let Some(sender) = sender {
+                    let _ = sender.send(answer.to_owned());
+                }
+            }
+        });
+        Ok(RemoteServer { addr, stdin: AsyncMutex::new(stdin), waiting, next_tag: AtomicU64::new(1), _child: child })
     }
 
     async fn ask(&self, command: &str) -> Result<String, BenchError> {
-        let mut pipe = self.pipe.lock().await;
-        let (stdin, lines) = &mut *pipe;
-        stdin.write_all(format!("{command}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        let answer = lines.next_line().await?.ok_or_else(|| BenchError::new("child exited"))?;
-        if answer.starts_with("error") {
-            return Err(BenchError::new(answer));
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (sender, answer) = oneshot::channel();
+        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(tag, sender);
+        {
+            let mut stdin = self.stdin.lock().await;
+            stdin.write_all(format!("{tag} {command}\n").as_bytes()).await?;
+            stdin.flush().await?;
         }
-        Ok(answer)
+        let answer = answer.await.map_err(|_| BenchError::new("the server process exited"))?;
+        match answer.strip_prefix("error ") {
+            Some(error) => Err(BenchError::new(format!("server process: {error}"))),
+            None => Ok(answer),
+        }
     }
 
     /// The child's resident memory in KiB.
     pub async fn resident_kib(&self) -> Result<u64, BenchError> {
         Ok(self.ask("rss").await?.parse()?)
+    }
+
+    /// Changes the child dropped on its own side.
+    pub async fn dropped(&self) -> Result<u64, BenchError> {
+        Ok(self.ask("dropped").await?.parse()?)
     }
 }
 

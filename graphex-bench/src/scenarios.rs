@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::BenchError;
 use crate::load::{Fleet, Tally, room_of};
 use crate::remote::RemoteServer;
-use crate::systems::{self, Model, Plan, System, Target};
+use crate::systems::{Model, Plan, System, Target};
 
 /// A benchmark scenario (the numbers of issue 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -85,7 +85,7 @@ pub struct Options {
     pub settle_secs: f64,
     /// The systems measured.
     pub systems: Vec<System>,
-    /// The benchmark binary, started as the server process of the memory scenario.
+    /// The benchmark binary, started as the server process of every run.
     #[serde(skip)]
     pub server_exe: Option<PathBuf>,
 }
@@ -106,7 +106,7 @@ impl Default for Options {
             payload_changes: 2_000,
             memory_n: 10_000,
             window: 256,
-            writers: 8,
+            writers: 64,
             settle_secs: 2.0,
             systems: vec![System::Ceiling, System::Graphex, System::Alternative],
             server_exe: None,
@@ -215,7 +215,7 @@ struct Pace {
     /// Changes per second; `None`: as fast as the window allows.
     rate: Option<f64>,
     latency: bool,
-    /// graphex only: announce without saving (see [`systems::start_with`]).
+    /// graphex only: announce without saving (see [`crate::systems::start_with`]).
     announce_only: bool,
 }
 
@@ -228,12 +228,13 @@ async fn measure(
     variant: &str,
     options: &Options,
 ) -> Result<Run, BenchError> {
-    let server = systems::start_with(system, model, !pace.announce_only).await?;
+    let exe = options.server_exe.as_deref().ok_or_else(|| BenchError::new("no server_exe given"))?;
+    let server = Arc::new(RemoteServer::spawn(exe, system, model, !pace.announce_only).await?);
     let n = plans.len();
     let fleet = Fleet::connect(system, model, server.addr, plans, pace.changes, pace.latency).await?;
-    wait_for_subscribers(server.target.as_ref(), n).await?;
-    let seconds = drive(server.target.clone(), &fleet, &pace, options).await?;
-    let dropped = server.target.dropped();
+    wait_for_subscribers(server.as_ref(), n).await?;
+    let seconds = drive(server.clone(), &fleet, &pace, options).await?;
+    let dropped = server.dropped().await?;
     let tally = fleet.finish(pace.changes, pace.rooms).await?;
     Ok(run_of(system, variant, n, pace.changes, seconds, dropped, &tally))
 }
@@ -520,7 +521,7 @@ async fn memory(options: &Options) -> Outcome {
     let n = options.memory_n;
     let mut runs = Vec::new();
     for &system in &options.systems {
-        let server = Arc::new(RemoteServer::spawn(&exe, system, Model::Indexed).await?);
+        let server = Arc::new(RemoteServer::spawn(&exe, system, Model::Indexed, true).await?);
         // Let the child finish starting up before the baseline.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = server.resident_kib().await?;
@@ -532,7 +533,8 @@ async fn memory(options: &Options) -> Outcome {
         let pace = Pace { changes: 1, rooms: 1, rate: None, latency: false, announce_only: false };
         let seconds = drive(server.clone(), &fleet, &pace, options).await?;
         let tally = fleet.finish(1, 1).await?;
-        let mut run = run_of(system, "idle subscribed", n, 1, seconds, 0, &tally);
+        let dropped = server.dropped().await?;
+        let mut run = run_of(system, "idle subscribed", n, 1, seconds, dropped, &tally);
         run.rss_before_kib = Some(before);
         run.rss_after_kib = Some(after);
         run.kib_per_connection = Some(after.saturating_sub(before) as f64 / n.max(1) as f64);
