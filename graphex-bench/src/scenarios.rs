@@ -26,8 +26,8 @@ pub enum Scenario {
     /// 4. Resident memory per idle subscribed connection.
     Memory,
     // 5. Redis (two processes through the Redis layer vs raw redis-rs
-    //    pub/sub) lands with the Redis layer: add a variant here, its
-    //    defaults in `Options`, and its function beside the others.
+    //    pub/sub) has options of its own and runs separately:
+    //    `graphex-bench redis` (`crate::redis_scenario`).
 }
 
 impl Scenario {
