@@ -35,9 +35,8 @@ use redis::AsyncCommands;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
 
-use support::{Server, TIMEOUT, post_json, user_frame};
+use support::{Http, Server, TIMEOUT, comment_frame, user_frame};
 
 const CHILD_ENV: &str = "GRAPHEX_REDIS_TEST_CHILD";
 const REDIS_ENV: &str = "GRAPHEX_TEST_REDIS_URL";
@@ -104,13 +103,13 @@ async fn two_processes_coarse_group() -> Option<()> {
     let url = redis_url()?;
     let cluster = Cluster::start(&url).await;
     let spy = Spy::start(&url, &cluster.prefix).await;
-    let mut on_a = Client::connect(cluster.a.addr, None).await;
-    let mut on_b = Client::connect(cluster.b.addr, None).await;
-    on_a.subscribe_ok(cluster.a.addr, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
-    on_b.subscribe_ok(cluster.b.addr, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    let mut on_a = cluster.a.http.ws().await;
+    let mut on_b = cluster.b.http.ws().await;
+    on_a.subscribe_ok(&cluster.a.http, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    on_b.subscribe_ok(&cluster.b.http, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
     assert_eq!(spy.subscribers(&["users-create"]).await, 2, "one Redis subscription per process");
 
-    let ann = create_user(cluster.b.addr, "ann", "ann@example.com", "t1").await;
+    let ann = cluster.b.http.create_user("ann", "ann@example.com", "t1").await;
     on_a.expect(&user_frame("create", &ann)).await;
     on_b.expect(&user_frame("create", &ann)).await;
     let id = ann["id"].clone();
@@ -121,7 +120,7 @@ async fn two_processes_coarse_group() -> Option<()> {
     );
 
     // Exactly one: the next frame is the next change, not a copy.
-    let bob = create_user(cluster.a.addr, "bob", "bob@example.com", "t1").await;
+    let bob = cluster.a.http.create_user("bob", "bob@example.com", "t1").await;
     on_a.expect(&user_frame("create", &bob)).await;
     on_b.expect(&user_frame("create", &bob)).await;
     Some(())
@@ -132,10 +131,10 @@ async fn two_processes_indexed_group() -> Option<()> {
     let url = redis_url()?;
     let cluster = Cluster::start(&url).await;
     let spy = Spy::start(&url, &cluster.prefix).await;
-    create_user(cluster.b.addr, "ann", "ann@example.com", "t1").await;
-    let mut ws = Client::connect(cluster.a.addr, Some("ann")).await;
+    cluster.b.http.create_user("ann", "ann@example.com", "t1").await;
+    let mut ws = cluster.a.http.ws_as("ann").await;
     ws.subscribe_ok(
-        cluster.a.addr,
+        &cluster.a.http,
         "messageSubscription",
         "action: CREATE, operation: SUBSCRIBE",
         Some(json!({"room": 7})),
@@ -146,8 +145,8 @@ async fn two_processes_indexed_group() -> Option<()> {
 
     spy.published_until_sentinel().await; // the user's creation
 
-    let other_room = create_message(cluster.b.addr, "ann", 8, "elsewhere").await;
-    let in_room = create_message(cluster.b.addr, "ann", 7, "hello").await;
+    let other_room = cluster.b.http.create_message("ann", 8, "elsewhere").await;
+    let in_room = cluster.b.http.create_message("ann", 7, "hello").await;
     // Changes arrive in order: a leak of room 8 would come first.
     ws.expect(&json!({"stream": "messages", "payload": {"action": "create", "model": "message", "data": in_room}}))
         .await;
@@ -173,21 +172,19 @@ async fn two_processes_unsubscribe() -> Option<()> {
     let url = redis_url()?;
     let cluster = Cluster::start(&url).await;
     let spy = Spy::start(&url, &cluster.prefix).await;
-    let mut ws = Client::connect(cluster.a.addr, None).await;
+    let mut ws = cluster.a.http.ws().await;
     let args = "action: CREATE, operation: SUBSCRIBE";
-    ws.subscribe_ok(cluster.a.addr, "userSubscription", args, None).await;
+    ws.subscribe_ok(&cluster.a.http, "userSubscription", args, None).await;
     assert_eq!(spy.subscribers(&["users-create"]).await, 1);
-    ws.subscribe_ok(cluster.a.addr, "userSubscription", "action: CREATE, operation: UNSUBSCRIBE", None).await;
+    ws.subscribe_ok(&cluster.a.http, "userSubscription", "action: CREATE, operation: UNSUBSCRIBE", None).await;
     assert_eq!(spy.subscribers(&["users-create"]).await, 0, "the process left the Redis channel");
 
     // Sentinel: a comment subscription made afterwards; the user created
     // before the comment would arrive first if it leaked.
-    ws.subscribe_ok(cluster.a.addr, "commentSubscription", args, None).await;
-    create_user(cluster.b.addr, "ann", "ann@example.com", "t1").await;
-    let comment = execute(cluster.b.addr, None, "mutation { createComment(post: 1, text: \"x\") { id } }").await;
-    let id = comment["createComment"]["id"].clone();
-    ws.expect(&json!({"stream": "comments", "payload": {"action": "create", "model": "comment", "data": {"id": id}}}))
-        .await;
+    ws.subscribe_ok(&cluster.a.http, "commentSubscription", args, None).await;
+    cluster.b.http.create_user("ann", "ann@example.com", "t1").await;
+    let id = cluster.b.http.create_comment(1, "x").await;
+    ws.expect(&comment_frame("create", &id)).await;
     Some(())
 }
 
@@ -197,11 +194,11 @@ async fn subscribe_through_another_process() -> Option<()> {
     let url = redis_url()?;
     let cluster = Cluster::start(&url).await;
     let spy = Spy::start(&url, &cluster.prefix).await;
-    create_user(cluster.a.addr, "ann", "ann@example.com", "t1").await;
-    let mut ws = Client::connect(cluster.a.addr, Some("ann")).await;
+    cluster.a.http.create_user("ann", "ann@example.com", "t1").await;
+    let mut ws = cluster.a.http.ws_as("ann").await;
     // Through B: a scoped, authenticated subscription on A's socket.
     ws.subscribe_ok(
-        cluster.b.addr,
+        &cluster.b.http,
         "messageSubscription",
         "action: CREATE, operation: SUBSCRIBE",
         Some(json!({"room": 7})),
@@ -209,18 +206,21 @@ async fn subscribe_through_another_process() -> Option<()> {
     .await;
     let group = "messages-create:room=7&tenant=t1";
     assert_eq!(spy.subscribers(&[group]).await, 1, "the process holding the socket subscribed");
-    let message = create_message(cluster.b.addr, "ann", 7, "hello").await;
+    let message = cluster.b.http.create_message("ann", 7, "hello").await;
     ws.expect(&json!({"stream": "messages", "payload": {"action": "create", "model": "message", "data": message}}))
         .await;
 
     // The owner's rules apply: another principal may not use ann's channel.
-    let foreign =
-        ws.subscribe(cluster.b.addr, Some("nobody"), "userSubscription", "action: CREATE, operation: SUBSCRIBE").await;
+    let foreign = cluster
+        .b
+        .http
+        .subscribe(Some("nobody"), &ws.channel_id, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None)
+        .await;
     assert_eq!(foreign["ok"], json!(false), "{foreign}");
     assert_eq!(foreign["error"], json!("channel belongs to another principal"), "{foreign}");
 
     ws.subscribe_ok(
-        cluster.b.addr,
+        &cluster.b.http,
         "messageSubscription",
         "action: CREATE, operation: UNSUBSCRIBE",
         Some(json!({"room": 7})),
@@ -229,10 +229,12 @@ async fn subscribe_through_another_process() -> Option<()> {
     assert_eq!(spy.subscribers(&[group]).await, 0, "unsubscribed through B as well");
 
     // A channel of no running process: the usual refusal, at once.
-    let mut unknown = Client::connect(cluster.a.addr, None).await;
-    unknown.channel_id = "ffffffff".repeat(5);
-    let refused =
-        unknown.subscribe(cluster.b.addr, None, "userSubscription", "action: CREATE, operation: SUBSCRIBE").await;
+    let unknown = "ffffffff".repeat(5);
+    let refused = cluster
+        .b
+        .http
+        .subscribe(None, &unknown, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None)
+        .await;
     assert_eq!(refused["ok"], json!(false), "{refused}");
     assert_eq!(refused["error"], json!("unknown channel"), "{refused}");
     Some(())
@@ -401,7 +403,7 @@ impl Drop for TempDir {
 
 /// This binary, started as the reference example's server.
 struct Process {
-    addr: SocketAddr,
+    http: Http,
     _child: Child,
 }
 
@@ -424,14 +426,14 @@ impl Process {
             .expect("server process announced itself in time")
             .expect("readable stdout")
             .expect("server process printed its address");
-        let addr = first
+        let addr: SocketAddr = first
             .rsplit("http://")
             .next()
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
         // Keep reading so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { addr, _child: child }
+        Process { http: Http { addr }, _child: child }
     }
 }
 
@@ -551,110 +553,4 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A two-channel socket on a server of another process.
-struct Client {
-    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    channel_id: String,
-    token: Option<String>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, token: Option<&str>) -> Client {
-        let url = match token {
-            Some(token) => format!("ws://{addr}/ws/graphql/?token={token}"),
-            None => format!("ws://{addr}/ws/graphql/"),
-        };
-        let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("ws connect in time")
-            .expect("ws connect");
-        let mut client = Client { stream, channel_id: String::new(), token: token.map(str::to_owned) };
-        let handshake = client.next_json().await;
-        client.channel_id = handshake["channel_id"].as_str().expect("channel id").to_owned();
-        client
-    }
-
-    async fn subscribe_ok(&self, addr: SocketAddr, field: &str, args: &str, filters: Option<Json>) {
-        let confirmation = self.subscribe_with(addr, self.token.as_deref(), field, args, filters).await;
-        assert_eq!(confirmation["ok"], json!(true), "{field}({args}) refused: {confirmation}");
-    }
-
-    async fn subscribe(&self, addr: SocketAddr, token: Option<&str>, field: &str, args: &str) -> Json {
-        self.subscribe_with(addr, token, field, args, None).await
-    }
-
-    async fn subscribe_with(
-        &self,
-        addr: SocketAddr,
-        token: Option<&str>,
-        field: &str,
-        args: &str,
-        filters: Option<Json>,
-    ) -> Json {
-        let query = format!(
-            "subscription ($channelId: String!, $filters: JSON) {{ \
-               {field}(channelId: $channelId, {args}, filters: $filters) {{ ok error }} }}"
-        );
-        let body = json!({"query": query, "variables": {"channelId": self.channel_id, "filters": filters}});
-        let (status, response) = post_json(addr, "/graphql", token, &body).await;
-        assert_eq!(status, 200, "{response}");
-        assert!(response.get("errors").is_none(), "GraphQL errors: {response}");
-        response["data"][field].clone()
-    }
-
-    async fn next_json(&mut self) -> Json {
-        loop {
-            let message = tokio::time::timeout(TIMEOUT, self.stream.next())
-                .await
-                .expect("timed out waiting for a frame")
-                .expect("socket open")
-                .expect("socket readable");
-            match message {
-                Message::Text(text) => return serde_json::from_str(&text).expect("frames are JSON"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    async fn expect(&mut self, expected: &Json) {
-        let got = self.next_json().await;
-        assert_eq!(&got, expected, "unexpected frame on channel {}", self.channel_id);
-    }
-}
-
-async fn execute(addr: SocketAddr, token: Option<&str>, query: &str) -> Json {
-    execute_with(addr, token, query, json!({})).await
-}
-
-async fn execute_with(addr: SocketAddr, token: Option<&str>, query: &str, variables: Json) -> Json {
-    let (status, response) = post_json(addr, "/graphql", token, &json!({"query": query, "variables": variables})).await;
-    assert_eq!(status, 200, "{response}");
-    assert!(response.get("errors").is_none(), "GraphQL errors for {query}: {response}");
-    response["data"].clone()
-}
-
-async fn create_user(addr: SocketAddr, username: &str, email: &str, tenant: &str) -> Json {
-    let data = execute_with(
-        addr,
-        None,
-        "mutation ($u: String!, $e: String!, $t: String!) { \
-           createUser(username: $u, email: $e, tenant: $t) { id username email tenant } }",
-        json!({"u": username, "e": email, "t": tenant}),
-    )
-    .await;
-    data["createUser"].clone()
-}
-
-async fn create_message(addr: SocketAddr, author: &str, room: i32, text: &str) -> Json {
-    let data = execute_with(
-        addr,
-        Some(author),
-        "mutation ($r: Int!, $t: String!) { createMessage(room: $r, text: $t) { id tenant room text } }",
-        json!({"r": room, "t": text}),
-    )
-    .await;
-    data["createMessage"].clone()
 }

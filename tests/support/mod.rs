@@ -80,14 +80,30 @@ async fn drop_schema(url: &str, schema: &str) {
 // ---------------------------------------------------------------------------
 // The server
 
-/// The reference app, served on `127.0.0.1:0` until dropped.
+/// The reference app, served on `127.0.0.1:0` until dropped. Its HTTP and
+/// WebSocket helpers are those of [`Http`] (`Deref`).
 pub struct Server {
-    /// Where it listens.
-    pub addr: SocketAddr,
+    /// Where it listens, and the client helpers.
+    pub http: Http,
     /// Its hub.
     pub hub: graphex::Hub,
     task: JoinHandle<()>,
     sentinels: AtomicU64,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Http;
+
+    fn deref(&self) -> &Http {
+        &self.http
+    }
+}
+
+/// A reference-app server at `addr`, in this process or another: GraphQL
+/// over HTTP and WebSocket clients.
+pub struct Http {
+    /// Where it listens.
+    pub addr: SocketAddr,
 }
 
 impl Drop for Server {
@@ -105,9 +121,42 @@ impl Server {
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.expect("server runs");
         });
-        Server { addr, hub, task, sentinels: AtomicU64::new(0) }
+        Server { http: Http { addr }, hub, task, sentinels: AtomicU64::new(0) }
     }
 
+    /// Proves that nothing else is queued for `sockets` (each armed with
+    /// [`Ws::arm_comment_sentinel`]): creates a comment and asserts it is the
+    /// next frame each socket receives. Changes are delivered to a channel in
+    /// the order they were announced, so anything announced earlier that
+    /// reached the socket would come first.
+    pub async fn comment_sentinel(&self, sockets: &mut [&mut Ws]) {
+        let id = self.create_comment(0, "sentinel").await;
+        for ws in sockets.iter_mut() {
+            ws.expect_in("comment sentinel", &comment_frame("create", &id)).await;
+        }
+    }
+
+    /// Like [`Server::comment_sentinel`], with a user creation, for sockets
+    /// armed with [`Ws::arm_user_sentinel`].
+    pub async fn user_sentinel(&self, sockets: &mut [&mut Ws]) {
+        let n = self.sentinels.fetch_add(1, Ordering::Relaxed);
+        let row = self.create_user(&format!("sentinel-{n}"), "sentinel@example.com", "sentinel").await;
+        for ws in sockets.iter_mut() {
+            ws.expect_in("user sentinel", &user_frame("create", &row)).await;
+        }
+    }
+
+    /// Polls `condition` until it holds, for at most [`TIMEOUT`].
+    pub async fn wait_for(&self, what: &str, mut condition: impl FnMut(&graphex::Hub) -> bool) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while !condition(&self.hub) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Http {
     /// POSTs a GraphQL request and returns the whole JSON response.
     pub async fn graphql(&self, token: Option<&str>, query: &str, variables: Json) -> Json {
         let body = json!({"query": query, "variables": variables});
@@ -245,37 +294,6 @@ impl Server {
     pub async fn ws_with_header(&self, token: &str) -> Ws {
         Ws::connect(self, Some(token), TokenIn::Header).await
     }
-
-    /// Proves that nothing else is queued for `sockets` (each armed with
-    /// [`Ws::arm_comment_sentinel`]): creates a comment and asserts it is the
-    /// next frame each socket receives. Changes are delivered to a channel in
-    /// the order they were announced, so anything announced earlier that
-    /// reached the socket would come first.
-    pub async fn comment_sentinel(&self, sockets: &mut [&mut Ws]) {
-        let id = self.create_comment(0, "sentinel").await;
-        for ws in sockets.iter_mut() {
-            ws.expect_in("comment sentinel", &comment_frame("create", &id)).await;
-        }
-    }
-
-    /// Like [`Server::comment_sentinel`], with a user creation, for sockets
-    /// armed with [`Ws::arm_user_sentinel`].
-    pub async fn user_sentinel(&self, sockets: &mut [&mut Ws]) {
-        let n = self.sentinels.fetch_add(1, Ordering::Relaxed);
-        let row = self.create_user(&format!("sentinel-{n}"), "sentinel@example.com", "sentinel").await;
-        for ws in sockets.iter_mut() {
-            ws.expect_in("user sentinel", &user_frame("create", &row)).await;
-        }
-    }
-
-    /// Polls `condition` until it holds, for at most [`TIMEOUT`].
-    pub async fn wait_for(&self, what: &str, mut condition: impl FnMut(&graphex::Hub) -> bool) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        while !condition(&self.hub) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -323,7 +341,7 @@ pub struct Ws {
 }
 
 impl Ws {
-    async fn connect(server: &Server, token: Option<&str>, token_in: TokenIn) -> Ws {
+    async fn connect(server: &Http, token: Option<&str>, token_in: TokenIn) -> Ws {
         let mut url = format!("ws://{}/ws/graphql/", server.addr);
         if let (Some(token), TokenIn::Query) = (token, &token_in) {
             url.push_str(&format!("?token={token}"));
@@ -350,18 +368,18 @@ impl Ws {
     }
 
     /// Subscribes this channel (with its own token) and asserts it was accepted.
-    pub async fn subscribe_ok(&self, server: &Server, field: &str, args: &str, filters: Option<Json>) {
+    pub async fn subscribe_ok(&self, server: &Http, field: &str, args: &str, filters: Option<Json>) {
         let confirmation = server.subscribe(self.token(), &self.channel_id, field, args, filters).await;
         assert_eq!(confirmation["ok"], json!(true), "subscribe {field}({args}) refused: {confirmation}");
     }
 
     /// Subscribes to every comment creation, for [`Server::comment_sentinel`].
-    pub async fn arm_comment_sentinel(&self, server: &Server) {
+    pub async fn arm_comment_sentinel(&self, server: &Http) {
         self.subscribe_ok(server, "commentSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
     }
 
     /// Subscribes to every user creation, for [`Server::user_sentinel`].
-    pub async fn arm_user_sentinel(&self, server: &Server) {
+    pub async fn arm_user_sentinel(&self, server: &Http) {
         self.subscribe_ok(server, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
     }
 
