@@ -34,7 +34,7 @@ use tokio::process::{Child, Command};
 use crate::BenchError;
 use crate::entities::{self, BODY, message, now_us};
 use crate::load::Fleet;
-use crate::scenarios::{Check, Run};
+use crate::scenarios::{Check, Run, run_of};
 use crate::systems::{Model, Plan, System};
 
 /// Groups one change of the `message` model is published to.
@@ -298,23 +298,8 @@ async fn through_graphex(
     let tally = fleet.finish(changes, 1).await?;
     let published = layer.stats().published.load(Ordering::Relaxed);
     let per_group = published as f64 / (changes as u64 * GROUPS_PER_CHANGE) as f64;
-    let run = Run {
-        system: "graphex".into(),
-        variant: "two processes via Redis".into(),
-        n,
-        changes,
-        expected: tally.expected,
-        delivered: tally.delivered,
-        missing: tally.missing,
-        duplicates: tally.duplicates,
-        unexpected: tally.unexpected,
-        closed_early: tally.closed_early,
-        server_dropped: hub.stats().dropped.load(Ordering::Relaxed),
-        seconds,
-        rate: tally.delivered as f64 / seconds.max(f64::EPSILON),
-        frame_bytes: tally.frame_bytes,
-        ..Run::default()
-    };
+    let dropped = hub.stats().dropped.load(Ordering::Relaxed);
+    let run = run_of(System::Graphex, "two processes via Redis", n, changes, seconds, dropped, &tally);
     Ok((run, per_group))
 }
 

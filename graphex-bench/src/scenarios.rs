@@ -239,7 +239,16 @@ async fn measure(
     Ok(run_of(system, variant, n, pace.changes, seconds, dropped, &tally))
 }
 
-fn run_of(system: System, variant: &str, n: usize, changes: usize, seconds: f64, dropped: u64, tally: &Tally) -> Run {
+/// A run's row from what its clients tallied.
+pub(crate) fn run_of(
+    system: System,
+    variant: &str,
+    n: usize,
+    changes: usize,
+    seconds: f64,
+    dropped: u64,
+    tally: &Tally,
+) -> Run {
     Run {
         system: system.name().to_owned(),
         variant: variant.to_owned(),
