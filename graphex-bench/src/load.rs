@@ -260,7 +260,7 @@ impl Reader {
 
     fn take(&self, text: &str, record: &mut ClientRecord) {
         let row = match self.protocol {
-            System::Graphex | System::Ceiling => {
+            System::Graphex | System::Ceiling | System::CeilingUnpaced => {
                 serde_json::from_str::<TwoChannelFrame>(text).ok().map(|f| f.payload.data)
             }
             System::Alternative => match serde_json::from_str::<TransportWsFrame>(text) {
@@ -349,7 +349,7 @@ async fn open(
             }
             Ok(socket)
         }
-        System::Ceiling => {
+        System::Ceiling | System::CeilingUnpaced => {
             let variant = match (model, plan.projection) {
                 (Model::IdOnly, _) => 4,
                 (_, None) => 0,

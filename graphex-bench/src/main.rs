@@ -27,7 +27,7 @@ options (defaults are the issue's numbers):
   --window 256               changes in flight at most
   --writers 64               tasks saving changes concurrently (throughput runs)
   --settle-secs 2            wait for late deliveries
-  --systems ceiling,graphex,alternative
+  --systems ceiling,ceiling-unpaced,graphex,alternative
   --out target/bench         where the JSON goes";
 
 fn main() -> ExitCode {

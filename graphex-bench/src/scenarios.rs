@@ -108,7 +108,7 @@ impl Default for Options {
             window: 256,
             writers: 64,
             settle_secs: 2.0,
-            systems: vec![System::Ceiling, System::Graphex, System::Alternative],
+            systems: vec![System::Ceiling, System::CeilingUnpaced, System::Graphex, System::Alternative],
             server_exe: None,
         }
     }
@@ -422,6 +422,12 @@ async fn fanout(options: &Options) -> Outcome {
         let ceiling = rate_of(&runs, System::Ceiling, "throughput", n);
         let alternative = rate_of(&runs, System::Alternative, "throughput", n);
         checks.extend(ratio_check(format!("fan-out N={n}: graphex / ceiling"), graphex, ceiling, 0.5));
+        checks.extend(ratio_check(
+            format!("fan-out N={n}: graphex / unpaced ceiling (info)"),
+            graphex,
+            rate_of(&runs, System::CeilingUnpaced, "throughput", n),
+            0.0,
+        ));
         checks.extend(ratio_check(format!("fan-out N={n}: graphex / alternative (info)"), graphex, alternative, 0.0));
         checks.extend(ratio_check(
             format!("fan-out N={n}: graphex without DB / ceiling (info)"),
@@ -457,7 +463,7 @@ async fn partitioned(options: &Options) -> Outcome {
                 (Model::Indexed, "indexed groups", options.partitioned_changes),
                 (Model::Plain, "coarse + filters", options.broadcast_changes),
             ],
-            System::Ceiling => &[(Model::Indexed, "rooms", options.partitioned_changes)],
+            System::Ceiling | System::CeilingUnpaced => &[(Model::Indexed, "rooms", options.partitioned_changes)],
             System::Alternative => &[(Model::Indexed, "broadcast + filter", options.broadcast_changes)],
         };
         for &(model, variant, changes) in variants {

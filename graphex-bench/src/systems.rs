@@ -18,6 +18,7 @@ use serde_json::{Map, Value as Json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -31,8 +32,13 @@ use crate::entities::{self, BODY, alt_message, id_message, message, now_us, plai
 pub enum System {
     /// graphex: SeaORM hooks, hub, two-channel WebSocket.
     Graphex,
-    /// A minimal tokio-tungstenite server pushing pre-serialized frames with batched writes.
+    /// A minimal tokio-tungstenite server pushing pre-serialized frames with
+    /// batched writes, paced under load as graphex's sockets are
+    /// ([`graphex::WritePacing`]), so that it stays a ceiling.
     Ceiling,
+    /// The same server without pacing: the ceiling to the letter
+    /// (batched writes only), reported for comparison.
+    CeilingUnpaced,
     /// async-graphql over graphql-transport-ws, fed by a tokio broadcast channel.
     Alternative,
 }
@@ -43,6 +49,7 @@ impl System {
         match self {
             System::Graphex => "graphex",
             System::Ceiling => "ceiling",
+            System::CeilingUnpaced => "ceiling-unpaced",
             System::Alternative => "alternative",
         }
     }
@@ -52,7 +59,7 @@ impl FromStr for System {
     type Err = BenchError;
 
     fn from_str(name: &str) -> Result<System, BenchError> {
-        [System::Graphex, System::Ceiling, System::Alternative]
+        [System::Graphex, System::Ceiling, System::CeilingUnpaced, System::Alternative]
             .into_iter()
             .find(|system| system.name() == name)
             .ok_or_else(|| BenchError::new(format!("unknown system {name:?}")))
@@ -152,9 +159,10 @@ pub async fn start_with(system: System, model: Model, save: bool) -> Result<Serv
             });
             (Arc::new(AltTarget { db, state }), task)
         }
-        System::Ceiling => {
+        System::Ceiling | System::CeilingUnpaced => {
             let registry = Arc::new(Mutex::new(Registry::default()));
-            let task = tokio::spawn(ceiling_accept(listener, registry.clone()));
+            let pacing = (system == System::Ceiling).then(graphex::WritePacing::default);
+            let task = tokio::spawn(ceiling_accept(listener, registry.clone(), pacing));
             (Arc::new(CeilingTarget { registry, model }), task)
         }
     };
@@ -310,13 +318,16 @@ const CEILING_QUEUE: usize = 1024;
 /// Most frames written before one flush (as in graphex's socket loop).
 const WRITE_BATCH: usize = 256;
 
+/// A frame and when it was queued (the ceiling paces as graphex does).
+type Queued = (Bytes, Instant);
+
 /// The payload variant a ceiling connection takes: 0 = full, 1..=3 = projection, 4 = id only.
 type Variant = usize;
 
 #[derive(Default)]
 struct Registry {
     /// Connections by room (`None`: every room), each with its variant.
-    rooms: HashMap<Option<i32>, Vec<(Variant, mpsc::Sender<Bytes>)>>,
+    rooms: HashMap<Option<i32>, Vec<(Variant, mpsc::Sender<Queued>)>>,
     count: usize,
     dropped: u64,
 }
@@ -354,12 +365,13 @@ impl Target for CeilingTarget {
             Model::IdOnly => "id_messages",
         };
         let mut frames: [Option<Bytes>; 5] = Default::default();
+        let queued_at = Instant::now();
         let mut registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut dropped = 0;
         for key in [None, Some(room)] {
             for (variant, tx) in registry.rooms.get(&key).into_iter().flatten() {
                 let bytes = frames[*variant].get_or_insert_with(|| frame(&row, *variant, stream)).clone();
-                if tx.try_send(bytes).is_err() {
+                if tx.try_send((bytes, queued_at)).is_err() {
                     dropped += 1;
                 }
             }
@@ -377,16 +389,16 @@ impl Target for CeilingTarget {
     }
 }
 
-async fn ceiling_accept(listener: TcpListener, registry: Arc<Mutex<Registry>>) {
+async fn ceiling_accept(listener: TcpListener, registry: Arc<Mutex<Registry>>, pacing: Option<graphex::WritePacing>) {
     while let Ok((stream, _)) = listener.accept().await {
-        tokio::spawn(ceiling_connection(stream, registry.clone()));
+        tokio::spawn(ceiling_connection(stream, registry.clone(), pacing));
     }
 }
 
 /// `/ws?room=R&variant=V`: registers, sends `ready`, then writes queued frames in batches.
 // The handshake callback's error type is tungstenite's (an HTTP response).
 #[allow(clippy::result_large_err)]
-async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>) {
+async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>, pacing: Option<graphex::WritePacing>) {
     let _ = stream.set_nodelay(true);
     let mut query = String::new();
     let callback = |request: &Request, response: Response| {
@@ -407,7 +419,7 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>) {
             _ => {}
         }
     }
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CEILING_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Queued>(CEILING_QUEUE);
     let (mut sink, mut incoming) = socket.split();
     {
         let mut registry = registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -418,10 +430,14 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>) {
         loop {
             tokio::select! {
                 frame = rx.recv() => {
-                    let Some(frame) = frame else { break };
+                    let Some((frame, queued_at)) = frame else { break };
+                    // graphex's rule: a frame that waited past `busy_after` means the server is behind.
+                    if let Some(pacing) = pacing.filter(|pacing| queued_at.elapsed() > pacing.busy_after) {
+                        tokio::time::sleep(pacing.window).await;
+                    }
                     let mut batch = vec![frame];
                     while batch.len() < WRITE_BATCH {
-                        let Ok(frame) = rx.try_recv() else { break };
+                        let Ok((frame, _)) = rx.try_recv() else { break };
                         batch.push(frame);
                     }
                     let write = async {

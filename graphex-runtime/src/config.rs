@@ -1,5 +1,7 @@
 //! Server settings, with documented defaults.
 
+use std::time::Duration;
+
 use crate::filter::FilterLimits;
 
 /// Everything a graphex server can be tuned with.
@@ -19,6 +21,16 @@ pub struct Config {
     pub max_channels: usize,
     /// Bounds on client filters.
     pub filter_limits: FilterLimits,
+    /// Write batching under load on two-channel sockets; `None` writes
+    /// every change as soon as its socket task runs. Default
+    /// [`WritePacing::default`].
+    pub write_pacing: Option<WritePacing>,
+    /// Tasks the two-channel sockets run in, each socket a future inside
+    /// one of them (`crate::shard`), so that a change to many sockets wakes
+    /// a few tasks rather than one per socket and the rest of the process
+    /// (the requests that save the next rows) is not queued behind the
+    /// fan-out. Default 0: one per CPU (`std::thread::available_parallelism`).
+    pub socket_shards: usize,
 }
 
 impl Default for Config {
@@ -30,6 +42,34 @@ impl Default for Config {
             max_subscriptions_per_channel: 300,
             max_channels: 100_000,
             filter_limits: FilterLimits::default(),
+            write_pacing: Some(WritePacing::default()),
+            socket_shards: 0,
         }
+    }
+}
+
+/// How a two-channel socket batches its writes when the server falls behind.
+///
+/// A socket writes each change at once while the server keeps up. When a
+/// change reaches its socket task later than `busy_after` after the hub
+/// queued it, the server is behind (more sockets to write than the CPUs can
+/// turn over): the socket then waits `window` before writing, and sends
+/// every change that arrived meanwhile in that one write. One system call
+/// per batch instead of one per change frees the CPU that a busy server
+/// lacks, for the database and for the other sockets; the cost is at most
+/// `window` of added latency, paid only when the server is already late.
+/// BENCHMARKS.md ("Write pacing") has the measurements behind the defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WritePacing {
+    /// Queueing delay past which the server counts as behind. Default 1 ms.
+    pub busy_after: Duration,
+    /// How long a socket of a server that is behind gathers changes before
+    /// writing. Default 2 ms.
+    pub window: Duration,
+}
+
+impl Default for WritePacing {
+    fn default() -> Self {
+        WritePacing { busy_after: Duration::from_millis(1), window: Duration::from_millis(2) }
     }
 }

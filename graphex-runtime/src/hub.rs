@@ -31,6 +31,8 @@ pub struct Delivery {
     pub group: Arc<str>,
     /// The change, shared by every channel of the group.
     pub event: Arc<Event>,
+    /// When the hub queued it: how long it waited tells a socket whether the server is behind.
+    pub queued_at: tokio::time::Instant,
 }
 
 /// Decides, by one primary-key-bounded query, whether a row still matches.
@@ -253,6 +255,8 @@ struct Inner {
     custom: crate::broadcast::Registry,
     /// Cancelled by [`Hub::shutdown`]: standard-protocol connections close on it.
     shutdown: CancellationToken,
+    /// The tasks that run the two-channel sockets, started with the first one.
+    shards: OnceLock<crate::shard::Shards>,
 }
 
 /// Channels, groups and the channel layer of one process. Cheap to clone.
@@ -291,6 +295,7 @@ impl Hub {
             stats: Stats::default(),
             custom: crate::broadcast::Registry::default(),
             shutdown: CancellationToken::new(),
+            shards: OnceLock::new(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
@@ -375,6 +380,11 @@ impl Hub {
     /// Resolves once [`Hub::shutdown`] was called.
     pub fn shutting_down(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Runs a two-channel socket in one of the hub's shard tasks.
+    pub(crate) fn run_socket(&self, socket: BoxFuture<'static, ()>) {
+        self.inner.shards.get_or_init(|| crate::shard::Shards::spawn(self.inner.config.socket_shards)).run(socket);
     }
 
     /// The channel layer.
@@ -539,9 +549,10 @@ impl Hub {
             }
         };
         let group: Arc<str> = Arc::from(group);
+        let queued_at = tokio::time::Instant::now();
         let mut delivered = 0;
         for channel in members.values() {
-            let delivery = Delivery { group: group.clone(), event: event.clone() };
+            let delivery = Delivery { group: group.clone(), event: event.clone(), queued_at };
             match channel.tx.try_send(delivery) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {

@@ -22,12 +22,13 @@ pub mod notification;
 pub mod protocol;
 pub mod scope;
 pub mod server;
+mod shard;
 pub mod subscribe;
 
 pub use announce::{announce, announce_many, set_global_hub, transaction};
 pub use broadcast::{BroadcastError, GroupReceiver, GroupStream, subscribe_groups};
 pub use client::{ClientPage, client_page};
-pub use config::Config;
+pub use config::{Config, WritePacing};
 pub use filter::{Filter, FilterError, FilterLimits, Lookup};
 pub use hub::{Hub, Stats};
 pub use model::{Action, ActionSubscription, Field, FieldsEnum, ModelSubscription, OperationSubscription};

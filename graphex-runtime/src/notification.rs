@@ -2,6 +2,8 @@
 //! receiving process, and rendered to socket frames (once for subscribers
 //! that take the whole payload, once per projection otherwise).
 
+use std::sync::Mutex;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -59,7 +61,14 @@ pub struct Event {
     pub known: Map<String, Json>,
     /// The frame for subscribers without a projection.
     pub frame: Bytes,
+    /// Frames already rendered for projections, so that subscribers asking
+    /// for the same fields share one (at most [`PROJECTIONS_SHARED`]).
+    projections: Mutex<Vec<(Vec<&'static str>, Bytes)>>,
 }
+
+/// Distinct projections whose frames one change keeps for sharing; a
+/// further projection is rendered for each subscriber that asks for it.
+const PROJECTIONS_SHARED: usize = 16;
 
 impl Event {
     /// Prepares a decoded change for delivery.
@@ -69,12 +78,25 @@ impl Event {
             None => Map::from_iter([(change.pk_field.clone(), change.pk.clone())]),
         };
         let frame = render(&change, None);
-        Event { change, known, frame }
+        Event { change, known, frame, projections: Mutex::default() }
     }
 
-    /// The frame for a subscriber that asked for these fields.
+    /// The frame for a subscriber that asked for these fields, rendered
+    /// once per change and projection.
     pub fn projected(&self, fields: &[&'static str]) -> Bytes {
-        render(&self.change, Some(fields))
+        if self.change.values.is_none() {
+            // Id-only: every projection gets the same frame.
+            return self.frame.clone();
+        }
+        let mut shared = self.projections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, frame)) = shared.iter().find(|(known, _)| known.as_slice() == fields) {
+            return frame.clone();
+        }
+        let frame = render(&self.change, Some(fields));
+        if shared.len() < PROJECTIONS_SHARED {
+            shared.push((fields.to_vec(), frame.clone()));
+        }
+        frame
     }
 }
 
@@ -151,6 +173,39 @@ mod tests {
         assert_eq!(frame["payload"]["data"], values);
         let projected: Json = serde_json::from_slice(&event.projected(&["email", "username"])).unwrap();
         assert_eq!(projected["payload"]["data"], json!({"email": "neo@example.com", "username": "neo"}));
+    }
+
+    #[test]
+    fn a_projection_is_rendered_once_per_change() {
+        let event = Event::new(change(json!({"id": 5, "username": "neo"}).as_object().cloned()));
+        let first = event.projected(&["username"]);
+        let again = event.projected(&["username"]);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the second subscriber shares the first one's frame");
+        let other = event.projected(&["id"]);
+        assert_ne!(other, first);
+        let id: Json = serde_json::from_slice(&other).unwrap();
+        assert_eq!(id["payload"]["data"], json!({"id": 5}));
+    }
+
+    #[test]
+    fn projections_beyond_the_shared_ones_are_still_rendered() {
+        const FIELDS: [&str; 20] = [
+            "f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13", "f14", "f15",
+            "f16", "f17", "f18", "f19",
+        ];
+        let values: Map<String, Json> = FIELDS.iter().map(|name| ((*name).to_owned(), json!(name))).collect();
+        let event = Event::new(change(Some(values)));
+        for name in FIELDS {
+            let frame: Json = serde_json::from_slice(&event.projected(&[name])).unwrap();
+            assert_eq!(frame["payload"]["data"], json!({ name: name }));
+        }
+        assert_eq!(event.projections.lock().unwrap().len(), PROJECTIONS_SHARED, "the cache stays bounded");
+    }
+
+    #[test]
+    fn id_only_projections_share_the_id_frame() {
+        let event = Event::new(change(None));
+        assert_eq!(event.projected(&["id"]), event.frame);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::config::WritePacing;
 use crate::forward::{self, Forwarded};
 use crate::hub::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
 use crate::protocol::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
@@ -371,7 +372,8 @@ where
     let hub = state.hub.clone();
     upgrade.read_buffer_size(SOCKET_READ_BUFFER).on_upgrade(move |socket: WebSocket| async move {
         let (sink, stream) = socket.split();
-        serve_socket(hub, principal.map(|principal| principal.id), sink, stream).await;
+        let runner = hub.clone();
+        runner.run_socket(Box::pin(serve_socket(hub, principal.map(|principal| principal.id), sink, stream)));
     })
 }
 
@@ -395,14 +397,19 @@ where
     tracing::debug!(channel = channel.id(), "channel opened");
     let handshake = serde_json::json!({"channel_id": channel.id(), "connect": "success"}).to_string();
     if sink.send(Message::Text(handshake.into())).await.is_ok() {
-        pump(&channel, rx, &mut sink, stream).await;
+        pump(&channel, rx, &mut sink, stream, hub.config().write_pacing).await;
     }
     hub.close_channel(&channel).await;
     tracing::debug!(channel = channel.id(), "channel closed");
 }
 
-async fn pump<Si, St, E>(channel: &Arc<Channel>, mut rx: mpsc::Receiver<Delivery>, sink: &mut Si, mut stream: St)
-where
+async fn pump<Si, St, E>(
+    channel: &Arc<Channel>,
+    mut rx: mpsc::Receiver<Delivery>,
+    sink: &mut Si,
+    mut stream: St,
+    pacing: Option<WritePacing>,
+) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
 {
@@ -410,22 +417,21 @@ where
     loop {
         tokio::select! {
             biased;
-            () = channel.closed().cancelled() => {
-                let (code, reason) = match channel.close_reason() {
-                    Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
-                    Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
-                    _ => (1001, "server shutting down"),
-                };
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
-                return;
-            }
+            () = channel.closed().cancelled() => return send_close(channel, sink).await,
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}
             },
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { return };
+                if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at.elapsed() > pacing.busy_after) {
+                    // The server is behind: let the changes arriving meanwhile share this write.
+                    tokio::select! {
+                        biased;
+                        () = channel.closed().cancelled() => return send_close(channel, sink).await,
+                        () = tokio::time::sleep(pacing.window) => {}
+                    }
+                }
                 channel.frames(&delivery, &mut frames).await;
                 let mut batched = 1;
                 while batched < WRITE_BATCH {
@@ -450,5 +456,153 @@ where
                 }
             }
         }
+    }
+}
+
+/// Tells the client why the server closed its channel.
+async fn send_close<Si: Sink<Message> + Unpin>(channel: &Channel, sink: &mut Si) {
+    let (code, reason) = match channel.close_reason() {
+        Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
+        Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
+        _ => (1001, "server shutting down"),
+    };
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::filter::Filter;
+    use crate::group;
+    use crate::hub::{Subscription, SubscriptionKey};
+    use crate::model::Action;
+    use crate::notification::Change;
+
+    /// A socket's sending half that records which frames left in which flush.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        pending: Arc<Mutex<Vec<String>>>,
+        flushed: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Recorder {
+        fn writes(&self) -> Vec<Vec<String>> {
+            self.flushed.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            if let Message::Text(text) = message {
+                self.pending.lock().unwrap().push(text.to_string());
+            }
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+            if !batch.is_empty() {
+                self.flushed.lock().unwrap().push(batch);
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.poll_flush(context)
+        }
+    }
+
+    /// A socket on `hub` subscribed to every user creation; returns its recorder.
+    async fn subscribed_socket(hub: &Hub) -> Recorder {
+        let recorder = Recorder::default();
+        let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
+        tokio::spawn(serve_socket(hub.clone(), None, recorder.clone(), silent_client));
+        settle().await;
+        let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
+        let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
+        let group = group::coarse("users", Action::Create);
+        let key =
+            SubscriptionKey { stream: "users", action: Action::Create, id: None, filters: None, projection: None };
+        let subscription = Subscription { key, group, filter: Filter::default(), check: None };
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        recorder
+    }
+
+    async fn create(hub: &Hub, pk: i64) {
+        let change = Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: pk.into(),
+            pk_field: "id".into(),
+            values: None,
+        };
+        hub.publish(&[group::coarse("users", Action::Create)], change.encode()).await;
+    }
+
+    /// Lets the socket task run until it has nothing left to do (time is paused).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_keeps_up_writes_each_change_at_once() {
+        let hub = Hub::default();
+        let recorder = subscribed_socket(&hub).await;
+        let start = tokio::time::Instant::now();
+        create(&hub, 1).await;
+        settle().await;
+        create(&hub, 2).await;
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 3, "handshake, then one write per change: {writes:?}");
+        assert!(writes[1][0].contains(r#""id":1"#) && writes[2][0].contains(r#""id":2"#));
+        assert_eq!(tokio::time::Instant::now(), start, "no write waited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_of_a_server_that_is_behind_gathers_changes_into_one_write() {
+        let hub = Hub::default();
+        let pacing = hub.config().write_pacing.expect("pacing is on by default");
+        let recorder = subscribed_socket(&hub).await;
+        // The first change reaches the socket task late: the server is behind.
+        create(&hub, 1).await;
+        tokio::time::advance(pacing.busy_after * 2).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 1, "only the handshake: the socket waits for more changes");
+        create(&hub, 2).await;
+        create(&hub, 3).await;
+        tokio::time::advance(pacing.window).await;
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 2, "the three changes left in one write: {writes:?}");
+        assert_eq!(writes[1].len(), 3);
+        for (frame, id) in writes[1].iter().zip(1..) {
+            assert!(frame.contains(&format!(r#""id":{id}"#)), "in order: {frame}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_pacing_a_late_change_is_written_at_once() {
+        let hub = Hub::new(Config { write_pacing: None, ..Config::default() });
+        let recorder = subscribed_socket(&hub).await;
+        create(&hub, 1).await;
+        tokio::time::advance(Duration::from_millis(50)).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "handshake and the change");
     }
 }

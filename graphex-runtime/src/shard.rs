@@ -1,0 +1,117 @@
+//! Socket shards: the two-channel sockets of a hub run as futures inside a
+//! few long-lived tasks instead of one task each.
+//!
+//! A change to N sockets then wakes at most one task per shard instead of
+//! N tasks, so a large fan-out no longer fills the executor's run queue:
+//! every other task of the process (the request that saves the next row,
+//! the database driver's replies) waits behind a few shard polls instead of
+//! behind N socket tasks. Tokio's cooperative budget bounds what one shard
+//! poll does (each socket read and write spends from it), so a shard with
+//! many ready sockets yields to the rest of the process regularly.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+
+/// The shard tasks of one hub and the queues that hand them sockets.
+pub(crate) struct Shards {
+    queues: Vec<mpsc::UnboundedSender<BoxFuture<'static, ()>>>,
+    next: AtomicUsize,
+}
+
+impl Shards {
+    /// Spawns `count` shard tasks on the current runtime; 0: one per CPU.
+    pub(crate) fn spawn(count: usize) -> Shards {
+        let count = match count {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            count => count,
+        };
+        let queues = (0..count)
+            .map(|_| {
+                let (queue, sockets) = mpsc::unbounded_channel();
+                tokio::spawn(run(sockets));
+                queue
+            })
+            .collect();
+        Shards { queues, next: AtomicUsize::new(0) }
+    }
+
+    /// Runs a socket's future in the next shard, round robin. The queue is
+    /// unbounded, but each entry is an accepted connection (bounded by
+    /// `Config::max_channels`) that the shard takes at once.
+    pub(crate) fn run(&self, socket: BoxFuture<'static, ()>) {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        if let Err(returned) = self.queues[index].send(socket) {
+            // The shard task is gone (its runtime is shutting down): run the socket on its own.
+            tokio::spawn(returned.0);
+        }
+    }
+}
+
+/// One shard: polls its sockets until they end and no more can come.
+async fn run(mut incoming: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>) {
+    let mut sockets = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            socket = incoming.recv(), if open => match socket {
+                // A panic ends its own socket, not the shard's others.
+                Some(socket) => sockets.push(AssertUnwindSafe(socket).catch_unwind()),
+                None => open = false,
+            },
+            Some(outcome) = sockets.next(), if !sockets.is_empty() => {
+                if outcome.is_err() {
+                    tracing::error!("a two-channel socket task panicked; its connection is dropped");
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    #[tokio::test]
+    async fn sockets_of_a_shard_run_concurrently_and_a_panic_stays_in_its_socket() {
+        let shards = Shards::spawn(1);
+        let (release, released) = oneshot::channel::<()>();
+        let (first_done, first) = oneshot::channel();
+        // The first socket waits for the second: they must run side by side in the one shard.
+        shards.run(Box::pin(async move {
+            let _ = released.await;
+            let _ = first_done.send(());
+        }));
+        shards.run(Box::pin(async { panic!("one socket fails") }));
+        let (second_done, second) = oneshot::channel();
+        shards.run(Box::pin(async move {
+            let _ = release.send(());
+            let _ = second_done.send(());
+        }));
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            second.await.expect("the socket after the panicking one ran");
+            first.await.expect("the waiting socket was woken and finished");
+        })
+        .await
+        .expect("the shard kept running its sockets");
+    }
+
+    #[tokio::test]
+    async fn sockets_are_spread_round_robin() {
+        let shards = Shards::spawn(3);
+        assert_eq!(shards.queues.len(), 3);
+        for _ in 0..6 {
+            shards.run(Box::pin(async {}));
+        }
+        assert_eq!(shards.next.load(Ordering::Relaxed), 6);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(Shards::spawn(0).queues.len(), cpus, "0 means one shard per CPU");
+    }
+}
