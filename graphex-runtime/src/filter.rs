@@ -211,6 +211,12 @@ impl Filter {
         Ok(Filter { clauses })
     }
 
+    /// A filter of these clauses, for tests of code that only evaluates filters.
+    #[cfg(test)]
+    pub(crate) fn of(clauses: Vec<Clause>) -> Filter {
+        Filter { clauses }
+    }
+
     /// Merges a server scope over a client filter: a client clause with the
     /// same key as a scope clause is dropped, everything else is ANDed. The
     /// result is never wider than the scope.

@@ -72,6 +72,25 @@ impl Subscription {
             Some(fields) => event.projected(fields),
         }
     }
+
+    /// What this subscription does with a change of its group.
+    fn verdict(&self, event: &Event) -> Verdict<'_> {
+        match self.filter.matches(event.known()) {
+            Some(true) => Verdict::Take,
+            Some(false) => Verdict::Skip,
+            // The row is gone: what the change does not carry cannot be decided.
+            None if event.change.action == Action::Delete => Verdict::Skip,
+            None => self.check.as_ref().map_or(Verdict::Skip, Verdict::Check),
+        }
+    }
+}
+
+/// A subscription's decision on one change.
+enum Verdict<'a> {
+    Take,
+    Skip,
+    /// Decided by a primary-key-bounded query (id-only mode).
+    Check(&'a RowCheck),
 }
 
 /// Why a channel was closed by the server.
@@ -145,6 +164,19 @@ impl Channel {
         self.lock().list.len()
     }
 
+    /// Whether a subscription of this channel on `group` may take `event`,
+    /// so that the hub queues (and wakes the socket for) only what the
+    /// channel's filters let through. Never waits: while a subscribe or a
+    /// close holds the list, the socket decides.
+    fn may_take(&self, group: &str, event: &Event) -> bool {
+        let Ok(subscriptions) = self.subscriptions.try_lock() else { return true };
+        subscriptions
+            .list
+            .iter()
+            .filter(|subscription| subscription.group == group)
+            .any(|subscription| !matches!(subscription.verdict(event), Verdict::Skip))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
         self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -168,16 +200,10 @@ impl Channel {
         {
             let subscriptions = self.lock();
             for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
-                match subscription.filter.matches(&event.known) {
-                    Some(true) => frames.push(render(subscription, event)),
-                    Some(false) => {}
-                    // The row is gone: what the change does not carry cannot be decided.
-                    None if event.change.action == Action::Delete => {}
-                    None => {
-                        if let Some(check) = &subscription.check {
-                            pending.push((check.clone(), render(subscription, event)));
-                        }
-                    }
+                match subscription.verdict(event) {
+                    Verdict::Take => frames.push(render(subscription, event)),
+                    Verdict::Skip => {}
+                    Verdict::Check(check) => pending.push((check.clone(), render(subscription, event))),
                 }
             }
         }
@@ -552,6 +578,9 @@ impl Hub {
         let queued_at = tokio::time::Instant::now();
         let mut delivered = 0;
         for channel in members.values() {
+            if !channel.may_take(&group, &event) {
+                continue;
+            }
             let delivery = Delivery { group: group.clone(), event: event.clone(), queued_at };
             match channel.tx.try_send(delivery) {
                 Ok(()) => delivered += 1,
@@ -655,6 +684,40 @@ mod tests {
             Err(ChannelError::UnknownChannel)
         );
         assert_eq!(hub.group_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_hub_queues_only_what_a_channel_filters_let_through() {
+        let hub = Hub::default();
+        let group = group::coarse("users", Action::Create);
+        let (channel, mut rx) = hub.open_channel(None).unwrap();
+        let mut in_room_1 = subscription(&group, Action::Create, Some(serde_json::json!({"room": 1})));
+        in_room_1.filter = crate::filter::Filter::of(vec![crate::filter::Clause {
+            field: 1,
+            name: "room",
+            lookup: crate::filter::Lookup::Exact,
+            value: 1.into(),
+        }]);
+        hub.add_subscription(&channel, in_room_1).await.unwrap();
+        let change = |pk: i64, room: Option<i64>| Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: pk.into(),
+            pk_field: "id".into(),
+            values: Some(serde_json::Map::from_iter(
+                [("id".to_owned(), pk.into())].into_iter().chain(room.map(|room| ("room".to_owned(), room.into()))),
+            )),
+        };
+        hub.publish(std::slice::from_ref(&group), change(1, Some(2)).encode()).await;
+        assert!(rx.try_recv().is_err(), "another room's change is not queued (the socket is not woken)");
+        hub.publish(std::slice::from_ref(&group), change(2, Some(1)).encode()).await;
+        let delivery = rx.try_recv().expect("a change of room 1 is queued");
+        assert_eq!(delivery.event.change.pk, serde_json::json!(2));
+        // Undecidable without a row check: nothing to queue either.
+        hub.publish(std::slice::from_ref(&group), change(3, None).encode()).await;
+        assert!(rx.try_recv().is_err());
+        assert_eq!(hub.stats().delivered.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

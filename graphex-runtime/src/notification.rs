@@ -57,8 +57,9 @@ impl Change {
 pub struct Event {
     /// The change.
     pub change: Change,
-    /// Values filters are decided on: the full row, or just the primary key.
-    pub known: Map<String, Json>,
+    /// `{pk_field: pk}` in id-only mode; empty in full mode, where
+    /// [`Event::known`] is the row itself (not copied).
+    key_only: Map<String, Json>,
     /// The frame for subscribers without a projection.
     pub frame: Bytes,
     /// Frames already rendered for projections, so that subscribers asking
@@ -73,12 +74,17 @@ const PROJECTIONS_SHARED: usize = 16;
 impl Event {
     /// Prepares a decoded change for delivery.
     pub fn new(change: Change) -> Event {
-        let known = match &change.values {
-            Some(values) => values.clone(),
+        let key_only = match &change.values {
+            Some(_) => Map::new(),
             None => Map::from_iter([(change.pk_field.clone(), change.pk.clone())]),
         };
         let frame = render(&change, None);
-        Event { change, known, frame, projections: Mutex::default() }
+        Event { change, key_only, frame, projections: Mutex::default() }
+    }
+
+    /// Values filters are decided on: the full row, or just the primary key.
+    pub fn known(&self) -> &Map<String, Json> {
+        self.change.values.as_ref().unwrap_or(&self.key_only)
     }
 
     /// The frame for a subscriber that asked for these fields, rendered
@@ -162,7 +168,7 @@ mod tests {
             frame,
             json!({"stream": "users", "payload": {"action": "update", "model": "user", "data": {"id": 5}}})
         );
-        assert_eq!(event.known, Map::from_iter([("id".to_owned(), json!(5))]));
+        assert_eq!(event.known(), &Map::from_iter([("id".to_owned(), json!(5))]));
     }
 
     #[test]
@@ -171,6 +177,7 @@ mod tests {
         let event = Event::new(change(values.as_object().cloned()));
         let frame: Json = serde_json::from_slice(&event.frame).unwrap();
         assert_eq!(frame["payload"]["data"], values);
+        assert_eq!(event.known(), values.as_object().unwrap(), "filters see the whole row");
         let projected: Json = serde_json::from_slice(&event.projected(&["email", "username"])).unwrap();
         assert_eq!(projected["payload"]["data"], json!({"email": "neo@example.com", "username": "neo"}));
     }
