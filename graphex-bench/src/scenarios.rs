@@ -576,13 +576,14 @@ pub fn table(report: &Report) -> String {
     let _ = writeln!(out, "scenario: {}", report.scenario.name());
     let _ = writeln!(
         out,
-        "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>5} {:>8} {:>12} {:>6} {:>7} {:>7} {:>7} {:>8}",
+        "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>6} {:>5} {:>8} {:>12} {:>6} {:>7} {:>7} {:>7} {:>8}",
         "system",
         "variant",
         "N",
         "changes",
         "delivered",
         "missing",
+        "closed",
         "dup",
         "seconds",
         "deliveries/s",
@@ -595,13 +596,14 @@ pub fn table(report: &Report) -> String {
     for run in &report.runs {
         let _ = writeln!(
             out,
-            "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>5} {:>8.3} {:>12.0} {:>6.0} {:>7} {:>7} {:>7} {:>8}",
+            "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>6} {:>5} {:>8.3} {:>12.0} {:>6.0} {:>7} {:>7} {:>7} {:>8}",
             run.system,
             run.variant,
             run.n,
             run.changes,
             run.delivered,
-            run.missing + run.closed_early + run.server_dropped,
+            run.missing + run.server_dropped,
+            run.closed_early,
             run.duplicates + run.unexpected,
             run.seconds,
             run.rate,
