@@ -372,8 +372,9 @@ where
     let hub = state.hub.clone();
     upgrade.read_buffer_size(SOCKET_READ_BUFFER).on_upgrade(move |socket: WebSocket| async move {
         let (sink, stream) = socket.split();
-        let runner = hub.clone();
-        runner.run_socket(Box::pin(serve_socket(hub, principal.map(|principal| principal.id), sink, stream)));
+        // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
+        let owner = principal.map(|principal| principal.id);
+        hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, sink, stream)));
     })
 }
 
