@@ -322,6 +322,7 @@ async fn drive(target: Arc<dyn Target>, fleet: &Fleet, pace: &Pace, options: &Op
         None => {
             let next = Arc::new(AtomicUsize::new(0));
             let sent = Arc::new(AtomicU64::new(0));
+            let settle = Duration::from_secs_f64(options.settle_secs);
             for _ in 0..options.writers.max(1) {
                 let (target, next, sent, delivered, fanout) =
                     (target.clone(), next.clone(), sent.clone(), delivered.clone(), fanout.clone());
@@ -332,7 +333,16 @@ async fn drive(target: Arc<dyn Target>, fleet: &Fleet, pace: &Pace, options: &Op
                         if seq >= changes {
                             return Ok(());
                         }
+                        let (mut seen, mut since) = (delivered.load(Ordering::Relaxed), Instant::now());
                         while sent.load(Ordering::Relaxed).saturating_sub(delivered.load(Ordering::Relaxed)) > window {
+                            let now = delivered.load(Ordering::Relaxed);
+                            if now != seen {
+                                (seen, since) = (now, Instant::now());
+                            } else if since.elapsed() > settle {
+                                // Deliveries stopped (clients closed): stop sending; the
+                                // changes never sent count as missing instead of a hang.
+                                return Ok(());
+                            }
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                         sent.fetch_add(fanout(seq), Ordering::Relaxed);

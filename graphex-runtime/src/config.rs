@@ -29,7 +29,7 @@ pub struct Config {
     /// one of them (`crate::shard`), so that a change to many sockets wakes
     /// a few tasks rather than one per socket and the rest of the process
     /// (the requests that save the next rows) is not queued behind the
-    /// fan-out. Default 0: one per CPU (`std::thread::available_parallelism`).
+    /// fan-out. Default 0: four per CPU (`std::thread::available_parallelism`).
     pub socket_shards: usize,
 }
 

@@ -17,6 +17,13 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
+/// Shards per CPU by default. One per CPU let a few sockets of an
+/// overloaded server fall a whole queue behind (closed as slow consumers,
+/// with the server pinned to one core) while four per CPU did not; more
+/// than that puts the rest of the process behind more shard polls again
+/// (BENCHMARKS.md, "Session 3").
+pub(crate) const SHARDS_PER_CPU: usize = 4;
+
 /// The shard tasks of one hub and the queues that hand them sockets.
 pub(crate) struct Shards {
     queues: Vec<mpsc::UnboundedSender<BoxFuture<'static, ()>>>,
@@ -24,10 +31,10 @@ pub(crate) struct Shards {
 }
 
 impl Shards {
-    /// Spawns `count` shard tasks on the current runtime; 0: one per CPU.
+    /// Spawns `count` shard tasks on the current runtime; 0: [`SHARDS_PER_CPU`] per CPU.
     pub(crate) fn spawn(count: usize) -> Shards {
         let count = match count {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => SHARDS_PER_CPU * std::thread::available_parallelism().map_or(1, usize::from),
             count => count,
         };
         let queues = (0..count)
@@ -112,6 +119,6 @@ mod tests {
         }
         assert_eq!(shards.next.load(Ordering::Relaxed), 6);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(Shards::spawn(0).queues.len(), cpus, "0 means one shard per CPU");
+        assert_eq!(Shards::spawn(0).queues.len(), SHARDS_PER_CPU * cpus, "0 means the default per CPU");
     }
 }
