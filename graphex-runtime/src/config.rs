@@ -54,7 +54,8 @@ impl Default for Config {
 /// change reaches its socket task later than `busy_after` after the hub
 /// queued it, the server is behind (more sockets to write than the CPUs can
 /// turn over): the socket then waits `window` before writing, and sends
-/// every change that arrived meanwhile in that one write. One system call
+/// every change that arrived meanwhile in that one write (sooner if its
+/// queue passes half full: a busy runtime fires timers late). One system call
 /// per batch instead of one per change frees the CPU that a busy server
 /// lacks, for the database and for the other sockets; the cost is at most
 /// `window` of added latency, paid only when the server is already late.

@@ -117,6 +117,9 @@ pub struct Channel {
     closed: CancellationToken,
     close_reason: OnceLock<CloseReason>,
     subscriptions: Mutex<Subscriptions>,
+    /// Signalled when the queue passes half its capacity: a socket holding
+    /// its write (pacing) writes now, whatever its timer says.
+    pressure: tokio::sync::Notify,
 }
 
 /// A channel's subscriptions; `gone` once the channel is closed, after
@@ -142,6 +145,11 @@ impl Channel {
     /// The principal id that opened the socket, if any.
     pub fn owner(&self) -> Option<&str> {
         self.owner.as_deref()
+    }
+
+    /// Resolves once the channel's queue has passed half its capacity.
+    pub(crate) fn pressure(&self) -> &tokio::sync::Notify {
+        &self.pressure
     }
 
     /// Resolves when the server closes this channel.
@@ -379,6 +387,7 @@ impl Hub {
             closed: CancellationToken::new(),
             close_reason: OnceLock::new(),
             subscriptions: Mutex::default(),
+            pressure: tokio::sync::Notify::new(),
         });
         let mut channels = write(&self.inner.channels);
         if channels.len() >= self.inner.config.max_channels {
@@ -583,7 +592,12 @@ impl Hub {
             }
             let delivery = Delivery { group: group.clone(), event: event.clone(), queued_at };
             match channel.tx.try_send(delivery) {
-                Ok(()) => delivered += 1,
+                Ok(()) => {
+                    delivered += 1;
+                    if channel.tx.capacity() <= channel.tx.max_capacity() / 2 {
+                        channel.pressure.notify_one();
+                    }
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if channel.close_reason().is_none() {
                         self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

@@ -426,10 +426,13 @@ async fn pump<Si, St, E>(
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { return };
                 if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at.elapsed() > pacing.busy_after) {
-                    // The server is behind: let the changes arriving meanwhile share this write.
+                    // The server is behind: let the changes arriving meanwhile
+                    // share this write. A busy runtime fires timers late, so a
+                    // queue past half full ends the hold at once.
                     tokio::select! {
                         biased;
                         () = channel.closed().cancelled() => return send_close(channel, sink).await,
+                        () = channel.pressure().notified() => {}
                         () = tokio::time::sleep(pacing.window) => {}
                     }
                 }
@@ -595,6 +598,26 @@ mod tests {
         for (frame, id) in writes[1].iter().zip(1..) {
             assert!(frame.contains(&format!(r#""id":{id}"#)), "in order: {frame}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_full_queue_ends_the_hold_without_waiting_for_the_timer() {
+        let hub = Hub::new(Config { queue_capacity: 8, ..Config::default() });
+        let pacing = hub.config().write_pacing.expect("pacing is on by default");
+        let recorder = subscribed_socket(&hub).await;
+        create(&hub, 0).await;
+        tokio::time::advance(pacing.busy_after * 2).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 1, "the socket holds");
+        let start = tokio::time::Instant::now();
+        for pk in 1..=4 {
+            create(&hub, pk).await;
+        }
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 2, "the held change and the queued ones were written: {writes:?}");
+        assert_eq!(writes[1].len(), 5);
+        assert_eq!(tokio::time::Instant::now(), start, "without the hold's timer");
     }
 
     #[tokio::test(start_paused = true)]
