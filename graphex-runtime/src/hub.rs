@@ -85,6 +85,19 @@ impl Subscription {
     }
 }
 
+#[cfg(test)]
+impl Subscription {
+    /// A subscription to `users` on `group` with no filter to decide, for unit tests.
+    pub(crate) fn of_users(group: &str, action: Action, filters: Option<Json>) -> Subscription {
+        Subscription {
+            key: SubscriptionKey { stream: "users", action, id: None, filters, projection: None },
+            group: group.to_owned(),
+            filter: Filter::default(),
+            check: None,
+        }
+    }
+}
+
 /// A subscription's decision on one change.
 enum Verdict<'a> {
     Take,
@@ -638,15 +651,6 @@ mod tests {
     use super::*;
     use crate::group;
 
-    fn subscription(group: &str, action: Action, filters: Option<Json>) -> Subscription {
-        Subscription {
-            key: SubscriptionKey { stream: "users", action, id: None, filters, projection: None },
-            group: group.to_owned(),
-            filter: Filter::default(),
-            check: None,
-        }
-    }
-
     #[test]
     fn channel_ids_name_their_node_and_are_distinct() {
         let hub = Hub::default();
@@ -664,24 +668,20 @@ mod tests {
         let hub = Hub::default();
         let (channel, mut rx) = hub.open_channel(None).unwrap();
         let group = group::coarse("users", Action::Create);
-        hub.add_subscription(&channel, subscription(&group, Action::Create, None)).await.unwrap();
+        hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
         assert_eq!(
-            hub.add_subscription(&channel, subscription(&group, Action::Create, None)).await.unwrap(),
+            hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap(),
             Added::Existing
         );
-        hub.add_subscription(&channel, subscription(&group, Action::Create, Some(serde_json::json!({"a": 1}))))
-            .await
-            .unwrap();
+        hub.add_subscription(
+            &channel,
+            Subscription::of_users(&group, Action::Create, Some(serde_json::json!({"a": 1}))),
+        )
+        .await
+        .unwrap();
         assert_eq!(hub.group_size(&group), 1, "one membership per channel and group");
 
-        let change = Change {
-            stream: "users".into(),
-            model: "user".into(),
-            action: Action::Create,
-            pk: 1.into(),
-            pk_field: "id".into(),
-            values: None,
-        };
+        let change = Change::user_created(1, None);
         hub.publish(std::slice::from_ref(&group), change.encode()).await;
         let delivery = rx.try_recv().expect("delivered once");
         assert!(rx.try_recv().is_err(), "a group delivers once per channel");
@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(hub.channel_count(), 0);
         // A subscribe that found the channel just before it closed adds nothing.
         assert_eq!(
-            hub.add_subscription(&channel, subscription(&group, Action::Create, None)).await,
+            hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await,
             Err(ChannelError::UnknownChannel)
         );
         assert_eq!(hub.group_count(), 0);
@@ -705,7 +705,7 @@ mod tests {
         let hub = Hub::default();
         let group = group::coarse("users", Action::Create);
         let (channel, mut rx) = hub.open_channel(None).unwrap();
-        let mut in_room_1 = subscription(&group, Action::Create, Some(serde_json::json!({"room": 1})));
+        let mut in_room_1 = Subscription::of_users(&group, Action::Create, Some(serde_json::json!({"room": 1})));
         in_room_1.filter = crate::filter::Filter::of(vec![crate::filter::Clause {
             field: 1,
             name: "room",
@@ -713,15 +713,13 @@ mod tests {
             value: 1.into(),
         }]);
         hub.add_subscription(&channel, in_room_1).await.unwrap();
-        let change = |pk: i64, room: Option<i64>| Change {
-            stream: "users".into(),
-            model: "user".into(),
-            action: Action::Create,
-            pk: pk.into(),
-            pk_field: "id".into(),
-            values: Some(serde_json::Map::from_iter(
-                [("id".to_owned(), pk.into())].into_iter().chain(room.map(|room| ("room".to_owned(), room.into()))),
-            )),
+        let change = |pk: i64, room: Option<i64>| {
+            Change::user_created(
+                pk,
+                Some(serde_json::Map::from_iter(
+                    [("id".to_owned(), pk.into())].into_iter().chain(room.map(|room| ("room".to_owned(), room.into()))),
+                )),
+            )
         };
         hub.publish(std::slice::from_ref(&group), change(1, Some(2)).encode()).await;
         assert!(rx.try_recv().is_err(), "another room's change is not queued (the socket is not woken)");
@@ -740,16 +738,9 @@ mod tests {
         let (slow, _slow_rx) = hub.open_channel(None).unwrap();
         let (fast, mut fast_rx) = hub.open_channel(None).unwrap();
         let group = group::coarse("users", Action::Create);
-        hub.add_subscription(&slow, subscription(&group, Action::Create, None)).await.unwrap();
-        hub.add_subscription(&fast, subscription(&group, Action::Create, None)).await.unwrap();
-        let change = Change {
-            stream: "users".into(),
-            model: "user".into(),
-            action: Action::Create,
-            pk: 1.into(),
-            pk_field: "id".into(),
-            values: None,
-        };
+        hub.add_subscription(&slow, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+        hub.add_subscription(&fast, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+        let change = Change::user_created(1, None);
         for _ in 0..2 {
             hub.publish(std::slice::from_ref(&group), change.encode()).await;
             assert!(fast_rx.try_recv().is_ok());

@@ -263,15 +263,7 @@ mod tests {
 
     fn change(id: i32) -> bytes::Bytes {
         let values = json!({"id": id, "username": "neo", "email": "neo@example.com"});
-        Change {
-            stream: "users".into(),
-            model: "user".into(),
-            action: Action::Create,
-            pk: json!(id),
-            pk_field: "id".into(),
-            values: values.as_object().cloned(),
-        }
-        .encode()
+        Change::user_created(id.into(), values.as_object().cloned()).encode()
     }
 
     #[tokio::test]

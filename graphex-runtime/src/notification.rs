@@ -52,6 +52,21 @@ impl Change {
     }
 }
 
+#[cfg(test)]
+impl Change {
+    /// The creation of user `pk` (stream `users`, label `user`), for unit tests.
+    pub(crate) fn user_created(pk: i64, values: Option<Map<String, Json>>) -> Change {
+        Change {
+            stream: "users".into(),
+            model: "user".into(),
+            action: Action::Create,
+            pk: pk.into(),
+            pk_field: "id".into(),
+            values,
+        }
+    }
+}
+
 /// A decoded change with what every subscriber of this process shares.
 #[derive(Debug)]
 pub struct Event {

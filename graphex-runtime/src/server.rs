@@ -482,9 +482,8 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::filter::Filter;
     use crate::group;
-    use crate::hub::{Subscription, SubscriptionKey};
+    use crate::hub::Subscription;
     use crate::model::Action;
     use crate::notification::Change;
 
@@ -536,23 +535,13 @@ mod tests {
         settle().await;
         let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
         let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
-        let group = group::coarse("users", Action::Create);
-        let key =
-            SubscriptionKey { stream: "users", action: Action::Create, id: None, filters: None, projection: None };
-        let subscription = Subscription { key, group, filter: Filter::default(), check: None };
+        let subscription = Subscription::of_users(&group::coarse("users", Action::Create), Action::Create, None);
         hub.add_subscription(&channel, subscription).await.unwrap();
         recorder
     }
 
     async fn create(hub: &Hub, pk: i64) {
-        let change = Change {
-            stream: "users".into(),
-            model: "user".into(),
-            action: Action::Create,
-            pk: pk.into(),
-            pk_field: "id".into(),
-            values: None,
-        };
+        let change = Change::user_created(pk, None);
         hub.publish(&[group::coarse("users", Action::Create)], change.encode()).await;
     }
 

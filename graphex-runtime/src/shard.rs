@@ -17,11 +17,11 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-/// Shards per CPU by default. One per CPU let a few sockets of an
-/// overloaded server fall a whole queue behind (closed as slow consumers,
-/// with the server pinned to one core) while four per CPU did not; more
-/// than that puts the rest of the process behind more shard polls again
-/// (BENCHMARKS.md, "Session 3").
+/// Shards per CPU by default. With the server pinned to one core and
+/// overloaded, one per CPU let a few sockets fall a whole queue behind
+/// (closed as slow consumers) in every run, four per CPU in one run of
+/// five; many more shards put the rest of the process behind more shard
+/// polls again (BENCHMARKS.md, "Session 3", overload test).
 pub(crate) const SHARDS_PER_CPU: usize = 4;
 
 /// The shard tasks of one hub and the queues that hand them sockets.
