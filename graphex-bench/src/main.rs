@@ -28,6 +28,7 @@ options (defaults are the issue's numbers):
   --writers 64               tasks saving changes concurrently (throughput runs)
   --settle-secs 2            wait for late deliveries
   --systems ceiling,ceiling-unpaced,graphex,alternative
+  --repeat 1                 runs of each scenario; above 1, a table of medians follows
   --out target/bench         where the JSON goes";
 
 fn main() -> ExitCode {
@@ -117,11 +118,24 @@ async fn bench(args: &[String]) -> Result<(), BenchError> {
     println!("open files limit: {limit}");
     std::fs::create_dir_all(&out)?;
     for scenario in scenarios {
-        let report = scenarios::run(scenario, &options).await?;
-        print!("{}", scenarios::table(&report));
+        let mut reports = Vec::new();
+        for repeat in 1..=options.repeat.max(1) {
+            if options.repeat > 1 {
+                println!("repeat {repeat} of {}", options.repeat);
+            }
+            let report = scenarios::run(scenario, &options).await?;
+            print!("{}", scenarios::table(&report));
+            reports.push(report);
+        }
         let path = out.join(format!("{}.json", scenario.name()));
-        let machine = machine();
-        let json = serde_json::json!({"machine": machine, "report": report});
+        let json = match scenarios::median(&reports).filter(|_| reports.len() > 1) {
+            Some(median) => {
+                println!("\nmedian of {} repeats", reports.len());
+                print!("{}", scenarios::table(&median));
+                serde_json::json!({"machine": machine(), "median": median, "repeats": reports})
+            }
+            None => serde_json::json!({"machine": machine(), "report": reports.pop()}),
+        };
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
         println!("written {}\n", path.display());
     }
@@ -161,6 +175,7 @@ fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
             "--writers" => options.writers = value.parse().map_err(bad)?,
             "--window" => options.window = value.parse().map_err(bad)?,
             "--settle-secs" => options.settle_secs = float()?,
+            "--repeat" => options.repeat = value.parse().map_err(bad)?,
             "--systems" => options.systems = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--out" => out = PathBuf::from(value),
             _ => return Err(BenchError::new(format!("unknown option {flag}\n{USAGE}"))),

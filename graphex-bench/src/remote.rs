@@ -13,12 +13,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
@@ -29,17 +31,33 @@ use crate::{BenchError, resident_kib};
 pub async fn serve(system: System, model: Model, save: bool) -> Result<(), BenchError> {
     let server = systems::start_with(system, model, save).await?;
     let target = server.target.clone();
+    // The parent's pipes, read and written through the reactor: tokio's
+    // `stdin()`/`stdout()` hand every read and write to a blocking thread,
+    // two thread switches per command that the server under test would pay.
+    let not_a_pipe = |error: std::io::Error| {
+        BenchError::new(format!("serve talks to the benchmark over pipes on stdin and stdout: {error}"))
+    };
+    let input = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let input = pipe::Receiver::from_owned_fd(input).map_err(not_a_pipe)?;
+    let output = std::io::stdout().as_fd().try_clone_to_owned()?;
+    let mut output = pipe::Sender::from_owned_fd(output).map_err(not_a_pipe)?;
     let (answers, mut outgoing) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
+        let mut batch = String::new();
         while let Some(line) = outgoing.recv().await {
-            if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+            // The answers ready now leave in one write.
+            batch.push_str(&line);
+            while let Ok(line) = outgoing.try_recv() {
+                batch.push_str(&line);
+            }
+            if output.write_all(batch.as_bytes()).await.is_err() {
                 break;
             }
+            batch.clear();
         }
     });
     let _ = answers.send(format!("listening {}\n", server.addr));
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = BufReader::new(input).lines();
     while let Some(line) = lines.next_line().await? {
         let (target, answers) = (target.clone(), answers.clone());
         tokio::spawn(async move {

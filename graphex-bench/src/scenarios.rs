@@ -85,6 +85,9 @@ pub struct Options {
     pub settle_secs: f64,
     /// The systems measured.
     pub systems: Vec<System>,
+    /// Times each scenario is run; above 1, a summary of the medians
+    /// ([`median`]) follows the runs.
+    pub repeat: usize,
     /// The benchmark binary, started as the server process of every run.
     #[serde(skip)]
     pub server_exe: Option<PathBuf>,
@@ -109,6 +112,7 @@ impl Default for Options {
             writers: 64,
             settle_secs: 2.0,
             systems: vec![System::Ceiling, System::CeilingUnpaced, System::Graphex, System::Alternative],
+            repeat: 1,
             server_exe: None,
         }
     }
@@ -157,6 +161,22 @@ pub struct Run {
     pub rss_after_kib: Option<u64>,
     /// Growth per connection.
     pub kib_per_connection: Option<f64>,
+    /// In a summary of repeats ([`median`]): how many runs it sums up, and
+    /// their lowest and highest rate (the other figures are medians, the
+    /// counts of lost, duplicated and unexpected deliveries are totals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Spread>,
+}
+
+/// How the repeats of one run spread (see [`Run::repeats`]).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    /// Runs summed up.
+    pub runs: usize,
+    /// Lowest rate.
+    pub rate_min: f64,
+    /// Highest rate.
+    pub rate_max: f64,
 }
 
 impl Run {
@@ -381,11 +401,15 @@ fn rate_of(runs: &[Run], system: System, variant: &str, n: usize) -> Option<f64>
     runs.iter().find(|run| run.system == system.name() && run.variant == variant && run.n == n).map(|run| run.rate)
 }
 
+/// The name of [`lossless_check`], which a summary of repeats recomputes
+/// over every run instead of taking a median.
+const LOSSLESS: &str = "deliveries lost (+ duplicated or unexpected) over every run";
+
 fn lossless_check(runs: &[Run]) -> Check {
     let lost: u64 = runs.iter().map(|run| run.missing + run.closed_early + run.server_dropped).sum();
     let wrong: u64 = runs.iter().map(|run| run.duplicates + run.unexpected).sum();
     Check {
-        name: "deliveries lost (+ duplicated or unexpected) over every run".into(),
+        name: LOSSLESS.into(),
         value: (lost + wrong) as f64,
         target: "0".into(),
         met: runs.iter().all(Run::lossless),
@@ -578,6 +602,81 @@ async fn memory(options: &Options) -> Outcome {
     Ok((runs, checks))
 }
 
+/// The lower median of `values` (`None` if empty).
+fn median_of<T: Copy + PartialOrd>(mut values: Vec<T>) -> Option<T> {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values.get(values.len().saturating_sub(1) / 2).copied()
+}
+
+/// Sums up repeats of one scenario (same options): one run per system,
+/// variant and N with the median of each figure, the total of every loss
+/// count and the spread of the rate ([`Run::repeats`]); each check at its
+/// median (with the met flag of that median run), except the loss check,
+/// recomputed over every run of every repeat. A shared machine's figures
+/// drift from run to run; the median of several is the one to compare.
+pub fn median(reports: &[Report]) -> Option<Report> {
+    let first = reports.first()?;
+    let every: Vec<&Run> = reports.iter().flat_map(|report| &report.runs).collect();
+    let mut runs: Vec<Run> = Vec::new();
+    for run in &every {
+        let key = |other: &Run| other.system == run.system && other.variant == run.variant && other.n == run.n;
+        if runs.iter().any(key) {
+            continue;
+        }
+        let same: Vec<&Run> = every.iter().copied().filter(|other| key(other)).collect();
+        let med = |figure: fn(&Run) -> f64| median_of(same.iter().map(|run| figure(run)).collect()).unwrap_or(0.0);
+        let med_opt = |figure: fn(&Run) -> Option<u32>| median_of(same.iter().filter_map(|run| figure(run)).collect());
+        let sum = |figure: fn(&Run) -> u64| same.iter().map(|run| figure(run)).sum::<u64>();
+        let rates: Vec<f64> = same.iter().map(|run| run.rate).collect();
+        runs.push(Run {
+            system: run.system.clone(),
+            variant: run.variant.clone(),
+            n: run.n,
+            changes: run.changes,
+            expected: sum(|run| run.expected),
+            delivered: sum(|run| run.delivered),
+            missing: sum(|run| run.missing),
+            duplicates: sum(|run| run.duplicates),
+            unexpected: sum(|run| run.unexpected),
+            closed_early: sum(|run| run.closed_early),
+            server_dropped: sum(|run| run.server_dropped),
+            seconds: med(|run| run.seconds),
+            rate: med(|run| run.rate),
+            frame_bytes: med(|run| run.frame_bytes),
+            p50_us: med_opt(|run| run.p50_us),
+            p99_us: med_opt(|run| run.p99_us),
+            max_us: med_opt(|run| run.max_us),
+            rss_before_kib: median_of(same.iter().filter_map(|run| run.rss_before_kib).collect()),
+            rss_after_kib: median_of(same.iter().filter_map(|run| run.rss_after_kib).collect()),
+            kib_per_connection: median_of(same.iter().filter_map(|run| run.kib_per_connection).collect()),
+            repeats: Some(Spread {
+                runs: same.len(),
+                rate_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+                rate_max: rates.iter().copied().fold(0.0, f64::max),
+            }),
+        });
+    }
+    let mut checks = Vec::new();
+    for check in &first.checks {
+        if check.name == LOSSLESS {
+            let all: Vec<Run> = every.iter().map(|run| (*run).clone()).collect();
+            checks.push(lossless_check(&all));
+            continue;
+        }
+        let mut same: Vec<&Check> =
+            reports.iter().flat_map(|report| &report.checks).filter(|other| other.name == check.name).collect();
+        same.sort_by(|a, b| a.value.partial_cmp(&b.value).unwrap_or(std::cmp::Ordering::Equal));
+        if let Some(middle) = same.get(same.len().saturating_sub(1) / 2) {
+            let values: Vec<String> = same.iter().map(|check| format!("{:.2}", check.value)).collect();
+            checks.push(Check {
+                name: format!("{} (median of {}: {})", check.name, same.len(), values.join(", ")),
+                ..(*middle).clone()
+            });
+        }
+    }
+    Some(Report { scenario: first.scenario, options: first.options.clone(), runs, checks })
+}
+
 /// The report as a table.
 pub fn table(report: &Report) -> String {
     use std::fmt::Write;
@@ -624,9 +723,61 @@ pub fn table(report: &Report) -> String {
             run.kib_per_connection.map_or_else(|| "-".to_owned(), |kib| format!("{kib:.2}")),
         );
     }
+    for run in &report.runs {
+        if let Some(spread) = run.repeats {
+            let _ = writeln!(
+                out,
+                "  {} {} N={}: deliveries/s {:.0} to {:.0} over {} runs (median above; losses are totals)",
+                run.system, run.variant, run.n, spread.rate_min, spread.rate_max, spread.runs
+            );
+        }
+    }
     for check in &report.checks {
         let mark = if check.met { "met" } else { "MISSED" };
         let _ = writeln!(out, "  {:<58} {:>12.2}  target {:<10} {mark}", check.name, check.value, check.target);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(rate: f64, missing: u64, p99: u32) -> Report {
+        let run = Run {
+            system: "graphex".into(),
+            variant: "throughput".into(),
+            n: 10,
+            changes: 5,
+            expected: 50,
+            delivered: 50 - missing,
+            missing,
+            rate,
+            p99_us: Some(p99),
+            ..Run::default()
+        };
+        let checks = vec![
+            ratio_check("graphex / ceiling".into(), Some(rate), Some(100.0), 0.5).expect("a ratio"),
+            lossless_check(std::slice::from_ref(&run)),
+        ];
+        Report { scenario: Scenario::Fanout, options: Options::default(), runs: vec![run], checks }
+    }
+
+    #[test]
+    fn repeats_sum_up_to_medians_with_the_spread_and_every_loss() {
+        let summary = median(&[report(30.0, 0, 900), report(70.0, 2, 100), report(60.0, 0, 500)]).expect("a summary");
+        let [run] = summary.runs.as_slice() else { panic!("one run per system, variant and N: {:?}", summary.runs) };
+        assert_eq!(run.rate, 60.0);
+        assert_eq!(run.p99_us, Some(500));
+        assert_eq!((run.missing, run.expected, run.delivered), (2, 150, 148));
+        let spread = run.repeats.expect("the spread");
+        assert_eq!((spread.runs, spread.rate_min, spread.rate_max), (3, 30.0, 70.0));
+        let ratio = &summary.checks[0];
+        assert!(ratio.name.starts_with("graphex / ceiling (median of 3: 0.30, 0.60, 0.70)"), "{}", ratio.name);
+        assert_eq!((ratio.value, ratio.met), (0.6, true));
+        // One repeat lost two deliveries: the loss check counts them, not a median of zero.
+        let lost = &summary.checks[1];
+        assert_eq!((lost.value, lost.met), (2.0, false));
+        assert!(median(&[]).is_none());
+    }
 }
