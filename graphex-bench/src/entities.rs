@@ -128,6 +128,10 @@ pub async fn database() -> Result<DatabaseConnection, sea_orm::DbErr> {
     let mut options = ConnectOptions::new("sqlite::memory:");
     // One connection: every pooled connection would get its own empty memory database.
     options.max_connections(1).sqlx_logging(false);
+    // A system that cannot keep up (the alternative's latency run queues
+    // 1 000 inserts behind its fan-out) is measured as slow, not failed by
+    // the pool's default 30 s acquire timeout.
+    options.acquire_timeout(std::time::Duration::from_secs(600));
     let db = Database::connect(options).await?;
     let builder = Schema::new(db.get_database_backend());
     for statement in [

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use async_graphql::{Context, EmptyMutation, MergedSubscription, Object, Schema, Subscription};
 use async_graphql_axum::GraphQLSubscription;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
@@ -145,7 +144,7 @@ pub async fn start_with(system: System, model: Model, save: bool) -> Result<Serv
                 Schema::build(BenchQuery, EmptyMutation, GraphexSubscription::default()).data(db.clone()).finish();
             let app = graphex::router(schema, hub.clone(), graphex::Anonymous);
             let task = tokio::spawn(async move {
-                let _ = axum::serve(listener.tap_io(no_delay), app).await;
+                let _ = axum::serve(listener, app).await;
             });
             (Arc::new(GraphexTarget { db, hub, model, save }), task)
         }
@@ -156,7 +155,7 @@ pub async fn start_with(system: System, model: Model, save: bool) -> Result<Serv
             let schema = Schema::build(BenchQuery, EmptyMutation, AltSubscription).data(state.clone()).finish();
             let app = axum::Router::new().route_service("/ws", GraphQLSubscription::new(schema));
             let task = tokio::spawn(async move {
-                let _ = axum::serve(listener.tap_io(no_delay), app).await;
+                let _ = axum::serve(listener, app).await;
             });
             (Arc::new(AltTarget { db, state }), task)
         }
@@ -168,12 +167,6 @@ pub async fn start_with(system: System, model: Model, save: bool) -> Result<Serv
         }
     };
     Ok(Server { system, addr, target, task })
-}
-
-/// Small frames leave at once (Nagle's algorithm would hold a frame until
-/// the client acknowledges the previous one).
-fn no_delay(tcp: &mut TcpStream) {
-    let _ = tcp.set_nodelay(true);
 }
 
 /// The row id of change `seq`: set explicitly, so that concurrent writers

@@ -31,6 +31,16 @@ pub struct Config {
     /// (the requests that save the next rows) is not queued behind the
     /// fan-out. Default 0: four per CPU (`std::thread::available_parallelism`).
     pub socket_shards: usize,
+    /// Backpressure on the producers: a publish that leaves a local
+    /// socket's queue seven eighths full or more waits, after publishing,
+    /// until that queue is back to three quarters (or the socket closes),
+    /// at most this long. A server whose producers outrun the fan-out then
+    /// slows its writers instead of closing sockets that are merely behind
+    /// as slow consumers; a socket that stopped reading costs each publish
+    /// at most this bound until its queue overflows (an eighth of the
+    /// queue's worth of changes). A server that keeps up never waits.
+    /// `None`: never wait. Default 100 ms.
+    pub publish_backpressure: Option<Duration>,
 }
 
 impl Default for Config {
@@ -44,6 +54,7 @@ impl Default for Config {
             filter_limits: FilterLimits::default(),
             write_pacing: Some(WritePacing::default()),
             socket_shards: 0,
+            publish_backpressure: Some(Duration::from_millis(100)),
         }
     }
 }

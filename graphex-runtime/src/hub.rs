@@ -6,7 +6,7 @@
 //! channel's subscription list only while deciding which frames it gets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
@@ -133,6 +133,12 @@ pub struct Channel {
     /// Signalled when the queue passes half its capacity: a socket holding
     /// its write (pacing) writes now, whatever its timer says.
     pressure: tokio::sync::Notify,
+    /// Signalled when a publisher waits for this lagging channel
+    /// ([`Hub::publish`]) and its queue is back to three quarters or less,
+    /// or closed.
+    relieved: tokio::sync::Notify,
+    /// Whether a publisher waits on `relieved` (saves a lock per write otherwise).
+    relief_wanted: AtomicBool,
 }
 
 /// A channel's subscriptions; `gone` once the channel is closed, after
@@ -178,6 +184,43 @@ impl Channel {
     fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
         self.closed.cancel();
+        self.relieved.notify_waiters();
+    }
+
+    /// Deliveries queued and not yet taken by the socket.
+    fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Whether the queue holds more than three quarters of its capacity.
+    fn lagging(&self) -> bool {
+        self.queued() * 4 > self.tx.max_capacity() * 3
+    }
+
+    /// Called by the socket after it took deliveries: wakes the publishers
+    /// that wait for this channel once its queue is down to three quarters.
+    pub(crate) fn taken(&self) {
+        if self.relief_wanted.load(Ordering::Relaxed) && !self.lagging() {
+            self.relief_wanted.store(false, Ordering::Relaxed);
+            self.relieved.notify_waiters();
+        }
+    }
+
+    /// Waits until the queue is down to three quarters, the channel closes, or `until`.
+    async fn relief(&self, until: tokio::time::Instant) {
+        loop {
+            let relieved = self.relieved.notified();
+            tokio::pin!(relieved);
+            // Registered before the check, so a signal between the two is not lost.
+            relieved.as_mut().enable();
+            self.relief_wanted.store(true, Ordering::Relaxed);
+            if !self.lagging() || self.closed.is_cancelled() {
+                return;
+            }
+            if tokio::time::timeout_at(until, relieved).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Number of subscriptions held.
@@ -287,6 +330,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Changes that failed to publish (counted once per change) or decode.
     pub dropped: AtomicU64,
+    /// Publishes that waited for lagging sockets ([`Config::publish_backpressure`]).
+    pub backpressure_waits: AtomicU64,
 }
 
 struct Inner {
@@ -304,7 +349,14 @@ struct Inner {
     shutdown: CancellationToken,
     /// The tasks that run the two-channel sockets, started with the first one.
     shards: OnceLock<crate::shard::Shards>,
+    /// Channels a dispatch left seven eighths full or more, for the next
+    /// local publisher to wait on (at most [`LAGGING_KEPT`]).
+    lagging: Mutex<Vec<Arc<Channel>>>,
 }
+
+/// Lagging channels kept for publishers to wait on; a further one is not
+/// kept (a publisher already has enough to wait for).
+const LAGGING_KEPT: usize = 16;
 
 /// Channels, groups and the channel layer of one process. Cheap to clone.
 #[derive(Clone)]
@@ -343,6 +395,7 @@ impl Hub {
             custom: crate::broadcast::Registry::default(),
             shutdown: CancellationToken::new(),
             shards: OnceLock::new(),
+            lagging: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
@@ -401,6 +454,8 @@ impl Hub {
             close_reason: OnceLock::new(),
             subscriptions: Mutex::default(),
             pressure: tokio::sync::Notify::new(),
+            relieved: tokio::sync::Notify::new(),
+            relief_wanted: AtomicBool::new(false),
         });
         let mut channels = write(&self.inner.channels);
         if channels.len() >= self.inner.config.max_channels {
@@ -577,6 +632,30 @@ impl Hub {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(?groups, %error, "change not published");
         }
+        self.relieve().await;
+    }
+
+    /// Backpressure: if sockets of this process are close to overflowing
+    /// (a queue seven eighths full), waits until they are back to three
+    /// quarters, at most [`Config::publish_backpressure`], so that
+    /// producers faster than the fan-out slow down instead of getting
+    /// sockets that are merely behind closed as slow consumers. A socket
+    /// that stopped reading costs each publish at most that bound until
+    /// its queue overflows.
+    async fn relieve(&self) {
+        let Some(bound) = self.inner.config.publish_backpressure else { return };
+        let lagging = {
+            let mut lagging = self.inner.lagging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if lagging.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *lagging)
+        };
+        self.inner.stats.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+        let until = tokio::time::Instant::now() + bound;
+        for channel in lagging {
+            channel.relief(until).await;
+        }
     }
 
     /// Fans a layer message out to the local members of `group`.
@@ -599,6 +678,7 @@ impl Hub {
         let group: Arc<str> = Arc::from(group);
         let queued_at = tokio::time::Instant::now();
         let mut delivered = 0;
+        let mut lagging = Vec::new();
         for channel in members.values() {
             if !channel.may_take(&group, &event) {
                 continue;
@@ -607,8 +687,12 @@ impl Hub {
             match channel.tx.try_send(delivery) {
                 Ok(()) => {
                     delivered += 1;
-                    if channel.tx.capacity() <= channel.tx.max_capacity() / 2 {
+                    let free = channel.tx.capacity();
+                    if free <= channel.tx.max_capacity() / 2 {
                         channel.pressure.notify_one();
+                    }
+                    if free <= channel.tx.max_capacity() / 8 {
+                        lagging.push(channel.clone());
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -622,6 +706,14 @@ impl Hub {
             }
         }
         self.inner.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if !lagging.is_empty() {
+            let mut kept = self.inner.lagging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for channel in lagging {
+                if kept.len() < LAGGING_KEPT && !kept.iter().any(|known| Arc::ptr_eq(known, &channel)) {
+                    kept.push(channel);
+                }
+            }
+        }
     }
 }
 
@@ -650,6 +742,7 @@ fn random_hex(len: usize) -> String {
 mod tests {
     use super::*;
     use crate::group;
+    use std::time::Duration;
 
     #[test]
     fn channel_ids_name_their_node_and_are_distinct() {
@@ -730,6 +823,86 @@ mod tests {
         hub.publish(std::slice::from_ref(&group), change(3, None).encode()).await;
         assert!(rx.try_recv().is_err());
         assert_eq!(hub.stats().delivered.load(Ordering::Relaxed), 1);
+    }
+
+    /// A hub with 16-delivery queues and one channel subscribed to user creations.
+    async fn lagging_setup(backpressure: Option<Duration>) -> (Hub, Arc<Channel>, mpsc::Receiver<Delivery>, String) {
+        let hub = Hub::new(Config { queue_capacity: 16, publish_backpressure: backpressure, ..Config::default() });
+        let (channel, rx) = hub.open_channel(None).unwrap();
+        let group = group::coarse("users", Action::Create);
+        hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+        (hub, channel, rx, group)
+    }
+
+    async fn create(hub: &Hub, group: &str, pk: i64) {
+        let row = serde_json::Map::from_iter([("id".to_owned(), pk.into())]);
+        hub.publish(&[group.to_owned()], Change::user_created(pk, Some(row)).encode()).await;
+    }
+
+    async fn yield_a_while() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    const BOUND: Duration = Duration::from_millis(100);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_that_leaves_a_socket_near_overflow_waits_until_it_catches_up() {
+        let (hub, channel, mut rx, group) = lagging_setup(Some(BOUND)).await;
+        let start = tokio::time::Instant::now();
+        // Up to 13 of 16 queued, nobody waits.
+        for pk in 1..=13 {
+            create(&hub, &group, pk).await;
+        }
+        assert_eq!(hub.stats().backpressure_waits.load(Ordering::Relaxed), 0);
+        // The 14th leaves an eighth free: its publisher waits for the socket.
+        let publisher = tokio::spawn({
+            let (hub, group) = (hub.clone(), group.clone());
+            async move { create(&hub, &group, 14).await }
+        });
+        yield_a_while().await;
+        assert!(!publisher.is_finished(), "the publish waits while the socket is 14 behind");
+        rx.try_recv().unwrap();
+        channel.taken();
+        yield_a_while().await;
+        assert!(!publisher.is_finished(), "13 of 16 queued is still more than three quarters");
+        rx.try_recv().unwrap();
+        channel.taken();
+        publisher.await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO, "relieved by the socket, not by the bound");
+        assert_eq!(hub.stats().backpressure_waits.load(Ordering::Relaxed), 1);
+        assert!(channel.close_reason().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_stopped_reading_delays_each_publish_by_the_bound_at_most() {
+        let (hub, channel, _rx, group) = lagging_setup(Some(BOUND)).await;
+        for pk in 1..=13 {
+            create(&hub, &group, pk).await;
+        }
+        for pk in 14..=16 {
+            let start = tokio::time::Instant::now();
+            create(&hub, &group, pk).await;
+            assert_eq!(start.elapsed(), BOUND);
+        }
+        // Then its queue overflows and it is closed as a slow consumer.
+        create(&hub, &group, 17).await;
+        assert_eq!(channel.close_reason(), Some(CloseReason::SlowConsumer));
+        let start = tokio::time::Instant::now();
+        create(&hub, &group, 18).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "a closed channel holds nobody up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_backpressure_a_publish_never_waits() {
+        let (hub, _channel, _rx, group) = lagging_setup(None).await;
+        let start = tokio::time::Instant::now();
+        for pk in 1..=16 {
+            create(&hub, &group, pk).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(hub.stats().backpressure_waits.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -223,6 +223,7 @@ impl ChangeStream {
                     }
                     delivery = state.rx.recv() => {
                         let delivery = delivery?;
+                        channel.taken();
                         let mut changes = Vec::new();
                         channel.select(&delivery, ModelChange::of, &mut changes).await;
                         state.ready.extend(changes);

@@ -443,6 +443,7 @@ async fn pump<Si, St, E>(
                     channel.frames(&delivery, &mut frames).await;
                     batched += 1;
                 }
+                channel.taken();
                 if frames.is_empty() {
                     continue;
                 }
