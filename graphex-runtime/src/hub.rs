@@ -200,8 +200,11 @@ impl Channel {
     /// Called by the socket after it took deliveries: wakes the publishers
     /// that wait for this channel once its queue is down to three quarters.
     pub(crate) fn taken(&self) {
-        if self.relief_wanted.load(Ordering::Relaxed) && !self.lagging() {
-            self.relief_wanted.store(false, Ordering::Relaxed);
+        // Pairs with the fence in `relief`: either the socket sees the
+        // publisher's wish here, or the publisher sees the drained queue.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.relief_wanted.load(Ordering::SeqCst) && !self.lagging() {
+            self.relief_wanted.store(false, Ordering::SeqCst);
             self.relieved.notify_waiters();
         }
     }
@@ -213,7 +216,8 @@ impl Channel {
             tokio::pin!(relieved);
             // Registered before the check, so a signal between the two is not lost.
             relieved.as_mut().enable();
-            self.relief_wanted.store(true, Ordering::Relaxed);
+            self.relief_wanted.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             if !self.lagging() || self.closed.is_cancelled() {
                 return;
             }
@@ -645,7 +649,8 @@ impl Hub {
     async fn relieve(&self) {
         let Some(bound) = self.inner.config.publish_backpressure else { return };
         let lagging = {
-            let mut lagging = self.inner.lagging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Never waits: a publisher holding the list is taking care of it.
+            let Ok(mut lagging) = self.inner.lagging.try_lock() else { return };
             if lagging.is_empty() {
                 return;
             }
