@@ -629,7 +629,9 @@ impl Hub {
         }
     }
 
-    /// Publishes a change to each of its groups, through the layer.
+    /// Publishes a change to each of its groups, through the layer; then,
+    /// if local sockets are close to overflowing, waits for them a bounded
+    /// time ([`Config::publish_backpressure`]).
     pub async fn publish(&self, groups: &[String], message: Bytes) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = self.inner.layer.publish_all(groups, message).await {
@@ -684,6 +686,7 @@ impl Hub {
         let queued_at = tokio::time::Instant::now();
         let mut delivered = 0;
         let mut lagging = Vec::new();
+        let backpressure = self.inner.config.publish_backpressure.is_some();
         for channel in members.values() {
             if !channel.may_take(&group, &event) {
                 continue;
@@ -696,7 +699,7 @@ impl Hub {
                     if free <= channel.tx.max_capacity() / 2 {
                         channel.pressure.notify_one();
                     }
-                    if free <= channel.tx.max_capacity() / 8 {
+                    if backpressure && free <= channel.tx.max_capacity() / 8 {
                         lagging.push(channel.clone());
                     }
                 }
