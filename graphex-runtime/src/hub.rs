@@ -187,14 +187,23 @@ impl Channel {
         self.relieved.notify_waiters();
     }
 
-    /// Deliveries queued and not yet taken by the socket.
-    fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+    // The queue's levels, from the hub's side (`tx.capacity()` is what is free):
+    // past half full ends a pacing hold; seven eighths full makes the next
+    // local publisher wait (backpressure) until it is down to three quarters.
+
+    /// At least half the queue is taken: a held write should go now.
+    fn past_half(&self) -> bool {
+        self.tx.capacity() <= self.tx.max_capacity() / 2
     }
 
-    /// Whether the queue holds more than three quarters of its capacity.
-    fn lagging(&self) -> bool {
-        self.queued() * 4 > self.tx.max_capacity() * 3
+    /// At most an eighth of the queue is free: close to overflowing.
+    fn near_overflow(&self) -> bool {
+        self.tx.capacity() <= self.tx.max_capacity() / 8
+    }
+
+    /// More than three quarters of the queue is taken: not yet relieved.
+    fn above_relief(&self) -> bool {
+        (self.tx.max_capacity() - self.tx.capacity()) * 4 > self.tx.max_capacity() * 3
     }
 
     /// Called by the socket after it took deliveries: wakes the publishers
@@ -203,7 +212,7 @@ impl Channel {
         // Pairs with the fence in `relief`: either the socket sees the
         // publisher's wish here, or the publisher sees the drained queue.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.relief_wanted.load(Ordering::SeqCst) && !self.lagging() {
+        if self.relief_wanted.load(Ordering::SeqCst) && !self.above_relief() {
             self.relief_wanted.store(false, Ordering::SeqCst);
             self.relieved.notify_waiters();
         }
@@ -218,7 +227,7 @@ impl Channel {
             relieved.as_mut().enable();
             self.relief_wanted.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
-            if !self.lagging() || self.closed.is_cancelled() {
+            if !self.above_relief() || self.closed.is_cancelled() {
                 return;
             }
             if tokio::time::timeout_at(until, relieved).await.is_err() {
@@ -695,11 +704,10 @@ impl Hub {
             match channel.tx.try_send(delivery) {
                 Ok(()) => {
                     delivered += 1;
-                    let free = channel.tx.capacity();
-                    if free <= channel.tx.max_capacity() / 2 {
+                    if channel.past_half() {
                         channel.pressure.notify_one();
                     }
-                    if backpressure && free <= channel.tx.max_capacity() / 8 {
+                    if backpressure && channel.near_overflow() {
                         lagging.push(channel.clone());
                     }
                 }
