@@ -92,13 +92,9 @@ impl ChannelLayer for BusLayer {
         Ok(())
     }
 
-    async fn listen(&self, _group: &str) -> Result<(), LayerError> {
-        Ok(())
-    }
+    fn listen(&self, _group: &str) {}
 
-    async fn unlisten(&self, _group: &str) -> Result<(), LayerError> {
-        Ok(())
-    }
+    fn unlisten(&self, _group: &str) {}
 }
 
 async fn start(hub: Hub) -> Served {

@@ -18,6 +18,8 @@ mod app;
 #[path = "../examples/reference/serve.rs"]
 mod serve;
 #[allow(dead_code)]
+mod standard;
+#[allow(dead_code)]
 mod support;
 
 use std::future::Future;
@@ -36,6 +38,7 @@ use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use standard::{Client, Frame, Proto};
 use support::{Http, Server, TIMEOUT, comment_frame, user_frame};
 
 const CHILD_ENV: &str = "GRAPHEX_REDIS_TEST_CHILD";
@@ -51,7 +54,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 8] = [
+    let cases: [(&str, Case); 10] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
@@ -60,6 +63,8 @@ fn main() {
         ("custom_groups_cross_processes", || Box::pin(custom_groups_cross_processes())),
         ("health_pings_keep_a_healthy_connection", || Box::pin(health_pings_keep_a_healthy_connection())),
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
+        ("leave_and_rejoin_over_graphql_transport_ws", || Box::pin(leave_and_rejoin_over_graphql_transport_ws())),
+        ("leave_and_rejoin_over_two_channel", || Box::pin(leave_and_rejoin_over_two_channel())),
     ];
     let mut failed = Vec::new();
     for (name, case) in cases {
@@ -177,7 +182,10 @@ async fn two_processes_unsubscribe() -> Option<()> {
     ws.subscribe_ok(&cluster.a.http, "userSubscription", args, None).await;
     assert_eq!(spy.subscribers(&["users-create"]).await, 1);
     ws.subscribe_ok(&cluster.a.http, "userSubscription", "action: CREATE, operation: UNSUBSCRIBE", None).await;
-    assert_eq!(spy.subscribers(&["users-create"]).await, 0, "the process left the Redis channel");
+    // The UNSUBSCRIBE is sent by the layer's subscriber task after the
+    // confirmation (nothing waits for it: the hub drops what it no longer wants).
+    wait_for_async("the process left the Redis channel", || async { spy.subscribers(&["users-create"]).await == 0 })
+        .await;
 
     // Sentinel: a comment subscription made afterwards; the user created
     // before the comment would arrive first if it leaked.
@@ -226,7 +234,7 @@ async fn subscribe_through_another_process() -> Option<()> {
         Some(json!({"room": 7})),
     )
     .await;
-    assert_eq!(spy.subscribers(&[group]).await, 0, "unsubscribed through B as well");
+    wait_for_async("unsubscribed through B as well", || async { spy.subscribers(&[group]).await == 0 }).await;
 
     // A channel of no running process: the usual refusal, at once.
     let unknown = "ffffffff".repeat(5);
@@ -295,6 +303,7 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     let options = RedisOptions {
         prefix: unique_prefix(),
         publish_timeout: Duration::from_millis(500),
+        subscribe_timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_millis(500),
         min_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
@@ -318,11 +327,28 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1, "the outage's change is counted as dropped");
     assert!(layer.stats().publish_failures.load(Ordering::Relaxed) >= 1);
     wait_until("the layer notices the outage", || !layer.stats().connected()).await;
-    // A subscribe during the outage is accepted and takes effect on reconnection.
+    // A subscribe during the outage is not confirmed while Redis cannot
+    // deliver: past `subscribe_timeout` it is refused, saying why, and the
+    // refused subscription is not left behind.
     let mut late = server.ws().await;
-    late.subscribe_ok(&server, "userSubscription", "action: UPDATE, operation: SUBSCRIBE", None).await;
+    let update = "action: UPDATE, operation: SUBSCRIBE";
+    let refused = server.subscribe(None, &late.channel_id, "userSubscription", update, None).await;
+    assert_eq!(refused["ok"], json!(false), "{refused}");
+    let error = refused["error"].as_str().expect("a reason");
+    assert!(error.contains("did not confirm the subscription to `users-update`"), "{error}");
+    assert_eq!(hub.group_size("users-update"), 0, "a refused join leaves nothing behind");
+    // One made while Redis is still down waits for the resubscription and
+    // is confirmed then; a change made after the confirmation reaches it.
+    let waiting = {
+        let (addr, channel) = (server.addr, late.channel_id.clone());
+        tokio::spawn(async move { Http { addr }.subscribe(None, &channel, "userSubscription", update, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "not confirmed while Redis is down");
 
     redis.start_again().await;
+    let confirmed = waiting.await.expect("subscribe task");
+    assert_eq!(confirmed["ok"], json!(true), "confirmed once Redis is back: {confirmed}");
     wait_until("the layer reconnects and resubscribes", || {
         layer.stats().connected() && layer.stats().resubscribed.load(Ordering::Relaxed) >= 2
     })
@@ -335,6 +361,93 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     late.expect(&user_frame("update", &updated)).await;
     assert_ne!(during, after);
     assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 1);
+    Some(())
+}
+
+/// Leave and re-join trials per protocol.
+const REJOIN_TRIALS: usize = 100;
+
+/// What Apollo Client and urql do when variables change: `complete` and a
+/// new `subscribe` of the same field, back to back, on process A; users are
+/// created on process B. A process whose stale UNSUBSCRIBE reached Redis
+/// after the new SUBSCRIBE is deaf to the group for good: no attempt of the
+/// trial is ever delivered. Once one is, every later one must be, in order.
+async fn leave_and_rejoin_over_graphql_transport_ws() -> Option<()> {
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let mut client = Client::connected(cluster.a.http.addr, Proto::Transport, json!({})).await;
+    let query = "subscription { userChanges(action: CREATE, data: [USERNAME]) { data } }";
+    for trial in 0..REJOIN_TRIALS {
+        let (old, new) = (format!("old-{trial}"), format!("new-{trial}"));
+        client.start(&old, query).await;
+        client.stop(&old).await;
+        client.start(&new, query).await;
+        // No confirmation exists in this protocol: the subscription is live
+        // from the first change that reaches it. The server may read the
+        // `complete` after a change it delivers to the old operation (the
+        // socket and the mutations do not share a connection): such frames
+        // are allowed, as the protocol allows them.
+        let mut created = Vec::new();
+        let first = 'live: loop {
+            assert!(created.len() < 50, "trial {trial}: process A never delivered again after leave and re-join");
+            let name = format!("t{trial}-{}", created.len());
+            cluster.b.http.create_user(&name, "u@example.com", "t1").await;
+            created.push(name);
+            while let Some(frame) = client.frame_within(Duration::from_millis(100)).await {
+                if !matches!(&frame, Frame::Json(message) if message["id"] == old.as_str()) {
+                    break 'live username_of(&frame, &new, trial);
+                }
+            }
+        };
+        let check = format!("t{trial}-check");
+        cluster.b.http.create_user(&check, "u@example.com", "t1").await;
+        let seen = created.iter().position(|name| *name == first).expect("a user of this trial");
+        for expected in created[seen + 1..].iter().chain([&check]) {
+            let frame = client.frame().await;
+            assert_eq!(&username_of(&frame, &new, trial), expected, "trial {trial}: nothing lost, in order");
+        }
+        client.stop(&new).await;
+    }
+    Some(())
+}
+
+/// The username of a `next` of operation `id` on `userChanges`.
+fn username_of(frame: &Frame, id: &str, trial: usize) -> String {
+    let Frame::Json(message) = frame else { panic!("trial {trial}: expected a message, got {frame:?}") };
+    assert_eq!(message["type"], "next", "trial {trial}: {message}");
+    assert_eq!(message["id"], id, "trial {trial}: only the new subscription is live: {message}");
+    let data = &message["payload"]["data"]["userChanges"]["data"];
+    let data: Json = data.as_str().map_or_else(|| data.clone(), |text| serde_json::from_str(text).expect("JSON"));
+    data["username"].as_str().unwrap_or_else(|| panic!("trial {trial}: no username in {message}")).to_owned()
+}
+
+/// The two-channel protocol: an UNSUBSCRIBE and a SUBSCRIBE of the same
+/// group sent at once (two HTTP requests in flight), on process A; once
+/// both are confirmed, a user created on process B is the next frame.
+async fn leave_and_rejoin_over_two_channel() -> Option<()> {
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let a = &cluster.a.http;
+    let mut ws = a.ws().await;
+    // Two subscriptions of one group (`users-create`) that differ in their
+    // filters, so that whichever request runs first, the other one's is left.
+    let variants = [None, Some(json!({"id__gt": 0}))];
+    let channel_id = ws.channel_id.clone();
+    let subscribe = |operation: &str, filters: &Option<Json>| {
+        let args = format!("action: CREATE, operation: {operation}");
+        let (channel, filters) = (channel_id.clone(), filters.clone());
+        async move { a.subscribe(None, &channel, "userSubscription", &args, filters).await }
+    };
+    let first = subscribe("SUBSCRIBE", &variants[0]).await;
+    assert_eq!(first["ok"], json!(true), "{first}");
+    for trial in 0..REJOIN_TRIALS {
+        let (leaving, joining) = (&variants[trial % 2], &variants[(trial + 1) % 2]);
+        let (left, joined) = tokio::join!(subscribe("UNSUBSCRIBE", leaving), subscribe("SUBSCRIBE", joining));
+        assert_eq!(left["ok"], json!(true), "trial {trial}: {left}");
+        assert_eq!(joined["ok"], json!(true), "trial {trial}: {joined}");
+        let user = cluster.b.http.create_user(&format!("t{trial}"), "u@example.com", "t1").await;
+        ws.expect_in(&format!("trial {trial}"), &user_frame("create", &user)).await;
+    }
     Some(())
 }
 

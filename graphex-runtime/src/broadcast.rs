@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Stats};
+use crate::layer::ChannelLayer;
 
 /// First character of every custom group name. Stream names are ASCII
 /// letters, digits, `_` and `.`, so no model group starts with it.
@@ -114,24 +115,26 @@ impl Registry {
         self.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
     }
 
-    /// Joins `group`; true when it gained its first local member.
-    fn join(&self, group: &str, id: u64, member: Member) -> bool {
+    /// Joins `group`; its first local member makes `layer` listen, under
+    /// the membership lock (the ordering rule of [`ChannelLayer::listen`]).
+    fn join(&self, layer: &dyn ChannelLayer, group: &str, id: u64, member: Member) {
         let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let members = groups.entry(group.to_owned()).or_default();
         members.insert(id, member);
-        members.len() == 1
+        if members.len() == 1 {
+            layer.listen(group);
+        }
     }
 
-    /// Leaves `group`; true when it lost its last local member.
-    fn leave(&self, group: &str, id: u64) -> bool {
+    /// Leaves `group`; its last local member leaving makes `layer` unlisten,
+    /// under the same lock.
+    fn leave(&self, layer: &dyn ChannelLayer, group: &str, id: u64) {
         let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(members) = groups.get_mut(group) else { return false };
+        let Some(members) = groups.get_mut(group) else { return };
         members.remove(&id);
         if members.is_empty() {
             groups.remove(group);
-            true
-        } else {
-            false
+            layer.unlisten(group);
         }
     }
 
@@ -203,13 +206,16 @@ impl Hub {
         let id = self.custom().next.fetch_add(1, Ordering::Relaxed);
         let mut receiver =
             GroupReceiver { hub: self.clone(), id, groups: Vec::new(), rx, overflowed: overflowed.clone() };
+        let layer = self.layer().as_ref();
         for group in groups {
-            let first = self.custom().join(&group, id, Member { tx: tx.clone(), overflowed: overflowed.clone() });
-            receiver.groups.push(group.clone());
-            if first && let Err(error) = self.layer().listen(&group).await {
-                return Err(BroadcastError::Layer(error.to_string()));
-            }
+            self.custom().join(layer, &group, id, Member { tx: tx.clone(), overflowed: overflowed.clone() });
+            receiver.groups.push(group);
         }
+        // Confirmed only once this process receives every group; on an
+        // error (or a dropped future) the receiver's drop leaves them again.
+        futures_util::future::try_join_all(receiver.groups.iter().map(|group| layer.ready(group)))
+            .await
+            .map_err(|error| BroadcastError::Layer(error.to_string()))?;
         Ok(receiver)
     }
 }
@@ -243,14 +249,10 @@ impl Stream for GroupReceiver {
 
 impl Drop for GroupReceiver {
     fn drop(&mut self) {
-        let groups = std::mem::take(&mut self.groups);
-        let left: Vec<String> = groups.into_iter().filter(|group| self.hub.custom().leave(group, self.id)).collect();
-        if left.is_empty() {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hub = self.hub.clone();
-            runtime.spawn(async move { hub.unlisten_groups(left).await });
+        // Synchronous, like a channel's close: no unlisten can overtake a later join.
+        let layer = self.hub.layer().as_ref();
+        for group in std::mem::take(&mut self.groups) {
+            self.hub.custom().leave(layer, &group, self.id);
         }
     }
 }

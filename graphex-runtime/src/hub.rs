@@ -518,84 +518,99 @@ impl Hub {
         read(&self.inner.groups).get(group).map_or(0, HashMap::len)
     }
 
-    /// Adds a subscription to a channel and joins its group.
+    /// Adds a subscription to a channel and joins its group; see
+    /// [`Hub::add_subscriptions`].
     pub async fn add_subscription(
         &self,
         channel: &Arc<Channel>,
         subscription: Subscription,
     ) -> Result<Added, ChannelError> {
-        let group = subscription.group.clone();
-        // The group is joined under the channel's lock, so a concurrent
-        // close either sees the subscription (and leaves the group) or has
-        // already marked the channel gone.
-        let first_member = {
-            let mut subscriptions = channel.lock();
-            if subscriptions.gone {
+        let mut added = self.add_subscriptions(channel, vec![subscription]).await?;
+        Ok(added.pop().unwrap_or(Added::Existing))
+    }
+
+    /// Adds subscriptions to a channel, all or none, joins their groups, and
+    /// returns once the layer delivers each of those groups to this process
+    /// ([`ChannelLayer::ready`]): a change published after this returns
+    /// reaches the channel. That holds for every joiner, first member of
+    /// its group or not, and for an identical subscription that already
+    /// existed. When a limit refuses, the layer is not ready in time, or
+    /// the returned future is dropped before it resolves, what this call
+    /// added is removed again (no half-state). Returns, per subscription,
+    /// whether it was new.
+    pub async fn add_subscriptions(
+        &self,
+        channel: &Arc<Channel>,
+        subscriptions: Vec<Subscription>,
+    ) -> Result<Vec<Added>, ChannelError> {
+        let mut groups = Vec::with_capacity(subscriptions.len());
+        let mut undo = Undo { hub: self, channel, keys: Vec::new() };
+        let outcomes = {
+            // Groups are joined under the channel's lock, so a concurrent
+            // close either sees the subscription (and leaves the group) or
+            // has already marked the channel gone.
+            let mut held = channel.lock();
+            if held.gone {
                 return Err(ChannelError::UnknownChannel);
             }
-            if subscriptions.list.iter().any(|existing| existing.key == subscription.key) {
-                return Ok(Added::Existing);
+            let mut outcomes = Vec::with_capacity(subscriptions.len());
+            let mut fresh: Vec<Subscription> = Vec::new();
+            for subscription in subscriptions {
+                groups.push(subscription.group.clone());
+                if held.list.iter().chain(&fresh).any(|existing| existing.key == subscription.key) {
+                    outcomes.push(Added::Existing);
+                } else {
+                    outcomes.push(Added::New);
+                    fresh.push(subscription);
+                }
             }
             let limit = self.inner.config.max_subscriptions_per_channel;
-            if subscriptions.list.len() >= limit {
+            if held.list.len() + fresh.len() > limit {
                 return Err(ChannelError::TooManySubscriptions(limit));
             }
-            let joins = !subscriptions.list.iter().any(|existing| existing.group == group);
-            subscriptions.list.push(subscription);
-            joins && self.join(&group, channel)
+            for subscription in fresh {
+                let joins = !held.list.iter().any(|existing| existing.group == subscription.group);
+                undo.keys.push(subscription.key.clone());
+                if joins {
+                    self.join(&subscription.group, channel);
+                }
+                held.list.push(subscription);
+            }
+            outcomes
         };
-        if first_member {
-            self.inner.layer.listen(&group).await?;
-        }
-        Ok(Added::New)
+        groups.sort_unstable();
+        groups.dedup();
+        let layer = &self.inner.layer;
+        futures_util::future::try_join_all(groups.iter().map(|group| layer.ready(group))).await?;
+        undo.keys.clear();
+        Ok(outcomes)
     }
 
     /// Removes the subscription with this key, leaving its group if no other
     /// subscription of the channel uses it.
-    pub async fn remove_subscription(&self, channel: &Arc<Channel>, key: &SubscriptionKey) -> Result<(), ChannelError> {
-        let left = {
-            let mut subscriptions = channel.lock();
-            let position = subscriptions
-                .list
-                .iter()
-                .position(|existing| existing.key == *key)
-                .ok_or(ChannelError::NotSubscribed)?;
-            let removed = subscriptions.list.swap_remove(position);
-            let still_used = subscriptions.list.iter().any(|existing| existing.group == removed.group);
-            (!still_used && self.leave(&removed.group, channel)).then_some(removed.group)
-        };
-        if let Some(group) = left {
-            self.inner.layer.unlisten(&group).await?;
+    pub fn remove_subscription(&self, channel: &Channel, key: &SubscriptionKey) -> Result<(), ChannelError> {
+        let mut subscriptions = channel.lock();
+        let position =
+            subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
+        let removed = subscriptions.list.swap_remove(position);
+        if !subscriptions.list.iter().any(|existing| existing.group == removed.group) {
+            self.leave(&removed.group, channel);
         }
         Ok(())
     }
 
-    /// Closes a channel: forgets it, leaves every group, drops its subscriptions.
-    pub async fn close_channel(&self, channel: &Arc<Channel>) {
-        let groups = self.detach_channel(channel);
-        self.unlisten_groups(groups).await;
-    }
-
-    /// The synchronous part of [`Hub::close_channel`], for `Drop` impls:
-    /// forgets the channel and leaves its groups now; returns the groups
-    /// that lost their last local member, which the layer must unlisten.
-    pub fn detach_channel(&self, channel: &Arc<Channel>) -> Vec<String> {
+    /// Closes a channel: forgets it, leaves every group, drops its
+    /// subscriptions. Synchronous, so a `Drop` can call it: the layer is
+    /// told in order (see [`ChannelLayer::listen`]).
+    pub fn close_channel(&self, channel: &Channel) {
         write(&self.inner.channels).remove(&channel.id);
         let mut subscriptions = channel.lock();
         subscriptions.gone = true;
         let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
         groups.sort_unstable();
         groups.dedup();
-        groups.retain(|group| self.leave(group, channel));
-        groups
-    }
-
-    /// Tells the layer this process no longer listens to `groups`.
-    pub async fn unlisten_groups(&self, groups: Vec<String>) {
         for group in groups {
-            if let Err(error) = self.inner.layer.unlisten(&group).await {
-                tracing::warn!(%group, %error, "unlisten failed");
-            }
+            self.leave(&group, channel);
         }
     }
 
@@ -617,24 +632,27 @@ impl Hub {
         }
     }
 
-    /// Returns true when the group gained its first local member.
-    fn join(&self, group: &str, channel: &Arc<Channel>) -> bool {
+    /// Adds `channel` to `group`'s members. When the group gains its first
+    /// local member the layer is told while the membership lock is held, so
+    /// it sees every group's listen and unlisten in membership order.
+    fn join(&self, group: &str, channel: &Arc<Channel>) {
         let mut groups = write(&self.inner.groups);
         let members = groups.entry(group.to_owned()).or_default();
         members.insert(channel.seq, channel.clone());
-        members.len() == 1
+        if members.len() == 1 {
+            self.inner.layer.listen(group);
+        }
     }
 
-    /// Returns true when the group lost its last local member.
-    fn leave(&self, group: &str, channel: &Channel) -> bool {
+    /// Removes `channel` from `group`'s members; its last local member
+    /// leaving unlistens the layer, under the same lock as [`Hub::join`].
+    fn leave(&self, group: &str, channel: &Channel) {
         let mut groups = write(&self.inner.groups);
-        let Some(members) = groups.get_mut(group) else { return false };
+        let Some(members) = groups.get_mut(group) else { return };
         members.remove(&channel.seq);
         if members.is_empty() {
             groups.remove(group);
-            true
-        } else {
-            false
+            self.inner.layer.unlisten(group);
         }
     }
 
@@ -733,6 +751,22 @@ impl Hub {
     }
 }
 
+/// Removes, when dropped, the subscriptions an unfinished
+/// [`Hub::add_subscriptions`] added (its keys are cleared once it succeeds).
+struct Undo<'a> {
+    hub: &'a Hub,
+    channel: &'a Channel,
+    keys: Vec<SubscriptionKey>,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            let _ = self.hub.remove_subscription(self.channel, key);
+        }
+    }
+}
+
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -798,7 +832,7 @@ mod tests {
         channel.frames(&delivery, &mut frames).await;
         assert_eq!(frames.len(), 2, "each subscription gets its frame");
 
-        hub.close_channel(&channel).await;
+        hub.close_channel(&channel);
         assert_eq!(hub.group_count(), 0);
         assert_eq!(hub.channel_count(), 0);
         // A subscribe that found the channel just before it closed adds nothing.
@@ -919,6 +953,124 @@ mod tests {
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(hub.stats().backpressure_waits.load(Ordering::Relaxed), 0);
+    }
+
+    /// A layer that records listen / unlisten in the order it is told, and
+    /// whose `ready` waits for the test (or fails, when told to).
+    struct Recording {
+        told: Mutex<Vec<String>>,
+        open: tokio::sync::Semaphore,
+        fail: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl ChannelLayer for Arc<Recording> {
+        fn start(&self, _inbound: crate::layer::Inbound) {}
+
+        async fn publish(&self, _group: &str, _message: Bytes) -> Result<(), LayerError> {
+            Ok(())
+        }
+
+        fn listen(&self, group: &str) {
+            self.told.lock().unwrap().push(format!("listen {group}"));
+        }
+
+        fn unlisten(&self, group: &str) {
+            self.told.lock().unwrap().push(format!("unlisten {group}"));
+        }
+
+        async fn ready(&self, _group: &str) -> Result<(), LayerError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(LayerError::Unavailable("not confirmed".into()));
+            }
+            self.open.acquire().await.expect("open").forget();
+            Ok(())
+        }
+    }
+
+    fn recording_hub() -> (Hub, Arc<Recording>) {
+        let layer = Arc::new(Recording {
+            told: Mutex::default(),
+            open: tokio::sync::Semaphore::new(0),
+            fail: AtomicBool::new(false),
+        });
+        (Hub::with_layer(Config::default(), Arc::new(layer.clone())), layer)
+    }
+
+    #[tokio::test]
+    async fn a_join_is_confirmed_only_once_the_layer_is_ready_for_every_member() {
+        let (hub, layer) = recording_hub();
+        let group = group::coarse("users", Action::Create);
+        let (first, _rx1) = hub.open_channel(None).unwrap();
+        let (second, _rx2) = hub.open_channel(None).unwrap();
+        for channel in [&first, &second] {
+            let add = hub.add_subscription(channel, Subscription::of_users(&group, Action::Create, None));
+            tokio::pin!(add);
+            assert!(futures_util::poll!(add.as_mut()).is_pending(), "not confirmed before the layer is ready");
+            layer.open.add_permits(1);
+            assert_eq!(add.await, Ok(Added::New));
+        }
+        assert_eq!(*layer.told.lock().unwrap(), [format!("listen {group}")], "the layer listens once per group");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_or_failed_join_leaves_nothing_behind() {
+        let (hub, layer) = recording_hub();
+        let group = group::coarse("users", Action::Create);
+        let (channel, _rx) = hub.open_channel(None).unwrap();
+        let mut add = Box::pin(hub.add_subscriptions(
+            &channel,
+            vec![
+                Subscription::of_users(&group, Action::Create, None),
+                Subscription::of_users(&group::coarse("users", Action::Update), Action::Update, None),
+            ],
+        ));
+        assert!(futures_util::poll!(add.as_mut()).is_pending());
+        assert_eq!(hub.group_count(), 2, "joined while waiting for the layer");
+        drop(add);
+        assert_eq!((hub.group_count(), channel.subscription_count()), (0, 0), "a dropped join is undone");
+
+        layer.fail.store(true, Ordering::SeqCst);
+        let refused = hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await;
+        assert_eq!(refused, Err(ChannelError::Layer("channel layer unavailable: not confirmed".into())));
+        assert_eq!((hub.group_count(), channel.subscription_count()), (0, 0), "a refused join is undone");
+        let told = layer.told.lock().unwrap().clone();
+        assert_eq!(
+            told,
+            [
+                "listen users-create",
+                "listen users-update",
+                "unlisten users-create",
+                "unlisten users-update",
+                "listen users-create",
+                "unlisten users-create"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_layer_hears_leaves_and_joins_in_membership_order() {
+        let (hub, layer) = recording_hub();
+        layer.open.add_permits(1000);
+        let group = group::coarse("users", Action::Create);
+        for _ in 0..3 {
+            // A channel closed synchronously (as a dropped native stream
+            // does), then a new member at once: the layer is told in that order.
+            let (old, _rx) = hub.open_channel(None).unwrap();
+            hub.add_subscription(&old, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+            hub.close_channel(&old);
+            let (new, _rx) = hub.open_channel(None).unwrap();
+            hub.add_subscription(&new, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+            hub.remove_subscription(&new, &Subscription::of_users(&group, Action::Create, None).key).unwrap();
+        }
+        let told = layer.told.lock().unwrap().clone();
+        let expected: Vec<String> = ["listen", "unlisten", "listen", "unlisten"]
+            .iter()
+            .cycle()
+            .take(12)
+            .map(|verb| format!("{verb} {group}"))
+            .collect();
+        assert_eq!(told, expected);
     }
 
     #[tokio::test]

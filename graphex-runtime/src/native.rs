@@ -167,14 +167,9 @@ struct ChannelGuard {
 
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
-        let groups = self.hub.detach_channel(&self.channel);
-        if groups.is_empty() {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hub = self.hub.clone();
-            runtime.spawn(async move { hub.unlisten_groups(groups).await });
-        }
+        // Synchronous: the layer hears of the groups this leaves before any
+        // later join (no spawned unlisten that a re-subscribe could overtake).
+        self.hub.close_channel(&self.channel);
     }
 }
 

@@ -400,7 +400,7 @@ where
     if sink.send(Message::Text(handshake.into())).await.is_ok() {
         pump(&channel, rx, &mut sink, stream, hub.config().write_pacing).await;
     }
-    hub.close_channel(&channel).await;
+    hub.close_channel(&channel);
     tracing::debug!(channel = channel.id(), "channel closed");
 }
 

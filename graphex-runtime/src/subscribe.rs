@@ -118,7 +118,7 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
     if args.operation == OperationSubscription::Unsubscribe {
         let mut removed = 0;
         for key in keys {
-            match hub.remove_subscription(&channel, &key).await {
+            match hub.remove_subscription(&channel, &key) {
                 Ok(()) => removed += 1,
                 Err(ChannelError::NotSubscribed) => {}
                 Err(error) => return Err(error.into()),
@@ -176,26 +176,14 @@ pub(crate) fn prepare<M: ModelSubscription>(
     Ok(subscriptions)
 }
 
-/// Adds every subscription to the channel, or none of them.
+/// Adds every subscription to the channel, or none of them, once the
+/// layer delivers their groups here ([`Hub::add_subscriptions`]).
 pub(crate) async fn add_all(
     hub: &Hub,
     channel: &Arc<Channel>,
     subscriptions: Vec<Subscription>,
 ) -> Result<(), SubscribeError> {
-    let mut added = Vec::new();
-    for subscription in subscriptions {
-        let key = subscription.key.clone();
-        match hub.add_subscription(channel, subscription).await {
-            Ok(_) => added.push(key),
-            Err(error) => {
-                // All or nothing: undo what this request added.
-                for key in &added {
-                    let _ = hub.remove_subscription(channel, key).await;
-                }
-                return Err(error.into());
-            }
-        }
-    }
+    hub.add_subscriptions(channel, subscriptions).await?;
     Ok(())
 }
 

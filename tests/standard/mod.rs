@@ -171,8 +171,15 @@ impl Client {
 
     /// The next frame (skipping keep-alives if asked), within [`TIMEOUT`].
     pub async fn frame(&mut self) -> Frame {
+        self.frame_within(TIMEOUT).await.expect("a frame in time")
+    }
+
+    /// The next frame (skipping keep-alives if asked), or `None` when none
+    /// came within `wait`.
+    pub async fn frame_within(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let message = tokio::time::timeout(TIMEOUT, self.stream.next()).await.expect("a frame in time");
+            let message = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?;
             let frame = match message {
                 None | Some(Err(_)) => Frame::Gone,
                 Some(Ok(Message::Text(text))) => Frame::Json(serde_json::from_str(&text).expect("JSON text")),
@@ -186,7 +193,7 @@ impl Client {
             {
                 continue;
             }
-            return frame;
+            return Some(frame);
         }
     }
 

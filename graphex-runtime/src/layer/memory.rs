@@ -34,11 +34,7 @@ impl ChannelLayer for MemoryLayer {
         Ok(())
     }
 
-    async fn listen(&self, _group: &str) -> Result<(), LayerError> {
-        Ok(())
-    }
+    fn listen(&self, _group: &str) {}
 
-    async fn unlisten(&self, _group: &str) -> Result<(), LayerError> {
-        Ok(())
-    }
+    fn unlisten(&self, _group: &str) {}
 }

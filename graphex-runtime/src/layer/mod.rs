@@ -76,9 +76,31 @@ pub trait ChannelLayer: Send + Sync + 'static {
         outcome
     }
     /// This process now has members in `group`.
-    async fn listen(&self, group: &str) -> Result<(), LayerError>;
-    /// This process no longer has members in `group`.
-    async fn unlisten(&self, group: &str) -> Result<(), LayerError>;
+    ///
+    /// The hub calls `listen` and `unlisten` while it holds the lock of the
+    /// membership change that caused them, so the layer sees them for each
+    /// group in exactly the order membership changed, whatever task or
+    /// `Drop` caused them. They must therefore never block: record the wish
+    /// and apply it from a task of the layer's own (the Redis layer
+    /// reconciles the broker with the latest wish, so a stale unlisten can
+    /// never overtake a later listen).
+    fn listen(&self, group: &str);
+    /// This process no longer has members in `group` (same rules as
+    /// [`ChannelLayer::listen`]).
+    fn unlisten(&self, group: &str);
+    /// Resolves once messages published to `group` from now on reach this
+    /// process: for a layer that links processes, once the broker has
+    /// acknowledged this process's subscription on its current connection.
+    /// Resolves at once when `group` is no longer listened to. Fails when
+    /// that takes longer than the layer's documented bound (for example
+    /// while the broker is unreachable). The hub awaits it for every
+    /// subscription it adds, first member of its group or not, before the
+    /// subscription is confirmed to the client. The default (a layer in one
+    /// process) is always ready.
+    async fn ready(&self, group: &str) -> Result<(), LayerError> {
+        let _ = group;
+        Ok(())
+    }
     /// Makes this process answer the requests sent to `node` (its hub's
     /// node id) with `handler`. Layers that link no other process ignore it.
     fn serve_requests(&self, node: &str, handler: RequestHandler) {

@@ -21,8 +21,18 @@
 //! replies, through the same subscriber connection.
 //!
 //! What an outage does:
-//! - `listen` / `unlisten` never fail: the wanted set is updated at once and
-//!   applied to Redis when the connection is back.
+//! - `listen` / `unlisten` never fail or wait: they record the wish in the
+//!   layer's interest table, and the subscriber task reconciles Redis with
+//!   the latest wish of each group (so their order cannot be lost between
+//!   tasks: an UNSUBSCRIBE is sent only if the group is still unwanted when
+//!   the subscriber gets to it). While disconnected the table is applied
+//!   when the connection is back.
+//! - [`ChannelLayer::ready`] resolves once Redis has acknowledged this
+//!   process's SUBSCRIBE to the group on the live connection; every
+//!   subscription the hub adds waits for it, at most
+//!   [`RedisOptions::subscribe_timeout`], so a confirmation given to a
+//!   client means a change published after it reaches this process. During
+//!   an outage joins wait for the resubscription, then fail clearly.
 //! - `publish` retries once when it finds its connection dead (the usual
 //!   sign of a Redis restart), then fails with [`LayerError::Unavailable`],
 //!   at the latest once `publish_timeout` has passed; the hub logs it and counts it in [`crate::Stats::dropped`]
@@ -33,7 +43,7 @@
 //!   disconnected are not replayed to it, and nothing delivered before the
 //!   outage is delivered again after it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -41,7 +51,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{ChannelLayer, Inbound, LayerError, RequestHandler};
 
@@ -66,6 +76,10 @@ pub struct RedisOptions {
     /// How long a request to another process (a subscribe sent to the
     /// process holding the socket) waits for its reply. Default 5 s.
     pub request_timeout: Duration,
+    /// How long a join waits for Redis to acknowledge this process's
+    /// subscription to its group (for instance while the layer reconnects)
+    /// before it fails with [`LayerError::Unavailable`]. Default 5 s.
+    pub subscribe_timeout: Duration,
 }
 
 impl Default for RedisOptions {
@@ -78,6 +92,7 @@ impl Default for RedisOptions {
             max_backoff: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            subscribe_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -107,9 +122,51 @@ impl RedisStats {
     }
 }
 
-enum Command {
-    Listen(String, oneshot::Sender<()>),
-    Unlisten(String, oneshot::Sender<()>),
+/// Which groups this process wants from Redis and which Redis has
+/// acknowledged on the live connection: written by `listen` / `unlisten`
+/// (under the hub's membership lock, so in membership order), reconciled
+/// with Redis by the subscriber task.
+#[derive(Default)]
+struct Interest {
+    groups: HashMap<String, GroupState>,
+    /// Groups whose wish changed since the subscriber last looked.
+    dirty: Vec<String>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// The latest wish: some local member needs the group.
+    wanted: bool,
+    /// Redis acknowledged SUBSCRIBE on the live connection (and no
+    /// UNSUBSCRIBE since).
+    subscribed: bool,
+}
+
+/// What `listen` / `unlisten`, `ready` and the subscriber task share.
+#[derive(Default)]
+struct Shared {
+    interest: Mutex<Interest>,
+    /// Wakes the subscriber: a wish changed.
+    changed: tokio::sync::Notify,
+    /// Wakes `ready` waiters: a subscription was acknowledged.
+    settled: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn wish(&self, group: &str, wanted: bool) {
+        {
+            let mut interest = lock(&self.interest);
+            interest.groups.entry(group.to_owned()).or_default().wanted = wanted;
+            interest.dirty.push(group.to_owned());
+        }
+        // Stores a permit if the subscriber is busy: no wish is missed.
+        self.changed.notify_one();
+    }
+
+    /// Whether messages of `group` reach this process (or nobody wants them any more).
+    fn is_ready(&self, group: &str) -> bool {
+        lock(&self.interest).groups.get(group).is_none_or(|state| !state.wanted || state.subscribed)
+    }
 }
 
 /// Requests sent to other processes, waiting for their reply, by request id.
@@ -118,7 +175,9 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
 /// A channel layer on Redis pub/sub. See the [module documentation](self).
 pub struct RedisLayer {
     publisher: ConnectionManager,
-    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    /// Stops the subscriber task when the layer is dropped.
+    _stop: tokio_util::sync::DropGuard,
     inbound: Arc<OnceLock<Inbound>>,
     requests: Requests,
     next_request: AtomicU64,
@@ -184,8 +243,8 @@ impl RedisLayer {
         stats.connected.store(true, Ordering::Relaxed);
         let inbound = Arc::new(OnceLock::new());
         let requests = Requests::default();
-        // Bounded: listen/unlisten callers wait for room rather than queue without limit.
-        let (commands, receiver) = mpsc::channel(256);
+        let shared = Arc::new(Shared::default());
+        let stop = tokio_util::sync::CancellationToken::new();
         let subscriber = Subscriber {
             client,
             options: options.clone(),
@@ -193,11 +252,20 @@ impl RedisLayer {
             requests: requests.clone(),
             publisher: publisher.clone(),
             stats: stats.clone(),
-            commands: receiver,
-            wanted: HashSet::new(),
+            shared: shared.clone(),
+            stop: stop.clone(),
         };
         tokio::spawn(subscriber.run(first));
-        Ok(RedisLayer { publisher, commands, inbound, requests, next_request: AtomicU64::new(1), stats, options })
+        Ok(RedisLayer {
+            publisher,
+            shared,
+            _stop: stop.drop_guard(),
+            inbound,
+            requests,
+            next_request: AtomicU64::new(1),
+            stats,
+            options,
+        })
     }
 
     /// The counters.
@@ -208,12 +276,6 @@ impl RedisLayer {
     /// The settings.
     pub fn options(&self) -> &RedisOptions {
         &self.options
-    }
-
-    async fn command(&self, command: impl FnOnce(oneshot::Sender<()>) -> Command) -> Result<(), LayerError> {
-        let (done, applied) = oneshot::channel();
-        self.commands.send(command(done)).await.map_err(|_| stopped())?;
-        applied.await.map_err(|_| stopped())
     }
 }
 
@@ -253,12 +315,34 @@ impl ChannelLayer for RedisLayer {
         outcome
     }
 
-    async fn listen(&self, group: &str) -> Result<(), LayerError> {
-        self.command(|done| Command::Listen(group.to_owned(), done)).await
+    fn listen(&self, group: &str) {
+        self.shared.wish(group, true);
     }
 
-    async fn unlisten(&self, group: &str) -> Result<(), LayerError> {
-        self.command(|done| Command::Unlisten(group.to_owned(), done)).await
+    fn unlisten(&self, group: &str) {
+        self.shared.wish(group, false);
+    }
+
+    async fn ready(&self, group: &str) -> Result<(), LayerError> {
+        let wait = async {
+            loop {
+                let settled = self.shared.settled.notified();
+                tokio::pin!(settled);
+                // Registered before the check, so an acknowledgement between the two is not missed.
+                settled.as_mut().enable();
+                if self.shared.is_ready(group) {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(self.options.subscribe_timeout, wait).await.map_err(|_| {
+            LayerError::Unavailable(format!(
+                "Redis did not confirm the subscription to `{group}` within {:?}{}",
+                self.options.subscribe_timeout,
+                if self.stats.connected() { "" } else { " (the layer is reconnecting)" }
+            ))
+        })
     }
 
     fn serve_requests(&self, node: &str, handler: RequestHandler) {
@@ -268,15 +352,14 @@ impl ChannelLayer for RedisLayer {
         }
         let _ = self.requests.handler.set(handler);
         for group in [requests_group(node), replies_group(node)] {
-            let (done, _) = oneshot::channel();
-            if self.commands.try_send(Command::Listen(group, done)).is_err() {
-                tracing::error!(node, "redis layer could not listen for requests");
-            }
+            self.shared.wish(&group, true);
         }
     }
 
     async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
         let Some(me) = self.requests.node.get() else { return Ok(None) };
+        // The reply comes on our own group: it must be live before we ask.
+        self.ready(&replies_group(me)).await?;
         let channel = format!("{}{}", self.options.prefix, requests_group(node));
         let mut connection = self.publisher.clone();
         // Channel subscribers only: a PSUBSCRIBE monitor would make PUBLISH's
@@ -325,7 +408,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The task that owns the pub/sub connection and the set of wanted groups.
+/// The task that owns the pub/sub connection and brings Redis in line
+/// with the interest table.
 struct Subscriber {
     client: redis::Client,
     options: RedisOptions,
@@ -334,9 +418,8 @@ struct Subscriber {
     /// Sends the replies to requests.
     publisher: ConnectionManager,
     stats: Arc<RedisStats>,
-    commands: mpsc::Receiver<Command>,
-    /// Groups with local members: what to subscribe to after a reconnection.
-    wanted: HashSet<String>,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// Why the subscriber stopped serving a connection.
@@ -347,105 +430,97 @@ enum Ended {
     Stopped,
 }
 
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command (a resubscription after a
+/// reconnect may have thousands of groups).
+const CHANNELS_PER_COMMAND: usize = 512;
+
 impl Subscriber {
     async fn run(mut self, first: (PubSubSink, PubSubStream)) {
         let mut connection = Some(first);
         let mut backoff = self.options.min_backoff;
+        let mut reconnected = false;
         loop {
             let (sink, stream) = match connection.take() {
                 Some(connection) => connection,
-                None => match connect_pubsub(&self.client, &self.options).await {
-                    Ok(connection) => {
-                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("redis layer reconnected");
-                        backoff = self.options.min_backoff;
-                        connection
-                    }
-                    Err(error) => {
-                        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, retry_in = ?backoff, "redis layer reconnect failed");
-                        if let Ended::Stopped = self.wait_offline(backoff).await {
-                            return;
+                None => {
+                    let attempt = tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        attempt = connect_pubsub(&self.client, &self.options) => attempt,
+                    };
+                    match attempt {
+                        Ok(connection) => {
+                            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("redis layer reconnected");
+                            backoff = self.options.min_backoff;
+                            reconnected = true;
+                            connection
                         }
-                        backoff = (backoff * 2).min(self.options.max_backoff);
-                        continue;
+                        Err(error) => {
+                            self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%error, retry_in = ?backoff, "redis layer reconnect failed");
+                            tokio::select! {
+                                () = self.stop.cancelled() => return,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(self.options.max_backoff);
+                            continue;
+                        }
                     }
-                },
+                }
             };
-            match self.serve(sink, stream).await {
+            match self.serve(sink, stream, reconnected).await {
                 Ended::Stopped => return,
                 Ended::Lost => {
                     self.stats.connected.store(false, Ordering::Relaxed);
-                    tracing::warn!(groups = self.wanted.len(), "redis layer lost its subscriber connection");
+                    let wanted = self.forget_connection();
+                    tracing::warn!(groups = wanted, "redis layer lost its subscriber connection");
                 }
             }
         }
     }
 
-    /// While disconnected: keeps the wanted set current for `delay`.
-    async fn wait_offline(&mut self, delay: Duration) -> Ended {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = &mut sleep => return Ended::Lost,
-                command = self.commands.recv() => match command {
-                    None => return Ended::Stopped,
-                    Some(command) => {
-                        // Recorded: the next connection subscribes to it.
-                        let (_, _, done) = self.record(command);
-                        let _ = done.send(());
-                    }
-                },
-            }
-        }
+    /// The connection is gone: nothing is subscribed any more, and every
+    /// wanted group must be subscribed on the next one (joins wait for it).
+    /// Returns the number of wanted groups.
+    fn forget_connection(&self) -> usize {
+        let mut interest = lock(&self.shared.interest);
+        interest.groups.retain(|_, state| {
+            state.subscribed = false;
+            state.wanted
+        });
+        let wanted: Vec<String> = interest.groups.keys().cloned().collect();
+        let count = wanted.len();
+        interest.dirty = wanted;
+        count
     }
 
-    /// Updates the wanted set; returns the group, whether to subscribe to
-    /// it (or unsubscribe), and whom to tell once that is done.
-    fn record(&mut self, command: Command) -> (String, bool, oneshot::Sender<()>) {
-        match command {
-            Command::Listen(group, done) => {
-                self.wanted.insert(group.clone());
-                (group, true, done)
-            }
-            Command::Unlisten(group, done) => {
-                self.wanted.remove(&group);
-                (group, false, done)
-            }
-        }
-    }
-
-    async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Ended {
-        if !self.wanted.is_empty() {
-            let channels: Vec<String> = self.wanted.iter().map(|group| self.channel(group)).collect();
-            if let Err(error) = sink.subscribe(&channels).await {
+    async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream, reconnected: bool) -> Ended {
+        self.stats.connected.store(true, Ordering::Relaxed);
+        // Whatever is wanted now (everything, after a reconnection).
+        let restored = match self.reconcile(&mut sink).await {
+            Ok(subscribed) => subscribed,
+            Err(error) => {
                 tracing::warn!(%error, "redis layer resubscribe failed");
                 return Ended::Lost;
             }
-            self.stats.resubscribed.fetch_add(channels.len() as u64, Ordering::Relaxed);
-            tracing::info!(groups = channels.len(), "redis layer resubscribed");
+        };
+        if reconnected && restored > 0 {
+            self.stats.resubscribed.fetch_add(restored as u64, Ordering::Relaxed);
+            tracing::info!(groups = restored, "redis layer resubscribed");
         }
-        self.stats.connected.store(true, Ordering::Relaxed);
         let mut health = tokio::time::interval(self.options.health_check_interval);
         health.tick().await;
         loop {
             tokio::select! {
+                () = self.stop.cancelled() => return Ended::Stopped,
                 message = stream.next() => match message {
                     Some(message) => self.deliver(&message),
                     None => return Ended::Lost,
                 },
-                command = self.commands.recv() => {
-                    let Some(command) = command else { return Ended::Stopped };
-                    // Subscribe before answering, so a change published after
-                    // the subscribe call returns reaches this process.
-                    let (group, subscribe, done) = self.record(command);
-                    let channel = self.channel(&group);
-                    let applied = if subscribe { sink.subscribe(&channel).await } else { sink.unsubscribe(&channel).await };
-                    let _ = done.send(());
-                    if let Err(error) = applied {
-                        // Recorded in `wanted`: the next connection applies it.
-                        tracing::warn!(%group, %error, "redis layer (un)subscribe failed");
+                () = self.shared.changed.notified() => {
+                    if let Err(error) = self.reconcile(&mut sink).await {
+                        // The wishes stay in the table: the next connection applies them.
+                        tracing::warn!(%error, "redis layer (un)subscribe failed");
                         return Ended::Lost;
                     }
                 },
@@ -459,6 +534,72 @@ impl Subscriber {
                     }
                 },
             }
+        }
+    }
+
+    /// Brings Redis in line with the latest wish of every group whose wish
+    /// changed, until none is left: SUBSCRIBE what is wanted and not
+    /// subscribed, UNSUBSCRIBE what is subscribed and no longer wanted.
+    /// Acting on the latest wish (read when the command is about to be
+    /// sent, and again once Redis answered) is what keeps the order: a
+    /// leave followed by a re-join leaves the group subscribed, however
+    /// late the subscriber looks. Returns the number of groups subscribed.
+    async fn reconcile(&self, sink: &mut PubSubSink) -> redis::RedisResult<usize> {
+        let mut subscribed = 0;
+        loop {
+            let (to_subscribe, to_unsubscribe) = {
+                let mut interest = lock(&self.shared.interest);
+                let mut dirty = std::mem::take(&mut interest.dirty);
+                dirty.sort_unstable();
+                dirty.dedup();
+                let (mut to_subscribe, mut to_unsubscribe) = (Vec::new(), Vec::new());
+                for group in dirty {
+                    let Some(state) = interest.groups.get(&group) else { continue };
+                    match (state.wanted, state.subscribed) {
+                        (true, false) => to_subscribe.push(group),
+                        (false, true) => to_unsubscribe.push(group),
+                        (false, false) => {
+                            interest.groups.remove(&group);
+                        }
+                        (true, true) => {}
+                    }
+                }
+                (to_subscribe, to_unsubscribe)
+            };
+            if to_subscribe.is_empty() && to_unsubscribe.is_empty() {
+                return Ok(subscribed);
+            }
+            for batch in to_unsubscribe.chunks(CHANNELS_PER_COMMAND) {
+                let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
+                sink.unsubscribe(&channels).await?;
+                self.settle(batch, false);
+            }
+            for batch in to_subscribe.chunks(CHANNELS_PER_COMMAND) {
+                let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
+                sink.subscribe(&channels).await?;
+                subscribed += batch.len();
+                self.settle(batch, true);
+            }
+        }
+    }
+
+    /// Records what Redis acknowledged; a group whose wish changed meanwhile
+    /// is looked at again. Wakes the joins waiting for a subscription.
+    fn settle(&self, groups: &[String], subscribed: bool) {
+        {
+            let mut interest = lock(&self.shared.interest);
+            for group in groups {
+                let Some(state) = interest.groups.get_mut(group) else { continue };
+                state.subscribed = subscribed;
+                if state.wanted != subscribed {
+                    interest.dirty.push(group.clone());
+                } else if !state.wanted {
+                    interest.groups.remove(group);
+                }
+            }
+        }
+        if subscribed {
+            self.shared.settled.notify_waiters();
         }
     }
 
@@ -522,8 +663,4 @@ async fn connect_pubsub(
 
 fn unavailable(what: &str, error: redis::RedisError) -> LayerError {
     LayerError::Unavailable(format!("{what}: {error}"))
-}
-
-fn stopped() -> LayerError {
-    LayerError::Unavailable("redis layer stopped".into())
 }
