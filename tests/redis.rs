@@ -17,7 +17,6 @@
 mod app;
 #[path = "../examples/reference/serve.rs"]
 mod serve;
-#[allow(dead_code)]
 mod standard;
 #[allow(dead_code)]
 mod support;
