@@ -96,7 +96,7 @@ fn add_hooks(item: &mut syn::ItemImpl, krate: &syn::Path) -> syn::Result<()> {
             /// Announces the saved row to its subscribers (added by `#[graphex::hooks]`).
             async fn after_save<C>(
                 model: <<Self as #p::sea_orm::ActiveModelTrait>::Entity as #p::sea_orm::EntityTrait>::Model,
-                _db: &C,
+                db: &C,
                 insert: bool,
             ) -> ::core::result::Result<
                 <<Self as #p::sea_orm::ActiveModelTrait>::Entity as #p::sea_orm::EntityTrait>::Model,
@@ -105,7 +105,7 @@ fn add_hooks(item: &mut syn::ItemImpl, krate: &syn::Path) -> syn::Result<()> {
             where
                 C: #p::sea_orm::ConnectionTrait,
             {
-                #p::announce_saved(&model, insert).await;
+                #p::announce_saved(&model, db, insert).await?;
                 ::core::result::Result::Ok(model)
             }
         });
@@ -113,11 +113,11 @@ fn add_hooks(item: &mut syn::ItemImpl, krate: &syn::Path) -> syn::Result<()> {
     if !has_delete {
         item.items.push(syn::parse_quote! {
             /// Announces the deleted row to its subscribers (added by `#[graphex::hooks]`).
-            async fn after_delete<C>(self, _db: &C) -> ::core::result::Result<Self, #p::sea_orm::DbErr>
+            async fn after_delete<C>(self, db: &C) -> ::core::result::Result<Self, #p::sea_orm::DbErr>
             where
                 C: #p::sea_orm::ConnectionTrait,
             {
-                #p::announce_deleted(&self).await;
+                #p::announce_deleted(&self, db).await?;
                 ::core::result::Result::Ok(self)
             }
         });
@@ -167,7 +167,9 @@ fn wrap_after_save(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result
     };
     let rebinds = rebind_params(method, &["model", "db", "insert"]);
     let body = &method.block;
-    let (insert, returned, saved) = (local("insert"), local("returned"), local("saved"));
+    // `db` and `insert` are copied into the user's block (a reference and a
+    // bool), so ours are still there after it.
+    let (db, insert, returned, saved) = (local("db"), local("insert"), local("returned"), local("saved"));
     method.block = syn::parse_quote!({
         let #returned: #output = async move {
             #(#rebinds)*
@@ -175,7 +177,7 @@ fn wrap_after_save(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result
         }
         .await;
         let #saved = #returned?;
-        #p::announce_saved(&#saved, #insert).await;
+        #p::announce_saved(&#saved, #db, #insert).await?;
         ::core::result::Result::Ok(#saved)
     });
     Ok(())
@@ -183,6 +185,10 @@ fn wrap_after_save(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result
 
 /// Runs the user's `after_delete` body, then announces what it returned.
 fn wrap_after_delete(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Result<()> {
+    let typed = method.sig.inputs.iter().filter(|input| matches!(input, syn::FnArg::Typed(_))).count();
+    if typed != 1 || method.sig.receiver().is_none() {
+        return Err(syn::Error::new_spanned(&method.sig, "after_delete takes (self, db)"));
+    }
     let output = match &method.sig.output {
         syn::ReturnType::Type(_, ty) => ty.clone(),
         syn::ReturnType::Default => {
@@ -191,7 +197,8 @@ fn wrap_after_delete(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Resu
     };
     let rebinds = rebind_params(method, &["db"]);
     let body = &method.block;
-    let (returned, deleted) = (local("returned"), local("deleted"));
+    // `db` is a reference, copied into the user's block.
+    let (db, returned, deleted) = (local("db"), local("returned"), local("deleted"));
     method.block = syn::parse_quote!({
         let #returned: #output = async move {
             #(#rebinds)*
@@ -199,7 +206,7 @@ fn wrap_after_delete(method: &mut syn::ImplItemFn, p: &TokenStream) -> syn::Resu
         }
         .await;
         let #deleted = #returned?;
-        #p::announce_deleted(&#deleted).await;
+        #p::announce_deleted(&#deleted, #db).await?;
         ::core::result::Result::Ok(#deleted)
     });
     Ok(())

@@ -25,7 +25,7 @@ pub mod server;
 mod shard;
 pub mod subscribe;
 
-pub use announce::{announce, announce_many, set_global_hub, transaction};
+pub use announce::{announce, announce_many, savepoint, set_global_hub, transaction};
 pub use broadcast::{BroadcastError, GroupReceiver, GroupStream, subscribe_groups};
 pub use client::{ClientPage, client_page};
 pub use config::{Config, WritePacing};

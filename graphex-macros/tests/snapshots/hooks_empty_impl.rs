@@ -9,7 +9,7 @@ impl ActiveModelBehavior for ActiveModel {
     /// Announces the saved row to its subscribers (added by `#[graphex::hooks]`).
     async fn after_save<C>(
         model: <<Self as ::graphex::__private::sea_orm::ActiveModelTrait>::Entity as ::graphex::__private::sea_orm::EntityTrait>::Model,
-        _db: &C,
+        db: &C,
         insert: bool,
     ) -> ::core::result::Result<
         <<Self as ::graphex::__private::sea_orm::ActiveModelTrait>::Entity as ::graphex::__private::sea_orm::EntityTrait>::Model,
@@ -18,18 +18,18 @@ impl ActiveModelBehavior for ActiveModel {
     where
         C: ::graphex::__private::sea_orm::ConnectionTrait,
     {
-        ::graphex::__private::announce_saved(&model, insert).await;
+        ::graphex::__private::announce_saved(&model, db, insert).await?;
         ::core::result::Result::Ok(model)
     }
     /// Announces the deleted row to its subscribers (added by `#[graphex::hooks]`).
     async fn after_delete<C>(
         self,
-        _db: &C,
+        db: &C,
     ) -> ::core::result::Result<Self, ::graphex::__private::sea_orm::DbErr>
     where
         C: ::graphex::__private::sea_orm::ConnectionTrait,
     {
-        ::graphex::__private::announce_deleted(&self).await;
+        ::graphex::__private::announce_deleted(&self, db).await?;
         ::core::result::Result::Ok(self)
     }
 }

@@ -30,18 +30,18 @@ impl ActiveModelBehavior for ActiveModel {
         }
             .await;
         let saved = returned?;
-        ::graphex::__private::announce_saved(&saved, insert).await;
+        ::graphex::__private::announce_saved(&saved, db, insert).await?;
         ::core::result::Result::Ok(saved)
     }
     /// Announces the deleted row to its subscribers (added by `#[graphex::hooks]`).
     async fn after_delete<C>(
         self,
-        _db: &C,
+        db: &C,
     ) -> ::core::result::Result<Self, ::graphex::__private::sea_orm::DbErr>
     where
         C: ::graphex::__private::sea_orm::ConnectionTrait,
     {
-        ::graphex::__private::announce_deleted(&self).await;
+        ::graphex::__private::announce_deleted(&self, db).await?;
         ::core::result::Result::Ok(self)
     }
 }
