@@ -421,13 +421,9 @@ impl ChannelLayer for GateLayer {
         Ok(())
     }
 
-    async fn listen(&self, _group: &str) -> Result<(), LayerError> {
-        Ok(())
-    }
+    fn listen(&self, _group: &str) {}
 
-    async fn unlisten(&self, _group: &str) -> Result<(), LayerError> {
-        Ok(())
-    }
+    fn unlisten(&self, _group: &str) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
