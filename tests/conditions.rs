@@ -11,7 +11,8 @@ mod common;
 use std::hash::{BuildHasher, Hasher};
 
 use common::entities::user;
-use graphex::{Filter, FilterError, FilterLimits, ModelSubscription};
+use graphex::__internals::Filter;
+use graphex::{FilterError, FilterLimits, ModelSubscription};
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, Schema,

@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use graphex::hub::{Subscription, SubscriptionKey};
-use graphex::{Action, Filter, Hub};
+use graphex::__internals::{Subscription, SubscriptionKey};
+use graphex::{__internals::Filter, Action, Hub};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Database, EntityTrait, ModelTrait, Schema};
 use serde_json::{Value, json};
 
@@ -44,7 +44,10 @@ mod item {
     }
 }
 
-async fn frame(rx: &mut tokio::sync::mpsc::Receiver<graphex::hub::Delivery>, channel: &graphex::hub::Channel) -> Value {
+async fn frame(
+    rx: &mut tokio::sync::mpsc::Receiver<graphex::__internals::Delivery>,
+    channel: &graphex::__internals::Channel,
+) -> Value {
     let delivery = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
         .await
         .expect("a change arrives")
@@ -66,7 +69,7 @@ async fn user_hooks_run_and_changes_are_announced() {
     for action in Action::ALL {
         let subscription = Subscription {
             key: SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None },
-            group: graphex::group::coarse("items", action),
+            group: graphex::__internals::group::coarse("items", action),
             filter: Filter::default(),
             check: None,
         };

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use graphex::hub::{Channel, Delivery, Subscription, SubscriptionKey};
+use graphex::__internals::Filter;
+use graphex::__internals::{Channel, Delivery, Subscription, SubscriptionKey};
 use graphex::layer::{ChannelLayer, Inbound, LayerError};
-use graphex::{Action, Config, Filter, Hub};
+use graphex::{Action, Config, Hub};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr,
     EntityTrait, ModelTrait, Schema, TransactionTrait,
@@ -101,7 +102,7 @@ impl Listener {
             for action in Action::ALL {
                 let subscription = Subscription {
                     key: SubscriptionKey { stream, action, id: None, filters: None, projection: None },
-                    group: graphex::group::coarse(stream, action),
+                    group: graphex::__internals::group::coarse(stream, action),
                     filter: Filter::default(),
                     check: None,
                 };
@@ -158,7 +159,7 @@ async fn note_names(db: &DatabaseConnection) -> Vec<String> {
 }
 
 fn published(hub: &Hub) -> u64 {
-    hub.stats().published.load(std::sync::atomic::Ordering::SeqCst)
+    hub.stats().published
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ pub struct RedisReport {
 pub async fn run(options: &RedisOptions, exe: &std::path::Path) -> Result<RedisReport, BenchError> {
     let prefix = format!("graphex-bench-{}-{}:", std::process::id(), now_us());
     let changes = options.changes.max(1);
-    let size = graphex::announce::prepare(&row(1), graphex::Action::Create).message.len();
+    let size = graphex::__internals::prepare(&row(1), graphex::Action::Create).message.len();
 
     let mut runs = vec![
         raw(options, &prefix, changes, size, 1).await?,
@@ -296,9 +296,9 @@ async fn through_graphex(
     let last = settle(options, &fleet.delivered, (changes * n) as u64, started).await;
     let seconds = last.duration_since(started).as_secs_f64();
     let tally = fleet.finish(changes, 1).await?;
-    let published = layer.stats().published.load(Ordering::Relaxed);
+    let published = layer.stats().published;
     let per_group = published as f64 / (changes as u64 * GROUPS_PER_CHANGE) as f64;
-    let dropped = hub.stats().dropped.load(Ordering::Relaxed);
+    let dropped = hub.stats().dropped;
     let run = run_of(System::Graphex, "two processes via Redis", n, changes, seconds, dropped, &tally);
     Ok((run, per_group))
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::filter::FilterLimits;
+use crate::subscribe::filter::FilterLimits;
 
 /// Everything a graphex server can be tuned with.
 #[derive(Clone, Debug)]

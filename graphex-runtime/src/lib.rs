@@ -1,43 +1,63 @@
-//! The run-time half of graphex: carries model changes through a channel
-//! layer to subscribed WebSocket clients.
+//! The run-time half of graphex: carries model changes from SeaORM to the
+//! clients subscribed to them. Users depend on the `graphex` crate, which
+//! re-exports this one beside the derive.
 //!
-//! The pipeline: a SeaORM hook ([`mod@announce`]) serializes a change once and
-//! publishes it to its groups through a [`layer::ChannelLayer`]; the
-//! [`Hub`] of each process fans it out to the channels in the group; each
-//! channel's socket task applies its subscriptions' filters and projections
-//! and writes frames ([`server`]).
+//! # Layout
+//!
+//! One folder per stage, in the order a change travels:
+//!
+//! 1. `model/`: what the derive tells the runtime about a model
+//!    ([`ModelSubscription`]), and who may see what ([`Principal`],
+//!    [`SubscribeRequest`], [`Scope`], [`Denied`]).
+//! 2. `change/`: announcing a change once ([`announce`], the hooks,
+//!    [`transaction`] and [`savepoint`] buffers), its encoding, and every
+//!    group name.
+//! 3. [`layer`]: carrying encoded changes between processes by group
+//!    (in memory, or Redis).
+//! 4. `hub/`: the process's channels, group membership, local fan-out and
+//!    backpressure ([`Hub`]).
+//! 5. `subscribe/`: filters, the two-channel subscribe, the native
+//!    `<name>Changes` fields, custom groups ([`subscribe_groups`]).
+//! 6. `transport/`: the axum router ([`router`], [`RouterBuilder`]), HTTP,
+//!    SSE and multipart, the two-channel socket loop, the standard GraphQL
+//!    WebSocket protocols ([`ConnectionHooks`]), the client page.
+//!
+//! Each folder's module documentation says what it owns and which others it
+//! calls. Generated code reaches the runtime through `__private`.
 
-pub mod announce;
-pub mod broadcast;
-pub mod client;
-pub mod config;
-pub mod filter;
-pub mod forward;
-pub mod group;
-pub mod hub;
+mod change;
+mod config;
+mod hub;
 pub mod layer;
-pub mod model;
-pub mod native;
-pub mod notification;
-pub mod protocol;
-pub mod scope;
-pub mod server;
-mod shard;
-pub mod subscribe;
+mod model;
+mod subscribe;
+mod transport;
 
-pub use announce::{announce, announce_many, savepoint, set_global_hub, transaction};
-pub use broadcast::{BroadcastError, GroupReceiver, GroupStream, subscribe_groups};
-pub use client::{ClientPage, client_page};
+pub use change::announce::{announce, announce_many, set_global_hub};
+pub use change::transaction::{savepoint, transaction};
 pub use config::{Config, WritePacing};
-pub use filter::{Filter, FilterError, FilterLimits, Lookup};
-pub use hub::{Hub, Stats};
-pub use model::{Action, ActionSubscription, Field, FieldsEnum, ModelSubscription, OperationSubscription};
-pub use native::{ChangeAction, ChangeStream, ChangesArgs, ModelChange, changes};
-pub use protocol::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig};
-pub use scope::{Denied, Principal, Scope, SubscribeRequest};
-pub use server::RouterBuilder;
-pub use server::{Anonymous, Authenticator, router};
-pub use subscribe::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
+pub use hub::{ChannelError, CloseReason, Hub, Stats};
+pub use model::{
+    Action, ActionSubscription, Denied, Field, FieldsEnum, Lookup, ModelSubscription, OperationSubscription, Principal,
+    Scope, SubscribeRequest,
+};
+pub use subscribe::custom::{BroadcastError, GroupReceiver, GroupStream, subscribe_groups};
+pub use subscribe::filter::{FilterError, FilterLimits};
+pub use subscribe::native::{ChangeAction, ChangeStream, ChangesArgs, ModelChange, changes};
+pub use subscribe::two_channel::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
+pub use transport::client::{ClientPage, client_page};
+pub use transport::server::{Anonymous, Authenticator, RouterBuilder, router};
+pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, default_on_connect};
+
+/// Internals that graphex's own integration tests and benchmark drive
+/// directly. Not part of the API: they change without notice.
+#[doc(hidden)]
+pub mod __internals {
+    pub use crate::change::announce::{Prepared, prepare};
+    pub use crate::change::group;
+    pub use crate::hub::{Added, Channel, Delivery, Subscription, SubscriptionKey};
+    pub use crate::subscribe::filter::{Clause, Filter};
+}
 
 #[doc(hidden)]
 pub mod __private {
@@ -47,12 +67,12 @@ pub mod __private {
     pub use sea_orm;
     pub use serde_json;
 
-    pub use crate::announce::{announce_deleted, announce_saved};
+    pub use crate::change::announce::{announce_deleted, announce_saved};
+    pub use crate::model::{allow_authenticated, allow_public, no_scope};
     pub use crate::model::{canonical_value, field_value, parse_value};
-    pub use crate::scope::{allow_authenticated, allow_public, no_scope};
 
     use crate::model::FieldsEnum;
-    use crate::subscribe::Confirmation;
+    use crate::subscribe::two_channel::Confirmation;
 
     /// The requested projection as payload keys.
     pub fn projection<F: FieldsEnum>(data: Option<Vec<F>>) -> Option<Vec<&'static str>> {

@@ -16,7 +16,7 @@
 //!   again to every group that still has local members: clients do nothing.
 //!
 //! Processes also answer each other's requests (a subscribe that reached
-//! the wrong process, see [`crate::forward`]): each process listens on
+//! the wrong process, see the README on running several processes): each process listens on
 //! `<prefix>~node:<node id>` for requests and `<prefix>~reply:<node id>` for
 //! replies, through the same subscriber connection.
 //!
@@ -97,28 +97,55 @@ impl Default for RedisOptions {
     }
 }
 
-/// Counters of the Redis layer that a test or an operator can read.
-#[derive(Debug, Default)]
+/// What the Redis layer counted since it connected: a snapshot
+/// ([`RedisLayer::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisStats {
     /// `PUBLISH` commands Redis accepted (one per group per change).
-    pub published: AtomicU64,
+    pub published: u64,
     /// `PUBLISH` commands that failed or timed out (the change was dropped).
-    pub publish_failures: AtomicU64,
+    pub publish_failures: u64,
     /// Messages received from Redis, for any group.
-    pub received: AtomicU64,
+    pub received: u64,
     /// Subscriber connections established after the first one.
-    pub reconnects: AtomicU64,
+    pub reconnects: u64,
     /// Connection attempts that failed.
-    pub connect_failures: AtomicU64,
+    pub connect_failures: u64,
     /// Groups subscribed again after a reconnection.
-    pub resubscribed: AtomicU64,
+    pub resubscribed: u64,
+    /// Whether the subscriber connection is up.
+    pub connected: bool,
+}
+
+/// The live counters behind [`RedisStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    publish_failures: AtomicU64,
+    received: AtomicU64,
+    reconnects: AtomicU64,
+    connect_failures: AtomicU64,
+    resubscribed: AtomicU64,
     connected: AtomicBool,
 }
 
-impl RedisStats {
-    /// Whether the subscriber connection is up.
-    pub fn connected(&self) -> bool {
+impl Counters {
+    fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> RedisStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RedisStats {
+            published: read(&self.published),
+            publish_failures: read(&self.publish_failures),
+            received: read(&self.received),
+            reconnects: read(&self.reconnects),
+            connect_failures: read(&self.connect_failures),
+            resubscribed: read(&self.resubscribed),
+            connected: self.connected(),
+        }
     }
 }
 
@@ -181,7 +208,7 @@ pub struct RedisLayer {
     inbound: Arc<OnceLock<Inbound>>,
     requests: Requests,
     next_request: AtomicU64,
-    stats: Arc<RedisStats>,
+    stats: Arc<Counters>,
     options: RedisOptions,
 }
 
@@ -239,7 +266,7 @@ impl RedisLayer {
         let first = connect_pubsub(&client, &options).await?;
         tracing::info!(url, prefix = %options.prefix, "redis layer connected");
 
-        let stats = Arc::new(RedisStats::default());
+        let stats = Arc::new(Counters::default());
         stats.connected.store(true, Ordering::Relaxed);
         let inbound = Arc::new(OnceLock::new());
         let requests = Requests::default();
@@ -269,8 +296,8 @@ impl RedisLayer {
     }
 
     /// The counters.
-    pub fn stats(&self) -> &RedisStats {
-        &self.stats
+    pub fn stats(&self) -> RedisStats {
+        self.stats.snapshot()
     }
 
     /// The settings.
@@ -417,7 +444,7 @@ struct Subscriber {
     requests: Requests,
     /// Sends the replies to requests.
     publisher: ConnectionManager,
-    stats: Arc<RedisStats>,
+    stats: Arc<Counters>,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 }

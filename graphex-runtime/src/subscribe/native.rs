@@ -19,10 +19,10 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
 
+use crate::change::codec::Event;
 use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription};
+use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
-use crate::notification::Event;
-use crate::scope::Principal;
 use crate::subscribe::{SubscribeError, add_all, canonical_id, prepare};
 
 /// What happened to a row (GraphQL enum `Action`).
@@ -245,9 +245,9 @@ mod tests {
 
     use super::*;
     use crate::Config;
-    use crate::filter::Filter;
+    use crate::change::codec::Change;
     use crate::hub::SubscriptionKey;
-    use crate::notification::Change;
+    use crate::subscribe::filter::Filter;
 
     async fn stream(hub: &Hub, projection: Option<Vec<&'static str>>) -> ChangeStream {
         let (channel, rx) = hub.open_channel(Some("neo".into())).unwrap();

@@ -3,7 +3,7 @@
 use sea_orm::{EntityTrait, IdenStatic};
 use serde_json::{Map, Value as Json};
 
-use crate::filter::Lookup;
+use super::Lookup;
 
 /// The authenticated identity behind a request or a WebSocket.
 ///

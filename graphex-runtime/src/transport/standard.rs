@@ -27,21 +27,21 @@ use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
-use crate::scope::{Denied, Principal};
-use crate::server::Authenticator;
+use crate::model::{Denied, Principal};
+use crate::transport::server::Authenticator;
 
 /// Close code: a message that is not valid for the protocol.
-pub const CLOSE_BAD_REQUEST: u16 = 4400;
+pub(crate) const CLOSE_BAD_REQUEST: u16 = 4400;
 /// Close code: a subscribe before the connection was acknowledged.
-pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4401;
 /// Close code: [`ConnectionHooks::on_connect`] refused the connection.
-pub const CLOSE_FORBIDDEN: u16 = 4403;
+pub(crate) const CLOSE_FORBIDDEN: u16 = 4403;
 /// Close code: no `connection_init` within [`ProtocolConfig::init_timeout`].
-pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+pub(crate) const CLOSE_INIT_TIMEOUT: u16 = 4408;
 /// Close code: a subscribe reused the id of an operation still running.
-pub const CLOSE_DUPLICATE_ID: u16 = 4409;
+pub(crate) const CLOSE_DUPLICATE_ID: u16 = 4409;
 /// Close code: a second `connection_init` (sent by async-graphql).
-pub const CLOSE_TOO_MANY_INITS: u16 = 4429;
+pub(crate) const CLOSE_TOO_MANY_INITS: u16 = 4429;
 
 /// Settings of the standard WebSocket protocols.
 #[derive(Clone, Debug)]
@@ -197,7 +197,7 @@ enum Verdict {
 /// Generic over the socket halves so tests can drive it with channels.
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(connection = connection.id, protocol = connection.protocol))]
-pub async fn serve_connection<E, Si, St, Er>(
+pub(crate) async fn serve_connection<E, Si, St, Er>(
     executor: E,
     hub: Hub,
     hooks: Arc<dyn ConnectionHooks>,
@@ -529,8 +529,13 @@ mod tests {
         let (server_tx, client_rx) = mpsc::channel(16);
         let server_rx = futures_util::stream::poll_fn(move |cx| server_rx.poll_recv(cx));
         let server_tx = PollSender::new(server_tx);
-        let connection =
-            Connection::new(1, "graphql-transport-ws", HeaderMap::new(), None, Arc::new(crate::server::Anonymous));
+        let connection = Connection::new(
+            1,
+            "graphql-transport-ws",
+            HeaderMap::new(),
+            None,
+            Arc::new(crate::transport::server::Anonymous),
+        );
         let schema = Schema::new(Query, EmptyMutation, EmptySubscription);
         tokio::spawn(serve_connection(
             schema,

@@ -8,11 +8,11 @@ use async_graphql::{Context, ID};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::Value as Json;
 
-use crate::filter::{Filter, FilterError};
-use crate::group;
+use crate::change::group;
 use crate::hub::{Channel, ChannelError, Hub, RowCheck, Subscription, SubscriptionKey};
 use crate::model::{ActionSubscription, ModelSubscription, OperationSubscription};
-use crate::scope::{Denied, Principal, SubscribeRequest};
+use crate::model::{Denied, Principal, SubscribeRequest};
+use crate::subscribe::filter::{Filter, FilterError};
 
 /// The arguments of a model subscription field.
 #[derive(Clone, Debug)]

@@ -22,10 +22,10 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
-use crate::forward::{self, Forwarded};
 use crate::hub::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
-use crate::protocol::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
-use crate::scope::Principal;
+use crate::model::Principal;
+use crate::transport::forward::{self, Forwarded};
+use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
 
 /// Turns a bearer token into a principal. Requests without a token, or
 /// whose token yields `None`, are anonymous.
@@ -267,7 +267,7 @@ fn stream_response(
 
 /// Executes a query or mutation, or a subscription operation once (the
 /// two-channel subscribe answers with exactly one item).
-pub async fn execute<Q, M, S>(schema: &Schema<Q, M, S>, request: Request) -> Response
+pub(crate) async fn execute<Q, M, S>(schema: &Schema<Q, M, S>, request: Request) -> Response
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
@@ -382,7 +382,7 @@ where
 /// the handshake, then writes the channel's frames until either side closes.
 /// Generic over the socket halves so tests can drive it with channels.
 #[tracing::instrument(skip_all)]
-pub async fn serve_socket<Si, St, E>(hub: Hub, owner: Option<String>, mut sink: Si, stream: St)
+pub(crate) async fn serve_socket<Si, St, E>(hub: Hub, owner: Option<String>, mut sink: Si, stream: St)
 where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
@@ -482,11 +482,11 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
+    use crate::change::codec::Change;
+    use crate::change::group;
     use crate::config::Config;
-    use crate::group;
     use crate::hub::Subscription;
     use crate::model::Action;
-    use crate::notification::Change;
 
     /// A socket's sending half that records which frames left in which flush.
     #[derive(Clone, Default)]

@@ -1,12 +1,21 @@
-//! What the derive tells the runtime about a model: its stream, fields,
-//! primary key, index fields, scope and authorization.
+//! Stage 1 of the pipeline: what the derive tells the runtime about a
+//! model (its stream, fields, primary key, index fields, scope and
+//! authorization), with the types those name: who is asking
+//! ([`Principal`], [`SubscribeRequest`]), what they may see ([`Scope`],
+//! [`Lookup`]) and how a refusal reads ([`Denied`]).
+//!
+//! Calls nothing else in the crate: every other stage reads it.
+
+mod access;
+mod lookup;
+
+pub use access::{Denied, Principal, Scope, SubscribeRequest, allow_authenticated, allow_public, no_scope};
+pub use lookup::Lookup;
 
 use async_graphql::Enum;
 use sea_orm::{EntityTrait, Value as DbValue};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value as Json};
-
-use crate::scope::{Denied, Scope, SubscribeRequest};
 
 /// What happened to a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -155,6 +164,6 @@ pub trait FieldsEnum: Copy + Send + Sync + 'static {
 }
 
 /// Finds a field by payload name.
-pub fn field_index<M: ModelSubscription>(name: &str) -> Option<usize> {
+pub(crate) fn field_index<M: ModelSubscription>(name: &str) -> Option<usize> {
     M::FIELDS.iter().position(|field| field.name == name)
 }

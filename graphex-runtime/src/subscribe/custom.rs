@@ -21,11 +21,10 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
@@ -36,23 +35,23 @@ use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Stats};
+use crate::hub::{Counters, Hub, Membership};
 use crate::layer::ChannelLayer;
 
 /// First character of every custom group name. Stream names are ASCII
 /// letters, digits, `_` and `.`, so no model group starts with it.
-pub const CUSTOM_PREFIX: char = '@';
+pub(crate) const CUSTOM_PREFIX: char = '@';
 
 /// Longest custom group name a subscriber or broadcaster may use.
-pub const MAX_CUSTOM_NAME_LEN: usize = 200;
+pub(crate) const MAX_CUSTOM_NAME_LEN: usize = 200;
 
 /// Whether a layer group name is a custom group.
-pub fn is_custom(group: &str) -> bool {
+pub(crate) fn is_custom(group: &str) -> bool {
     group.starts_with(CUSTOM_PREFIX)
 }
 
 /// The layer group of the custom group `name`.
-pub fn custom_group(name: &str) -> Result<String, BroadcastError> {
+pub(crate) fn custom_group(name: &str) -> Result<String, BroadcastError> {
     if name.is_empty() || name.len() > MAX_CUSTOM_NAME_LEN || name.chars().any(char::is_control) {
         return Err(BroadcastError::InvalidGroup(name.chars().take(MAX_CUSTOM_NAME_LEN).collect()));
     }
@@ -62,7 +61,7 @@ pub fn custom_group(name: &str) -> Result<String, BroadcastError> {
 /// Why a broadcast or a custom group subscription failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BroadcastError {
-    /// Names are 1 to [`MAX_CUSTOM_NAME_LEN`] bytes without control characters.
+    /// Names are 1 to 200 bytes without control characters.
     #[error("invalid custom group name `{0}`")]
     InvalidGroup(String),
     /// The payload could not be serialized.
@@ -106,41 +105,26 @@ struct Member {
 /// The local members of custom groups (one per hub).
 #[derive(Default)]
 pub(crate) struct Registry {
-    groups: RwLock<HashMap<String, HashMap<u64, Member>>>,
+    groups: Membership<Member>,
     next: AtomicU64,
 }
 
 impl Registry {
     pub(crate) fn group_count(&self) -> usize {
-        self.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+        self.groups.group_count()
     }
 
-    /// Joins `group`; its first local member makes `layer` listen, under
-    /// the membership lock (the ordering rule of [`ChannelLayer::listen`]).
     fn join(&self, layer: &dyn ChannelLayer, group: &str, id: u64, member: Member) {
-        let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let members = groups.entry(group.to_owned()).or_default();
-        members.insert(id, member);
-        if members.len() == 1 {
-            layer.listen(group);
-        }
+        self.groups.join(layer, group, id, member);
     }
 
-    /// Leaves `group`; its last local member leaving makes `layer` unlisten,
-    /// under the same lock.
     fn leave(&self, layer: &dyn ChannelLayer, group: &str, id: u64) {
-        let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(members) = groups.get_mut(group) else { return };
-        members.remove(&id);
-        if members.is_empty() {
-            groups.remove(group);
-            layer.unlisten(group);
-        }
+        self.groups.leave(layer, group, id);
     }
 
     /// Queues a layer message to the local members of a custom group.
-    pub(crate) fn dispatch(&self, group: &str, message: &[u8], stats: &Stats) {
-        let groups = self.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub(crate) fn dispatch(&self, group: &str, message: &[u8], stats: &Counters) {
+        let groups = self.groups.members();
         let Some(members) = groups.get(group) else { return };
         stats.received.fetch_add(1, Ordering::Relaxed);
         let payload = match serde_json::from_slice::<CustomMessage>(message) {
@@ -176,9 +160,9 @@ impl Hub {
     pub async fn broadcast(&self, name: &str, payload: impl Serialize) -> Result<(), BroadcastError> {
         let group = custom_group(name)?;
         let payload = serde_json::to_value(payload).map_err(|error| BroadcastError::Payload(error.to_string()))?;
-        self.stats().published.fetch_add(1, Ordering::Relaxed);
+        self.counters().published.fetch_add(1, Ordering::Relaxed);
         self.layer().publish(&group, CustomMessage::encode(payload)).await.map_err(|error| {
-            self.stats().dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters().dropped.fetch_add(1, Ordering::Relaxed);
             BroadcastError::Layer(error.to_string())
         })
     }
@@ -316,7 +300,7 @@ mod tests {
     fn custom_groups_never_meet_model_groups() {
         assert_eq!(custom_group("chat.1").unwrap(), "@chat.1");
         assert!(is_custom("@users-create"));
-        assert!(!is_custom(&crate::group::coarse("users", crate::Action::Create)));
+        assert!(!is_custom(&crate::change::group::coarse("users", crate::Action::Create)));
         assert!(custom_group("").is_err());
         assert!(custom_group(&"x".repeat(MAX_CUSTOM_NAME_LEN + 1)).is_err());
         assert!(custom_group("a\nb").is_err());
@@ -349,7 +333,7 @@ mod tests {
             hub.broadcast("g", n).await.unwrap();
         }
         assert!(slow.next().await.is_none());
-        assert_eq!(hub.stats().slow_consumers.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.stats().slow_consumers, 1);
     }
 
     #[tokio::test]

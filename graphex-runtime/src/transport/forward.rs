@@ -20,7 +20,7 @@ const CHANNEL_ARGUMENT: &str = "channelId";
 
 /// A GraphQL request on its way to the process holding its channel.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Forwarded {
+pub(crate) struct Forwarded {
     /// The operation text.
     pub query: String,
     /// The operation to run, if the text holds several.
@@ -33,7 +33,7 @@ pub struct Forwarded {
 
 impl Forwarded {
     /// The request to execute.
-    pub fn into_request(self) -> (Request, Option<String>) {
+    pub(crate) fn into_request(self) -> (Request, Option<String>) {
         let mut request = Request::new(self.query).variables(self.variables);
         if let Some(name) = self.operation_name {
             request = request.operation_name(name);
@@ -44,7 +44,7 @@ impl Forwarded {
 
 /// The channel a subscription operation names in its first `channelId`
 /// argument (literal or variable), if it is a subscription operation.
-pub fn target_channel(request: &Request) -> Option<String> {
+pub(crate) fn target_channel(request: &Request) -> Option<String> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
     let operation = match &document.operations {
         DocumentOperations::Single(operation) => operation,
@@ -71,7 +71,7 @@ pub fn target_channel(request: &Request) -> Option<String> {
 /// another process, and returns the JSON response it sent back. `None`:
 /// run it here (a local channel, no channel named, or no process answers
 /// for that node, which the local run reports as an unknown channel).
-pub async fn to_owner(hub: &Hub, request: &Request, token: Option<&str>) -> Option<Bytes> {
+pub(crate) async fn to_owner(hub: &Hub, request: &Request, token: Option<&str>) -> Option<Bytes> {
     let channel = target_channel(request)?;
     if hub.channel(&channel).is_some() {
         return None;

@@ -1,0 +1,325 @@
+//! A channel: one connection's bounded queue of deliveries, its queue
+//! levels (pacing, backpressure, overflow), and its subscriptions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::change::codec::Event;
+use crate::layer::LayerError;
+use crate::model::Action;
+use crate::subscribe::filter::Filter;
+
+/// WebSocket close code sent to a client whose outgoing queue overflowed.
+pub(crate) const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// A decoded change on its way to one channel, tagged with the group it came through.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The group the change was sent to.
+    pub group: Arc<str>,
+    /// The change, shared by every channel of the group.
+    pub event: Arc<Event>,
+    /// When the hub queued it: how long it waited tells a socket whether the server is behind.
+    pub queued_at: tokio::time::Instant,
+}
+
+/// Decides, by one primary-key-bounded query, whether a row still matches.
+pub(crate) type RowCheck = Arc<dyn Fn(Json) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// What identifies a subscription for UNSUBSCRIBE: the arguments it was made with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionKey {
+    /// Stream of the model.
+    pub stream: &'static str,
+    /// One action (ALL_ACTIONS makes three subscriptions).
+    pub action: Action,
+    /// Canonical primary key of `id`, if given.
+    pub id: Option<Json>,
+    /// The client's filters, as given.
+    pub filters: Option<Json>,
+    /// The requested fields, if any.
+    pub projection: Option<Vec<&'static str>>,
+}
+
+/// One subscription of one channel.
+pub struct Subscription {
+    /// Its arguments.
+    pub key: SubscriptionKey,
+    /// The group it receives from.
+    pub group: String,
+    /// Scope and client filters merged.
+    pub filter: Filter,
+    /// Query used when the filter cannot be decided from the change.
+    pub check: Option<RowCheck>,
+}
+
+impl Subscription {
+    fn frame(&self, event: &Event) -> Bytes {
+        match &self.key.projection {
+            None => event.frame.clone(),
+            Some(fields) => event.projected(fields),
+        }
+    }
+
+    /// What this subscription does with a change of its group.
+    fn verdict(&self, event: &Event) -> Verdict<'_> {
+        match self.filter.matches(event.known()) {
+            Some(true) => Verdict::Take,
+            Some(false) => Verdict::Skip,
+            // The row is gone: what the change does not carry cannot be decided.
+            None if event.change.action == Action::Delete => Verdict::Skip,
+            None => self.check.as_ref().map_or(Verdict::Skip, Verdict::Check),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Subscription {
+    /// A subscription to `users` on `group` with no filter to decide, for unit tests.
+    pub(crate) fn of_users(group: &str, action: Action, filters: Option<Json>) -> Subscription {
+        Subscription {
+            key: SubscriptionKey { stream: "users", action, id: None, filters, projection: None },
+            group: group.to_owned(),
+            filter: Filter::default(),
+            check: None,
+        }
+    }
+}
+
+/// A subscription's decision on one change.
+enum Verdict<'a> {
+    Take,
+    Skip,
+    /// Decided by a primary-key-bounded query (id-only mode).
+    Check(&'a RowCheck),
+}
+
+/// Why a channel was closed by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its outgoing queue overflowed.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+    /// The server closed it while going on ([`crate::Hub::disconnect_all`]); the client may reconnect.
+    Disconnected,
+}
+
+/// WebSocket close code of a channel the server disconnected while going on
+/// (1012, "service restart": clients reconnect).
+pub(crate) const CLOSE_DISCONNECTED: u16 = 1012;
+
+/// One WebSocket connection's mailbox and subscriptions.
+pub struct Channel {
+    pub(super) id: String,
+    pub(super) seq: u64,
+    pub(super) owner: Option<String>,
+    pub(super) tx: mpsc::Sender<Delivery>,
+    pub(super) closed: CancellationToken,
+    pub(super) close_reason: OnceLock<CloseReason>,
+    pub(super) subscriptions: Mutex<Subscriptions>,
+    /// Signalled when the queue passes half its capacity: a socket holding
+    /// its write (pacing) writes now, whatever its timer says.
+    pub(super) pressure: tokio::sync::Notify,
+    /// Signalled when a publisher waits for this lagging channel
+    /// ([`Hub::publish`]) and its queue is back to three quarters or less,
+    /// or closed.
+    pub(super) relieved: tokio::sync::Notify,
+    /// Whether a publisher waits on `relieved` (saves a lock per write otherwise).
+    pub(super) relief_wanted: AtomicBool,
+}
+
+/// A channel's subscriptions; `gone` once the channel is closed, after
+/// which nothing may be added (a subscribe racing the socket's close).
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    pub(super) list: Vec<Subscription>,
+    pub(super) gone: bool,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("id", &self.id).field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// The channel id sent in the handshake.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The principal id that opened the socket, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// Resolves once the channel's queue has passed half its capacity.
+    pub(crate) fn pressure(&self) -> &tokio::sync::Notify {
+        &self.pressure
+    }
+
+    /// Resolves when the server closes this channel.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// Why the server closed the channel.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get().copied()
+    }
+
+    pub(super) fn close(&self, reason: CloseReason) {
+        let _ = self.close_reason.set(reason);
+        self.closed.cancel();
+        self.relieved.notify_waiters();
+    }
+
+    // The queue's levels, from the hub's side (`tx.capacity()` is what is free):
+    // past half full ends a pacing hold; seven eighths full makes the next
+    // local publisher wait (backpressure) until it is down to three quarters.
+
+    /// At least half the queue is taken: a held write should go now.
+    pub(super) fn past_half(&self) -> bool {
+        self.tx.capacity() <= self.tx.max_capacity() / 2
+    }
+
+    /// At most an eighth of the queue is free: close to overflowing.
+    pub(super) fn near_overflow(&self) -> bool {
+        self.tx.capacity() <= self.tx.max_capacity() / 8
+    }
+
+    /// More than three quarters of the queue is taken: not yet relieved.
+    fn above_relief(&self) -> bool {
+        (self.tx.max_capacity() - self.tx.capacity()) * 4 > self.tx.max_capacity() * 3
+    }
+
+    /// Called by the socket after it took deliveries: wakes the publishers
+    /// that wait for this channel once its queue is down to three quarters.
+    pub(crate) fn taken(&self) {
+        // Pairs with the fence in `relief`: either the socket sees the
+        // publisher's wish here, or the publisher sees the drained queue.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.relief_wanted.load(Ordering::SeqCst) && !self.above_relief() {
+            self.relief_wanted.store(false, Ordering::SeqCst);
+            self.relieved.notify_waiters();
+        }
+    }
+
+    /// Waits until the queue is down to three quarters, the channel closes, or `until`.
+    pub(super) async fn relief(&self, until: tokio::time::Instant) {
+        loop {
+            let relieved = self.relieved.notified();
+            tokio::pin!(relieved);
+            // Registered before the check, so a signal between the two is not lost.
+            relieved.as_mut().enable();
+            self.relief_wanted.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !self.above_relief() || self.closed.is_cancelled() {
+                return;
+            }
+            if tokio::time::timeout_at(until, relieved).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Number of subscriptions held.
+    pub fn subscription_count(&self) -> usize {
+        self.lock().list.len()
+    }
+
+    /// Whether a subscription of this channel on `group` may take `event`,
+    /// so that the hub queues (and wakes the socket for) only what the
+    /// channel's filters let through. Never waits: while a subscribe or a
+    /// close holds the list, the socket decides.
+    pub(super) fn may_take(&self, group: &str, event: &Event) -> bool {
+        let Ok(subscriptions) = self.subscriptions.try_lock() else { return true };
+        subscriptions
+            .list
+            .iter()
+            .filter(|subscription| subscription.group == group)
+            .any(|subscription| !matches!(subscription.verdict(event), Verdict::Skip))
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
+        self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The frames this channel's subscriptions take from a delivery.
+    pub async fn frames(&self, delivery: &Delivery, frames: &mut Vec<Bytes>) {
+        self.select(delivery, Subscription::frame, frames).await;
+    }
+
+    /// What this channel's subscriptions take from a delivery: `render` is
+    /// called once per matching subscription (two-channel frames, or native
+    /// GraphQL events).
+    pub async fn select<T>(
+        &self,
+        delivery: &Delivery,
+        render: impl Fn(&Subscription, &Event) -> T,
+        frames: &mut Vec<T>,
+    ) {
+        let event = &delivery.event;
+        let mut pending: Vec<(RowCheck, T)> = Vec::new();
+        {
+            let subscriptions = self.lock();
+            for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
+                match subscription.verdict(event) {
+                    Verdict::Take => frames.push(render(subscription, event)),
+                    Verdict::Skip => {}
+                    Verdict::Check(check) => pending.push((check.clone(), render(subscription, event))),
+                }
+            }
+        }
+        for (check, frame) in pending {
+            if check(event.change.pk.clone()).await {
+                frames.push(frame);
+            }
+        }
+    }
+}
+
+/// Outcome of adding a subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    /// Added.
+    New,
+    /// An identical subscription already existed.
+    Existing,
+}
+
+/// Refusals of subscription changes on a channel.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChannelError {
+    /// No open channel has this id.
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// The channel was opened by another principal.
+    #[error("channel belongs to another principal")]
+    ForeignChannel,
+    /// Too many subscriptions on one channel.
+    #[error("subscription limit reached ({0} per channel)")]
+    TooManySubscriptions(usize),
+    /// No subscription with these arguments.
+    #[error("no subscription with these arguments")]
+    NotSubscribed,
+    /// Too many open channels.
+    #[error("too many open channels")]
+    TooManyChannels,
+    /// The channel layer refused.
+    #[error("{0}")]
+    Layer(String),
+}
+
+impl From<LayerError> for ChannelError {
+    fn from(error: LayerError) -> Self {
+        ChannelError::Layer(error.to_string())
+    }
+}

@@ -1,0 +1,109 @@
+//! Publishing a change, and fanning out what the layer brings in to the
+//! local channels of its group: filters decided before queueing, slow
+//! consumers closed, lagging sockets noted for the local publisher to wait
+//! on (backpressure).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{CloseReason, Delivery, Hub, LAGGING_KEPT};
+use crate::change::codec::{Change, Event};
+
+impl Hub {
+    /// Publishes a change to each of its groups, through the layer; then,
+    /// if local sockets are close to overflowing, waits for them a bounded
+    /// time ([`crate::Config::publish_backpressure`]).
+    pub async fn publish(&self, groups: &[String], message: Bytes) {
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = self.inner.layer.publish_all(groups, message).await {
+            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(?groups, %error, "change not published");
+        }
+        self.relieve().await;
+    }
+
+    /// Backpressure: if sockets of this process are close to overflowing
+    /// (a queue seven eighths full), waits until they are back to three
+    /// quarters, at most [`Config::publish_backpressure`], so that
+    /// producers faster than the fan-out slow down instead of getting
+    /// sockets that are merely behind closed as slow consumers. A socket
+    /// that stopped reading costs each publish at most that bound until
+    /// its queue overflows.
+    pub(super) async fn relieve(&self) {
+        let Some(bound) = self.inner.config.publish_backpressure else { return };
+        let lagging = {
+            // Never waits: a publisher holding the list is taking care of it.
+            let Ok(mut lagging) = self.inner.lagging.try_lock() else { return };
+            if lagging.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *lagging)
+        };
+        self.inner.stats.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+        let until = tokio::time::Instant::now() + bound;
+        for channel in lagging {
+            channel.relief(until).await;
+        }
+    }
+
+    /// Fans a layer message out to the local members of `group`.
+    pub(super) fn dispatch(&self, group: &str, message: &[u8]) {
+        // Custom groups live in their own namespace and carry payloads, not changes.
+        if crate::subscribe::custom::is_custom(group) {
+            return self.inner.custom.dispatch(group, message, &self.inner.stats);
+        }
+        let groups = self.inner.groups.members();
+        let Some(members) = groups.get(group) else { return };
+        self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
+        let event = match Change::decode(message) {
+            Ok(change) => Arc::new(Event::new(change)),
+            Err(error) => {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%group, %error, "undecodable message dropped");
+                return;
+            }
+        };
+        let group: Arc<str> = Arc::from(group);
+        let queued_at = tokio::time::Instant::now();
+        let mut delivered = 0;
+        let mut lagging = Vec::new();
+        let backpressure = self.inner.config.publish_backpressure.is_some();
+        for channel in members.values() {
+            if !channel.may_take(&group, &event) {
+                continue;
+            }
+            let delivery = Delivery { group: group.clone(), event: event.clone(), queued_at };
+            match channel.tx.try_send(delivery) {
+                Ok(()) => {
+                    delivered += 1;
+                    if channel.past_half() {
+                        channel.pressure.notify_one();
+                    }
+                    if backpressure && channel.near_overflow() {
+                        lagging.push(channel.clone());
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if channel.close_reason().is_none() {
+                        self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");
+                    }
+                    channel.close(CloseReason::SlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.inner.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if !lagging.is_empty() {
+            let mut kept = self.inner.lagging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for channel in lagging {
+                if kept.len() < LAGGING_KEPT && !kept.iter().any(|known| Arc::ptr_eq(known, &channel)) {
+                    kept.push(channel);
+                }
+            }
+        }
+    }
+}

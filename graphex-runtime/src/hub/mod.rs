@@ -1,0 +1,385 @@
+//! Stage 4 of the pipeline: the hub, one per process. It holds the
+//! channels (one per WebSocket connection or native stream), their group
+//! memberships, the local fan-out of every change the layer brings in, and
+//! the backpressure that slows local publishers when sockets fall behind.
+//!
+//! - `mod.rs`: the [`Hub`] handle; opening and closing channels; adding and
+//!   removing subscriptions (confirmed once the layer is ready).
+//! - `channel.rs`: a channel, its bounded queue and the queue levels that
+//!   pacing and backpressure read; its subscriptions and their verdicts.
+//! - `membership.rs`: the group map shared by model groups and custom
+//!   groups; the layer hears listen/unlisten under its lock.
+//! - `dispatch.rs`: publish, fan-out, slow consumers, backpressure.
+//! - `stats.rs`: counters and their snapshot.
+//!
+//! Calls: `layer` (publish, listen), `change` (decoding a change),
+//! `subscribe` (a subscription's filter), `config`.
+//! Locks are `std::sync` and never held across `.await`.
+
+mod channel;
+mod dispatch;
+mod membership;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
+
+pub(crate) use channel::RowCheck;
+pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
+pub(crate) use channel::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER};
+pub(crate) use membership::Membership;
+pub(crate) use stats::Counters;
+pub use stats::Stats;
+
+struct Inner {
+    /// This hub's node id: the first [`NODE_ID_LEN`] characters of its channel ids.
+    node: String,
+    layer: Arc<dyn ChannelLayer>,
+    config: Config,
+    channels: RwLock<HashMap<String, Arc<Channel>>>,
+    groups: Membership<Arc<Channel>>,
+    next_seq: AtomicU64,
+    stats: Counters,
+    /// Members of custom groups ([`crate::subscribe_groups`]).
+    custom: crate::subscribe::custom::Registry,
+    /// Cancelled by [`Hub::shutdown`]: standard-protocol connections close on it.
+    shutdown: CancellationToken,
+    /// The tasks that run the two-channel sockets, started with the first one.
+    shards: OnceLock<crate::transport::shard::Shards>,
+    /// Channels a dispatch left seven eighths full or more, for the next
+    /// local publisher to wait on (at most [`LAGGING_KEPT`]).
+    lagging: Mutex<Vec<Arc<Channel>>>,
+}
+
+/// Lagging channels kept for publishers to wait on; a further one is not
+/// kept (a publisher already has enough to wait for).
+const LAGGING_KEPT: usize = 16;
+
+/// Channels, groups and the channel layer of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("channels", &self.channel_count()).finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(Config::default())
+    }
+}
+
+impl Hub {
+    /// A hub on the in-memory layer.
+    pub fn new(config: Config) -> Hub {
+        Hub::with_layer(config, Arc::new(MemoryLayer::new()))
+    }
+
+    /// A hub on the given channel layer.
+    pub fn with_layer(config: Config, layer: Arc<dyn ChannelLayer>) -> Hub {
+        let inner = Arc::new(Inner {
+            node: random_hex(NODE_ID_LEN / 2),
+            layer,
+            config,
+            channels: RwLock::default(),
+            groups: Membership::default(),
+            next_seq: AtomicU64::new(1),
+            stats: Counters::default(),
+            custom: crate::subscribe::custom::Registry::default(),
+            shutdown: CancellationToken::new(),
+            shards: OnceLock::new(),
+            lagging: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
+            if let Some(inner) = weak.upgrade() {
+                Hub { inner }.dispatch(group, &message);
+            }
+        }));
+        Hub { inner }
+    }
+
+    /// This hub's node id, which starts each of its channel ids, so another
+    /// process can tell where a channel lives.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The node id a channel id starts with.
+    pub fn node_of(channel_id: &str) -> Option<&str> {
+        channel_id.get(..NODE_ID_LEN)
+    }
+
+    /// Makes this hub answer requests other processes send it through the
+    /// layer (the router registers its subscribe handler here).
+    pub fn serve_requests(&self, handler: crate::layer::RequestHandler) {
+        self.inner.layer.serve_requests(&self.inner.node, handler);
+    }
+
+    /// Sends a request to the process of node `node`; `None` when no
+    /// process answers for it.
+    pub async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
+        self.inner.layer.request(node, body).await
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// The live counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.stats
+    }
+
+    /// Opens a channel owned by `owner`; returns it and its delivery queue.
+    pub fn open_channel(
+        &self,
+        owner: Option<String>,
+    ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
+        let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
+        let channel = Arc::new(Channel {
+            id: format!("{}{}", self.inner.node, random_hex(CHANNEL_RANDOM_BYTES)),
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+            owner,
+            tx,
+            closed: CancellationToken::new(),
+            close_reason: OnceLock::new(),
+            subscriptions: Mutex::default(),
+            pressure: tokio::sync::Notify::new(),
+            relieved: tokio::sync::Notify::new(),
+            relief_wanted: AtomicBool::new(false),
+        });
+        let mut channels = write(&self.inner.channels);
+        if channels.len() >= self.inner.config.max_channels {
+            return Err(ChannelError::TooManyChannels);
+        }
+        channels.insert(channel.id.clone(), channel.clone());
+        Ok((channel, rx))
+    }
+
+    /// The open channel with this id.
+    pub fn channel(&self, id: &str) -> Option<Arc<Channel>> {
+        read(&self.inner.channels).get(id).cloned()
+    }
+
+    /// Number of open channels.
+    pub fn channel_count(&self) -> usize {
+        read(&self.inner.channels).len()
+    }
+
+    /// Number of groups (model and custom) with members in this process.
+    pub fn group_count(&self) -> usize {
+        self.inner.groups.group_count() + self.inner.custom.group_count()
+    }
+
+    /// Resolves once [`Hub::shutdown`] was called.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Runs a two-channel socket in one of the hub's shard tasks.
+    pub(crate) fn run_socket(&self, socket: BoxFuture<'static, ()>) {
+        self.inner
+            .shards
+            .get_or_init(|| crate::transport::shard::Shards::spawn(self.inner.config.socket_shards))
+            .run(socket);
+    }
+
+    /// The channel layer.
+    pub(crate) fn layer(&self) -> &Arc<dyn ChannelLayer> {
+        &self.inner.layer
+    }
+
+    /// Members of custom groups.
+    pub(crate) fn custom(&self) -> &crate::subscribe::custom::Registry {
+        &self.inner.custom
+    }
+
+    /// Number of local channels in `group`.
+    pub fn group_size(&self, group: &str) -> usize {
+        self.inner.groups.group_size(group)
+    }
+
+    /// Adds a subscription to a channel and joins its group; see
+    /// [`Hub::add_subscriptions`].
+    pub async fn add_subscription(
+        &self,
+        channel: &Arc<Channel>,
+        subscription: Subscription,
+    ) -> Result<Added, ChannelError> {
+        let mut added = self.add_subscriptions(channel, vec![subscription]).await?;
+        Ok(added.pop().unwrap_or(Added::Existing))
+    }
+
+    /// Adds subscriptions to a channel, all or none, joins their groups, and
+    /// returns once the layer delivers each of those groups to this process
+    /// ([`ChannelLayer::ready`]): a change published after this returns
+    /// reaches the channel. That holds for every joiner, first member of
+    /// its group or not, and for an identical subscription that already
+    /// existed. When a limit refuses, the layer is not ready in time, or
+    /// the returned future is dropped before it resolves, what this call
+    /// added is removed again (no half-state). Returns, per subscription,
+    /// whether it was new.
+    pub async fn add_subscriptions(
+        &self,
+        channel: &Arc<Channel>,
+        subscriptions: Vec<Subscription>,
+    ) -> Result<Vec<Added>, ChannelError> {
+        let mut groups = Vec::with_capacity(subscriptions.len());
+        let mut undo = Undo { hub: self, channel, keys: Vec::new() };
+        let outcomes = {
+            // Groups are joined under the channel's lock, so a concurrent
+            // close either sees the subscription (and leaves the group) or
+            // has already marked the channel gone.
+            let mut held = channel.lock();
+            if held.gone {
+                return Err(ChannelError::UnknownChannel);
+            }
+            let mut outcomes = Vec::with_capacity(subscriptions.len());
+            let mut fresh: Vec<Subscription> = Vec::new();
+            for subscription in subscriptions {
+                groups.push(subscription.group.clone());
+                if held.list.iter().chain(&fresh).any(|existing| existing.key == subscription.key) {
+                    outcomes.push(Added::Existing);
+                } else {
+                    outcomes.push(Added::New);
+                    fresh.push(subscription);
+                }
+            }
+            let limit = self.inner.config.max_subscriptions_per_channel;
+            if held.list.len() + fresh.len() > limit {
+                return Err(ChannelError::TooManySubscriptions(limit));
+            }
+            for subscription in fresh {
+                let joins = !held.list.iter().any(|existing| existing.group == subscription.group);
+                undo.keys.push(subscription.key.clone());
+                if joins {
+                    self.join(&subscription.group, channel);
+                }
+                held.list.push(subscription);
+            }
+            outcomes
+        };
+        groups.sort_unstable();
+        groups.dedup();
+        let layer = &self.inner.layer;
+        futures_util::future::try_join_all(groups.iter().map(|group| layer.ready(group))).await?;
+        undo.keys.clear();
+        Ok(outcomes)
+    }
+
+    /// Removes the subscription with this key, leaving its group if no other
+    /// subscription of the channel uses it.
+    pub fn remove_subscription(&self, channel: &Channel, key: &SubscriptionKey) -> Result<(), ChannelError> {
+        let mut subscriptions = channel.lock();
+        let position =
+            subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
+        let removed = subscriptions.list.swap_remove(position);
+        if !subscriptions.list.iter().any(|existing| existing.group == removed.group) {
+            self.leave(&removed.group, channel);
+        }
+        Ok(())
+    }
+
+    /// Closes a channel: forgets it, leaves every group, drops its
+    /// subscriptions. Synchronous, so a `Drop` can call it: the layer is
+    /// told in order (see [`ChannelLayer::listen`]).
+    pub fn close_channel(&self, channel: &Channel) {
+        write(&self.inner.channels).remove(&channel.id);
+        let mut subscriptions = channel.lock();
+        subscriptions.gone = true;
+        let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
+            self.leave(&group, channel);
+        }
+    }
+
+    /// Closes every two-channel socket and native stream with
+    /// [`CloseReason::Disconnected`] but keeps serving: clients reconnect
+    /// (e.g. to move them to other processes before a deploy).
+    pub fn disconnect_all(&self) {
+        for channel in read(&self.inner.channels).values() {
+            channel.close(CloseReason::Disconnected);
+        }
+    }
+
+    /// Closes every channel (their socket tasks send a close frame and exit)
+    /// and refuses new standard-protocol connections.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        for channel in read(&self.inner.channels).values() {
+            channel.close(CloseReason::Shutdown);
+        }
+    }
+
+    /// Adds `channel` to `group`'s members (the layer listens on its first).
+    fn join(&self, group: &str, channel: &Arc<Channel>) {
+        self.inner.groups.join(self.inner.layer.as_ref(), group, channel.seq, channel.clone());
+    }
+
+    /// Removes `channel` from `group`'s members (the layer unlistens on its last).
+    fn leave(&self, group: &str, channel: &Channel) {
+        self.inner.groups.leave(self.inner.layer.as_ref(), group, channel.seq);
+    }
+}
+
+/// Removes, when dropped, the subscriptions an unfinished
+/// [`Hub::add_subscriptions`] added (its keys are cleared once it succeeds).
+struct Undo<'a> {
+    hub: &'a Hub,
+    channel: &'a Channel,
+    keys: Vec<SubscriptionKey>,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            let _ = self.hub.remove_subscription(self.channel, key);
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Hex characters of a node id at the start of every channel id.
+pub(crate) const NODE_ID_LEN: usize = 8;
+
+/// Random bytes after the node id in a channel id (128 bits).
+const CHANNEL_RANDOM_BYTES: usize = 16;
+
+/// `len` random bytes from the OS, hex-encoded.
+fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,46 @@
+//! Counters of a hub, and the snapshot an operator or a test reads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a hub counted since it started: a snapshot ([`crate::Hub::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Changes published (one per change, whatever the number of groups).
+    pub published: u64,
+    /// Layer messages received for groups with local members.
+    pub received: u64,
+    /// Deliveries queued to channels.
+    pub delivered: u64,
+    /// Channels closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Changes that failed to publish (counted once per change) or decode.
+    pub dropped: u64,
+    /// Publishes that waited for lagging sockets ([`crate::Config::publish_backpressure`]).
+    pub backpressure_waits: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) backpressure_waits: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            published: read(&self.published),
+            received: read(&self.received),
+            delivered: read(&self.delivered),
+            slow_consumers: read(&self.slow_consumers),
+            dropped: read(&self.dropped),
+            backpressure_waits: read(&self.backpressure_waits),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::change::codec::Change;
+use crate::change::group;
+use crate::layer::LayerError;
+use crate::model::Action;
+use std::time::Duration;
+
+#[test]
+fn channel_ids_name_their_node_and_are_distinct() {
+    let hub = Hub::default();
+    let (a, _rx_a) = hub.open_channel(None).unwrap();
+    let (b, _rx_b) = hub.open_channel(None).unwrap();
+    assert_eq!(a.id().len(), 40);
+    assert_ne!(a.id(), b.id());
+    assert_eq!(Hub::node_of(a.id()), Some(hub.node()));
+    assert_ne!(hub.node(), Hub::default().node());
+    assert_eq!(Hub::node_of("abc"), None);
+}
+
+#[tokio::test]
+async fn join_dispatch_leave() {
+    let hub = Hub::default();
+    let (channel, mut rx) = hub.open_channel(None).unwrap();
+    let group = group::coarse("users", Action::Create);
+    hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    assert_eq!(
+        hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap(),
+        Added::Existing
+    );
+    hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, Some(serde_json::json!({"a": 1}))))
+        .await
+        .unwrap();
+    assert_eq!(hub.group_size(&group), 1, "one membership per channel and group");
+
+    let change = Change::user_created(1, None);
+    hub.publish(std::slice::from_ref(&group), change.encode()).await;
+    let delivery = rx.try_recv().expect("delivered once");
+    assert!(rx.try_recv().is_err(), "a group delivers once per channel");
+    let mut frames = Vec::new();
+    channel.frames(&delivery, &mut frames).await;
+    assert_eq!(frames.len(), 2, "each subscription gets its frame");
+
+    hub.close_channel(&channel);
+    assert_eq!(hub.group_count(), 0);
+    assert_eq!(hub.channel_count(), 0);
+    // A subscribe that found the channel just before it closed adds nothing.
+    assert_eq!(
+        hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await,
+        Err(ChannelError::UnknownChannel)
+    );
+    assert_eq!(hub.group_count(), 0);
+}
+
+#[tokio::test]
+async fn the_hub_queues_only_what_a_channel_filters_let_through() {
+    let hub = Hub::default();
+    let group = group::coarse("users", Action::Create);
+    let (channel, mut rx) = hub.open_channel(None).unwrap();
+    let mut in_room_1 = Subscription::of_users(&group, Action::Create, Some(serde_json::json!({"room": 1})));
+    in_room_1.filter = crate::subscribe::filter::Filter::of(vec![crate::subscribe::filter::Clause {
+        field: 1,
+        name: "room",
+        lookup: crate::model::Lookup::Exact,
+        value: 1.into(),
+    }]);
+    hub.add_subscription(&channel, in_room_1).await.unwrap();
+    let change = |pk: i64, room: Option<i64>| {
+        Change::user_created(
+            pk,
+            Some(serde_json::Map::from_iter(
+                [("id".to_owned(), pk.into())].into_iter().chain(room.map(|room| ("room".to_owned(), room.into()))),
+            )),
+        )
+    };
+    hub.publish(std::slice::from_ref(&group), change(1, Some(2)).encode()).await;
+    assert!(rx.try_recv().is_err(), "another room's change is not queued (the socket is not woken)");
+    hub.publish(std::slice::from_ref(&group), change(2, Some(1)).encode()).await;
+    let delivery = rx.try_recv().expect("a change of room 1 is queued");
+    assert_eq!(delivery.event.change.pk, serde_json::json!(2));
+    // Undecidable without a row check: nothing to queue either.
+    hub.publish(std::slice::from_ref(&group), change(3, None).encode()).await;
+    assert!(rx.try_recv().is_err());
+    assert_eq!(hub.stats().delivered, 1);
+}
+
+/// A hub with 16-delivery queues and one channel subscribed to user creations.
+async fn lagging_setup(backpressure: Option<Duration>) -> (Hub, Arc<Channel>, mpsc::Receiver<Delivery>, String) {
+    let hub = Hub::new(Config { queue_capacity: 16, publish_backpressure: backpressure, ..Config::default() });
+    let (channel, rx) = hub.open_channel(None).unwrap();
+    let group = group::coarse("users", Action::Create);
+    hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    (hub, channel, rx, group)
+}
+
+async fn create(hub: &Hub, group: &str, pk: i64) {
+    let row = serde_json::Map::from_iter([("id".to_owned(), pk.into())]);
+    hub.publish(&[group.to_owned()], Change::user_created(pk, Some(row)).encode()).await;
+}
+
+async fn yield_a_while() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+const BOUND: Duration = Duration::from_millis(100);
+
+#[tokio::test(start_paused = true)]
+async fn a_publish_that_leaves_a_socket_near_overflow_waits_until_it_catches_up() {
+    let (hub, channel, mut rx, group) = lagging_setup(Some(BOUND)).await;
+    let start = tokio::time::Instant::now();
+    // Up to 13 of 16 queued, nobody waits.
+    for pk in 1..=13 {
+        create(&hub, &group, pk).await;
+    }
+    assert_eq!(hub.stats().backpressure_waits, 0);
+    // The 14th leaves an eighth free: its publisher waits for the socket.
+    let publisher = tokio::spawn({
+        let (hub, group) = (hub.clone(), group.clone());
+        async move { create(&hub, &group, 14).await }
+    });
+    yield_a_while().await;
+    assert!(!publisher.is_finished(), "the publish waits while the socket is 14 behind");
+    rx.try_recv().unwrap();
+    channel.taken();
+    yield_a_while().await;
+    assert!(!publisher.is_finished(), "13 of 16 queued is still more than three quarters");
+    rx.try_recv().unwrap();
+    channel.taken();
+    publisher.await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "relieved by the socket, not by the bound");
+    assert_eq!(hub.stats().backpressure_waits, 1);
+    assert!(channel.close_reason().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_socket_that_stopped_reading_delays_each_publish_by_the_bound_at_most() {
+    let (hub, channel, _rx, group) = lagging_setup(Some(BOUND)).await;
+    for pk in 1..=13 {
+        create(&hub, &group, pk).await;
+    }
+    for pk in 14..=16 {
+        let start = tokio::time::Instant::now();
+        create(&hub, &group, pk).await;
+        assert_eq!(start.elapsed(), BOUND);
+    }
+    // Then its queue overflows and it is closed as a slow consumer.
+    create(&hub, &group, 17).await;
+    assert_eq!(channel.close_reason(), Some(CloseReason::SlowConsumer));
+    let start = tokio::time::Instant::now();
+    create(&hub, &group, 18).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "a closed channel holds nobody up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_backpressure_a_publish_never_waits() {
+    let (hub, _channel, _rx, group) = lagging_setup(None).await;
+    let start = tokio::time::Instant::now();
+    for pk in 1..=16 {
+        create(&hub, &group, pk).await;
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(hub.stats().backpressure_waits, 0);
+}
+
+/// A layer that records listen / unlisten in the order it is told, and
+/// whose `ready` waits for the test (or fails, when told to).
+struct Recording {
+    told: Mutex<Vec<String>>,
+    open: tokio::sync::Semaphore,
+    fail: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ChannelLayer for Arc<Recording> {
+    fn start(&self, _inbound: crate::layer::Inbound) {}
+
+    async fn publish(&self, _group: &str, _message: Bytes) -> Result<(), LayerError> {
+        Ok(())
+    }
+
+    fn listen(&self, group: &str) {
+        self.told.lock().unwrap().push(format!("listen {group}"));
+    }
+
+    fn unlisten(&self, group: &str) {
+        self.told.lock().unwrap().push(format!("unlisten {group}"));
+    }
+
+    async fn ready(&self, _group: &str) -> Result<(), LayerError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(LayerError::Unavailable("not confirmed".into()));
+        }
+        self.open.acquire().await.expect("open").forget();
+        Ok(())
+    }
+}
+
+fn recording_hub() -> (Hub, Arc<Recording>) {
+    let layer = Arc::new(Recording {
+        told: Mutex::default(),
+        open: tokio::sync::Semaphore::new(0),
+        fail: AtomicBool::new(false),
+    });
+    (Hub::with_layer(Config::default(), Arc::new(layer.clone())), layer)
+}
+
+#[tokio::test]
+async fn a_join_is_confirmed_only_once_the_layer_is_ready_for_every_member() {
+    let (hub, layer) = recording_hub();
+    let group = group::coarse("users", Action::Create);
+    let (first, _rx1) = hub.open_channel(None).unwrap();
+    let (second, _rx2) = hub.open_channel(None).unwrap();
+    for channel in [&first, &second] {
+        let add = hub.add_subscription(channel, Subscription::of_users(&group, Action::Create, None));
+        tokio::pin!(add);
+        assert!(futures_util::poll!(add.as_mut()).is_pending(), "not confirmed before the layer is ready");
+        layer.open.add_permits(1);
+        assert_eq!(add.await, Ok(Added::New));
+    }
+    assert_eq!(*layer.told.lock().unwrap(), [format!("listen {group}")], "the layer listens once per group");
+}
+
+#[tokio::test]
+async fn a_dropped_or_failed_join_leaves_nothing_behind() {
+    let (hub, layer) = recording_hub();
+    let group = group::coarse("users", Action::Create);
+    let (channel, _rx) = hub.open_channel(None).unwrap();
+    let mut add = Box::pin(hub.add_subscriptions(
+        &channel,
+        vec![
+            Subscription::of_users(&group, Action::Create, None),
+            Subscription::of_users(&group::coarse("users", Action::Update), Action::Update, None),
+        ],
+    ));
+    assert!(futures_util::poll!(add.as_mut()).is_pending());
+    assert_eq!(hub.group_count(), 2, "joined while waiting for the layer");
+    drop(add);
+    assert_eq!((hub.group_count(), channel.subscription_count()), (0, 0), "a dropped join is undone");
+
+    layer.fail.store(true, Ordering::SeqCst);
+    let refused = hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await;
+    assert_eq!(refused, Err(ChannelError::Layer("channel layer unavailable: not confirmed".into())));
+    assert_eq!((hub.group_count(), channel.subscription_count()), (0, 0), "a refused join is undone");
+    let told = layer.told.lock().unwrap().clone();
+    assert_eq!(
+        told,
+        [
+            "listen users-create",
+            "listen users-update",
+            "unlisten users-create",
+            "unlisten users-update",
+            "listen users-create",
+            "unlisten users-create"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_layer_hears_leaves_and_joins_in_membership_order() {
+    let (hub, layer) = recording_hub();
+    layer.open.add_permits(1000);
+    let group = group::coarse("users", Action::Create);
+    for _ in 0..3 {
+        // A channel closed synchronously (as a dropped native stream
+        // does), then a new member at once: the layer is told in that order.
+        let (old, _rx) = hub.open_channel(None).unwrap();
+        hub.add_subscription(&old, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+        hub.close_channel(&old);
+        let (new, _rx) = hub.open_channel(None).unwrap();
+        hub.add_subscription(&new, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+        hub.remove_subscription(&new, &Subscription::of_users(&group, Action::Create, None).key).unwrap();
+    }
+    let told = layer.told.lock().unwrap().clone();
+    let expected: Vec<String> = ["listen", "unlisten", "listen", "unlisten"]
+        .iter()
+        .cycle()
+        .take(12)
+        .map(|verb| format!("{verb} {group}"))
+        .collect();
+    assert_eq!(told, expected);
+}
+
+#[tokio::test]
+async fn full_queue_closes_the_channel() {
+    let hub = Hub::new(Config { queue_capacity: 1, ..Config::default() });
+    let (slow, _slow_rx) = hub.open_channel(None).unwrap();
+    let (fast, mut fast_rx) = hub.open_channel(None).unwrap();
+    let group = group::coarse("users", Action::Create);
+    hub.add_subscription(&slow, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    hub.add_subscription(&fast, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    let change = Change::user_created(1, None);
+    for _ in 0..2 {
+        hub.publish(std::slice::from_ref(&group), change.encode()).await;
+        assert!(fast_rx.try_recv().is_ok());
+    }
+    assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
+    assert!(slow.closed().is_cancelled());
+    assert_eq!(fast.close_reason(), None);
+}

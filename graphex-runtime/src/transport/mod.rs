@@ -1,0 +1,17 @@
+//! Stage 6 of the pipeline: sockets and HTTP.
+//!
+//! Owns the axum router and its builder, authentication, HTTP execution
+//! (JSON, SSE and multipart subscriptions), subscribe forwarding to the
+//! process that holds a socket, the two-channel socket loop with write
+//! pacing and the shard tasks that run it, the standard GraphQL WebSocket
+//! protocols and their connection hooks, the WebSocket close codes, and
+//! the browser client page.
+//!
+//! Calls: `hub` (channels, deliveries), `subscribe` (native streams' data),
+//! `change` (the hub scope of a request), `model` (principals).
+
+pub(crate) mod client;
+pub(crate) mod forward;
+pub(crate) mod server;
+pub(crate) mod shard;
+pub(crate) mod standard;
