@@ -45,8 +45,9 @@ pub use subscribe::custom::{BroadcastError, GroupReceiver, GroupStream, subscrib
 pub use subscribe::filter::{FilterError, FilterLimits};
 pub use subscribe::native::{ChangeAction, ChangeStream, ChangesArgs, ModelChange, changes};
 pub use subscribe::two_channel::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
+pub use transport::auth::{Anonymous, Authenticator};
 pub use transport::client::{ClientPage, client_page};
-pub use transport::server::{Anonymous, Authenticator, RouterBuilder, router};
+pub use transport::server::{RouterBuilder, router};
 pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, default_on_connect};
 
 /// Internals that graphex's own integration tests and benchmark drive

@@ -42,6 +42,9 @@
 //! - Redis pub/sub keeps nothing: changes published while a process was
 //!   disconnected are not replayed to it, and nothing delivered before the
 //!   outage is delivered again after it.
+//!
+//! One cohesive job in one file: the publisher, the subscriber task and its
+//! interest table, and node requests share the connection handling.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

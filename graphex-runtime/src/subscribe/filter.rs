@@ -5,6 +5,9 @@
 //! A filter is a JSON object of `field` or `field__lookup` keys. No SQL text
 //! is ever built from client input: conditions are SeaORM expressions with
 //! bound values, and functions are named by graphex, not by the client.
+//!
+//! One cohesive job in one file (parse, check, decide in memory, build the
+//! SQL condition): the four must agree lookup by lookup, so they sit together.
 
 use std::cmp::Ordering;
 

@@ -10,8 +10,10 @@
 //! Calls: `hub` (channels, deliveries), `subscribe` (native streams' data),
 //! `change` (the hub scope of a request), `model` (principals).
 
+pub(crate) mod auth;
 pub(crate) mod client;
 pub(crate) mod forward;
 pub(crate) mod server;
 pub(crate) mod shard;
+pub(crate) mod socket;
 pub(crate) mod standard;

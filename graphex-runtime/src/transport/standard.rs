@@ -11,6 +11,9 @@
 //! duplicate operation ids, the close codes of the `graphql-transport-ws`
 //! spec for bad messages and subscribes before the ack, and `error` messages
 //! for operations that fail before producing a result.
+//!
+//! One cohesive job in one file: the connection loop and the message rules
+//! it enforces, with its unit tests.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -28,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::hub::Hub;
 use crate::model::{Denied, Principal};
-use crate::transport::server::Authenticator;
+use crate::transport::auth::Authenticator;
 
 /// Close code: a message that is not valid for the protocol.
 pub(crate) const CLOSE_BAD_REQUEST: u16 = 4400;
@@ -534,7 +537,7 @@ mod tests {
             "graphql-transport-ws",
             HeaderMap::new(),
             None,
-            Arc::new(crate::transport::server::Anonymous),
+            Arc::new(crate::transport::auth::Anonymous),
         );
         let schema = Schema::new(Query, EmptyMutation, EmptySubscription);
         tokio::spawn(serve_connection(

@@ -1,0 +1,265 @@
+//! The two-channel WebSocket: a channel per socket, the handshake, then the
+//! channel's frames, filtered and projected per subscription, written in
+//! batches with write pacing, until either side closes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::config::WritePacing;
+use crate::hub::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
+
+/// Most deliveries written to a socket before one flush.
+const WRITE_BATCH: usize = 256;
+
+/// Read buffer of a two-channel socket. Clients send next to nothing on it,
+/// and tungstenite zero-fills the whole read buffer on every read attempt
+/// (each turn of the socket loop): the 128 KiB default cost a 128 KiB
+/// memset per written batch and 128 KiB resident per connection.
+pub(crate) const SOCKET_READ_BUFFER: usize = 4 * 1024;
+
+/// Runs one two-channel WebSocket: opens a channel owned by `owner`, sends
+/// the handshake, then writes the channel's frames until either side closes.
+/// Generic over the socket halves so tests can drive it with channels.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn serve_socket<Si, St, E>(hub: Hub, owner: Option<String>, mut sink: Si, stream: St)
+where
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let (channel, rx) = match hub.open_channel(owner) {
+        Ok(opened) => opened,
+        Err(error) => {
+            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(error.to_string()) };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            return;
+        }
+    };
+    tracing::debug!(channel = channel.id(), "channel opened");
+    let handshake = serde_json::json!({"channel_id": channel.id(), "connect": "success"}).to_string();
+    if sink.send(Message::Text(handshake.into())).await.is_ok() {
+        pump(&channel, rx, &mut sink, stream, hub.config().write_pacing).await;
+    }
+    hub.close_channel(&channel);
+    tracing::debug!(channel = channel.id(), "channel closed");
+}
+
+async fn pump<Si, St, E>(
+    channel: &Arc<Channel>,
+    mut rx: mpsc::Receiver<Delivery>,
+    sink: &mut Si,
+    mut stream: St,
+    pacing: Option<WritePacing>,
+) where
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let mut frames = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = channel.closed().cancelled() => return send_close(channel, sink).await,
+            incoming = stream.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            delivery = rx.recv() => {
+                let Some(delivery) = delivery else { return };
+                if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at.elapsed() > pacing.busy_after) {
+                    // The server is behind: let the changes arriving meanwhile
+                    // share this write. A busy runtime fires timers late, so a
+                    // queue past half full ends the hold at once.
+                    tokio::select! {
+                        biased;
+                        () = channel.closed().cancelled() => return send_close(channel, sink).await,
+                        () = channel.pressure().notified() => {}
+                        () = tokio::time::sleep(pacing.window) => {}
+                    }
+                }
+                channel.frames(&delivery, &mut frames).await;
+                let mut batched = 1;
+                while batched < WRITE_BATCH {
+                    let Ok(delivery) = rx.try_recv() else { break };
+                    channel.frames(&delivery, &mut frames).await;
+                    batched += 1;
+                }
+                channel.taken();
+                if frames.is_empty() {
+                    continue;
+                }
+                let write = async {
+                    for frame in frames.drain(..) {
+                        let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
+                        sink.feed(Message::Text(text)).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    written = write => if written.is_err() { return },
+                    // A client that stopped reading: give up on the write.
+                    () = channel.closed().cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Tells the client why the server closed its channel.
+async fn send_close<Si: Sink<Message> + Unpin>(channel: &Channel, sink: &mut Si) {
+    let (code, reason) = match channel.close_reason() {
+        Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
+        Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
+        _ => (1001, "server shutting down"),
+    };
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::change::codec::Change;
+    use crate::change::group;
+    use crate::config::Config;
+    use crate::hub::Subscription;
+    use crate::model::Action;
+
+    /// A socket's sending half that records which frames left in which flush.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        pending: Arc<Mutex<Vec<String>>>,
+        flushed: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Recorder {
+        fn writes(&self) -> Vec<Vec<String>> {
+            self.flushed.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            if let Message::Text(text) = message {
+                self.pending.lock().unwrap().push(text.to_string());
+            }
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+            if !batch.is_empty() {
+                self.flushed.lock().unwrap().push(batch);
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.poll_flush(context)
+        }
+    }
+
+    /// A socket on `hub` subscribed to every user creation; returns its recorder.
+    async fn subscribed_socket(hub: &Hub) -> Recorder {
+        let recorder = Recorder::default();
+        let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
+        tokio::spawn(serve_socket(hub.clone(), None, recorder.clone(), silent_client));
+        settle().await;
+        let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
+        let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
+        let subscription = Subscription::of_users(&group::coarse("users", Action::Create), Action::Create, None);
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        recorder
+    }
+
+    async fn create(hub: &Hub, pk: i64) {
+        let change = Change::user_created(pk, None);
+        hub.publish(&[group::coarse("users", Action::Create)], change.encode()).await;
+    }
+
+    /// Lets the socket task run until it has nothing left to do (time is paused).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_keeps_up_writes_each_change_at_once() {
+        let hub = Hub::default();
+        let recorder = subscribed_socket(&hub).await;
+        let start = tokio::time::Instant::now();
+        create(&hub, 1).await;
+        settle().await;
+        create(&hub, 2).await;
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 3, "handshake, then one write per change: {writes:?}");
+        assert!(writes[1][0].contains(r#""id":1"#) && writes[2][0].contains(r#""id":2"#));
+        assert_eq!(tokio::time::Instant::now(), start, "no write waited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_of_a_server_that_is_behind_gathers_changes_into_one_write() {
+        let hub = Hub::default();
+        let pacing = hub.config().write_pacing.expect("pacing is on by default");
+        let recorder = subscribed_socket(&hub).await;
+        // The first change reaches the socket task late: the server is behind.
+        create(&hub, 1).await;
+        tokio::time::advance(pacing.busy_after * 2).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 1, "only the handshake: the socket waits for more changes");
+        create(&hub, 2).await;
+        create(&hub, 3).await;
+        tokio::time::advance(pacing.window).await;
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 2, "the three changes left in one write: {writes:?}");
+        assert_eq!(writes[1].len(), 3);
+        for (frame, id) in writes[1].iter().zip(1..) {
+            assert!(frame.contains(&format!(r#""id":{id}"#)), "in order: {frame}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_full_queue_ends_the_hold_without_waiting_for_the_timer() {
+        let hub = Hub::new(Config { queue_capacity: 8, ..Config::default() });
+        let pacing = hub.config().write_pacing.expect("pacing is on by default");
+        let recorder = subscribed_socket(&hub).await;
+        create(&hub, 0).await;
+        tokio::time::advance(pacing.busy_after * 2).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 1, "the socket holds");
+        let start = tokio::time::Instant::now();
+        for pk in 1..=4 {
+            create(&hub, pk).await;
+        }
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 2, "the held change and the queued ones were written: {writes:?}");
+        assert_eq!(writes[1].len(), 5);
+        assert_eq!(tokio::time::Instant::now(), start, "without the hold's timer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_pacing_a_late_change_is_written_at_once() {
+        let hub = Hub::new(Config { write_pacing: None, ..Config::default() });
+        let recorder = subscribed_socket(&hub).await;
+        create(&hub, 1).await;
+        tokio::time::advance(Duration::from_millis(50)).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "handshake and the change");
+    }
+}
