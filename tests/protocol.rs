@@ -351,7 +351,7 @@ impl Recorder {
 #[async_trait::async_trait]
 impl ConnectionHooks for Recorder {
     async fn on_connect(&self, connection: &Connection, payload: &Json) -> Result<Option<Principal>, Denied> {
-        self.push(format!("connect {} {payload}", connection.protocol));
+        self.push(format!("connect {} {payload}", connection.protocol()));
         match payload.get("user").and_then(Json::as_str) {
             Some("mallory") => Err(Denied::new("no mallory")),
             Some(user) => Ok(Some(Principal::new(user).with_claim("tenant", "acme"))),
@@ -360,7 +360,7 @@ impl ConnectionHooks for Recorder {
     }
 
     async fn on_disconnect(&self, connection: &Connection) {
-        let who = connection.principal.as_ref().map_or("anonymous", |principal| principal.id.as_str());
+        let who = connection.principal().map_or("anonymous", |principal| principal.id.as_str());
         self.push(format!("disconnect {who}"));
     }
 

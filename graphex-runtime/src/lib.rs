@@ -25,6 +25,8 @@
 //! Each folder's module documentation says what it owns and which others it
 //! calls. Generated code reaches the runtime through `__private`.
 
+#![warn(missing_debug_implementations)]
+
 mod change;
 mod config;
 mod hub;

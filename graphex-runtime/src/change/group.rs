@@ -8,6 +8,13 @@
 //! - value-indexed: `<stream>-<action>:k1=v1&k2=v2` (keys sorted, values percent-encoded)
 //!
 //! A name longer than [`MAX_GROUP_LEN`] becomes `<stream>-<action>#<sha256 hex>`.
+//!
+//! Two other namespaces share the layer, and cannot meet a model group
+//! (stream names are ASCII letters, digits, `_` and `.`):
+//!
+//! - custom groups (`subscribe_groups`, `Hub::broadcast`): `@<name>`;
+//! - node requests and replies between processes (forwarded subscribes):
+//!   `~node:<node id>` and `~reply:<node id>`.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value as Json;
@@ -38,6 +45,42 @@ pub fn indexed(stream: &str, action: Action, pairs: &[(&str, &Json)]) -> String 
     pairs.sort_unstable();
     let suffix: Vec<String> = pairs.into_iter().map(|(key, value)| format!("{key}={value}")).collect();
     bounded(stream, action, format!("{stream}-{}:{}", action.as_str(), suffix.join("&")))
+}
+
+/// First character of every custom group name.
+pub(crate) const CUSTOM_PREFIX: char = '@';
+
+/// Longest custom group name a subscriber or broadcaster may use.
+pub(crate) const MAX_CUSTOM_NAME_LEN: usize = 200;
+
+/// Whether a layer group name is a custom group.
+pub(crate) fn is_custom(group: &str) -> bool {
+    group.starts_with(CUSTOM_PREFIX)
+}
+
+/// The layer group of the custom group `name`; `None` unless `name` is 1 to
+/// [`MAX_CUSTOM_NAME_LEN`] bytes without control characters.
+pub(crate) fn custom(name: &str) -> Option<String> {
+    let valid = !name.is_empty() && name.len() <= MAX_CUSTOM_NAME_LEN && !name.chars().any(char::is_control);
+    valid.then(|| format!("{CUSTOM_PREFIX}{name}"))
+}
+
+/// First character of the groups processes use to talk to each other.
+pub(crate) const NODE_MARK: char = '~';
+
+/// Whether a layer group name is a node request or reply group.
+pub(crate) fn is_node(group: &str) -> bool {
+    group.starts_with(NODE_MARK)
+}
+
+/// The group a process receives requests on.
+pub(crate) fn node_requests(node: &str) -> String {
+    format!("{NODE_MARK}node:{node}")
+}
+
+/// The group a process receives replies on.
+pub(crate) fn node_replies(node: &str) -> String {
+    format!("{NODE_MARK}reply:{node}")
 }
 
 fn encode(value: &Json) -> String {

@@ -15,9 +15,6 @@ use crate::layer::LayerError;
 use crate::model::Action;
 use crate::subscribe::filter::Filter;
 
-/// WebSocket close code sent to a client whose outgoing queue overflowed.
-pub(crate) const CLOSE_SLOW_CONSUMER: u16 = 4008;
-
 /// A decoded change on its way to one channel, tagged with the group it came through.
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -57,6 +54,16 @@ pub struct Subscription {
     pub filter: Filter,
     /// Query used when the filter cannot be decided from the change.
     pub check: Option<RowCheck>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("key", &self.key)
+            .field("group", &self.group)
+            .field("row_check", &self.check.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {
@@ -110,10 +117,6 @@ pub enum CloseReason {
     /// The server closed it while going on ([`crate::Hub::disconnect_all`]); the client may reconnect.
     Disconnected,
 }
-
-/// WebSocket close code of a channel the server disconnected while going on
-/// (1012, "service restart": clients reconnect).
-pub(crate) const CLOSE_DISCONNECTED: u16 = 1012;
 
 /// One WebSocket connection's mailbox and subscriptions.
 pub struct Channel {
@@ -296,7 +299,8 @@ pub enum Added {
 }
 
 /// Refusals of subscription changes on a channel.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChannelError {
     /// No open channel has this id.
     #[error("unknown channel")]
@@ -314,12 +318,6 @@ pub enum ChannelError {
     #[error("too many open channels")]
     TooManyChannels,
     /// The channel layer refused.
-    #[error("{0}")]
-    Layer(String),
-}
-
-impl From<LayerError> for ChannelError {
-    fn from(error: LayerError) -> Self {
-        ChannelError::Layer(error.to_string())
-    }
+    #[error(transparent)]
+    Layer(#[from] LayerError),
 }

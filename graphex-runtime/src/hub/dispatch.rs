@@ -52,7 +52,7 @@ impl Hub {
     /// Fans a layer message out to the local members of `group`.
     pub(super) fn dispatch(&self, group: &str, message: &[u8]) {
         // Custom groups live in their own namespace and carry payloads, not changes.
-        if crate::subscribe::custom::is_custom(group) {
+        if crate::change::group::is_custom(group) {
             return self.inner.custom.dispatch(group, message, &self.inner.stats);
         }
         let groups = self.inner.groups.members();

@@ -35,7 +35,6 @@ use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 
 pub(crate) use channel::RowCheck;
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
-pub(crate) use channel::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER};
 pub(crate) use membership::Membership;
 pub(crate) use stats::Counters;
 pub use stats::Stats;

@@ -14,6 +14,12 @@ pub struct MemoryLayer {
     inbound: OnceLock<Inbound>,
 }
 
+impl std::fmt::Debug for MemoryLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLayer").field("started", &self.inbound.get().is_some()).finish()
+    }
+}
+
 impl MemoryLayer {
     /// A new in-memory layer.
     pub fn new() -> Self {

@@ -29,13 +29,33 @@ pub type RequestHandler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Bytes> + Send 
 
 /// A channel layer failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayerError {
-    /// The backend could not be reached; the message was not sent.
-    #[error("channel layer unavailable: {0}")]
-    Unavailable(String),
+    /// The backend could not be reached, or did not answer in time; the
+    /// message was not sent (or the subscription not confirmed).
+    #[error("channel layer unavailable: {message}")]
+    Unavailable {
+        /// What failed (the text clients see when a subscribe is refused).
+        message: String,
+        /// The backend's own error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The layer URL names no layer this build supports.
     #[error("unsupported channel layer URL `{0}`: use `memory://`{redis}", redis = if cfg!(feature = "redis") { " or `redis://host:port/db`" } else { " (Redis needs the `redis` feature)" })]
     Unsupported(String),
+}
+
+impl LayerError {
+    /// The backend is unavailable: `message` says how.
+    pub fn unavailable(message: impl Into<String>) -> LayerError {
+        LayerError::Unavailable { message: message.into(), source: None }
+    }
+
+    /// The backend failed with `source` while doing `what`.
+    pub fn failed(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> LayerError {
+        LayerError::Unavailable { message: format!("{what}: {source}"), source: Some(Box::new(source)) }
+    }
 }
 
 /// The layer a URL names: `memory://` (the default, one process) or, with the

@@ -57,6 +57,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use tokio::sync::oneshot;
 
 use super::{ChannelLayer, Inbound, LayerError, RequestHandler};
+use crate::change::group;
 
 /// Settings of the Redis layer, with documented defaults.
 #[derive(Clone, Debug)]
@@ -224,21 +225,6 @@ struct Requests {
     pending: Pending,
 }
 
-/// Starts the groups of process-to-process requests and replies. Model
-/// groups start with a stream name (ASCII letters, digits, `_`, `.`) and
-/// custom groups with `@`, so neither can be taken for one.
-const CONTROL_MARK: char = '~';
-
-/// The group a process receives requests on.
-fn requests_group(node: &str) -> String {
-    format!("~node:{node}")
-}
-
-/// The group a process receives replies on.
-fn replies_group(node: &str) -> String {
-    format!("~reply:{node}")
-}
-
 impl std::fmt::Debug for RedisLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLayer").field("options", &self.options).finish_non_exhaustive()
@@ -264,7 +250,7 @@ impl RedisLayer {
         let publisher =
             tokio::time::timeout(options.connect_timeout, client.get_connection_manager_with_config(config))
                 .await
-                .map_err(|_| LayerError::Unavailable(format!("Redis at {url} did not answer in time")))?
+                .map_err(|_| LayerError::unavailable(format!("Redis at {url} did not answer in time")))?
                 .map_err(|error| unavailable("cannot connect to Redis", error))?;
         let first = connect_pubsub(&client, &options).await?;
         tracing::info!(url, prefix = %options.prefix, "redis layer connected");
@@ -338,7 +324,7 @@ impl ChannelLayer for RedisLayer {
         let outcome = match tokio::time::timeout(self.options.publish_timeout, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(unavailable("Redis publish failed", error)),
-            Err(_) => Err(LayerError::Unavailable("Redis publish timed out".into())),
+            Err(_) => Err(LayerError::unavailable("Redis publish timed out")),
         };
         let counter = if outcome.is_ok() { &self.stats.published } else { &self.stats.publish_failures };
         counter.fetch_add(groups.len() as u64, Ordering::Relaxed);
@@ -367,7 +353,7 @@ impl ChannelLayer for RedisLayer {
             }
         };
         tokio::time::timeout(self.options.subscribe_timeout, wait).await.map_err(|_| {
-            LayerError::Unavailable(format!(
+            LayerError::unavailable(format!(
                 "Redis did not confirm the subscription to `{group}` within {:?}{}",
                 self.options.subscribe_timeout,
                 if self.stats.connected() { "" } else { " (the layer is reconnecting)" }
@@ -381,7 +367,7 @@ impl ChannelLayer for RedisLayer {
             return;
         }
         let _ = self.requests.handler.set(handler);
-        for group in [requests_group(node), replies_group(node)] {
+        for group in [group::node_requests(node), group::node_replies(node)] {
             self.shared.wish(&group, true);
         }
     }
@@ -389,8 +375,8 @@ impl ChannelLayer for RedisLayer {
     async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
         let Some(me) = self.requests.node.get() else { return Ok(None) };
         // The reply comes on our own group: it must be live before we ask.
-        self.ready(&replies_group(me)).await?;
-        let channel = format!("{}{}", self.options.prefix, requests_group(node));
+        self.ready(&group::node_replies(me)).await?;
+        let channel = format!("{}{}", self.options.prefix, group::node_requests(node));
         let mut connection = self.publisher.clone();
         // Channel subscribers only: a PSUBSCRIBE monitor would make PUBLISH's
         // receiver count lie about whether the node exists.
@@ -402,7 +388,7 @@ impl ChannelLayer for RedisLayer {
             Ok(Ok((_, 0))) => return Ok(None),
             Ok(Ok(_)) => {}
             Ok(Err(error)) => return Err(unavailable("Redis PUBSUB failed", error)),
-            Err(_) => return Err(LayerError::Unavailable("Redis PUBSUB timed out".into())),
+            Err(_) => return Err(LayerError::unavailable("Redis PUBSUB timed out")),
         }
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply, replied) = oneshot::channel();
@@ -421,14 +407,14 @@ impl ChannelLayer for RedisLayer {
             }
             Err(_) => {
                 forget();
-                return Err(LayerError::Unavailable("Redis publish timed out".into()));
+                return Err(LayerError::unavailable("Redis publish timed out"));
             }
         }
         match tokio::time::timeout(self.options.request_timeout, replied).await {
             Ok(Ok(reply)) => Ok(Some(reply)),
             _ => {
                 forget();
-                Err(LayerError::Unavailable(format!("process {node} did not answer in time")))
+                Err(LayerError::unavailable(format!("process {node} did not answer in time")))
             }
         }
     }
@@ -641,7 +627,7 @@ impl Subscriber {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Some(group) = message.get_channel_name().strip_prefix(&self.options.prefix) else { return };
         let payload = message.get_payload_bytes();
-        if group.starts_with(CONTROL_MARK) {
+        if group::is_node(group) {
             self.control(group, payload);
         } else if let Some(inbound) = self.inbound.get() {
             inbound(group, Bytes::copy_from_slice(payload));
@@ -658,15 +644,15 @@ impl Subscriber {
             tracing::warn!(group, "malformed request or reply ignored");
             return;
         };
-        if group == replies_group(me) {
+        if group == group::node_replies(me) {
             let body = Bytes::copy_from_slice(parts.next().unwrap_or_default());
             if let Some(waiting) = lock(&self.requests.pending).remove(&id) {
                 let _ = waiting.send(body);
             }
-        } else if group == requests_group(me) {
+        } else if group == group::node_requests(me) {
             let (Some(from), Some(body)) = (parts.next(), parts.next()) else { return };
             let (Ok(from), Some(handler)) = (std::str::from_utf8(from), self.requests.handler.get()) else { return };
-            let reply_to = format!("{}{}", self.options.prefix, replies_group(from));
+            let reply_to = format!("{}{}", self.options.prefix, group::node_replies(from));
             let answer = handler(Bytes::copy_from_slice(body));
             let mut connection = self.publisher.clone();
             tokio::spawn(async move {
@@ -687,10 +673,10 @@ async fn connect_pubsub(
     match tokio::time::timeout(options.connect_timeout, client.get_async_pubsub()).await {
         Ok(Ok(pubsub)) => Ok(pubsub.split()),
         Ok(Err(error)) => Err(unavailable("cannot connect to Redis", error)),
-        Err(_) => Err(LayerError::Unavailable("Redis did not answer in time".into())),
+        Err(_) => Err(LayerError::unavailable("Redis did not answer in time")),
     }
 }
 
 fn unavailable(what: &str, error: redis::RedisError) -> LayerError {
-    LayerError::Unavailable(format!("{what}: {error}"))
+    LayerError::failed(what, error)
 }

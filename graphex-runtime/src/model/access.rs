@@ -40,12 +40,17 @@ impl Principal {
 /// the client in the confirmation's `error`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Denied(pub String);
+pub struct Denied(String);
 
 impl Denied {
     /// A denial with a message for the client.
     pub fn new(message: impl Into<String>) -> Self {
         Denied(message.into())
+    }
+
+    /// The message the client gets.
+    pub fn message(&self) -> &str {
+        &self.0
     }
 }
 
@@ -53,6 +58,12 @@ impl Denied {
 pub struct SubscribeRequest<'a> {
     pub(crate) ctx: &'a async_graphql::Context<'a>,
     pub(crate) principal: Option<&'a Principal>,
+}
+
+impl std::fmt::Debug for SubscribeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscribeRequest").field("principal", &self.principal).finish_non_exhaustive()
+    }
 }
 
 impl<'a> SubscribeRequest<'a> {

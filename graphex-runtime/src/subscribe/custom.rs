@@ -35,38 +35,26 @@ use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::change::group::{self, MAX_CUSTOM_NAME_LEN};
 use crate::hub::{Counters, Hub, Membership};
 use crate::layer::ChannelLayer;
-
-/// First character of every custom group name. Stream names are ASCII
-/// letters, digits, `_` and `.`, so no model group starts with it.
-pub(crate) const CUSTOM_PREFIX: char = '@';
-
-/// Longest custom group name a subscriber or broadcaster may use.
-pub(crate) const MAX_CUSTOM_NAME_LEN: usize = 200;
-
-/// Whether a layer group name is a custom group.
-pub(crate) fn is_custom(group: &str) -> bool {
-    group.starts_with(CUSTOM_PREFIX)
-}
+use crate::layer::LayerError;
 
 /// The layer group of the custom group `name`.
-pub(crate) fn custom_group(name: &str) -> Result<String, BroadcastError> {
-    if name.is_empty() || name.len() > MAX_CUSTOM_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(BroadcastError::InvalidGroup(name.chars().take(MAX_CUSTOM_NAME_LEN).collect()));
-    }
-    Ok(format!("{CUSTOM_PREFIX}{name}"))
+fn custom_group(name: &str) -> Result<String, BroadcastError> {
+    group::custom(name).ok_or_else(|| BroadcastError::InvalidGroup(name.chars().take(MAX_CUSTOM_NAME_LEN).collect()))
 }
 
 /// Why a broadcast or a custom group subscription failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BroadcastError {
     /// Names are 1 to 200 bytes without control characters.
     #[error("invalid custom group name `{0}`")]
     InvalidGroup(String),
     /// The payload could not be serialized.
     #[error("payload could not be serialized: {0}")]
-    Payload(String),
+    Payload(#[source] serde_json::Error),
     /// Too many groups for one subscriber.
     #[error("too many groups for one subscription (limit {0})")]
     TooManyGroups(usize),
@@ -75,7 +63,7 @@ pub enum BroadcastError {
     NoHub,
     /// The channel layer refused.
     #[error("channel layer: {0}")]
-    Layer(String),
+    Layer(#[source] LayerError),
 }
 
 /// The layer message of a custom payload.
@@ -159,11 +147,11 @@ impl Hub {
     #[tracing::instrument(skip(self, payload))]
     pub async fn broadcast(&self, name: &str, payload: impl Serialize) -> Result<(), BroadcastError> {
         let group = custom_group(name)?;
-        let payload = serde_json::to_value(payload).map_err(|error| BroadcastError::Payload(error.to_string()))?;
+        let payload = serde_json::to_value(payload).map_err(BroadcastError::Payload)?;
         self.counters().published.fetch_add(1, Ordering::Relaxed);
         self.layer().publish(&group, CustomMessage::encode(payload)).await.map_err(|error| {
             self.counters().dropped.fetch_add(1, Ordering::Relaxed);
-            BroadcastError::Layer(error.to_string())
+            BroadcastError::Layer(error)
         })
     }
 
@@ -199,7 +187,7 @@ impl Hub {
         // error (or a dropped future) the receiver's drop leaves them again.
         futures_util::future::try_join_all(receiver.groups.iter().map(|group| layer.ready(group)))
             .await
-            .map_err(|error| BroadcastError::Layer(error.to_string()))?;
+            .map_err(BroadcastError::Layer)?;
         Ok(receiver)
     }
 }
@@ -299,8 +287,8 @@ mod tests {
     #[test]
     fn custom_groups_never_meet_model_groups() {
         assert_eq!(custom_group("chat.1").unwrap(), "@chat.1");
-        assert!(is_custom("@users-create"));
-        assert!(!is_custom(&crate::change::group::coarse("users", crate::Action::Create)));
+        assert!(group::is_custom("@users-create"));
+        assert!(!group::is_custom(&crate::change::group::coarse("users", crate::Action::Create)));
         assert!(custom_group("").is_err());
         assert!(custom_group(&"x".repeat(MAX_CUSTOM_NAME_LEN + 1)).is_err());
         assert!(custom_group("a\nb").is_err());

@@ -36,6 +36,7 @@ impl Default for FilterLimits {
 
 /// Why a filter was refused. The message is meant for the client.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FilterError {
     /// `filters` was not a JSON object.
     #[error("filters must be a JSON object")]

@@ -62,6 +62,7 @@ pub struct Confirmation {
 
 /// Why a subscribe or unsubscribe was refused; the message reaches the client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubscribeError {
     /// The schema was built without a [`Hub`].
     #[error("subscriptions are not enabled on this server")]

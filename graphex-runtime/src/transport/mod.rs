@@ -12,6 +12,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod client;
+pub(crate) mod close;
 pub(crate) mod forward;
 pub(crate) mod server;
 pub(crate) mod shard;

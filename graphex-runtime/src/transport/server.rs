@@ -65,6 +65,12 @@ pub struct RouterBuilder<Q, M, S> {
     state: AppState<Q, M, S>,
 }
 
+impl<Q, M, S> std::fmt::Debug for RouterBuilder<Q, M, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterBuilder").field("hub", &self.state.hub).finish_non_exhaustive()
+    }
+}
+
 impl<Q, M, S> RouterBuilder<Q, M, S>
 where
     Q: ObjectType + 'static,

@@ -10,7 +10,8 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
-use crate::hub::{CLOSE_DISCONNECTED, CLOSE_SLOW_CONSUMER, Channel, CloseReason, Delivery, Hub};
+use crate::hub::{Channel, CloseReason, Delivery, Hub};
+use crate::transport::close::{CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER};
 
 /// Most deliveries written to a socket before one flush.
 const WRITE_BATCH: usize = 256;
@@ -33,7 +34,7 @@ where
     let (channel, rx) = match hub.open_channel(owner) {
         Ok(opened) => opened,
         Err(error) => {
-            let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from(error.to_string()) };
+            let frame = CloseFrame { code: CLOSE_TRY_AGAIN_LATER, reason: Utf8Bytes::from(error.to_string()) };
             let _ = sink.send(Message::Close(Some(frame))).await;
             return;
         }
@@ -112,7 +113,7 @@ async fn send_close<Si: Sink<Message> + Unpin>(channel: &Channel, sink: &mut Si)
     let (code, reason) = match channel.close_reason() {
         Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
         Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
-        _ => (1001, "server shutting down"),
+        _ => (CLOSE_GOING_AWAY, "server shutting down"),
     };
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;

@@ -33,18 +33,7 @@ use crate::hub::Hub;
 use crate::model::{Denied, Principal};
 use crate::transport::auth::Authenticator;
 
-/// Close code: a message that is not valid for the protocol.
-pub(crate) const CLOSE_BAD_REQUEST: u16 = 4400;
-/// Close code: a subscribe before the connection was acknowledged.
-pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4401;
-/// Close code: [`ConnectionHooks::on_connect`] refused the connection.
-pub(crate) const CLOSE_FORBIDDEN: u16 = 4403;
-/// Close code: no `connection_init` within [`ProtocolConfig::init_timeout`].
-pub(crate) const CLOSE_INIT_TIMEOUT: u16 = 4408;
-/// Close code: a subscribe reused the id of an operation still running.
-pub(crate) const CLOSE_DUPLICATE_ID: u16 = 4409;
-/// Close code: a second `connection_init` (sent by async-graphql).
-pub(crate) const CLOSE_TOO_MANY_INITS: u16 = 4429;
+use crate::transport::close::*;
 
 /// Settings of the standard WebSocket protocols.
 #[derive(Clone, Debug)]
@@ -72,17 +61,39 @@ impl Default for ProtocolConfig {
 /// One standard-protocol WebSocket connection, as hooks see it.
 #[derive(Clone)]
 pub struct Connection {
-    /// Process-unique connection number.
-    pub id: u64,
-    /// The negotiated subprotocol: `graphql-transport-ws` or `graphql-ws`.
-    pub protocol: &'static str,
-    /// Headers of the upgrade request.
-    pub headers: HeaderMap,
-    /// The principal of the upgrade request (`Authorization: Bearer` or `?token=`).
-    pub upgrade_principal: Option<Principal>,
-    /// The principal [`ConnectionHooks::on_connect`] returned (set once acknowledged).
-    pub principal: Option<Principal>,
+    pub(crate) id: u64,
+    pub(crate) protocol: &'static str,
+    pub(crate) headers: HeaderMap,
+    pub(crate) upgrade_principal: Option<Principal>,
+    pub(crate) principal: Option<Principal>,
     auth: Arc<dyn Authenticator>,
+}
+
+impl Connection {
+    /// Process-unique connection number.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The negotiated subprotocol: `graphql-transport-ws` or `graphql-ws`.
+    pub fn protocol(&self) -> &'static str {
+        self.protocol
+    }
+
+    /// Headers of the upgrade request.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The principal of the upgrade request (`Authorization: Bearer` or `?token=`).
+    pub fn upgrade_principal(&self) -> Option<&Principal> {
+        self.upgrade_principal.as_ref()
+    }
+
+    /// The principal [`ConnectionHooks::on_connect`] returned (set once acknowledged).
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -235,8 +246,8 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     Ok(data)
                 }
                 Err(denied) => {
-                    lock(&shared).refused = Some(denied.0.clone());
-                    Err(async_graphql::Error::new(format!("Forbidden: {}", denied.0)))
+                    lock(&shared).refused = Some(denied.message().to_owned());
+                    Err(async_graphql::Error::new(format!("Forbidden: {}", denied.message())))
                 }
             }
         }
@@ -263,7 +274,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
 
     let close: Option<(u16, String)> = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break Some((1001, "server shutting down".into())),
+            () = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down".into())),
             () = &mut init_deadline, if !ops.init_received => {
                 break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
@@ -281,7 +292,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                 Some(WsMessage::Close(code, reason)) => {
                     let refused = lock(&shared).refused.clone();
                     break Some(match refused {
-                        Some(reason) if code == 1002 => (CLOSE_FORBIDDEN, format!("Forbidden: {reason}")),
+                        Some(reason) if code == CLOSE_PROTOCOL_ERROR => (CLOSE_FORBIDDEN, format!("Forbidden: {reason}")),
                         _ => (code, reason),
                     });
                 }
@@ -474,7 +485,7 @@ async fn incoming_message(
                 return Verdict::Reply(operation_error(ops, &id, &message, "TOO_MANY_OPERATIONS"));
             }
             if let Err(denied) = hooks.on_operation(connection, &id, &request).await {
-                return Verdict::Reply(operation_error(ops, &id, &denied.0, "FORBIDDEN"));
+                return Verdict::Reply(operation_error(ops, &id, denied.message(), "FORBIDDEN"));
             }
             ops.active.insert(id);
             Verdict::Forward(bytes)
