@@ -125,13 +125,18 @@ impl Hub {
     /// Makes this hub answer requests other processes send it through the
     /// layer (the router registers its subscribe handler here).
     pub fn serve_requests(&self, handler: crate::layer::RequestHandler) {
-        self.inner.layer.serve_requests(&self.inner.node, handler);
+        if let Some(requests) = self.inner.layer.requests() {
+            requests.serve_requests(&self.inner.node, handler);
+        }
     }
 
     /// Sends a request to the process of node `node`; `None` when no
     /// process answers for it.
     pub async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
-        self.inner.layer.request(node, body).await
+        match self.inner.layer.requests() {
+            Some(requests) => requests.request(node, body).await,
+            None => Ok(None),
+        }
     }
 
     /// The settings.

@@ -121,16 +121,20 @@ pub trait ChannelLayer: Send + Sync + 'static {
         let _ = group;
         Ok(())
     }
+    /// The node-to-node requests this layer carries, if it links processes.
+    fn requests(&self) -> Option<&dyn NodeRequests> {
+        None
+    }
+}
+
+/// Requests from one process to another (a subscribe sent to the process
+/// that holds the socket), for layers that link processes.
+#[async_trait::async_trait]
+pub trait NodeRequests: Send + Sync {
     /// Makes this process answer the requests sent to `node` (its hub's
-    /// node id) with `handler`. Layers that link no other process ignore it.
-    fn serve_requests(&self, node: &str, handler: RequestHandler) {
-        let _ = (node, handler);
-    }
+    /// node id) with `handler`.
+    fn serve_requests(&self, node: &str, handler: RequestHandler);
     /// Sends `body` to the process whose node id is `node` and returns its
-    /// reply, or `None` when no process answers for `node` (the default:
-    /// a layer that links no other process).
-    async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
-        let _ = (node, body);
-        Ok(None)
-    }
+    /// reply, or `None` when no process answers for `node`.
+    async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError>;
 }

@@ -56,7 +56,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use tokio::sync::oneshot;
 
-use super::{ChannelLayer, Inbound, LayerError, RequestHandler};
+use super::{ChannelLayer, Inbound, LayerError, NodeRequests, RequestHandler};
 use crate::change::group;
 
 /// Settings of the Redis layer, with documented defaults.
@@ -361,6 +361,13 @@ impl ChannelLayer for RedisLayer {
         })
     }
 
+    fn requests(&self) -> Option<&dyn NodeRequests> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeRequests for RedisLayer {
     fn serve_requests(&self, node: &str, handler: RequestHandler) {
         if self.requests.node.set(node.to_owned()).is_err() {
             tracing::warn!(node, "redis layer already serves requests for another node");

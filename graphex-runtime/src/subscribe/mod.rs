@@ -13,4 +13,4 @@ pub(crate) mod filter;
 pub(crate) mod native;
 pub(crate) mod two_channel;
 
-pub(crate) use two_channel::{SubscribeError, add_all, canonical_id, prepare};
+pub(crate) use two_channel::{SubscribeError, add_all, build_subscriptions, canonical_id};

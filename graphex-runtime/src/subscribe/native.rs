@@ -4,7 +4,7 @@
 //!
 //! Same rules as the two-channel path (authorization, scope, filters,
 //! projection, id-only row checks, groups): both go through
-//! `subscribe::prepare`. Each native operation opens its own hub channel,
+//! `subscribe::build_subscriptions`. Each native operation opens its own hub channel,
 //! owned by the connection's principal; dropping the stream (client
 //! `complete`, disconnect) forgets the channel and leaves its groups at once.
 
@@ -23,7 +23,7 @@ use crate::change::codec::Event;
 use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription};
 use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
-use crate::subscribe::{SubscribeError, add_all, canonical_id, prepare};
+use crate::subscribe::{SubscribeError, add_all, build_subscriptions, canonical_id};
 
 /// What happened to a row (GraphQL enum `Action`).
 #[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub async fn changes<M: ModelSubscription>(
 async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Result<ChangeStream, SubscribeError> {
     let hub = ctx.data_opt::<Hub>().ok_or(SubscribeError::NoHub)?;
     let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
-    let subscriptions = prepare::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection)?;
+    let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection)?;
     let owner = ctx.data_opt::<Principal>().map(|principal| principal.id.clone());
     let (channel, rx) = hub.open_channel(owner)?;
     let guard = ChannelGuard { hub: hub.clone(), channel };

@@ -128,14 +128,15 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
         return if removed == 0 { Err(ChannelError::NotSubscribed.into()) } else { Ok(()) };
     }
 
-    let subscriptions = prepare::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection.clone())?;
+    let subscriptions =
+        build_subscriptions::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection.clone())?;
     add_all(hub, &channel, subscriptions).await
 }
 
 /// Checks authorization, scope and filters for model `M` and builds one
 /// [`Subscription`] per action, each on its group. Shared by the
 /// two-channel subscribe and the native `<name>Changes` fields.
-pub(crate) fn prepare<M: ModelSubscription>(
+pub(crate) fn build_subscriptions<M: ModelSubscription>(
     ctx: &Context<'_>,
     hub: &Hub,
     action: ActionSubscription,

@@ -200,7 +200,7 @@ struct Operations {
 }
 
 /// What to do with one client message.
-enum Verdict {
+enum Incoming {
     Forward(Bytes),
     Drop,
     Reply(String),
@@ -320,18 +320,18 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     Some(Ok(_)) => continue,
                 };
                 match incoming_message(&mut ops, &hooks, &connection, &config, bytes).await {
-                    Verdict::Forward(bytes) => {
+                    Incoming::Forward(bytes) => {
                         if to_graphql.send(bytes).is_err() {
                             break None;
                         }
                     }
-                    Verdict::Drop => {}
-                    Verdict::Reply(text) => {
+                    Incoming::Drop => {}
+                    Incoming::Reply(text) => {
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             break None;
                         }
                     }
-                    Verdict::Close(code, reason) => break Some((code, reason)),
+                    Incoming::Close(code, reason) => break Some((code, reason)),
                 }
             }
         }
@@ -433,12 +433,12 @@ async fn incoming_message(
     connection: &Connection,
     config: &ProtocolConfig,
     bytes: Bytes,
-) -> Verdict {
+) -> Incoming {
     let bad = |ops: &Operations, why: &str| {
         if ops.transport_ws {
-            Verdict::Close(CLOSE_BAD_REQUEST, format!("Invalid message received: {why}"))
+            Incoming::Close(CLOSE_BAD_REQUEST, format!("Invalid message received: {why}"))
         } else {
-            Verdict::Reply(
+            Incoming::Reply(
                 json!({"type": "error", "payload": {"message": format!("Invalid message received: {why}")}})
                     .to_string(),
             )
@@ -450,10 +450,10 @@ async fn incoming_message(
     match head.kind.as_str() {
         "connection_init" => {
             if ops.init_received && ops.transport_ws {
-                return Verdict::Close(CLOSE_TOO_MANY_INITS, "Too many initialisation requests".into());
+                return Incoming::Close(CLOSE_TOO_MANY_INITS, "Too many initialisation requests".into());
             }
             ops.init_received = true;
-            Verdict::Forward(bytes)
+            Incoming::Forward(bytes)
         }
         kind @ ("subscribe" | "start") => {
             if (kind == "subscribe") != ops.transport_ws {
@@ -469,11 +469,11 @@ async fn incoming_message(
             // them until the init callback is done.
             let ready = if ops.transport_ws { ops.acked } else { ops.init_received };
             if !ready {
-                return Verdict::Close(CLOSE_UNAUTHORIZED, "Unauthorized".into());
+                return Incoming::Close(CLOSE_UNAUTHORIZED, "Unauthorized".into());
             }
             if ops.active.contains(&id) {
                 if ops.transport_ws {
-                    return Verdict::Close(CLOSE_DUPLICATE_ID, format!("Subscriber for {id} already exists"));
+                    return Incoming::Close(CLOSE_DUPLICATE_ID, format!("Subscriber for {id} already exists"));
                 }
                 // graphql-ws: the new operation replaces the old one.
                 ops.active.remove(&id);
@@ -482,13 +482,13 @@ async fn incoming_message(
             }
             if ops.active.len() >= config.max_operations {
                 let message = format!("too many operations on this connection (limit {})", config.max_operations);
-                return Verdict::Reply(operation_error(ops, &id, &message, "TOO_MANY_OPERATIONS"));
+                return Incoming::Reply(operation_error(ops, &id, &message, "TOO_MANY_OPERATIONS"));
             }
             if let Err(denied) = hooks.on_operation(connection, &id, &request).await {
-                return Verdict::Reply(operation_error(ops, &id, denied.message(), "FORBIDDEN"));
+                return Incoming::Reply(operation_error(ops, &id, denied.message(), "FORBIDDEN"));
             }
             ops.active.insert(id);
-            Verdict::Forward(bytes)
+            Incoming::Forward(bytes)
         }
         kind @ ("complete" | "stop") => {
             if (kind == "complete") != ops.transport_ws {
@@ -497,17 +497,17 @@ async fn incoming_message(
             let Some(Json::String(id)) = head.id else { return bad(ops, "complete needs a string id") };
             if !ops.active.remove(&id) {
                 // Already finished (or never started): nothing to stop.
-                return Verdict::Drop;
+                return Incoming::Drop;
             }
             ops.answered.remove(&id);
             if ops.transport_ws {
                 ops.silenced.insert(id.clone());
             }
             hooks.on_complete(connection, &id).await;
-            Verdict::Forward(bytes)
+            Incoming::Forward(bytes)
         }
-        "ping" | "pong" if ops.transport_ws => Verdict::Forward(bytes),
-        "connection_terminate" if !ops.transport_ws => Verdict::Forward(bytes),
+        "ping" | "pong" if ops.transport_ws => Incoming::Forward(bytes),
+        "connection_terminate" if !ops.transport_ws => Incoming::Forward(bytes),
         _ => bad(ops, "unknown message type"),
     }
 }
