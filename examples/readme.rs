@@ -178,11 +178,12 @@ fn built(schema: AppSchema, hub: graphex::Hub) -> axum::Router {
     graphex::RouterBuilder::new(schema, hub)
         .authenticator(MyAuthenticator)
         .hooks(Hooks)
-        .protocol(graphex::ProtocolConfig {
-            init_timeout: Duration::from_secs(10), // defaults shown
-            keep_alive: Some(Duration::from_secs(15)),
-            max_operations: 100,
-        })
+        .protocol(
+            graphex::ProtocolConfig::default() // defaults shown
+                .with_init_timeout(Duration::from_secs(10))
+                .with_keep_alive(Some(Duration::from_secs(15)))
+                .with_max_operations(100),
+        )
         .build()
 }
 

@@ -356,7 +356,7 @@ fn oversized_filters_are_refused() {
     let fits = "x".repeat(limits.max_text_len);
     assert!(Filter::parse::<user::Model>(&json!({"username__contains": fits}), &limits).is_ok());
 
-    let tight = FilterLimits { max_clauses: 1, max_in_values: 2, max_text_len: 3 };
+    let tight = FilterLimits::default().with_max_clauses(1).with_max_in_values(2).with_max_text_len(3);
     assert!(matches!(refusal_within(json!({"id": 1, "active": true}), &tight), FilterError::TooLarge(_)));
     assert!(matches!(refusal_within(json!({"id__in": [1, 2, 3]}), &tight), FilterError::TooLarge(_)));
     assert!(matches!(refusal_within(json!({"tenant__startswith": "acme"}), &tight), FilterError::TooLarge(_)));

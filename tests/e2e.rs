@@ -930,7 +930,7 @@ async fn closed_sockets_leave_every_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
     each_database(|db| async move {
-        let hub = Hub::new(Config { queue_capacity: 4, ..Default::default() });
+        let hub = Hub::new(Config::default().with_queue_capacity(4));
         let server = Server::start(db, hub).await;
         let slow = server.ws().await;
         slow.subscribe_ok(&server, "userSubscription", USERS_CREATE, None).await;

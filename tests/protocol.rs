@@ -219,8 +219,7 @@ async fn the_connection_init_payload_names_the_principal() {
 
 #[tokio::test]
 async fn close_codes_of_the_transport_protocol() {
-    let (server, _hub) =
-        start(ProtocolConfig { init_timeout: Duration::from_millis(300), ..Default::default() }, None).await;
+    let (server, _hub) = start(ProtocolConfig::default().with_init_timeout(Duration::from_millis(300)), None).await;
 
     // Subscribe before the ack: 4401.
     let mut client = Client::open(server.addr, Proto::Transport).await;
@@ -281,7 +280,7 @@ async fn legacy_refusals_and_bad_messages() {
 
 #[tokio::test]
 async fn ping_pong_and_server_keep_alives() {
-    let config = ProtocolConfig { keep_alive: Some(Duration::from_millis(50)), ..Default::default() };
+    let config = ProtocolConfig::default().with_keep_alive(Some(Duration::from_millis(50)));
     let (server, _hub) = start(config, None).await;
     let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
     client.skip_keep_alives = false;
@@ -307,7 +306,7 @@ async fn ping_pong_and_server_keep_alives() {
 
 #[tokio::test]
 async fn the_operation_cap_answers_with_an_error_and_frees_on_complete() {
-    let (server, hub) = start(ProtocolConfig { max_operations: 2, ..Default::default() }, None).await;
+    let (server, hub) = start(ProtocolConfig::default().with_max_operations(2), None).await;
     for proto in [Proto::Transport, Proto::Legacy] {
         let mut client = Client::connected(server.addr, proto, json!({})).await;
         client.start("1", USER_CREATES).await;
@@ -546,7 +545,7 @@ async fn id_only_row_checks_on_sqlite_and_postgres() {
 
 #[tokio::test]
 async fn close_codes_of_the_legacy_protocol() {
-    let config = ProtocolConfig { init_timeout: Duration::from_millis(300), ..Default::default() };
+    let config = ProtocolConfig::default().with_init_timeout(Duration::from_millis(300));
     let (server, hub) = start(config, None).await;
     let mut client = Client::open(server.addr, Proto::Legacy).await;
     assert_eq!(client.expect_close(4408).await, "Connection initialisation timeout");

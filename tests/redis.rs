@@ -253,7 +253,7 @@ async fn custom_groups_cross_processes() -> Option<()> {
     let url = redis_url()?;
     let prefix = unique_prefix();
     let hub = || async {
-        let options = RedisOptions { prefix: prefix.clone(), ..RedisOptions::default() };
+        let options = RedisOptions::default().with_prefix(prefix.clone());
         let layer = RedisLayer::connect_with(&url, options).await.expect("Redis answers");
         Hub::with_layer(Config::default(), Arc::new(layer))
     };
@@ -273,11 +273,8 @@ async fn custom_groups_cross_processes() -> Option<()> {
 /// would lose the messages published meanwhile) while Redis is fine.
 async fn health_pings_keep_a_healthy_connection() -> Option<()> {
     let url = redis_url()?;
-    let options = RedisOptions {
-        prefix: unique_prefix(),
-        health_check_interval: Duration::from_millis(10),
-        ..RedisOptions::default()
-    };
+    let options =
+        RedisOptions::default().with_prefix(unique_prefix()).with_health_check_interval(Duration::from_millis(10));
     let layer = Arc::new(RedisLayer::connect_with(&url, options).await.expect("Redis answers"));
     let hub = Hub::with_layer(Config::default(), layer.clone() as Arc<dyn ChannelLayer>);
     let server = Server::start(app::connect("sqlite::memory:", None).await, hub).await;
@@ -299,16 +296,14 @@ async fn health_pings_keep_a_healthy_connection() -> Option<()> {
 /// publish is a counted drop, and nothing is delivered twice.
 async fn redis_restart_resumes_delivery() -> Option<()> {
     let mut redis = OwnRedis::start().await?;
-    let options = RedisOptions {
-        prefix: unique_prefix(),
-        publish_timeout: Duration::from_millis(500),
-        subscribe_timeout: Duration::from_secs(3),
-        connect_timeout: Duration::from_millis(500),
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        health_check_interval: Duration::from_millis(500),
-        ..RedisOptions::default()
-    };
+    let options = RedisOptions::default()
+        .with_prefix(unique_prefix())
+        .with_publish_timeout(Duration::from_millis(500))
+        .with_subscribe_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_min_backoff(Duration::from_millis(20))
+        .with_max_backoff(Duration::from_millis(200))
+        .with_health_check_interval(Duration::from_millis(500));
     let layer = Arc::new(RedisLayer::connect_with(&redis.url(), options).await.expect("own Redis answers"));
     let hub = Hub::with_layer(Config::default(), layer.clone() as Arc<dyn ChannelLayer>);
     let db = app::connect("sqlite::memory:", None).await;

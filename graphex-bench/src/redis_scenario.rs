@@ -274,7 +274,7 @@ async fn through_graphex(
     let layer = Arc::new(
         graphex::layer::RedisLayer::connect_with(
             &options.url,
-            graphex::layer::RedisOptions { prefix: prefix.to_owned(), ..Default::default() },
+            graphex::layer::RedisOptions::default().with_prefix(prefix.to_owned()),
         )
         .await
         .map_err(|error| BenchError::new(error.to_string()))?,
@@ -324,7 +324,7 @@ async fn spawn_server(exe: &std::path::Path, url: &str, prefix: &str) -> Result<
 /// Redis layer; prints `listening <addr>` and serves until killed.
 pub async fn serve(args: &[String]) -> Result<(), BenchError> {
     let [url, prefix] = args else { return Err(BenchError::new("usage: graphex-bench serve-redis <url> <prefix>")) };
-    let options = graphex::layer::RedisOptions { prefix: prefix.clone(), ..Default::default() };
+    let options = graphex::layer::RedisOptions::default().with_prefix(prefix.clone());
     let layer = graphex::layer::RedisLayer::connect_with(url, options)
         .await
         .map_err(|error| BenchError::new(error.to_string()))?;

@@ -4,8 +4,27 @@ use std::time::Duration;
 
 use crate::subscribe::filter::FilterLimits;
 
+/// Builder-style setters for a settings struct (`#[non_exhaustive]`: built
+/// from `Default` and these, so fields can be added without breaking callers).
+macro_rules! setters {
+    ($ty:ident { $($field:ident: $t:ty => $with:ident),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`", stringify!($ty), "::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $with(mut self, value: $t) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use setters;
+
 /// Everything a graphex server can be tuned with.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// Path of the GraphQL HTTP endpoint. Default `/graphql`.
     pub http_path: String,
@@ -72,6 +91,7 @@ impl Default for Config {
 /// `window` of added latency, paid only when the server is already late.
 /// BENCHMARKS.md ("Write pacing") has the measurements behind the defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WritePacing {
     /// Queueing delay past which the server counts as behind. Default 1 ms.
     pub busy_after: Duration,
@@ -85,3 +105,17 @@ impl Default for WritePacing {
         WritePacing { busy_after: Duration::from_millis(1), window: Duration::from_millis(2) }
     }
 }
+
+setters!(Config {
+    http_path: String => with_http_path,
+    ws_path: String => with_ws_path,
+    queue_capacity: usize => with_queue_capacity,
+    max_subscriptions_per_channel: usize => with_max_subscriptions_per_channel,
+    max_channels: usize => with_max_channels,
+    filter_limits: FilterLimits => with_filter_limits,
+    write_pacing: Option<WritePacing> => with_write_pacing,
+    socket_shards: usize => with_socket_shards,
+    publish_backpressure: Option<Duration> => with_publish_backpressure,
+});
+
+setters!(WritePacing { busy_after: Duration => with_busy_after, window: Duration => with_window });

@@ -24,7 +24,7 @@ pub use memory::MemoryLayer;
 pub type Inbound = Arc<dyn Fn(&str, Bytes) + Send + Sync>;
 
 /// Answers a request another process sent to this one (see
-/// [`ChannelLayer::request`]); the reply goes back to the sender.
+/// [`NodeRequests::request`]); the reply goes back to the sender.
 pub type RequestHandler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Bytes> + Send + Sync>;
 
 /// A channel layer failure.

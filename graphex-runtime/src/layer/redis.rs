@@ -61,6 +61,7 @@ use crate::change::group;
 
 /// Settings of the Redis layer, with documented defaults.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RedisOptions {
     /// Prepended to every group to name its Redis channel, so several apps
     /// can share one Redis. Default `graphex:`.
@@ -100,6 +101,17 @@ impl Default for RedisOptions {
         }
     }
 }
+
+crate::config::setters!(RedisOptions {
+    prefix: String => with_prefix,
+    publish_timeout: Duration => with_publish_timeout,
+    connect_timeout: Duration => with_connect_timeout,
+    min_backoff: Duration => with_min_backoff,
+    max_backoff: Duration => with_max_backoff,
+    health_check_interval: Duration => with_health_check_interval,
+    request_timeout: Duration => with_request_timeout,
+    subscribe_timeout: Duration => with_subscribe_timeout,
+});
 
 /// What the Redis layer counted since it connected: a snapshot
 /// ([`RedisLayer::stats`]).

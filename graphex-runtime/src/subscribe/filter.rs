@@ -19,6 +19,7 @@ use crate::model::{Field, Lookup, ModelSubscription, Scope, field_index};
 
 /// Bounds on what a client filter may ask for.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct FilterLimits {
     /// Most clauses in one filter.
     pub max_clauses: usize,
@@ -33,6 +34,12 @@ impl Default for FilterLimits {
         FilterLimits { max_clauses: 16, max_in_values: 100, max_text_len: 1024 }
     }
 }
+
+crate::config::setters!(FilterLimits {
+    max_clauses: usize => with_max_clauses,
+    max_in_values: usize => with_max_in_values,
+    max_text_len: usize => with_max_text_len,
+});
 
 /// Why a filter was refused. The message is meant for the client.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

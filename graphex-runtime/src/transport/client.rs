@@ -43,6 +43,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-in
 /// Settings of the client page. Paths are resolved against the page's own
 /// host; absolute URLs are used as given.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct ClientPage {
     /// Where the page is served. Default `/graphql/client/`.
     #[serde(skip)]
@@ -72,6 +73,14 @@ impl Default for ClientPage {
         }
     }
 }
+
+crate::config::setters!(ClientPage {
+    path: String => with_path,
+    ws_path: String => with_ws_path,
+    http_path: String => with_http_path,
+    standard_ws_path: Option<String> => with_standard_ws_path,
+    title: String => with_title,
+});
 
 impl ClientPage {
     /// The default page, pointed at the endpoints `config` serves.

@@ -58,7 +58,7 @@ where
 /// let app = graphex::RouterBuilder::new(schema, hub)
 ///     .authenticator(MyAuthenticator)
 ///     .hooks(MyHooks)
-///     .protocol(graphex::ProtocolConfig { max_operations: 20, ..Default::default() })
+///     .protocol(graphex::ProtocolConfig::default().with_max_operations(20))
 ///     .build();
 /// ```
 pub struct RouterBuilder<Q, M, S> {

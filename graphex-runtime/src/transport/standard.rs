@@ -37,6 +37,7 @@ use crate::transport::close::*;
 
 /// Settings of the standard WebSocket protocols.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProtocolConfig {
     /// How long a client may take to send `connection_init`. Default 10 s.
     pub init_timeout: Duration,
@@ -57,6 +58,12 @@ impl Default for ProtocolConfig {
         }
     }
 }
+
+crate::config::setters!(ProtocolConfig {
+    init_timeout: Duration => with_init_timeout,
+    keep_alive: Option<Duration> => with_keep_alive,
+    max_operations: usize => with_max_operations,
+});
 
 /// One standard-protocol WebSocket connection, as hooks see it.
 #[derive(Clone)]
