@@ -17,8 +17,9 @@ use sea_orm::{EntityTrait, Value as DbValue};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value as Json};
 
-/// What happened to a row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What happened to a row (GraphQL enum `Action`).
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[graphql(name = "Action", rename_items = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// A row was inserted.

@@ -25,34 +25,12 @@ use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
 use crate::subscribe::{SubscribeError, add_all, build_subscriptions, canonical_id};
 
-/// What happened to a row (GraphQL enum `Action`).
-#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[graphql(name = "Action", rename_items = "SCREAMING_SNAKE_CASE")]
-pub enum ChangeAction {
-    /// A row was inserted.
-    Create,
-    /// A row was updated.
-    Update,
-    /// A row was deleted.
-    Delete,
-}
-
-impl From<Action> for ChangeAction {
-    fn from(action: Action) -> Self {
-        match action {
-            Action::Create => ChangeAction::Create,
-            Action::Update => ChangeAction::Update,
-            Action::Delete => ChangeAction::Delete,
-        }
-    }
-}
-
 /// One change of a model row, as a native subscription event.
 #[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
 #[graphql(name = "ModelChange")]
 pub struct ModelChange {
     /// What happened.
-    pub action: ChangeAction,
+    pub action: Action,
     /// The model label (e.g. `user`).
     pub model: String,
     /// The model's stream (e.g. `users`).
@@ -77,7 +55,7 @@ impl ModelChange {
             ),
         });
         ModelChange {
-            action: change.action.into(),
+            action: change.action,
             model: change.model.clone(),
             stream: change.stream.clone(),
             id: async_graphql::Json(change.pk.clone()),
@@ -271,7 +249,7 @@ mod tests {
         assert_eq!(
             event,
             ModelChange {
-                action: ChangeAction::Create,
+                action: Action::Create,
                 model: "user".into(),
                 stream: "users".into(),
                 id: async_graphql::Json(json!(7)),
