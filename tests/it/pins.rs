@@ -20,25 +20,14 @@
 //! close frame); `http > <body>` a request to `/graphql` (`http(<token>)`
 //! when authenticated) and `http < <status> <body>` its response. Line
 //! breaks inside a frame are written `\n` and `\r`.
-#![allow(unreachable_pub)]
-
-#[path = "../examples/reference/app.rs"]
-mod app;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::http::{Request, header};
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use graphex::Hub;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value as Json, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -46,8 +35,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long an expected frame or response may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+use crate::app;
+use crate::support::TIMEOUT;
+use crate::support::http::{self, Streamed};
+use crate::support::standard::{serve, wait_for};
 
 // ---------------------------------------------------------------------------
 // Pins
@@ -318,21 +309,10 @@ fn is_ping(text: &str) -> bool {
 /// GraphQL over HTTP (`POST /graphql`), recorded.
 struct Http {
     addr: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
     log: Log,
 }
 
 impl Http {
-    fn request(&self, token: Option<&str>, accept: &str, body: &Json) -> Request<Full<Bytes>> {
-        let mut request = Request::post(format!("http://{}/graphql", self.addr))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, accept);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        request.body(Full::new(Bytes::from(body.to_string()))).expect("valid request")
-    }
-
     fn who(token: Option<&str>) -> String {
         token.map_or_else(|| "http".to_owned(), |token| format!("http({token})"))
     }
@@ -342,63 +322,42 @@ impl Http {
         let body = json!({"query": query, "variables": variables});
         let who = Http::who(token);
         self.log.line(&who, '>', &body.to_string());
-        let exchange = async {
-            let response = self.client.request(self.request(token, "application/json", &body)).await.expect("HTTP");
-            let status = response.status();
-            let bytes = response.into_body().collect().await.expect("response body").to_bytes();
-            (status, bytes)
-        };
-        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange).await.expect("HTTP response in time");
-        let text = String::from_utf8(bytes.to_vec()).expect("UTF-8 body");
-        self.log.line(&who, '<', &format!("{} {text}", status.as_u16()));
+        let response = http::post(self.addr, "/graphql", token, "application/json", &body).await;
+        let text = response.text();
+        self.log.line(&who, '<', &format!("{} {text}", response.status.as_u16()));
         serde_json::from_str(&text).expect("a JSON response")
     }
 
     /// Posts `query` asking for a stream (`accept`): records the status and
-    /// content type, and returns the open response body.
-    async fn stream(&self, name: &str, query: &str, accept: &str) -> hyper::body::Incoming {
-        let body = json!({"query": query});
-        self.log.line(name, '>', &format!("Accept: {accept} {body}"));
-        let response = tokio::time::timeout(TIMEOUT, self.client.request(self.request(None, accept, &body)))
-            .await
-            .expect("stream response in time")
-            .expect("HTTP");
-        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
-        let line = format!("{} {}", response.status().as_u16(), content_type.unwrap_or("<no content type>"));
-        self.log.line(name, '<', &line);
-        response.into_body()
+    /// content type, and returns the open response.
+    async fn stream(&self, name: &str, query: &str, accept: &str) -> Streamed {
+        self.log.line(name, '>', &format!("Accept: {accept} {}", json!({"query": query})));
+        let mut streamed = Streamed::post(self.addr, accept, query).await;
+        let (status_line, _) = streamed.head().await;
+        let code = status_line.split(' ').nth(1).expect("a status code").to_owned();
+        let content_type = streamed.content_type().await;
+        self.log.line(name, '<', &format!("{code} {content_type}"));
+        streamed
     }
 }
 
-/// Reads `body` until `complete` finds a whole item in what arrived (and
-/// returns it with the rest); panics on timeout or end of stream.
-async fn read_item(
-    body: &mut hyper::body::Incoming,
-    buffer: &mut String,
-    complete: impl Fn(&str) -> Option<usize>,
-) -> Option<String> {
+/// Reads `stream` until `complete` finds a whole item at the start of what
+/// arrived, and takes it; `None` at the end of the stream.
+async fn read_item(stream: &mut Streamed, complete: impl Fn(&str) -> Option<usize>) -> Option<String> {
     loop {
-        if let Some(end) = complete(buffer) {
-            let item: String = buffer.drain(..end).collect();
-            return Some(item);
+        if let Some(end) = complete(&stream.text()) {
+            return Some(stream.take(end));
         }
-        let frame = tokio::time::timeout(TIMEOUT, body.frame()).await.expect("stream data in time");
-        match frame {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buffer.push_str(std::str::from_utf8(&data).expect("UTF-8 stream"));
-                }
-            }
-            Some(Err(error)) => panic!("stream failed: {error}"),
-            None => return None,
+        if !stream.read_more().await {
+            return None;
         }
     }
 }
 
 /// The next server-sent event that is not a keep-alive comment.
-async fn next_event(body: &mut hyper::body::Incoming, buffer: &mut String) -> String {
+async fn next_event(stream: &mut Streamed) -> String {
     loop {
-        let event = read_item(body, buffer, |text| text.find("\n\n").map(|at| at + 2)).await.expect("an event");
+        let event = read_item(stream, |text| text.find("\n\n").map(|at| at + 2)).await.expect("an event");
         if !event.lines().all(|line| line.is_empty() || line.starts_with(':')) {
             return event;
         }
@@ -407,10 +366,10 @@ async fn next_event(body: &mut hyper::body::Incoming, buffer: &mut String) -> St
 
 /// The next `multipart/mixed` part (`--graphql` up to the next part), or the
 /// closing delimiter, leaving out heartbeats.
-async fn next_part(body: &mut hyper::body::Incoming, buffer: &mut String) -> Option<String> {
+async fn next_part(stream: &mut Streamed) -> Option<String> {
     const HEADER: &str = "--graphql\r\nContent-Type: application/json\r\n\r\n";
     loop {
-        let part = read_item(body, buffer, |text| {
+        let part = read_item(stream, |text| {
             if text.starts_with("--graphql--\r\n") {
                 return Some("--graphql--\r\n".len());
             }
@@ -429,11 +388,7 @@ async fn next_part(body: &mut hyper::body::Incoming, buffer: &mut String) -> Opt
 
 /// Waits until the hub holds `channels` channels.
 async fn channels(hub: &Hub, channels: usize) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while hub.channel_count() != channels {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {channels} channels");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(&format!("{channels} channels"), || hub.channel_count() == channels).await;
 }
 
 const SUBSCRIBE: &str = "subscription ($channelId: String!, $filters: JSON) { \
@@ -451,19 +406,16 @@ impl Http {
 async fn reference_session_is_pinned() {
     let hub = Hub::default();
     let db = app::connect("sqlite::memory:", None).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    let addr = listener.local_addr().expect("bound address");
-    let router = app::app(db, hub.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, router).await.expect("server runs") });
+    let server = serve(app::app(db, hub.clone())).await;
     let log = Log::new(hub.node());
-    let http = Http { addr, client: Client::builder(TokioExecutor::new()).build_http(), log: log.clone() };
+    let http = Http { addr: server.addr, log: log.clone() };
 
     two_channel(&http, &hub, &log).await;
     transport_ws(&http, &hub, &log).await;
     legacy_ws(&http, &hub, &log).await;
     http_streams(&http, &hub, &log).await;
     channels(&hub, 0).await;
-    server.abort();
+    drop(server);
 
     assert_pin("session.txt", &log.text());
 }
@@ -666,41 +618,38 @@ async fn legacy_ws(http: &Http, hub: &Hub, log: &Log) {
 async fn http_streams(http: &Http, hub: &Hub, log: &Log) {
     log.step("POST /graphql as server-sent events");
     let query = "subscription { userChanges(action: CREATE, data: [USERNAME]) { action model id data } }";
-    let mut body = http.stream("sse", query, "text/event-stream").await;
+    let mut stream = http.stream("sse", query, "text/event-stream").await;
     channels(hub, 1).await;
-    let mut buffer = String::new();
     for name in ["morpheus", "tank"] {
         let mutation = format!(
             "mutation {{ createUser(username: \"{name}\", email: \"{name}@example.com\", tenant: \"acme\") {{ id }} }}"
         );
         http.graphql(None, &mutation, Json::Null).await;
-        let event = next_event(&mut body, &mut buffer).await;
+        let event = next_event(&mut stream).await;
         log.line("sse", '<', &event);
     }
-    drop(body);
+    drop(stream);
     channels(hub, 0).await;
 
     log.step("POST /graphql as multipart/mixed");
     let accept = r#"multipart/mixed; boundary="graphql"; subscriptionSpec="1.0", application/json"#;
-    let mut body = http.stream("multipart", query, accept).await;
+    let mut stream = http.stream("multipart", query, accept).await;
     channels(hub, 1).await;
-    let mut buffer = String::new();
     http.graphql(
         None,
         "mutation { createUser(username: \"dozer\", email: \"dozer@example.com\", tenant: \"acme\") { id } }",
         Json::Null,
     )
     .await;
-    let part = next_part(&mut body, &mut buffer).await.expect("a part");
+    let part = next_part(&mut stream).await.expect("a part");
     log.line("multipart", '<', &part);
-    drop(body);
+    drop(stream);
     channels(hub, 0).await;
 
     log.step("POST /graphql as multipart/mixed, refused: one part, then the end");
-    let mut body = http.stream("multipart", "subscription { noteChanges { id } }", accept).await;
-    let mut buffer = String::new();
-    while let Some(part) = next_part(&mut body, &mut buffer).await {
+    let mut stream = http.stream("multipart", "subscription { noteChanges { id } }", accept).await;
+    while let Some(part) = next_part(&mut stream).await {
         log.line("multipart", '<', &part);
     }
-    assert_eq!(buffer, "", "nothing after the closing delimiter");
+    assert_eq!(stream.text(), "", "nothing after the closing delimiter");
 }

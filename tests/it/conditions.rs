@@ -4,21 +4,17 @@
 //! columns, on SQLite and (with `GRAPHEX_TEST_POSTGRES_URL`) PostgreSQL,
 //! both must select exactly the expected rows. Then the filters graphex
 //! must refuse.
-#![allow(unreachable_pub)]
-
-mod common;
 
 use std::hash::{BuildHasher, Hasher};
 
-use common::entities::user;
+use crate::support::POSTGRES_ENV;
+use crate::support::entities::user;
 use graphex::{Filter, FilterError, FilterLimits, ModelSubscription};
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, Schema,
 };
 use serde_json::{Value as Json, json};
-
-const POSTGRES_ENV: &str = "GRAPHEX_TEST_POSTGRES_URL";
 
 fn at(timestamp: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(timestamp).expect("test timestamp").to_utc()
