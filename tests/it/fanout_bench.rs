@@ -1,7 +1,7 @@
 //! A measurement, not a check (ignored by default): native `userChanges`
 //! fan-out over graphql-transport-ws on loopback.
 //!
-//! `cargo test --release --test fanout_bench -- --ignored --nocapture`
+//! `cargo test --release --test it fanout_bench -- --ignored --nocapture`
 //! (`GRAPHEX_BENCH_CLIENTS`, `GRAPHEX_BENCH_CHANGES` override 50 and 200).
 
 use std::time::Instant;
