@@ -9,7 +9,8 @@
 //! Needs `GRAPHEX_TEST_REDIS_URL` (set by `.ci/run`) for the two-process
 //! cases and a `redis-server` binary for the restart case; without them it
 //! prints what it skipped. With `GRAPHEX_TEST_REDIS_URL` set, a missing
-//! `redis-server` is a failure.
+//! `redis-server` is a failure. The last line of its output is the summary
+//! CI reads: `N passed, M failed`, with `, K skipped` when cases were skipped.
 #![allow(unreachable_pub)]
 
 #[path = "../examples/reference/app.rs"]
@@ -17,8 +18,9 @@
 mod app;
 #[path = "../examples/reference/serve.rs"]
 mod serve;
-mod standard;
-#[allow(dead_code)]
+// The integration tests' support module; this binary uses part of it.
+#[path = "it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::future::Future;
@@ -37,8 +39,9 @@ use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use standard::{Client, Frame, Proto};
-use support::{Http, Server, TIMEOUT, comment_frame, user_frame};
+use support::reference::Http;
+use support::standard::{Client, Frame, Proto};
+use support::{Server, TIMEOUT, comment_frame, user_frame};
 
 const CHILD_ENV: &str = "GRAPHEX_REDIS_TEST_CHILD";
 const REDIS_ENV: &str = "GRAPHEX_TEST_REDIS_URL";
@@ -65,7 +68,7 @@ fn main() {
         ("leave_and_rejoin_over_graphql_transport_ws", || Box::pin(leave_and_rejoin_over_graphql_transport_ws())),
         ("leave_and_rejoin_over_two_channel", || Box::pin(leave_and_rejoin_over_two_channel())),
     ];
-    let mut failed = Vec::new();
+    let (mut passed, mut skipped, mut failed) = (0, 0, Vec::new());
     for (name, case) in cases {
         if filter.as_deref().is_some_and(|filter| !name.contains(filter)) {
             continue;
@@ -73,8 +76,14 @@ fn main() {
         println!("test {name} ...");
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(case())));
         match outcome {
-            Ok(Some(())) => println!("test {name} ... ok"),
-            Ok(None) => println!("test {name} ... skipped"),
+            Ok(Some(())) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Ok(None) => {
+                println!("test {name} ... skipped");
+                skipped += 1;
+            }
             Err(_) => {
                 println!("test {name} ... FAILED");
                 failed.push(name);
@@ -83,6 +92,14 @@ fn main() {
     }
     if !failed.is_empty() {
         eprintln!("failed: {failed:?}");
+    }
+    // The summary CI reads: alone on the last line.
+    let mut summary = format!("{passed} passed, {} failed", failed.len());
+    if skipped > 0 {
+        summary.push_str(&format!(", {skipped} skipped"));
+    }
+    println!("\n{summary}");
+    if !failed.is_empty() {
         std::process::exit(101);
     }
 }

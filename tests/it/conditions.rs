@@ -4,13 +4,11 @@
 //! columns, on SQLite and (with `GRAPHEX_TEST_POSTGRES_URL`) PostgreSQL,
 //! both must select exactly the expected rows. Then the filters graphex
 //! must refuse.
-#![allow(unreachable_pub)]
-
-mod common;
 
 use std::hash::{BuildHasher, Hasher};
 
-use common::entities::user;
+use crate::support::POSTGRES_ENV;
+use crate::support::entities::user;
 use graphex::__internals::Filter;
 use graphex::{FilterError, FilterLimits, ModelSubscription};
 use sea_orm::{
@@ -18,8 +16,6 @@ use sea_orm::{
     QueryOrder, Schema,
 };
 use serde_json::{Value as Json, json};
-
-const POSTGRES_ENV: &str = "GRAPHEX_TEST_POSTGRES_URL";
 
 fn at(timestamp: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(timestamp).expect("test timestamp").to_utc()

@@ -1,7 +1,6 @@
-//! Support for the standard-protocol tests: a router served on port 0 and a
-//! raw client of `graphql-transport-ws` / `graphql-ws` over tokio-tungstenite
-//! that shows every frame, close codes included.
-#![allow(dead_code)]
+//! Any router served on port 0, and a raw client of `graphql-transport-ws`
+//! / `graphql-ws` over tokio-tungstenite that shows every frame, close codes
+//! included.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,8 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long an expected frame may take.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+use super::TIMEOUT;
 
 /// A router served on `127.0.0.1:0` until dropped.
 pub struct Served {

@@ -15,10 +15,6 @@
 //! `tests/browser/node_modules` (`npm ci` there). Without them the test
 //! prints `skipped: ...`, unless `GRAPHEX_TEST_BROWSER=1` (set by `.ci/run`)
 //! makes that a failure. Screenshots go to `target/test-output/browser/`.
-#![allow(unreachable_pub)]
-
-#[path = "../examples/reference/app.rs"]
-mod app;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,37 +24,28 @@ use std::time::Duration;
 use axum::Router;
 use graphex::Hub;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::app;
+use crate::support::{http, standard};
 
 /// Bound on the whole browser run (the script has its own, shorter, watchdog).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUIRED_ENV: &str = "GRAPHEX_TEST_BROWSER";
 
+/// An app served on port 0, with its hub.
 struct Served {
     addr: SocketAddr,
     hub: Hub,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _served: standard::Served,
 }
 
 async fn serve(make: fn(sea_orm::DatabaseConnection, Hub) -> Router) -> Served {
     let db = app::connect("sqlite::memory:", None).await;
     let hub = Hub::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    let addr = listener.local_addr().expect("bound address");
-    let router = make(db, hub.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.expect("server runs");
-    });
-    Served { addr, hub, task }
+    let served = standard::serve(make(db, hub.clone())).await;
+    Served { addr: served.addr, hub, _served: served }
 }
 
 struct Tools {
@@ -208,46 +195,21 @@ async fn run_script(
     println!("screenshots in {}", output.canonicalize().unwrap_or_else(|_| output.to_owned()).display());
 }
 
-/// A GET over a fresh connection: the status line, the headers (lower-case
-/// names) and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, Vec<(String, String)>, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(head.as_bytes()).await.expect("write the request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read the response");
-        response
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("GET answered in time");
-    let (head, body) = response.split_once("\r\n\r\n").expect("end of headers");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().expect("status line").to_owned();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
-}
-
 /// The reference app serves the page (no browser needed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_app_serves_the_page() {
     let main = serve(app::app).await;
-    let (status, headers, body) = http_get(main.addr, "/graphql/client/").await;
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!(header(&headers, "content-type"), Some("text/html; charset=utf-8"));
-    let csp = header(&headers, "content-security-policy").expect("a content security policy");
+    let page = http::get(main.addr, "/graphql/client/").await;
+    assert_eq!(page.status_line, "HTTP/1.1 200 OK");
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = page.header("content-security-policy").expect("a content security policy");
     assert!(csp.starts_with("default-src 'none'; script-src 'unsafe-inline'"), "{csp}");
+    let body = page.text();
     assert!(body.contains(r#"{"ws_path":"/ws/graphql/","http_path":"/graphql","standard_ws_path":null"#), "settings");
 
-    let (status, headers, _) = http_get(main.addr, "/graphql/client").await;
-    assert_eq!(status, "HTTP/1.1 308 Permanent Redirect");
-    assert_eq!(header(&headers, "location"), Some("/graphql/client/"));
+    let redirect = http::get(main.addr, "/graphql/client").await;
+    assert_eq!(redirect.status_line, "HTTP/1.1 308 Permanent Redirect");
+    assert_eq!(redirect.header("location"), Some("/graphql/client/"));
 }
 
 /// The whole page against the reference app.

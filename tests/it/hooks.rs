@@ -1,13 +1,20 @@
-//! `#[graphex::hooks]` keeps the user's own hook bodies and announces what
-//! they return; saves and deletes through ActiveModel reach the hub.
-#![allow(unreachable_pub)]
+//! How changes are announced: `#[graphex::hooks]` keeps the user's own hook
+//! bodies and announces what they return (saves and deletes through
+//! ActiveModel reach the hub); bulk inserts run no hooks and are announced by
+//! hand with `announce_many`, over real sockets on the reference app.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use graphex::__internals::{Subscription, SubscriptionKey};
 use graphex::{__internals::Filter, Action, Hub};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Database, EntityTrait, ModelTrait, Schema};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, Database, EntityTrait, ModelTrait, QueryFilter,
+    QueryOrder, Schema,
+};
 use serde_json::{Value, json};
+
+use crate::app::user;
+use crate::support::{Server, USERS_CREATE, each_database, new_user, user_frame, user_json};
 
 static USER_HOOK_RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -111,4 +118,40 @@ async fn user_hooks_run_and_changes_are_announced() {
     let deleted = frame(&mut rx, &channel).await;
     assert_eq!(deleted["payload"]["data"], json!({"id": again.id}));
     assert_eq!(item::Entity::find().all(&db).await.unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_inserts_are_announced_by_hand() {
+    each_database(|db| async move {
+        let server = Server::start(db.clone(), Hub::default()).await;
+        let mut ws = server.ws().await;
+        ws.subscribe_ok(&server, "userSubscription", USERS_CREATE, None).await;
+        ws.arm_comment_sentinel(&server).await;
+
+        let names = ["bulk-1", "bulk-2", "bulk-3"];
+        server
+            .hub
+            .scope(
+                user::Entity::insert_many(names.map(|name| new_user(name, &format!("{name}@example.com"), "acme")))
+                    .exec(&db),
+            )
+            .await
+            .expect("inserted");
+        // insert_many runs no hooks.
+        server.comment_sentinel(&mut [&mut ws]).await;
+
+        let rows = user::Entity::find()
+            .filter(user::Column::Username.is_in(names))
+            .order_by_asc(user::Column::Id)
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        server.hub.scope(graphex::announce_many(&rows, Action::Create)).await;
+        for row in &rows {
+            ws.expect(&user_frame("create", &user_json(row))).await;
+        }
+        server.comment_sentinel(&mut [&mut ws]).await;
+    })
+    .await;
 }

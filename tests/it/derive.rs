@@ -1,10 +1,7 @@
 //! What the derive generates: GraphQL pieces and the runtime binding.
-#![allow(unreachable_pub)]
 
-mod common;
-
+use crate::support::entities::{comment, tag, user};
 use async_graphql::{EmptyMutation, MergedSubscription, Object, Schema};
-use common::entities::{comment, tag, user};
 use graphex::ModelSubscription;
 use serde_json::json;
 

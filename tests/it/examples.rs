@@ -1,16 +1,10 @@
 //! The `chat` and `blog` examples over `graphql-transport-ws` and the legacy
 //! `graphql-ws`, served on port 0 with their embedded defaults.
-#![allow(unreachable_pub)]
 
-#[path = "../examples/blog/app.rs"]
-mod blog_app;
-#[path = "../examples/chat/app.rs"]
-mod chat_app;
-mod standard;
-
+use crate::support::standard::{Client, Proto, serve, wait_for};
+use crate::{blog_app, chat_app};
 use graphex::Hub;
 use serde_json::{Value as Json, json};
-use standard::{Client, Proto, serve, wait_for};
 
 /// The next result of operation `id`, taking it from `seen` first.
 async fn next_of(client: &mut Client, seen: &mut Vec<Json>, id: &str) -> Json {

@@ -2,12 +2,10 @@
 //! from arguments, per-subscriber transform and suppression, broadcasts
 //! from a mutation, from outside any request, and from another hub (a
 //! second "process") through a shared channel layer.
-#![allow(unreachable_pub)]
-
-mod standard;
 
 use std::sync::{Arc, Mutex};
 
+use crate::support::standard::{Client, Proto, Served, serve, wait_for};
 use async_graphql::{Context, Object, Schema, SimpleObject, Subscription};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -15,7 +13,6 @@ use graphex::layer::{ChannelLayer, Inbound, LayerError};
 use graphex::{Config, Hub, RouterBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use standard::{Client, Proto, Served, serve, wait_for};
 
 /// What the room broadcasts carry.
 #[derive(SimpleObject, Serialize, Deserialize, Clone, Debug)]

@@ -1,20 +1,16 @@
 //! A measurement, not a check (ignored by default): native `userChanges`
 //! fan-out over graphql-transport-ws on loopback.
 //!
-//! `cargo test --release --test fanout_bench -- --ignored --nocapture`
+//! `cargo test --release --test it fanout_bench -- --ignored --nocapture`
 //! (`GRAPHEX_BENCH_CLIENTS`, `GRAPHEX_BENCH_CHANGES` override 50 and 200).
-#![allow(unreachable_pub)]
-
-#[path = "../examples/reference/app.rs"]
-mod app;
-mod standard;
 
 use std::time::Instant;
 
+use crate::app;
+use crate::support::standard::{Client, Proto, serve, wait_for};
 use graphex::Hub;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde_json::json;
-use standard::{Client, Proto, serve, wait_for};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)

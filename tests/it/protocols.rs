@@ -4,19 +4,15 @@
 //!
 //! "Nothing else arrives" is never asserted by waiting: another operation
 //! is run afterwards and its messages must be the next ones.
-#![allow(unreachable_pub)]
-
-#[path = "../examples/reference/app.rs"]
-mod app;
-mod standard;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::app;
+use crate::support::standard::{Client, Frame, Proto, Served, serve, wait_for};
 use async_graphql::Request;
 use graphex::{Connection, ConnectionHooks, Denied, Hub, Principal, ProtocolConfig, RouterBuilder};
 use serde_json::{Value as Json, json};
-use standard::{Client, Frame, Proto, Served, serve, wait_for};
 
 /// The reference app with these protocol settings and hooks.
 async fn start(config: ProtocolConfig, hooks: Option<Recorder>) -> (Served, Hub) {

@@ -1,9 +1,10 @@
-//! Transaction edges (issue 13): savepoints begun with `graphex::savepoint`
+//! Transactions: changes are announced after the commit only, over real
+//! sockets on the reference app (SQLite and PostgreSQL); and the edges of
+//! issue 13 on the hub directly: savepoints begun with `graphex::savepoint`
 //! keep or drop their changes with their own outcome, a nested transaction
 //! graphex cannot see is refused, a write on the plain connection inside a
 //! transaction is announced at once, and a committed transaction's changes
 //! are all sent even if the caller's future is dropped while publishing.
-#![allow(unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +15,14 @@ use graphex::__internals::{Channel, Delivery, Subscription, SubscriptionKey};
 use graphex::layer::{ChannelLayer, Inbound, LayerError};
 use graphex::{Action, Config, Hub};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr,
-    EntityTrait, ModelTrait, Schema, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, ModelTrait, QueryFilter, Schema, TransactionTrait,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
+
+use crate::app::{comment, user};
+use crate::support::{Server, USERS_CREATE, comment_frame, each_database, new_user, user_frame, user_json};
 
 /// A model with the hooks `#[graphex::hooks]` adds.
 mod note {
@@ -144,6 +148,59 @@ impl Listener {
         }
         seen
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_announce_after_commit_only() {
+    each_database(|db| async move {
+        let server = Server::start(db.clone(), Hub::default()).await;
+        let mut ws = server.ws().await;
+        ws.subscribe_ok(&server, "userSubscription", USERS_CREATE, None).await;
+        ws.arm_comment_sentinel(&server).await;
+
+        let hub = server.hub.clone();
+        let (mut ws, rows) = server
+            .hub
+            .scope(graphex::transaction(&db, move |txn| {
+                Box::pin(async move {
+                    let a = new_user("in-txn-a", "a@example.com", "acme").insert(txn).await?;
+                    let b = new_user("in-txn-b", "b@example.com", "acme").insert(txn).await?;
+                    // Not yet: a change published now, outside the transaction,
+                    // is the first frame (the database is not touched, so this
+                    // works with SQLite's single connection held by `txn`).
+                    let sentinel = comment::Model { id: 999_999, post: 0, text: "sentinel".into() };
+                    let prepared = graphex::__internals::prepare(&sentinel, Action::Create);
+                    hub.publish(&prepared.groups, prepared.message).await;
+                    ws.expect(&comment_frame("create", &json!(999_999))).await;
+                    Ok::<_, DbErr>((ws, [a, b]))
+                })
+            }))
+            .await
+            .expect("transaction committed");
+        for row in &rows {
+            ws.expect(&user_frame("create", &user_json(row))).await;
+        }
+        server.comment_sentinel(&mut [&mut ws]).await;
+
+        // Rolled back: nothing is announced, ever.
+        let result = server
+            .hub
+            .scope(graphex::transaction(&db, |txn| {
+                Box::pin(async move {
+                    new_user("rolled-back", "r@example.com", "acme").insert(txn).await.map_err(|e| e.to_string())?;
+                    Err::<(), String>("changed my mind".into())
+                })
+            }))
+            .await;
+        match result {
+            Err(sea_orm::TransactionError::Transaction(error)) => assert_eq!(error, "changed my mind"),
+            other => panic!("expected the callback's error, got {other:?}"),
+        }
+        let found = user::Entity::find().filter(user::Column::Username.eq("rolled-back")).one(&db).await.unwrap();
+        assert!(found.is_none(), "the insert was rolled back");
+        server.comment_sentinel(&mut [&mut ws]).await;
+    })
+    .await;
 }
 
 fn note(name: &str) -> note::ActiveModel {

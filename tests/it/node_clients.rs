@@ -5,19 +5,13 @@
 //!
 //! Without Node.js or the packages the tests print `skipped: ...`, unless
 //! `GRAPHEX_TEST_NODE=1` (set by `.ci/run`), which makes that a failure.
-#![allow(unreachable_pub)]
-
-#[path = "../examples/blog/app.rs"]
-mod blog_app;
-#[path = "../examples/chat/app.rs"]
-mod chat_app;
-mod standard;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::standard::{serve, wait_for};
+use crate::{blog_app, chat_app};
 use graphex::Hub;
-use standard::{serve, wait_for};
 
 fn node_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node")

@@ -14,8 +14,6 @@
 //! - graphex-macros' `snapshots::no_bare_prelude_paths` unit test covers
 //!   that gap: it scans the derive's and the hooks' expansions for any path
 //!   that starts with a prelude name.
-#![allow(unreachable_pub)]
-
 mod entities {
     #![no_implicit_prelude]
 
