@@ -19,18 +19,7 @@ struct Subscription(user::UserSubscription, comment::CommentSubscription, tag::L
 
 /// The schema's SDL without descriptions, whitespace collapsed to single spaces.
 fn sdl() -> String {
-    let sdl = Schema::build(Query, EmptyMutation, Subscription::default()).finish().sdl();
-    let mut text = String::new();
-    for (index, part) in sdl.split("\"\"\"").enumerate() {
-        if index % 2 == 0 {
-            text.push_str(part);
-        }
-    }
-    text.lines()
-        .filter(|line| !line.trim_start().starts_with('"'))
-        .flat_map(str::split_whitespace)
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::support::compact_sdl(&Schema::build(Query, EmptyMutation, Subscription::default()).finish().sdl())
 }
 
 #[test]

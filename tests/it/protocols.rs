@@ -460,18 +460,7 @@ async fn hub_shutdown_closes_standard_connections() {
 
 /// The schema's SDL without descriptions, whitespace collapsed.
 fn sdl() -> String {
-    let sdl = app::schema(sea_orm::DatabaseConnection::default()).sdl();
-    let mut text = String::new();
-    for (index, part) in sdl.split("\"\"\"").enumerate() {
-        if index % 2 == 0 {
-            text.push_str(part);
-        }
-    }
-    text.lines()
-        .filter(|line| !line.trim_start().starts_with('"'))
-        .flat_map(str::split_whitespace)
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::support::compact_sdl(&app::schema(sea_orm::DatabaseConnection::default()).sdl())
 }
 
 #[test]

@@ -37,7 +37,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::change::group::{self, MAX_CUSTOM_NAME_LEN};
 use crate::hub::{Counters, Hub, Membership};
-use crate::layer::ChannelLayer;
 use crate::layer::LayerError;
 
 /// The layer group of the custom group `name`.
@@ -100,14 +99,6 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn group_count(&self) -> usize {
         self.groups.group_count()
-    }
-
-    fn join(&self, layer: &dyn ChannelLayer, group: &str, id: u64, member: Member) {
-        self.groups.join(layer, group, id, member);
-    }
-
-    fn leave(&self, layer: &dyn ChannelLayer, group: &str, id: u64) {
-        self.groups.leave(layer, group, id);
     }
 
     /// Queues a layer message to the local members of a custom group.
@@ -180,7 +171,7 @@ impl Hub {
             GroupReceiver { hub: self.clone(), id, groups: Vec::new(), rx, overflowed: overflowed.clone() };
         let layer = self.layer().as_ref();
         for group in groups {
-            self.custom().join(layer, &group, id, Member { tx: tx.clone(), overflowed: overflowed.clone() });
+            self.custom().groups.join(layer, &group, id, Member { tx: tx.clone(), overflowed: overflowed.clone() });
             receiver.groups.push(group);
         }
         // Confirmed only once this process receives every group; on an
@@ -224,7 +215,7 @@ impl Drop for GroupReceiver {
         // Synchronous, like a channel's close: no unlisten can overtake a later join.
         let layer = self.hub.layer().as_ref();
         for group in std::mem::take(&mut self.groups) {
-            self.hub.custom().leave(layer, &group, self.id);
+            self.hub.custom().groups.leave(layer, &group, self.id);
         }
     }
 }

@@ -27,3 +27,19 @@ pub use two_channel::Ws;
 
 /// How long an expected frame or response may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A schema's SDL without descriptions, whitespace collapsed to single
+/// spaces, for `contains` checks on type and field definitions.
+pub fn compact_sdl(sdl: &str) -> String {
+    let mut text = String::new();
+    for (index, part) in sdl.split("\"\"\"").enumerate() {
+        if index % 2 == 0 {
+            text.push_str(part);
+        }
+    }
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('"'))
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
