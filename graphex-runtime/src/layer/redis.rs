@@ -46,7 +46,7 @@
 //! One cohesive job in one file: the publisher, the subscriber task and its
 //! interest table, and node requests share the connection handling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -169,11 +169,18 @@ impl Counters {
 /// acknowledged on the live connection: written by `listen` / `unlisten`
 /// (under the hub's membership lock, so in membership order), reconciled
 /// with Redis by the subscriber task.
+///
+/// Bounded by live state: an entry is a group some local member wants or
+/// that Redis has acknowledged; an unwanted, unacknowledged entry is
+/// dropped at once while offline (no command can be in flight then) and by
+/// the next reconciliation while online. `dirty` holds each group once.
 #[derive(Default)]
 struct Interest {
     groups: HashMap<String, GroupState>,
     /// Groups whose wish changed since the subscriber last looked.
-    dirty: Vec<String>,
+    dirty: HashSet<String>,
+    /// The subscriber serves a live connection (commands may be in flight).
+    online: bool,
 }
 
 #[derive(Default)]
@@ -199,8 +206,16 @@ impl Shared {
     fn wish(&self, group: &str, wanted: bool) {
         {
             let mut interest = lock(&self.interest);
-            interest.groups.entry(group.to_owned()).or_default().wanted = wanted;
-            interest.dirty.push(group.to_owned());
+            let online = interest.online;
+            let state = interest.groups.entry(group.to_owned()).or_default();
+            state.wanted = wanted;
+            if !wanted && !state.subscribed && !online {
+                // Nothing to undo in Redis, and no SUBSCRIBE in flight offline.
+                interest.groups.remove(group);
+                interest.dirty.remove(group);
+                return;
+            }
+            interest.dirty.insert(group.to_owned());
         }
         // Stores a permit if the subscriber is busy: no wish is missed.
         self.changed.notify_one();
@@ -519,11 +534,12 @@ impl Subscriber {
     /// Returns the number of wanted groups.
     fn forget_connection(&self) -> usize {
         let mut interest = lock(&self.shared.interest);
+        interest.online = false;
         interest.groups.retain(|_, state| {
             state.subscribed = false;
             state.wanted
         });
-        let wanted: Vec<String> = interest.groups.keys().cloned().collect();
+        let wanted: HashSet<String> = interest.groups.keys().cloned().collect();
         let count = wanted.len();
         interest.dirty = wanted;
         count
@@ -531,6 +547,7 @@ impl Subscriber {
 
     async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream, reconnected: bool) -> Ended {
         self.stats.connected.store(true, Ordering::Relaxed);
+        lock(&self.shared.interest).online = true;
         // Whatever is wanted now (everything, after a reconnection).
         let restored = match self.reconcile(&mut sink).await {
             Ok(subscribed) => subscribed,
@@ -584,9 +601,7 @@ impl Subscriber {
         loop {
             let (to_subscribe, to_unsubscribe) = {
                 let mut interest = lock(&self.shared.interest);
-                let mut dirty = std::mem::take(&mut interest.dirty);
-                dirty.sort_unstable();
-                dirty.dedup();
+                let dirty = std::mem::take(&mut interest.dirty);
                 let (mut to_subscribe, mut to_unsubscribe) = (Vec::new(), Vec::new());
                 for group in dirty {
                     let Some(state) = interest.groups.get(&group) else { continue };
@@ -627,7 +642,7 @@ impl Subscriber {
                 let Some(state) = interest.groups.get_mut(group) else { continue };
                 state.subscribed = subscribed;
                 if state.wanted != subscribed {
-                    interest.dirty.push(group.clone());
+                    interest.dirty.insert(group.clone());
                 } else if !state.wanted {
                     interest.groups.remove(group);
                 }
@@ -698,4 +713,38 @@ async fn connect_pubsub(
 
 fn unavailable(what: &str, error: redis::RedisError) -> LayerError {
     LayerError::failed(what, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interest_table_holds_only_live_groups_while_offline() {
+        let shared = Shared::default();
+        // Joins and leaves of many distinct groups during an outage leave
+        // nothing behind but what is still wanted.
+        for n in 0..1000 {
+            let group = format!("users-create-{n}");
+            shared.wish(&group, true);
+            shared.wish(&group, false);
+        }
+        shared.wish("users-create", true);
+        let interest = lock(&shared.interest);
+        assert_eq!(interest.groups.len(), 1);
+        assert_eq!(interest.dirty.len(), 1);
+        assert!(interest.groups["users-create"].wanted);
+    }
+
+    #[test]
+    fn online_an_unwanted_group_waits_for_the_subscriber() {
+        let shared = Shared::default();
+        lock(&shared.interest).online = true;
+        shared.wish("users-create", true);
+        shared.wish("users-create", false);
+        // A SUBSCRIBE may be in flight: the subscriber decides, once.
+        let interest = lock(&shared.interest);
+        assert_eq!(interest.groups.len(), 1);
+        assert_eq!(interest.dirty.len(), 1);
+    }
 }
