@@ -118,7 +118,7 @@ impl Rooms {
 
 // "Mounting".
 #[derive(async_graphql::MergedSubscription, Default)]
-pub struct Subscription(user::UserSubscription, note::NoteSubscription, Rooms); // one entry per model
+pub struct Subscription(user::UserSubscriptionRoot, note::NoteSubscriptionRoot, Rooms); // one entry per model
 
 /// Every token is the user of that name.
 struct MyAuthenticator;

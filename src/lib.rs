@@ -21,7 +21,7 @@
 //! impl ActiveModelBehavior for ActiveModel {}
 //! ```
 //!
-//! The derive generates `UserFields`, the `UserSubscription` root piece
+//! The derive generates `UserFields`, the `UserSubscriptionRoot` root piece
 //! (merge it into the schema's subscription root with
 //! `async_graphql::MergedSubscription`: one line per model) and the
 //! [`ModelSubscription`] binding the runtime reads. `#[graphex::hooks]`

@@ -124,10 +124,10 @@ pub mod comment {
 /// The subscription root: one line per model.
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(
-    user::UserSubscription,
-    note::NoteSubscription,
-    message::MessageSubscription,
-    comment::CommentSubscription,
+    user::UserSubscriptionRoot,
+    note::NoteSubscriptionRoot,
+    message::MessageSubscriptionRoot,
+    comment::CommentSubscriptionRoot,
 );
 
 /// Queries.

@@ -330,7 +330,7 @@ pub async fn serve(args: &[String]) -> Result<(), BenchError> {
         .map_err(|error| BenchError::new(error.to_string()))?;
     let hub = graphex::Hub::with_layer(graphex::Config::default(), Arc::new(layer));
     let schema =
-        Schema::build(Ping, EmptyMutation, message::MessageSubscription).data(entities::database().await?).finish();
+        Schema::build(Ping, EmptyMutation, message::MessageSubscriptionRoot).data(entities::database().await?).finish();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     axum::serve(listener, graphex::router(schema, hub, graphex::Anonymous)).await?;

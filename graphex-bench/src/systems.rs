@@ -190,9 +190,9 @@ impl BenchQuery {
 
 #[derive(MergedSubscription, Default)]
 struct GraphexSubscription(
-    message::MessageSubscription,
-    plain_message::PlainMessageSubscription,
-    id_message::IdMessageSubscription,
+    message::MessageSubscriptionRoot,
+    plain_message::PlainMessageSubscriptionRoot,
+    id_message::IdMessageSubscriptionRoot,
 );
 
 struct GraphexTarget {

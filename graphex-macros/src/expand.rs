@@ -17,8 +17,8 @@ pub(crate) struct Names {
 impl Names {
     pub(crate) fn new(name: &str, span: proc_macro2::Span) -> Self {
         Names {
-            root: format_ident!("{}Subscription", name, span = span),
-            confirmation: format_ident!("{}SubscriptionConfirmation", name, span = span),
+            root: format_ident!("{}SubscriptionRoot", name, span = span),
+            confirmation: format_ident!("{}Subscription", name, span = span),
             fields: format_ident!("{}Fields", name, span = span),
         }
     }

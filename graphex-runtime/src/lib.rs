@@ -60,6 +60,78 @@ pub mod __internals {
     pub use crate::change::group;
     pub use crate::hub::{Added, Channel, Delivery, Subscription, SubscriptionKey};
     pub use crate::subscribe::filter::{Clause, Filter};
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    use crate::hub::{ChannelError, Hub};
+
+    /// The hub's channel-level operations, which the transports and
+    /// subscribe functions use inside the crate. Import this trait to drive
+    /// a [`Hub`] directly from a test or the benchmark.
+    #[allow(async_fn_in_trait)]
+    pub trait HubInternals {
+        /// Opens a channel owned by `owner`.
+        fn open_channel(&self, owner: Option<String>)
+        -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError>;
+        /// The open channel with this id.
+        fn channel(&self, id: &str) -> Option<Arc<Channel>>;
+        /// Adds one subscription to a channel.
+        async fn add_subscription(
+            &self,
+            channel: &Arc<Channel>,
+            subscription: Subscription,
+        ) -> Result<Added, ChannelError>;
+        /// Adds subscriptions to a channel, all or none.
+        async fn add_subscriptions(
+            &self,
+            channel: &Arc<Channel>,
+            subscriptions: Vec<Subscription>,
+        ) -> Result<Vec<Added>, ChannelError>;
+        /// Removes a subscription from a channel.
+        fn remove_subscription(&self, channel: &Channel, key: &SubscriptionKey) -> Result<(), ChannelError>;
+        /// Closes a channel.
+        fn close_channel(&self, channel: &Channel);
+        /// Publishes an encoded change to its groups.
+        async fn publish(&self, groups: &[String], message: Bytes);
+    }
+
+    impl HubInternals for Hub {
+        fn open_channel(
+            &self,
+            owner: Option<String>,
+        ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
+            Hub::open_channel(self, owner)
+        }
+        fn channel(&self, id: &str) -> Option<Arc<Channel>> {
+            Hub::channel(self, id)
+        }
+        async fn add_subscription(
+            &self,
+            channel: &Arc<Channel>,
+            subscription: Subscription,
+        ) -> Result<Added, ChannelError> {
+            Hub::add_subscription(self, channel, subscription).await
+        }
+        async fn add_subscriptions(
+            &self,
+            channel: &Arc<Channel>,
+            subscriptions: Vec<Subscription>,
+        ) -> Result<Vec<Added>, ChannelError> {
+            Hub::add_subscriptions(self, channel, subscriptions).await
+        }
+        fn remove_subscription(&self, channel: &Channel, key: &SubscriptionKey) -> Result<(), ChannelError> {
+            Hub::remove_subscription(self, channel, key)
+        }
+        fn close_channel(&self, channel: &Channel) {
+            Hub::close_channel(self, channel)
+        }
+        async fn publish(&self, groups: &[String], message: Bytes) {
+            Hub::publish(self, groups, message).await
+        }
+    }
 }
 
 #[doc(hidden)]

@@ -9,6 +9,7 @@
 //! afterwards and must be the next frame (a channel receives changes in the
 //! order they were announced).
 
+use graphex::__internals::HubInternals;
 use serde_json::json;
 
 use crate::support::{Server, USERS_CREATE, Ws, confirmed, each_database, refused, user_frame};

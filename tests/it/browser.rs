@@ -16,6 +16,7 @@
 //! prints `skipped: ...`, unless `GRAPHEX_TEST_BROWSER=1` (set by `.ci/run`)
 //! makes that a failure. Screenshots go to `target/test-output/browser/`.
 
+use graphex::__internals::HubInternals;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -3,6 +3,7 @@
 //! from a mutation, from outside any request, and from another hub (a
 //! second "process") through a shared channel layer.
 
+use graphex::__internals::HubInternals;
 use std::sync::{Arc, Mutex};
 
 use crate::support::standard::{Client, Proto, Served, serve, wait_for};

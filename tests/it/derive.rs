@@ -15,7 +15,7 @@ impl Query {
 }
 
 #[derive(MergedSubscription, Default)]
-struct Subscription(user::UserSubscription, comment::CommentSubscription, tag::LabelSubscription);
+struct Subscription(user::UserSubscriptionRoot, comment::CommentSubscriptionRoot, tag::LabelSubscriptionRoot);
 
 /// The schema's SDL without descriptions, whitespace collapsed to single spaces.
 fn sdl() -> String {

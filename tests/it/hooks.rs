@@ -3,6 +3,7 @@
 //! ActiveModel reach the hub); bulk inserts run no hooks and are announced by
 //! hand with `announce_many`, over real sockets on the reference app.
 
+use graphex::__internals::HubInternals;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use graphex::__internals::{Subscription, SubscriptionKey};

@@ -134,7 +134,7 @@ impl Query {
 }
 
 #[derive(MergedSubscription, Default)]
-struct Subscription(note::NoteSubscription, pin::PinSubscription);
+struct Subscription(note::NoteSubscriptionRoot, pin::PinSubscriptionRoot);
 
 #[test]
 fn derived_inside_no_implicit_prelude() {

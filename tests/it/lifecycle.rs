@@ -7,6 +7,7 @@
 //! afterwards and must be the next frame (a channel receives changes in the
 //! order they were announced).
 
+use graphex::__internals::HubInternals;
 use graphex::{Config, Hub};
 use serde_json::json;
 

@@ -8,6 +8,7 @@
 //! afterwards and must be the next frame (a channel receives changes in the
 //! order they were announced).
 
+use graphex::__internals::HubInternals;
 use graphex::Hub;
 use serde_json::json;
 

@@ -6,6 +6,7 @@
 //! transaction is announced at once, and a committed transaction's changes
 //! are all sent even if the caller's future is dropped while publishing.
 
+use graphex::__internals::HubInternals;
 use std::sync::Arc;
 use std::time::Duration;
 

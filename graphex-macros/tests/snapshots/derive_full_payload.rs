@@ -64,7 +64,7 @@ impl ::graphex::FieldsEnum for UserFields {
     ::core::fmt::Debug
 )]
 #[graphql(crate = "::graphex::__private::async_graphql", name = "UserSubscription")]
-pub struct UserSubscriptionConfirmation {
+pub struct UserSubscription {
     /// Whether the operation took effect.
     pub ok: bool,
     /// Why it did not, when `ok` is false.
@@ -78,9 +78,9 @@ pub struct UserSubscriptionConfirmation {
 }
 /// Copies the runtime's confirmation into this GraphQL type.
 #[automatically_derived]
-impl ::core::convert::From<::graphex::Confirmation> for UserSubscriptionConfirmation {
+impl ::core::convert::From<::graphex::Confirmation> for UserSubscription {
     fn from(confirmation: ::graphex::Confirmation) -> Self {
-        UserSubscriptionConfirmation {
+        UserSubscription {
             ok: confirmation.ok,
             error: confirmation.error,
             stream: confirmation.stream,
@@ -96,12 +96,12 @@ impl ::core::convert::From<::graphex::Confirmation> for UserSubscriptionConfirma
     ::core::marker::Copy,
     ::core::fmt::Debug
 )]
-pub struct UserSubscription;
+pub struct UserSubscriptionRoot;
 #[::graphex::__private::async_graphql::Subscription(
     crate = "::graphex::__private::async_graphql",
     name = "UserSubscriptionRoot"
 )]
-impl UserSubscription {
+impl UserSubscriptionRoot {
     /// Live changes of User (stream `users`).
     #[graphql(name = "userSubscription")]
     #[allow(clippy::too_many_arguments)]
@@ -129,7 +129,7 @@ impl UserSubscription {
             desc = "Project notifications to these fields (all fields when omitted)."
         )]
         data: ::core::option::Option<::std::vec::Vec<UserFields>>,
-    ) -> impl ::graphex::__private::Stream<Item = UserSubscriptionConfirmation> {
+    ) -> impl ::graphex::__private::Stream<Item = UserSubscription> {
         let request = ::graphex::SubscribeArgs::new(
             channel_id,
             action,

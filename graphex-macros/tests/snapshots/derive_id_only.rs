@@ -18,7 +18,7 @@
     ::core::fmt::Debug
 )]
 #[graphql(crate = "::graphex::__private::async_graphql", name = "CommentSubscription")]
-pub struct CommentSubscriptionConfirmation {
+pub struct CommentSubscription {
     /// Whether the operation took effect.
     pub ok: bool,
     /// Why it did not, when `ok` is false.
@@ -32,9 +32,9 @@ pub struct CommentSubscriptionConfirmation {
 }
 /// Copies the runtime's confirmation into this GraphQL type.
 #[automatically_derived]
-impl ::core::convert::From<::graphex::Confirmation> for CommentSubscriptionConfirmation {
+impl ::core::convert::From<::graphex::Confirmation> for CommentSubscription {
     fn from(confirmation: ::graphex::Confirmation) -> Self {
-        CommentSubscriptionConfirmation {
+        CommentSubscription {
             ok: confirmation.ok,
             error: confirmation.error,
             stream: confirmation.stream,
@@ -50,12 +50,12 @@ impl ::core::convert::From<::graphex::Confirmation> for CommentSubscriptionConfi
     ::core::marker::Copy,
     ::core::fmt::Debug
 )]
-pub struct CommentSubscription;
+pub struct CommentSubscriptionRoot;
 #[::graphex::__private::async_graphql::Subscription(
     crate = "::graphex::__private::async_graphql",
     name = "CommentSubscriptionRoot"
 )]
-impl CommentSubscription {
+impl CommentSubscriptionRoot {
     /// Live changes of Comment (stream `comments`).
     #[graphql(name = "commentSubscription")]
     #[allow(clippy::too_many_arguments)]
@@ -79,7 +79,7 @@ impl CommentSubscription {
                 ::graphex::__private::serde_json::Value,
             >,
         >,
-    ) -> impl ::graphex::__private::Stream<Item = CommentSubscriptionConfirmation> {
+    ) -> impl ::graphex::__private::Stream<Item = CommentSubscription> {
         let request = ::graphex::SubscribeArgs::new(
             channel_id,
             action,

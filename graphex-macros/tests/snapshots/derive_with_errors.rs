@@ -22,11 +22,11 @@
     ::core::marker::Copy,
     ::core::fmt::Debug
 )]
-pub struct UserSubscription;
+pub struct UserSubscriptionRoot;
 #[::graphex::__private::async_graphql::Subscription(
     crate = "::graphex::__private::async_graphql"
 )]
-impl UserSubscription {
+impl UserSubscriptionRoot {
     /// Placeholder: the derive reported errors.
     async fn placeholder(&self) -> impl ::graphex::__private::Stream<Item = bool> {
         ::graphex::__private::empty_stream()

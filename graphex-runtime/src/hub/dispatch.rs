@@ -16,7 +16,7 @@ impl Hub {
     /// Publishes a change to each of its groups, through the layer; then,
     /// if local sockets are close to overflowing, waits for them a bounded
     /// time ([`crate::Config::publish_backpressure`]).
-    pub async fn publish(&self, groups: &[String], message: Bytes) {
+    pub(crate) async fn publish(&self, groups: &[String], message: Bytes) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = self.inner.layer.publish_all(groups, message).await {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -118,13 +118,13 @@ impl Hub {
     }
 
     /// The node id a channel id starts with.
-    pub fn node_of(channel_id: &str) -> Option<&str> {
+    pub(crate) fn node_of(channel_id: &str) -> Option<&str> {
         channel_id.get(..NODE_ID_LEN)
     }
 
     /// Makes this hub answer requests other processes send it through the
     /// layer (the router registers its subscribe handler here).
-    pub fn serve_requests(&self, handler: crate::layer::RequestHandler) {
+    pub(crate) fn serve_requests(&self, handler: crate::layer::RequestHandler) {
         if let Some(requests) = self.inner.layer.requests() {
             requests.serve_requests(&self.inner.node, handler);
         }
@@ -132,7 +132,7 @@ impl Hub {
 
     /// Sends a request to the process of node `node`; `None` when no
     /// process answers for it.
-    pub async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
+    pub(crate) async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
         match self.inner.layer.requests() {
             Some(requests) => requests.request(node, body).await,
             None => Ok(None),
@@ -155,7 +155,7 @@ impl Hub {
     }
 
     /// Opens a channel owned by `owner`; returns it and its delivery queue.
-    pub fn open_channel(
+    pub(crate) fn open_channel(
         &self,
         owner: Option<String>,
     ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
@@ -181,7 +181,7 @@ impl Hub {
     }
 
     /// The open channel with this id.
-    pub fn channel(&self, id: &str) -> Option<Arc<Channel>> {
+    pub(crate) fn channel(&self, id: &str) -> Option<Arc<Channel>> {
         read(&self.inner.channels).get(id).cloned()
     }
 
@@ -225,7 +225,7 @@ impl Hub {
 
     /// Adds a subscription to a channel and joins its group; see
     /// [`Hub::add_subscriptions`].
-    pub async fn add_subscription(
+    pub(crate) async fn add_subscription(
         &self,
         channel: &Arc<Channel>,
         subscription: Subscription,
@@ -243,7 +243,7 @@ impl Hub {
     /// the returned future is dropped before it resolves, what this call
     /// added is removed again (no half-state). Returns, per subscription,
     /// whether it was new.
-    pub async fn add_subscriptions(
+    pub(crate) async fn add_subscriptions(
         &self,
         channel: &Arc<Channel>,
         subscriptions: Vec<Subscription>,
@@ -293,7 +293,7 @@ impl Hub {
 
     /// Removes the subscription with this key, leaving its group if no other
     /// subscription of the channel uses it.
-    pub fn remove_subscription(&self, channel: &Channel, key: &SubscriptionKey) -> Result<(), ChannelError> {
+    pub(crate) fn remove_subscription(&self, channel: &Channel, key: &SubscriptionKey) -> Result<(), ChannelError> {
         let mut subscriptions = channel.lock();
         let position =
             subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
@@ -307,7 +307,7 @@ impl Hub {
     /// Closes a channel: forgets it, leaves every group, drops its
     /// subscriptions. Synchronous, so a `Drop` can call it: the layer is
     /// told in order (see [`ChannelLayer::listen`]).
-    pub fn close_channel(&self, channel: &Channel) {
+    pub(crate) fn close_channel(&self, channel: &Channel) {
         write(&self.inner.channels).remove(&channel.id);
         let mut subscriptions = channel.lock();
         subscriptions.gone = true;

@@ -1,4 +1,4 @@
-// The derive fails, but the placeholder `UserSubscription` keeps the merged
+// The derive fails, but the placeholder `UserSubscriptionRoot` keeps the merged
 // subscription root below compiling: the only error is the real one.
 mod user {
     use sea_orm::entity::prelude::*;
@@ -19,7 +19,7 @@ mod user {
 }
 
 #[derive(async_graphql::MergedSubscription, Default)]
-struct Subscription(user::UserSubscription);
+struct Subscription(user::UserSubscriptionRoot);
 
 struct Query;
 
