@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::subscribe::filter::FilterLimits;
+use crate::transport::limits::RequestLimits;
 
 /// Builder-style setters for a settings struct (`#[non_exhaustive]`: built
 /// from `Default` and these, so fields can be added without breaking callers).
@@ -40,6 +41,9 @@ pub struct Config {
     pub max_channels: usize,
     /// Bounds on client filters.
     pub filter_limits: FilterLimits,
+    /// Bounds on every GraphQL request (body, query size, depth, fields,
+    /// aliases), on every endpoint.
+    pub request_limits: RequestLimits,
     /// Write batching under load on two-channel sockets; `None` writes
     /// every change as soon as its socket task runs. Default
     /// [`WritePacing::default`].
@@ -71,6 +75,7 @@ impl Default for Config {
             max_subscriptions_per_channel: 300,
             max_channels: 100_000,
             filter_limits: FilterLimits::default(),
+            request_limits: RequestLimits::default(),
             write_pacing: Some(WritePacing::default()),
             socket_shards: 0,
             publish_backpressure: Some(Duration::from_millis(100)),
@@ -113,6 +118,7 @@ setters!(Config {
     max_subscriptions_per_channel: usize => with_max_subscriptions_per_channel,
     max_channels: usize => with_max_channels,
     filter_limits: FilterLimits => with_filter_limits,
+    request_limits: RequestLimits => with_request_limits,
     write_pacing: Option<WritePacing> => with_write_pacing,
     socket_shards: usize => with_socket_shards,
     publish_backpressure: Option<Duration> => with_publish_backpressure,

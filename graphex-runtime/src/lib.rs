@@ -49,6 +49,7 @@ pub use subscribe::native::{ChangeStream, ChangesArgs, ModelChange, changes};
 pub use subscribe::two_channel::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
 pub use transport::auth::{Anonymous, Authenticator};
 pub use transport::client::{ClientPage, client_page};
+pub use transport::limits::RequestLimits;
 pub use transport::server::{RouterBuilder, router};
 pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, default_on_connect};
 

@@ -11,9 +11,11 @@
 //! `change` (the hub scope of a request), `model` (principals).
 
 pub(crate) mod auth;
+pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod close;
 pub(crate) mod forward;
+pub(crate) mod limits;
 pub(crate) mod server;
 pub(crate) mod shard;
 pub(crate) mod socket;

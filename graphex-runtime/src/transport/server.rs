@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_graphql::http::WebSocketProtocols as Protocols;
+use async_graphql::parser::types::OperationType;
 use async_graphql::{ObjectType, Request, Response, Schema, SubscriptionType};
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -22,7 +23,9 @@ use serde::Deserialize;
 
 use crate::hub::Hub;
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
+use crate::transport::body;
 use crate::transport::forward::{self, Forwarded};
+use crate::transport::limits::{Guard, Guarded};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
 
@@ -32,6 +35,8 @@ struct AppState<Q, M, S> {
     auth: Arc<dyn Authenticator>,
     hooks: Arc<dyn ConnectionHooks>,
     protocol: ProtocolConfig,
+    /// The request limits and the schema's types they check against.
+    guard: Arc<Guard>,
 }
 
 /// The axum router serving `schema` at the hub's configured paths: GraphQL
@@ -81,6 +86,7 @@ where
     pub fn new(schema: Schema<Q, M, S>, hub: Hub) -> Self {
         RouterBuilder {
             state: AppState {
+                guard: Arc::new(Guard::new(hub.config().request_limits.clone(), &schema.sdl())),
                 schema,
                 hub,
                 auth: Arc::new(Anonymous),
@@ -121,8 +127,11 @@ where
                 let forwarded = serde_json::from_slice::<Forwarded>(&body);
                 let response = match (state, forwarded) {
                     (Some(state), Ok(forwarded)) => {
-                        let (request, token) = forwarded.into_request();
-                        run(&state, request, token.as_deref()).await
+                        let (mut request, token) = forwarded.into_request();
+                        match state.guard.check(&mut request) {
+                            Ok(_) => run(&state, request, token.as_deref()).await,
+                            Err(error) => Response::from_errors(vec![error]),
+                        }
                     }
                     (None, _) => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
                     (_, Err(error)) => Response::from_errors(vec![async_graphql::ServerError::new(
@@ -143,20 +152,27 @@ where
 async fn graphql_http<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
     headers: HeaderMap,
-    request: GraphQLRequest,
+    body: axum::body::Body,
 ) -> axum::response::Response
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let request = request.into_inner();
+    let mut request = match body::read(&headers, body, &state.guard.limits).await {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let operation = match state.guard.check(&mut request) {
+        Ok(operation) => operation,
+        Err(error) => return GraphQLResponse::from(Response::from_errors(vec![error])).into_response(),
+    };
     let token = bearer(&headers);
     if let Some(reply) = forward::to_owner(&state.hub, &request, token).await {
         return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
     }
     match streaming(&headers) {
-        Some(format) if is_subscription(&request) => {
+        Some(format) if operation == Some(OperationType::Subscription) => {
             let request = as_principal(&state, request, token).await;
             stream_response(state.schema.execute_stream(request), format)
         }
@@ -232,13 +248,13 @@ fn stream_response(
 
 /// Executes a query or mutation, or a subscription operation once (the
 /// two-channel subscribe answers with exactly one item).
-pub(crate) async fn execute<Q, M, S>(schema: &Schema<Q, M, S>, request: Request) -> Response
+pub(crate) async fn execute<Q, M, S>(schema: &Schema<Q, M, S>, mut request: Request) -> Response
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    if is_subscription(&request) {
+    if is_subscription(&mut request) {
         let mut stream = schema.execute_stream(request);
         stream.next().await.unwrap_or_else(|| {
             Response::from_errors(vec![async_graphql::ServerError::new("subscription produced no result", None)])
@@ -248,13 +264,16 @@ where
     }
 }
 
-fn is_subscription(request: &Request) -> bool {
-    use async_graphql::parser::types::{DocumentOperations, OperationType};
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return false };
+/// Whether the request runs a subscription operation. Parses the query
+/// only if [`Guard::check`] has not (it leaves the request parsed).
+fn is_subscription(request: &mut Request) -> bool {
+    use async_graphql::parser::types::DocumentOperations;
+    let name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else { return false };
     let is_sub = |ty: OperationType| ty == OperationType::Subscription;
     match &document.operations {
         DocumentOperations::Single(operation) => is_sub(operation.node.ty),
-        DocumentOperations::Multiple(operations) => match &request.operation_name {
+        DocumentOperations::Multiple(operations) => match &name {
             Some(name) => operations.get(name.as_str()).is_some_and(|operation| is_sub(operation.node.ty)),
             None => false,
         },
@@ -289,14 +308,18 @@ where
         upgrade_principal,
         state.auth.clone(),
     );
+    let max_message = state.protocol.max_message_bytes;
     upgrade
         .protocols(protocols)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket: WebSocket| async move {
             let (sink, stream) = socket.split();
             // Mutations sent over the socket announce their changes to this hub.
             let hub = state.hub.clone();
+            let executor = Guarded { inner: state.schema.clone(), guard: state.guard.clone() };
             hub.scope(serve_connection(
-                state.schema.clone(),
+                executor,
                 state.hub.clone(),
                 state.hooks.clone(),
                 state.protocol.clone(),
@@ -315,6 +338,10 @@ fn negotiate(headers: &HeaderMap) -> Option<Protocols> {
     let offered = headers.get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
     offered.split(',').find_map(|protocol| protocol.trim().parse::<Protocols>().ok())
 }
+
+/// Bytes of a client message on the two-channel socket, which reads none
+/// but control frames.
+const TWO_CHANNEL_MAX_MESSAGE: usize = 1024;
 
 #[derive(Deserialize)]
 struct WsQuery {
@@ -335,10 +362,16 @@ where
     let token = bearer(&headers).map(str::to_owned).or(query.token);
     let principal = principal(state.auth.as_ref(), token.as_deref()).await;
     let hub = state.hub.clone();
-    upgrade.read_buffer_size(SOCKET_READ_BUFFER).on_upgrade(move |socket: WebSocket| async move {
-        let (sink, stream) = socket.split();
-        // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
-        let owner = principal.map(|principal| principal.id);
-        hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, sink, stream)));
-    })
+    // The two-channel socket reads no data frames: control frames carry at
+    // most 125 bytes, anything larger ends the socket.
+    upgrade
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .max_message_size(TWO_CHANNEL_MAX_MESSAGE)
+        .max_frame_size(TWO_CHANNEL_MAX_MESSAGE)
+        .on_upgrade(move |socket: WebSocket| async move {
+            let (sink, stream) = socket.split();
+            // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
+            let owner = principal.map(|principal| principal.id);
+            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, sink, stream)));
+        })
 }

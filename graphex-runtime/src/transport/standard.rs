@@ -47,6 +47,12 @@ pub struct ProtocolConfig {
     /// Operations one connection may run at once; one more is answered
     /// with an `error` message (code `TOO_MANY_OPERATIONS`). Default 100.
     pub max_operations: usize,
+    /// Bytes of an operation id; a longer one is an invalid message
+    /// (`graphql-transport-ws`: close 4400). Default 128.
+    pub max_operation_id_bytes: usize,
+    /// Bytes of one client message (and of one WebSocket frame); a larger
+    /// one closes the connection (1009, message too big). Default 256 KiB.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ProtocolConfig {
@@ -55,6 +61,8 @@ impl Default for ProtocolConfig {
             init_timeout: Duration::from_secs(10),
             keep_alive: Some(Duration::from_secs(15)),
             max_operations: 100,
+            max_operation_id_bytes: 128,
+            max_message_bytes: 256 << 10,
         }
     }
 }
@@ -63,6 +71,8 @@ crate::config::setters!(ProtocolConfig {
     init_timeout: Duration => with_init_timeout,
     keep_alive: Option<Duration> => with_keep_alive,
     max_operations: usize => with_max_operations,
+    max_operation_id_bytes: usize => with_max_operation_id_bytes,
+    max_message_bytes: usize => with_max_message_bytes,
 });
 
 /// One standard-protocol WebSocket connection, as hooks see it.
@@ -467,6 +477,9 @@ async fn incoming_message(
                 return bad(ops, "unknown message type for this protocol");
             }
             let Some(Json::String(id)) = head.id else { return bad(ops, "an operation needs a string id") };
+            if id.len() > config.max_operation_id_bytes {
+                return bad(ops, &format!("operation id longer than {} bytes", config.max_operation_id_bytes));
+            }
             let Some(request) = head.payload.and_then(|payload| serde_json::from_value::<Request>(payload).ok()) else {
                 return bad(ops, "an operation needs a GraphQL request payload");
             };
