@@ -49,7 +49,7 @@ pub struct Config {
     /// [`WritePacing::default`].
     pub write_pacing: Option<WritePacing>,
     /// Tasks the two-channel sockets run in, each socket a future inside
-    /// one of them (`crate::shard`), so that a change to many sockets wakes
+    /// one of them (`transport/shard.rs`), so that a change to many sockets wakes
     /// a few tasks rather than one per socket and the rest of the process
     /// (the requests that save the next rows) is not queued behind the
     /// fan-out. Default 0: four per CPU (`std::thread::available_parallelism`).

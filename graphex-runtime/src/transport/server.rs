@@ -281,7 +281,7 @@ fn is_subscription(request: &mut Request) -> bool {
 }
 
 /// Serves `graphql-transport-ws` and `graphql-ws` on a GET upgrade of the
-/// HTTP endpoint, with async-graphql's protocol under [`crate::protocol`].
+/// HTTP endpoint, with async-graphql's protocol wrapped by `standard.rs`.
 async fn graphql_standard_ws<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
     headers: HeaderMap,
