@@ -52,6 +52,7 @@ mod hooks;
 mod hygiene;
 mod index_groups;
 mod lifecycle;
+mod limits;
 mod node_clients;
 mod pins;
 mod protocols;

@@ -89,11 +89,14 @@ const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
 pub(crate) struct Types {
     roots: [Option<String>; 3],
     /// Object and interface fields: type → field → (its type, argument → type).
-    fields: HashMap<String, HashMap<String, (String, HashMap<String, String>)>>,
+    fields: HashMap<String, HashMap<String, FieldType>>,
     /// Input object fields: type → field → type.
     inputs: HashMap<String, HashMap<String, String>>,
     enums: HashSet<String>,
 }
+
+/// A field's named type and its arguments' named types.
+type FieldType = (String, HashMap<String, String>);
 
 fn named(ty: &async_graphql::parser::types::Type) -> String {
     match &ty.base {
@@ -194,35 +197,41 @@ impl Guard {
     /// operation it runs (`None`: it does not parse, or names no
     /// operation it holds; async-graphql reports that).
     pub(crate) fn check(&self, request: &mut Request) -> Result<Option<OperationType>, ServerError> {
+        self.check_typed(request).map_err(|refused| refused.1)
+    }
+
+    /// [`Guard::check`], and on a refusal the type of the operation the
+    /// request would have run, when it parsed (a refused subscription is
+    /// answered in the streaming format it asked for).
+    pub(crate) fn check_typed(
+        &self,
+        request: &mut Request,
+    ) -> Result<Option<OperationType>, Box<(Option<OperationType>, ServerError)>> {
         let limits = &self.limits;
         if request.query.len() > limits.max_query_bytes {
-            return Err(refusal(
-                format!("query is {} bytes, above the limit of {}", request.query.len(), limits.max_query_bytes),
-                LIMIT_REACHED,
-            ));
+            let message =
+                format!("query is {} bytes, above the limit of {}", request.query.len(), limits.max_query_bytes);
+            return Err(Box::new((None, refusal(message, LIMIT_REACHED))));
         }
         // Brackets bound the parser's recursion; selection depth is checked
         // below, arguments may nest a little deeper.
         let nesting_bound = limits.max_depth.saturating_mul(2).saturating_add(16);
         if nesting(&request.query) > nesting_bound {
-            return Err(refusal(format!("query nests deeper than {}", limits.max_depth), LIMIT_REACHED));
+            let message = format!("query nests deeper than {}", limits.max_depth);
+            return Err(Box::new((None, refusal(message, LIMIT_REACHED))));
         }
         let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return Ok(None) };
-        let ty = self.check_document(&document, request.operation_name.as_deref())?;
-        request.set_parsed_query(document);
-        Ok(ty)
-    }
-
-    fn check_document(
-        &self,
-        document: &ExecutableDocument,
-        name: Option<&str>,
-    ) -> Result<Option<OperationType>, ServerError> {
-        let operation = match (&document.operations, name) {
-            (DocumentOperations::Single(operation), _) => Some(&operation.node),
-            (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name).map(|o| &o.node),
+        let operation = match (&document.operations, request.operation_name.as_deref()) {
+            (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
+            (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name).map(|o| o.node.ty),
             (DocumentOperations::Multiple(_), None) => None,
         };
+        self.check_document(&document).map_err(|error| Box::new((operation, error)))?;
+        request.set_parsed_query(document);
+        Ok(operation)
+    }
+
+    fn check_document(&self, document: &ExecutableDocument) -> Result<(), ServerError> {
         let mut walk = Walk { guard: self, document, fields: 0, aliases: 0, expanding: Vec::new() };
         // Every operation is checked, not only the one that runs: they all
         // cost parsing and validation.
@@ -254,11 +263,11 @@ impl Guard {
             }
             walk.selection_set(&operation.selection_set.node, root.as_deref(), 1)?;
         }
-        for (_, fragment) in &document.fragments {
+        for fragment in document.fragments.values() {
             let on = fragment.node.type_condition.node.on.node.to_string();
             walk.selection_set(&fragment.node.selection_set.node, Some(&on), 1)?;
         }
-        Ok(operation.map(|operation| operation.ty))
+        Ok(())
     }
 }
 

@@ -163,9 +163,19 @@ where
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    let operation = match state.guard.check(&mut request) {
+    let operation = match state.guard.check_typed(&mut request) {
         Ok(operation) => operation,
-        Err(error) => return GraphQLResponse::from(Response::from_errors(vec![error])).into_response(),
+        Err(refused) => {
+            let (operation, error) = *refused;
+            let refused = Response::from_errors(vec![error]);
+            return match streaming(&headers) {
+                // A refused subscription answers in the format it asked for.
+                Some(format) if operation == Some(OperationType::Subscription) => {
+                    stream_response(Box::pin(futures_util::stream::once(async { refused })), format)
+                }
+                _ => GraphQLResponse::from(refused).into_response(),
+            };
+        }
     };
     let token = bearer(&headers);
     if let Some(reply) = forward::to_owner(&state.hub, &request, token).await {

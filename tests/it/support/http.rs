@@ -110,6 +110,30 @@ pub async fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: 
     (response.status.as_u16(), json)
 }
 
+/// POSTs raw `body` to `path` with the given `Content-Type` (none if
+/// `None`) and reads the whole response. `chunked`: without a
+/// `Content-Length` (the body streams in 64 KiB chunks).
+pub async fn post_raw(
+    addr: SocketAddr,
+    path: &str,
+    content_type: Option<&str>,
+    body: Bytes,
+    chunked: bool,
+) -> Response {
+    let mut request = Request::post(format!("http://{addr}{path}")).header(header::ACCEPT, "application/json");
+    if let Some(content_type) = content_type {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    if chunked {
+        let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
+            body.chunks(64 << 10).map(|chunk| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(chunk)))).collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        exchange(request.body(body).expect("valid request")).await
+    } else {
+        exchange(request.body(Full::new(body)).expect("valid request")).await
+    }
+}
+
 /// GETs `path` and reads the whole response.
 pub async fn get(addr: SocketAddr, path: &str) -> Response {
     let request = Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new()).expect("valid request");
