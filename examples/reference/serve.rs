@@ -53,5 +53,8 @@ pub async fn serve(settings: Settings) {
             hub.shutdown();
         }
     };
-    axum::serve(listener, app::app(db, hub)).with_graceful_shutdown(shutdown).await.expect("server ran");
+    axum::serve(listener, app::app(db, hub).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .expect("server ran");
 }

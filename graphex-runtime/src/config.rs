@@ -39,6 +39,23 @@ pub struct Config {
     pub max_subscriptions_per_channel: usize,
     /// Open channels the server accepts. Default 100 000.
     pub max_channels: usize,
+    /// Open channels one client may hold in this process: two-channel
+    /// sockets, and native subscriptions (one channel per operation, SSE and
+    /// multipart included). A client is its principal when it authenticated,
+    /// else its remote address (see [`Config::trusted_proxies`]); serve the
+    /// router with `into_make_service_with_connect_info::<SocketAddr>()`,
+    /// or anonymous clients are not counted. Default 1 000.
+    pub max_channels_per_client: usize,
+    /// Subscriptions one client may hold in this process, over all its
+    /// channels. Default 10 000.
+    pub max_subscriptions_per_client: usize,
+    /// Concurrent SSE and multipart responses one client may hold in this
+    /// process. Default 100.
+    pub max_streams_per_client: usize,
+    /// Proxies whose `X-Forwarded-For` is believed: a request from one of
+    /// these addresses counts as the rightmost address of that header that
+    /// is not itself a trusted proxy. Default none (the peer address).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Bounds on client filters.
     pub filter_limits: FilterLimits,
     /// Bounds on every GraphQL request (body, query size, depth, fields,
@@ -64,6 +81,17 @@ pub struct Config {
     /// queue's worth of changes). A server that keeps up never waits.
     /// `None`: never wait. Default 100 ms.
     pub publish_backpressure: Option<Duration>,
+    /// Interval of the server's WebSocket pings on two-channel sockets;
+    /// `None` sends none. Default 30 s.
+    pub socket_ping: Option<Duration>,
+    /// A two-channel socket from which nothing (not even a pong) arrived
+    /// for this long is closed as dead (only while pings are sent).
+    /// Default 75 s.
+    pub socket_idle_timeout: Duration,
+    /// A write to a socket or a standard-protocol connection that makes no
+    /// progress for this long ends the connection (its peer stopped
+    /// reading). Default 10 s.
+    pub send_timeout: Duration,
 }
 
 impl Default for Config {
@@ -74,11 +102,18 @@ impl Default for Config {
             queue_capacity: 1024,
             max_subscriptions_per_channel: 300,
             max_channels: 100_000,
+            max_channels_per_client: 1_000,
+            max_subscriptions_per_client: 10_000,
+            max_streams_per_client: 100,
+            trusted_proxies: Vec::new(),
             filter_limits: FilterLimits::default(),
             request_limits: RequestLimits::default(),
             write_pacing: Some(WritePacing::default()),
             socket_shards: 0,
             publish_backpressure: Some(Duration::from_millis(100)),
+            socket_ping: Some(Duration::from_secs(30)),
+            socket_idle_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -117,11 +152,18 @@ setters!(Config {
     queue_capacity: usize => with_queue_capacity,
     max_subscriptions_per_channel: usize => with_max_subscriptions_per_channel,
     max_channels: usize => with_max_channels,
+    max_channels_per_client: usize => with_max_channels_per_client,
+    max_subscriptions_per_client: usize => with_max_subscriptions_per_client,
+    max_streams_per_client: usize => with_max_streams_per_client,
+    trusted_proxies: Vec<std::net::IpAddr> => with_trusted_proxies,
     filter_limits: FilterLimits => with_filter_limits,
     request_limits: RequestLimits => with_request_limits,
     write_pacing: Option<WritePacing> => with_write_pacing,
     socket_shards: usize => with_socket_shards,
     publish_backpressure: Option<Duration> => with_publish_backpressure,
+    socket_ping: Option<Duration> => with_socket_ping,
+    socket_idle_timeout: Duration => with_socket_idle_timeout,
+    send_timeout: Duration => with_send_timeout,
 });
 
 setters!(WritePacing { busy_after: Duration => with_busy_after, window: Duration => with_window });

@@ -172,3 +172,75 @@ async fn operation_ids_and_websocket_messages_are_bounded() {
         .await;
     bystander_still_served(&server, &mut bystander, "after-messages").await;
 }
+
+#[tokio::test]
+async fn each_client_holds_at_most_its_caps_and_others_are_untouched() {
+    let config = graphex::Config::default().with_max_channels_per_client(2).with_max_streams_per_client(1);
+    let server = Server::start(app::connect("sqlite::memory:", None).await, Hub::new(config)).await;
+    server.create_user("ann", "ann@example.com", "t").await;
+    // The bystander authenticated: it counts as `ann`, not as 127.0.0.1.
+    let mut bystander = server.ws_as("ann").await;
+    bystander.subscribe_ok(&server, "userSubscription", USERS_CREATE, None).await;
+
+    // Anonymous clients from one address: two channels, then refusals.
+    let _first = server.ws().await;
+    let _second = server.ws().await;
+    let url = format!("ws://{}/ws/graphql/", server.addr);
+    let (mut third, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+    match futures_util::StreamExt::next(&mut third).await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1013);
+            assert_eq!(frame.reason.as_str(), "too many open channels for this client (limit 2 per process)");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    // A native operation opens a channel too: refused with LIMIT_REACHED.
+    let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+    client.start("1", "subscription { userChanges(action: CREATE) { id } }").await;
+    let errors = client.expect_failure("1").await;
+    assert_eq!(errors[0]["extensions"]["code"], "LIMIT_REACHED", "{errors}");
+    client.close().await;
+    assert_eq!(server.hub.stats().client_limits, 2);
+
+    // Streaming responses: one per client.
+    drop((_first, _second));
+    server.wait_for("the anonymous channels closed", |hub| hub.channel_count() == 1).await;
+    let query = "subscription { userChanges(action: CREATE) { id } }";
+    let _stream = crate::support::http::Streamed::post(server.addr, "text/event-stream", query).await;
+    server.wait_for("the stream's channel", |hub| hub.channel_count() == 2).await;
+    let mut second_stream = crate::support::http::Streamed::post(server.addr, "text/event-stream", query).await;
+    second_stream.read_until("event: complete").await;
+    assert!(second_stream.text().contains("too many streaming responses for this client (limit 1 per process)"));
+    assert!(second_stream.text().contains("LIMIT_REACHED"), "{}", second_stream.text());
+    bystander_still_served(&server, &mut bystander, "after-caps").await;
+}
+
+#[tokio::test]
+async fn a_two_channel_peer_that_answers_no_ping_is_closed() {
+    use std::time::Duration;
+    let config = graphex::Config::default()
+        .with_socket_ping(Some(Duration::from_millis(50)))
+        .with_socket_idle_timeout(Duration::from_millis(200));
+    let server = Server::start(app::connect("sqlite::memory:", None).await, Hub::new(config)).await;
+    // A client that reads (and so answers pings) stays.
+    let mut alive = server.ws().await;
+    alive.subscribe_ok(&server, "userSubscription", USERS_CREATE, None).await;
+    // A raw socket that never reads again never answers a ping.
+    let url = format!("ws://{}/ws/graphql/", server.addr);
+    let (mut dead, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+    futures_util::StreamExt::next(&mut dead).await.expect("handshake").expect("handshake");
+    server.wait_for("two channels", |hub| hub.channel_count() == 2).await;
+    let reader = tokio::spawn(async move {
+        // Keeps `alive` reading (its pongs) until the dead peer is gone.
+        let mut frames = Vec::new();
+        for _ in 0..1 {
+            frames.push(alive.next_json().await);
+        }
+        (alive, frames)
+    });
+    server.wait_for("the silent peer closed", |hub| hub.channel_count() == 1).await;
+    let row = server.create_user("after-idle", "i@example.com", "t").await;
+    let (_alive, frames) = reader.await.unwrap();
+    assert_eq!(frames, vec![user_frame("create", &row)]);
+    drop(dead);
+}

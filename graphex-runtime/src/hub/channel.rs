@@ -136,6 +136,8 @@ pub struct Channel {
     pub(super) relieved: tokio::sync::Notify,
     /// Whether a publisher waits on `relieved` (saves a lock per write otherwise).
     pub(super) relief_wanted: AtomicBool,
+    /// The client this channel and its subscriptions count against.
+    pub(super) client: Option<super::ClientKey>,
 }
 
 /// A channel's subscriptions; `gone` once the channel is closed, after
@@ -317,6 +319,15 @@ pub enum ChannelError {
     /// Too many open channels.
     #[error("too many open channels")]
     TooManyChannels,
+    /// One client (a principal, or an anonymous remote address) holds as
+    /// many of these as it may in this process.
+    #[error("too many {what} for this client (limit {limit} per process)")]
+    ClientLimit {
+        /// What was counted: open channels, subscriptions, streaming responses.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
     /// The channel layer refused.
     #[error(transparent)]
     Layer(#[from] LayerError),

@@ -10,6 +10,8 @@
 //! - `membership.rs`: the group map shared by model groups and custom
 //!   groups; the layer hears listen/unlisten under its lock.
 //! - `dispatch.rs`: publish, fan-out, slow consumers, backpressure.
+//! - `clients.rs`: what each client (principal, or remote address) holds,
+//!   against the per-client caps.
 //! - `stats.rs`: counters and their snapshot.
 //!
 //! Calls: `layer` (publish, listen), `change` (decoding a change),
@@ -17,6 +19,7 @@
 //! Locks are `std::sync` and never held across `.await`.
 
 mod channel;
+mod clients;
 mod dispatch;
 mod membership;
 mod stats;
@@ -35,6 +38,7 @@ use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 
 pub(crate) use channel::RowCheck;
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
+pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
 pub(crate) use stats::Counters;
 pub use stats::Stats;
@@ -57,6 +61,8 @@ struct Inner {
     /// Channels a dispatch left seven eighths full or more, for the next
     /// local publisher to wait on (at most [`LAGGING_KEPT`]).
     lagging: Mutex<Vec<Arc<Channel>>>,
+    /// What each client holds, against the per-client caps.
+    clients: clients::Clients,
 }
 
 /// Lagging channels kept for publishers to wait on; a further one is not
@@ -101,6 +107,7 @@ impl Hub {
             shutdown: CancellationToken::new(),
             shards: OnceLock::new(),
             lagging: Mutex::default(),
+            clients: clients::Clients::default(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
@@ -154,10 +161,22 @@ impl Hub {
         &self.inner.stats
     }
 
-    /// Opens a channel owned by `owner`; returns it and its delivery queue.
+    /// Opens a channel owned by `owner`, not counted against a client.
     pub(crate) fn open_channel(
         &self,
         owner: Option<String>,
+    ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
+        self.open_channel_for(owner, None)
+    }
+
+    /// Opens a channel owned by `owner` and counted against `client`
+    /// ([`Config::max_channels_per_client`]; its subscriptions against
+    /// [`Config::max_subscriptions_per_client`]); returns it and its
+    /// delivery queue.
+    pub(crate) fn open_channel_for(
+        &self,
+        owner: Option<String>,
+        client: Option<ClientKey>,
     ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
         let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
         let channel = Arc::new(Channel {
@@ -171,13 +190,40 @@ impl Hub {
             pressure: tokio::sync::Notify::new(),
             relieved: tokio::sync::Notify::new(),
             relief_wanted: AtomicBool::new(false),
+            client,
         });
         let mut channels = write(&self.inner.channels);
         if channels.len() >= self.inner.config.max_channels {
             return Err(ChannelError::TooManyChannels);
         }
+        self.take(channel.client.as_ref(), Resource::Channels, 1)?;
         channels.insert(channel.id.clone(), channel.clone());
         Ok((channel, rx))
+    }
+
+    /// Takes `n` of `resource` for `client` (nothing when the client is
+    /// not counted), or refuses at its per-client cap.
+    pub(crate) fn take(&self, client: Option<&ClientKey>, resource: Resource, n: usize) -> Result<(), ChannelError> {
+        let Some(client) = client else { return Ok(()) };
+        let config = &self.inner.config;
+        let limit = match resource {
+            Resource::Channels => config.max_channels_per_client,
+            Resource::Subscriptions => config.max_subscriptions_per_client,
+            Resource::Streams => config.max_streams_per_client,
+        };
+        if self.inner.clients.take(client, resource, n, limit) {
+            Ok(())
+        } else {
+            self.inner.stats.client_limits.fetch_add(1, Ordering::Relaxed);
+            Err(ChannelError::ClientLimit { what: resource.name(), limit })
+        }
+    }
+
+    /// Gives back what [`Hub::take`] took.
+    pub(crate) fn release(&self, client: Option<&ClientKey>, resource: Resource, n: usize) {
+        if let Some(client) = client {
+            self.inner.clients.release(client, resource, n);
+        }
     }
 
     /// The open channel with this id.
@@ -273,6 +319,9 @@ impl Hub {
             if held.list.len() + fresh.len() > limit {
                 return Err(ChannelError::TooManySubscriptions(limit));
             }
+            // Given back one by one by `remove_subscription` (the undo
+            // included) or all at once by `close_channel`.
+            self.take(channel.client.as_ref(), Resource::Subscriptions, fresh.len())?;
             for subscription in fresh {
                 let joins = !held.list.iter().any(|existing| existing.group == subscription.group);
                 undo.keys.push(subscription.key.clone());
@@ -298,6 +347,7 @@ impl Hub {
         let position =
             subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
         let removed = subscriptions.list.swap_remove(position);
+        self.release(channel.client.as_ref(), Resource::Subscriptions, 1);
         if !subscriptions.list.iter().any(|existing| existing.group == removed.group) {
             self.leave(&removed.group, channel);
         }
@@ -308,9 +358,12 @@ impl Hub {
     /// subscriptions. Synchronous, so a `Drop` can call it: the layer is
     /// told in order (see [`ChannelLayer::listen`]).
     pub(crate) fn close_channel(&self, channel: &Channel) {
-        write(&self.inner.channels).remove(&channel.id);
+        if write(&self.inner.channels).remove(&channel.id).is_some() {
+            self.release(channel.client.as_ref(), Resource::Channels, 1);
+        }
         let mut subscriptions = channel.lock();
         subscriptions.gone = true;
+        self.release(channel.client.as_ref(), Resource::Subscriptions, subscriptions.list.len());
         let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
         groups.sort_unstable();
         groups.dedup();

@@ -18,6 +18,8 @@ pub struct Stats {
     pub dropped: u64,
     /// Publishes that waited for lagging sockets ([`crate::Config::publish_backpressure`]).
     pub backpressure_waits: u64,
+    /// Refusals at a per-client cap ([`crate::Config::max_channels_per_client`] and the like).
+    pub client_limits: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -29,6 +31,7 @@ pub(crate) struct Counters {
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) backpressure_waits: AtomicU64,
+    pub(crate) client_limits: AtomicU64,
 }
 
 impl Counters {
@@ -41,6 +44,7 @@ impl Counters {
             slow_consumers: read(&self.slow_consumers),
             dropped: read(&self.dropped),
             backpressure_waits: read(&self.backpressure_waits),
+            client_limits: read(&self.client_limits),
         }
     }
 }

@@ -305,3 +305,68 @@ async fn full_queue_closes_the_channel() {
     assert!(slow.closed().is_cancelled());
     assert_eq!(fast.close_reason(), None);
 }
+
+#[tokio::test]
+async fn per_client_caps_count_channels_and_subscriptions_and_give_them_back() {
+    let config = Config::default().with_max_channels_per_client(2).with_max_subscriptions_per_client(3);
+    let hub = Hub::new(config);
+    let mallory: ClientKey = Arc::from("a:192.0.2.1");
+    let alice: ClientKey = Arc::from("p:alice");
+    let (first, _rx1) = hub.open_channel_for(None, Some(mallory.clone())).unwrap();
+    let (second, _rx2) = hub.open_channel_for(None, Some(mallory.clone())).unwrap();
+    let refused = hub.open_channel_for(None, Some(mallory.clone())).unwrap_err();
+    assert_eq!(refused.to_string(), "too many open channels for this client (limit 2 per process)");
+    assert_eq!(hub.channel_count(), 2, "the refused channel is not kept");
+    // Another client, and uncounted channels, are not affected.
+    let (_alice, _rx3) = hub.open_channel_for(Some("alice".into()), Some(alice.clone())).unwrap();
+    let (_uncounted, _rx4) = hub.open_channel(None).unwrap();
+    assert_eq!(hub.stats().client_limits, 1);
+
+    // Subscriptions count over all of a client's channels, all or none.
+    let subscription = |action: Action| Subscription::of_users(&group::coarse("users", action), action, None);
+    hub.add_subscriptions(&first, vec![subscription(Action::Create), subscription(Action::Update)]).await.unwrap();
+    let refused =
+        hub.add_subscriptions(&second, vec![subscription(Action::Create), subscription(Action::Delete)]).await;
+    assert!(matches!(refused, Err(ChannelError::ClientLimit { what: "subscriptions", limit: 3 })), "{refused:?}");
+    assert_eq!(second.subscription_count(), 0, "nothing of the refused call is kept");
+    hub.add_subscription(&second, subscription(Action::Delete)).await.unwrap();
+    assert_eq!(hub.inner.clients.held(&mallory, Resource::Subscriptions), 3);
+    hub.remove_subscription(&first, &subscription(Action::Update).key).unwrap();
+    assert_eq!(hub.inner.clients.held(&mallory, Resource::Subscriptions), 2);
+
+    // Closing gives back the channel and its subscriptions; twice is harmless.
+    hub.close_channel(&first);
+    hub.close_channel(&first);
+    assert_eq!(hub.inner.clients.held(&mallory, Resource::Channels), 1);
+    assert_eq!(hub.inner.clients.held(&mallory, Resource::Subscriptions), 1);
+    hub.open_channel_for(None, Some(mallory.clone())).unwrap();
+    hub.close_channel(&second);
+    assert_eq!(hub.inner.clients.held(&mallory, Resource::Subscriptions), 0);
+    assert_eq!(hub.inner.clients.len(), 2, "a client holding nothing has no entry");
+}
+
+#[tokio::test]
+async fn a_refused_confirmation_gives_the_subscriptions_back() {
+    let hub = Hub::with_layer(Config::default().with_max_subscriptions_per_client(1), Arc::new(Unready));
+    let client: ClientKey = Arc::from("a:192.0.2.2");
+    let (channel, _rx) = hub.open_channel_for(None, Some(client.clone())).unwrap();
+    let subscription = Subscription::of_users(&group::coarse("users", Action::Create), Action::Create, None);
+    assert!(hub.add_subscription(&channel, subscription).await.is_err());
+    assert_eq!(hub.inner.clients.held(&client, Resource::Subscriptions), 0);
+}
+
+/// A layer that never confirms a group.
+struct Unready;
+
+#[async_trait::async_trait]
+impl ChannelLayer for Unready {
+    fn start(&self, _: crate::layer::Inbound) {}
+    async fn publish(&self, _: &str, _: Bytes) -> Result<(), LayerError> {
+        Ok(())
+    }
+    fn listen(&self, _: &str) {}
+    fn unlisten(&self, _: &str) {}
+    async fn ready(&self, group: &str) -> Result<(), LayerError> {
+        Err(LayerError::unavailable(format!("`{group}` not ready")))
+    }
+}

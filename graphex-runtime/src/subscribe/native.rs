@@ -94,9 +94,11 @@ impl SubscribeError {
     pub fn code(&self) -> &'static str {
         match self {
             SubscribeError::NoHub | SubscribeError::NoDatabase => "INTERNAL_SERVER_ERROR",
-            SubscribeError::Channel(ChannelError::TooManySubscriptions(_) | ChannelError::TooManyChannels) => {
-                "LIMIT_REACHED"
-            }
+            SubscribeError::Channel(
+                ChannelError::TooManySubscriptions(_)
+                | ChannelError::TooManyChannels
+                | ChannelError::ClientLimit { .. },
+            ) => "LIMIT_REACHED",
             SubscribeError::Channel(_) => "CHANNEL_ERROR",
             SubscribeError::Denied(_) => "FORBIDDEN",
             SubscribeError::Filter(_) => "BAD_FILTER",
@@ -130,8 +132,10 @@ async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Res
     let hub = ctx.data_opt::<Hub>().ok_or(SubscribeError::NoHub)?;
     let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
     let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection)?;
-    let owner = ctx.data_opt::<Principal>().map(|principal| principal.id.clone());
-    let (channel, rx) = hub.open_channel(owner)?;
+    let principal = ctx.data_opt::<Principal>();
+    let address = ctx.data_opt::<crate::hub::ClientAddress>().map(|address| address.0);
+    let client = crate::hub::client_key(principal, address);
+    let (channel, rx) = hub.open_channel_for(principal.map(|principal| principal.id.clone()), client)?;
     let guard = ChannelGuard { hub: hub.clone(), channel };
     add_all(hub, &guard.channel, subscriptions).await?;
     Ok(ChangeStream::new(guard, rx))

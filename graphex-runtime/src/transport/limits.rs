@@ -174,7 +174,11 @@ impl Types {
 
 /// A refusal, as the GraphQL error the client gets.
 fn refusal(message: String, code: &str) -> ServerError {
-    let mut error = ServerError::new(message, None);
+    with_code(ServerError::new(message, None), code)
+}
+
+/// `error` with `extensions.code` set.
+pub(crate) fn with_code(mut error: ServerError, code: &str) -> ServerError {
     let mut extensions = async_graphql::ErrorExtensionValues::default();
     extensions.set("code", code);
     error.extensions = Some(extensions);

@@ -16,6 +16,7 @@ pub(crate) mod client;
 pub(crate) mod close;
 pub(crate) mod forward;
 pub(crate) mod limits;
+pub(crate) mod peer;
 pub(crate) mod server;
 pub(crate) mod shard;
 pub(crate) mod socket;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::parser::types::OperationType;
-use async_graphql::{ObjectType, Request, Response, Schema, SubscriptionType};
+use async_graphql::{ObjectType, Request, Response, Schema, ServerError, SubscriptionType};
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -21,11 +21,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::hub::Hub;
+use crate::hub::{ClientAddress, ClientKey, Hub, Resource, client_key};
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
 use crate::transport::body;
 use crate::transport::forward::{self, Forwarded};
-use crate::transport::limits::{Guard, Guarded};
+use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, with_code};
+use crate::transport::peer::{Peer, client_address};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
 
@@ -151,6 +152,7 @@ where
 
 async fn graphql_http<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
+    peer: Peer,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> axum::response::Response
@@ -181,12 +183,46 @@ where
     if let Some(reply) = forward::to_owner(&state.hub, &request, token).await {
         return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
     }
+    let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
+    if let Some(address) = address {
+        request = request.data(ClientAddress(address));
+    }
     match streaming(&headers) {
         Some(format) if operation == Some(OperationType::Subscription) => {
-            let request = as_principal(&state, request, token).await;
-            stream_response(state.schema.execute_stream(request), format)
+            // A streaming response holds its connection for as long as the
+            // subscription lives: counted per client.
+            let principal = principal(state.auth.as_ref(), token).await;
+            let client = client_key(principal.as_ref(), address);
+            if let Err(error) = state.hub.take(client.as_ref(), Resource::Streams, 1) {
+                let refused = ServerError::new(error.to_string(), None);
+                let refused = Response::from_errors(vec![with_code(refused, LIMIT_REACHED)]);
+                return stream_response(Box::pin(futures_util::stream::once(async { refused })), format);
+            }
+            let slot = StreamSlot { hub: state.hub.clone(), client };
+            let mut request = request.data(state.hub.clone());
+            if let Some(principal) = principal {
+                request = request.data(principal);
+            }
+            let results = state.schema.execute_stream(request).map(move |result| {
+                let _held_until_the_stream_drops = &slot;
+                result
+            });
+            stream_response(Box::pin(results), format)
         }
         _ => GraphQLResponse::from(run(&state, request, token).await).into_response(),
+    }
+}
+
+/// A streaming response's place in its client's count, given back when
+/// the response (and its subscription) is dropped.
+struct StreamSlot {
+    hub: Hub,
+    client: Option<ClientKey>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.hub.release(self.client.as_ref(), Resource::Streams, 1);
     }
 }
 
@@ -294,6 +330,7 @@ fn is_subscription(request: &mut Request) -> bool {
 /// HTTP endpoint, with async-graphql's protocol wrapped by `standard.rs`.
 async fn graphql_standard_ws<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
+    peer: Peer,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
     upgrade: WebSocketUpgrade,
@@ -311,12 +348,14 @@ where
     let token = bearer(&headers).map(str::to_owned).or(query.token);
     let upgrade_principal = principal(state.auth.as_ref(), token.as_deref()).await;
     let protocols = [protocol.sec_websocket_protocol()];
+    let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let connection = Connection::new(
         CONNECTIONS.fetch_add(1, Ordering::Relaxed),
         protocol.sec_websocket_protocol(),
         headers,
         upgrade_principal,
         state.auth.clone(),
+        address,
     );
     let max_message = state.protocol.max_message_bytes;
     upgrade
@@ -360,6 +399,7 @@ struct WsQuery {
 
 async fn graphql_ws<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
+    peer: Peer,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
     upgrade: WebSocketUpgrade,
@@ -371,6 +411,8 @@ where
 {
     let token = bearer(&headers).map(str::to_owned).or(query.token);
     let principal = principal(state.auth.as_ref(), token.as_deref()).await;
+    let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
+    let client = client_key(principal.as_ref(), address);
     let hub = state.hub.clone();
     // The two-channel socket reads no data frames: control frames carry at
     // most 125 bytes, anything larger ends the socket.
@@ -382,6 +424,6 @@ where
             let (sink, stream) = socket.split();
             // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
             let owner = principal.map(|principal| principal.id);
-            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, sink, stream)));
+            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, client, sink, stream)));
         })
 }

@@ -10,7 +10,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
-use crate::hub::{Channel, CloseReason, Delivery, Hub};
+use crate::hub::{Channel, ClientKey, CloseReason, Delivery, Hub};
 use crate::transport::close::{CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER};
 
 /// Most deliveries written to a socket before one flush.
@@ -26,12 +26,17 @@ pub(crate) const SOCKET_READ_BUFFER: usize = 4 * 1024;
 /// the handshake, then writes the channel's frames until either side closes.
 /// Generic over the socket halves so tests can drive it with channels.
 #[tracing::instrument(skip_all)]
-pub(crate) async fn serve_socket<Si, St, E>(hub: Hub, owner: Option<String>, mut sink: Si, stream: St)
-where
+pub(crate) async fn serve_socket<Si, St, E>(
+    hub: Hub,
+    owner: Option<String>,
+    client: Option<ClientKey>,
+    mut sink: Si,
+    stream: St,
+) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
 {
-    let (channel, rx) = match hub.open_channel(owner) {
+    let (channel, rx) = match hub.open_channel_for(owner, client) {
         Ok(opened) => opened,
         Err(error) => {
             let frame = CloseFrame { code: CLOSE_TRY_AGAIN_LATER, reason: Utf8Bytes::from(error.to_string()) };
@@ -40,12 +45,39 @@ where
         }
     };
     tracing::debug!(channel = channel.id(), "channel opened");
-    let handshake = serde_json::json!({"channel_id": channel.id(), "connect": "success"}).to_string();
-    if sink.send(Message::Text(handshake.into())).await.is_ok() {
-        pump(&channel, rx, &mut sink, stream, hub.config().write_pacing).await;
+    // Closes the channel however this future ends: returned, dropped, or
+    // unwound by a panic (the shard catches it; the channel must not leak).
+    let guard = Opened { hub: &hub, channel };
+    let handshake = serde_json::json!({"channel_id": guard.channel.id(), "connect": "success"}).to_string();
+    let config = hub.config();
+    let live = Liveness { ping: config.socket_ping, idle: config.socket_idle_timeout, send: config.send_timeout };
+    if let Ok(Ok(())) = tokio::time::timeout(live.send, sink.send(Message::Text(handshake.into()))).await {
+        pump(&guard.channel, rx, &mut sink, stream, config.write_pacing, live).await;
     }
-    hub.close_channel(&channel);
-    tracing::debug!(channel = channel.id(), "channel closed");
+}
+
+/// The open channel of a socket, closed when dropped.
+struct Opened<'a> {
+    hub: &'a Hub,
+    channel: Arc<Channel>,
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        self.hub.close_channel(&self.channel);
+        tracing::debug!(channel = self.channel.id(), "channel closed");
+    }
+}
+
+/// How a socket finds out that its peer is gone.
+#[derive(Clone, Copy)]
+struct Liveness {
+    /// Ping interval; `None`: no pings, and no idle timeout.
+    ping: Option<Duration>,
+    /// Nothing received for this long: the peer is gone.
+    idle: Duration,
+    /// A write making no progress for this long: the peer stopped reading.
+    send: Duration,
 }
 
 async fn pump<Si, St, E>(
@@ -54,19 +86,37 @@ async fn pump<Si, St, E>(
     sink: &mut Si,
     mut stream: St,
     pacing: Option<WritePacing>,
+    live: Liveness,
 ) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
 {
     let mut frames = Vec::new();
+    let period = live.ping.filter(|period| !period.is_zero());
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + period.unwrap_or(Duration::from_secs(3600)),
+        period.unwrap_or(Duration::from_secs(3600)),
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
             () = channel.closed().cancelled() => return send_close(channel, sink).await,
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
+            _ = ping.tick(), if period.is_some() => {
+                if heard.elapsed() > live.idle {
+                    tracing::debug!(channel = channel.id(), "nothing heard from the peer: closing");
+                    return;
+                }
+                match tokio::time::timeout(live.send, sink.send(Message::Ping(bytes::Bytes::new()))).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { return };
                 if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at.elapsed() > pacing.busy_after) {
@@ -99,7 +149,7 @@ async fn pump<Si, St, E>(
                     sink.flush().await
                 };
                 tokio::select! {
-                    written = write => if written.is_err() { return },
+                    written = tokio::time::timeout(live.send, write) => if !matches!(written, Ok(Ok(()))) { return },
                     // A client that stopped reading: give up on the write.
                     () = channel.closed().cancelled() => return,
                 }
@@ -176,7 +226,7 @@ mod tests {
     async fn subscribed_socket(hub: &Hub) -> Recorder {
         let recorder = Recorder::default();
         let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
-        tokio::spawn(serve_socket(hub.clone(), None, recorder.clone(), silent_client));
+        tokio::spawn(serve_socket(hub.clone(), None, None, recorder.clone(), silent_client));
         settle().await;
         let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
         let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");

@@ -84,6 +84,7 @@ pub struct Connection {
     pub(crate) upgrade_principal: Option<Principal>,
     pub(crate) principal: Option<Principal>,
     auth: Arc<dyn Authenticator>,
+    address: Option<std::net::IpAddr>,
 }
 
 impl Connection {
@@ -111,6 +112,13 @@ impl Connection {
     pub fn principal(&self) -> Option<&Principal> {
         self.principal.as_ref()
     }
+
+    /// The client's address: the TCP peer's (when the router is served with
+    /// connect info), or behind a trusted proxy the forwarded one
+    /// ([`crate::Config::trusted_proxies`]).
+    pub fn remote_address(&self) -> Option<std::net::IpAddr> {
+        self.address
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -130,8 +138,9 @@ impl Connection {
         headers: HeaderMap,
         upgrade_principal: Option<Principal>,
         auth: Arc<dyn Authenticator>,
+        address: Option<std::net::IpAddr>,
     ) -> Self {
-        Connection { id, protocol, headers, upgrade_principal, principal: None, auth }
+        Connection { id, protocol, headers, upgrade_principal, principal: None, auth, address }
     }
 
     /// Runs the router's [`Authenticator`] on a token.
@@ -242,12 +251,16 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, Er>> + Unpin,
 {
+    let send_timeout = hub.config().send_timeout;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (to_graphql, mut from_client) = mpsc::unbounded_channel::<Bytes>();
     let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
     let shutdown = hub.shutting_down().clone();
     let mut connection_data = Data::default();
     connection_data.insert(hub);
+    if let Some(address) = connection.address {
+        connection_data.insert(crate::hub::ClientAddress(address));
+    }
     let on_init = {
         let hooks = hooks.clone();
         let connection = connection.clone();
@@ -297,7 +310,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
             }
             _ = keep_alive.tick(), if ops.acked && keep_alive_on => {
                 let ping = if ops.transport_ws { r#"{"type":"ping"}"# } else { r#"{"type":"ka"}"# };
-                if sink.send(Message::Text(Utf8Bytes::from_static(ping))).await.is_err() {
+                if !sent(send_timeout, sink.send(Message::Text(Utf8Bytes::from_static(ping)))).await {
                     break None;
                 }
             }
@@ -318,12 +331,12 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                         continue;
                     };
                     let keep_alive_now = std::mem::take(&mut ops.just_acked) && !ops.transport_ws;
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    if !sent(send_timeout, sink.send(Message::Text(text.into()))).await {
                         break None;
                     }
                     if keep_alive_now && keep_alive_on {
                         // graphql-ws clients expect a first keep-alive right after the ack.
-                        if sink.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"ka"}"#))).await.is_err() {
+                        if !sent(send_timeout, sink.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"ka"}"#)))).await {
                             break None;
                         }
                     }
@@ -344,7 +357,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     }
                     Incoming::Drop => {}
                     Incoming::Reply(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
+                        if !sent(send_timeout, sink.send(Message::Text(text.into()))).await {
                             break None;
                         }
                     }
@@ -532,6 +545,12 @@ async fn incoming_message(
     }
 }
 
+/// Whether a send completed within `bound` (a peer that stopped reading
+/// makes no progress: the connection ends).
+async fn sent<E>(bound: Duration, send: impl std::future::Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(bound, send).await, Ok(Ok(())))
+}
+
 /// An `error` message for one operation, in the negotiated protocol's shape.
 fn operation_error(ops: &Operations, id: &str, message: &str, code: &str) -> String {
     let error = json!({"message": message, "extensions": {"code": code}});
@@ -569,6 +588,7 @@ mod tests {
             HeaderMap::new(),
             None,
             Arc::new(crate::transport::auth::Anonymous),
+            None,
         );
         let schema = Schema::new(Query, EmptyMutation, EmptySubscription);
         tokio::spawn(serve_connection(

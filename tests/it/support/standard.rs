@@ -35,7 +35,7 @@ pub async fn serve(router: Router) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.expect("server runs");
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.expect("server runs");
     });
     Served { addr, task }
 }
