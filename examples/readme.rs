@@ -164,6 +164,8 @@ type AppSchema = async_graphql::Schema<Query, Mutation, Subscription>;
 fn schema(db: &DatabaseConnection) -> AppSchema {
     async_graphql::Schema::build(Query, Mutation, Subscription::default())
         .data(db.clone()) // used by filters that need a row check (id-only mode)
+        .limit_depth(32) // async-graphql's own bounds, after graphex's
+        .limit_complexity(1_000) // (see "Limits")
         .finish()
 }
 

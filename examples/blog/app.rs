@@ -183,7 +183,7 @@ impl BlogSubscription {
 
 /// The GraphQL schema over `db`.
 pub fn schema(db: DatabaseConnection) -> Schema<Query, Mutation, BlogSubscription> {
-    Schema::build(Query, Mutation, BlogSubscription).data(db).finish()
+    Schema::build(Query, Mutation, BlogSubscription).data(db).limit_depth(32).limit_complexity(1_000).finish()
 }
 
 /// Connects and creates the tables.

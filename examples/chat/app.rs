@@ -244,7 +244,7 @@ impl ChatSubscription {
 
 /// The GraphQL schema over `db`.
 pub fn schema(db: DatabaseConnection) -> Schema<Query, Mutation, ChatSubscription> {
-    Schema::build(Query, Mutation, ChatSubscription).data(db).finish()
+    Schema::build(Query, Mutation, ChatSubscription).data(db).limit_depth(32).limit_complexity(1_000).finish()
 }
 
 /// Connects and creates the tables.

@@ -269,7 +269,7 @@ pub async fn connect(url: &str, schema: Option<&str>) -> DatabaseConnection {
 
 /// The GraphQL schema over `db`.
 pub fn schema(db: DatabaseConnection) -> Schema<Query, Mutation, Subscription> {
-    Schema::build(Query, Mutation, Subscription::default()).data(db).finish()
+    Schema::build(Query, Mutation, Subscription::default()).data(db).limit_depth(32).limit_complexity(1_000).finish()
 }
 
 /// The whole app: GraphQL over HTTP at `/graphql`, the two-channel socket at

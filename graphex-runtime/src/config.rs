@@ -56,6 +56,12 @@ pub struct Config {
     /// these addresses counts as the rightmost address of that header that
     /// is not itself a trusted proxy. Default none (the peer address).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Browser origins (`scheme://host[:port]`, or `*` for any) besides the
+    /// server's own that may open WebSockets and streaming (SSE, multipart)
+    /// responses; other origins get `403`. Requests without an `Origin`
+    /// header (non-browser clients) always pass. Default none: same-origin
+    /// pages only.
+    pub allowed_origins: Vec<String>,
     /// Bounds on client filters.
     pub filter_limits: FilterLimits,
     /// Bounds on every GraphQL request (body, query size, depth, fields,
@@ -106,6 +112,7 @@ impl Default for Config {
             max_subscriptions_per_client: 10_000,
             max_streams_per_client: 100,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             filter_limits: FilterLimits::default(),
             request_limits: RequestLimits::default(),
             write_pacing: Some(WritePacing::default()),
@@ -156,6 +163,7 @@ setters!(Config {
     max_subscriptions_per_client: usize => with_max_subscriptions_per_client,
     max_streams_per_client: usize => with_max_streams_per_client,
     trusted_proxies: Vec<std::net::IpAddr> => with_trusted_proxies,
+    allowed_origins: Vec<String> => with_allowed_origins,
     filter_limits: FilterLimits => with_filter_limits,
     request_limits: RequestLimits => with_request_limits,
     write_pacing: Option<WritePacing> => with_write_pacing,

@@ -244,3 +244,42 @@ async fn a_two_channel_peer_that_answers_no_ping_is_closed() {
     assert_eq!(frames, vec![user_frame("create", &row)]);
     drop(dead);
 }
+
+#[tokio::test]
+async fn browser_pages_of_other_origins_cannot_stream() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let config = graphex::Config::default().with_allowed_origins(vec!["https://admin.example".into()]);
+    let server = Server::start(app::connect("sqlite::memory:", None).await, Hub::new(config)).await;
+    let upgrade = |path: &str, origin: &str, protocol: Option<&str>| {
+        let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+        if let Some(protocol) = protocol {
+            request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    let same_origin = format!("http://{}", server.addr);
+    for (path, protocol) in [("/ws/graphql/", None), ("/graphql", Some("graphql-transport-ws"))] {
+        match upgrade(path, "https://evil.example", protocol).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
+            other => panic!("{path}: expected 403, got {:?}", other.map(|(_, response)| response.status())),
+        }
+        for origin in [same_origin.as_str(), "https://admin.example"] {
+            let (mut socket, _) =
+                upgrade(path, origin, protocol).await.unwrap_or_else(|e| panic!("{path} {origin}: {e}"));
+            let _ = socket.close(None).await;
+        }
+    }
+    // A streaming response from another origin's page.
+    let body = Bytes::from(r#"{"query": "subscription { userChanges(action: CREATE) { id } }"}"#);
+    let request = axum::http::Request::post(format!("http://{}/graphql", server.addr))
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .header("origin", "https://evil.example")
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(server.hub.channel_count(), 0);
+}

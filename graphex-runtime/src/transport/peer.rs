@@ -5,6 +5,11 @@
 //! rightmost `X-Forwarded-For` address that is not itself a trusted proxy.
 //! Anonymous clients are counted by this address.
 //!
+//! Also the browser `Origin` check of WebSocket upgrades and streaming
+//! responses ([`crate::Config::allowed_origins`]): a browser attaches any
+//! site's cookies and credentials to a WebSocket upgrade it opens, so a
+//! page of another origin could otherwise subscribe as its visitor.
+//!
 //! Calls nothing else in the crate.
 
 use std::convert::Infallible;
@@ -48,6 +53,21 @@ pub(crate) fn client_address(peer: Peer, headers: &HeaderMap, trusted: &[IpAddr]
     Some(peer)
 }
 
+/// Whether a request's `Origin` may use the streaming endpoints: no
+/// `Origin` (not a browser), the server's own origin (the `Origin`'s host
+/// and port are the `Host` header), an origin in `allowed` (exactly, as
+/// `scheme://host[:port]`), or any origin when `allowed` holds `*`.
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    if allowed.iter().any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|host| host.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +94,27 @@ mod tests {
         assert_eq!(client_address(peer, &headers(&["garbage"]), &[proxy]), Some(proxy));
         assert_eq!(client_address(peer, &HeaderMap::new(), &[proxy]), Some(proxy));
         assert_eq!(client_address(Peer(None), &spoofed, &[proxy]), None);
+    }
+
+    #[test]
+    fn origins() {
+        let request = |origin: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", "app.example:8000".parse().unwrap());
+            if let Some(origin) = origin {
+                headers.insert("origin", origin.parse().unwrap());
+            }
+            headers
+        };
+        assert!(origin_allowed(&request(None), &[]), "not a browser");
+        assert!(origin_allowed(&request(Some("http://app.example:8000")), &[]), "same origin");
+        assert!(origin_allowed(&request(Some("https://APP.example:8000")), &[]), "same origin, any case");
+        assert!(!origin_allowed(&request(Some("https://evil.example")), &[]));
+        assert!(!origin_allowed(&request(Some("http://app.example:8001")), &[]), "another port");
+        assert!(!origin_allowed(&request(Some("null")), &[]));
+        let allowed = ["https://admin.example".to_owned()];
+        assert!(origin_allowed(&request(Some("https://admin.example")), &allowed));
+        assert!(!origin_allowed(&request(Some("http://admin.example")), &allowed), "another scheme");
+        assert!(origin_allowed(&request(Some("https://evil.example")), &["*".to_owned()]));
     }
 }

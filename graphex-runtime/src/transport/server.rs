@@ -26,7 +26,7 @@ use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
 use crate::transport::body;
 use crate::transport::forward::{self, Forwarded};
 use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, with_code};
-use crate::transport::peer::{Peer, client_address};
+use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
 
@@ -188,6 +188,9 @@ where
         request = request.data(ClientAddress(address));
     }
     match streaming(&headers) {
+        Some(_) if operation == Some(OperationType::Subscription) && !origin_allowed(&headers, origins(&state)) => {
+            forbidden_origin(&headers)
+        }
         Some(format) if operation == Some(OperationType::Subscription) => {
             // A streaming response holds its connection for as long as the
             // subscription lives: counted per client.
@@ -211,6 +214,18 @@ where
         }
         _ => GraphQLResponse::from(run(&state, request, token).await).into_response(),
     }
+}
+
+/// The origins besides the server's own that may stream.
+fn origins<Q, M, S>(state: &AppState<Q, M, S>) -> &[String] {
+    &state.hub.config().allowed_origins
+}
+
+/// `403` for a browser page of an origin that may not stream.
+fn forbidden_origin(headers: &HeaderMap) -> axum::response::Response {
+    let origin = headers.get(axum::http::header::ORIGIN).and_then(|origin| origin.to_str().ok()).unwrap_or("?");
+    let message = format!("origin `{origin}` may not open subscriptions here (graphex Config::allowed_origins)");
+    (axum::http::StatusCode::FORBIDDEN, message).into_response()
 }
 
 /// A streaming response's place in its client's count, given back when
@@ -341,6 +356,9 @@ where
     S: SubscriptionType + 'static,
 {
     static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+    if !origin_allowed(&headers, origins(&state)) {
+        return forbidden_origin(&headers);
+    }
     let Some(protocol) = negotiate(&headers) else {
         let message = "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws";
         return (axum::http::StatusCode::BAD_REQUEST, message).into_response();
@@ -409,6 +427,9 @@ where
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
+    if !origin_allowed(&headers, origins(&state)) {
+        return forbidden_origin(&headers);
+    }
     let token = bearer(&headers).map(str::to_owned).or(query.token);
     let principal = principal(state.auth.as_ref(), token.as_deref()).await;
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
