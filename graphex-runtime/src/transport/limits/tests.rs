@@ -147,3 +147,25 @@ fn enum_arguments_written_as_strings_are_refused() {
         check(RequestLimits::default(), query).unwrap();
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any query text is checked without a panic: passed, or refused with a code.
+    #[test]
+    fn any_query_text_is_checked(query in "[{}()\\[\\]a-z:\"#.\\n $!@=,0-9]{0,400}") {
+        let guard = guard(RequestLimits::default().with_max_depth(4).with_max_fields(20));
+        let mut request = Request::new(query);
+        if let Err(error) = guard.check(&mut request) {
+            let code = error.extensions.as_ref().and_then(|e| e.get("code")).cloned();
+            proptest::prop_assert!(code.is_some(), "{}", error.message);
+        }
+    }
+
+    /// Nesting is counted the same however brackets mix with strings and comments.
+    #[test]
+    fn nesting_never_exceeds_the_bracket_count(query in "[{(\\[\"#\\n a]{0,200}") {
+        let brackets = query.bytes().filter(|byte| matches!(byte, b'{' | b'(' | b'[')).count();
+        proptest::prop_assert!(nesting(&query) <= brackets);
+    }
+}
