@@ -9,6 +9,8 @@ pub(crate) const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// The server disconnected a channel while going on: reconnect (RFC 6455
 /// "service restart").
 pub(crate) const CLOSE_DISCONNECTED: u16 = 1012;
+/// A standard-protocol client sent messages faster than they are taken.
+pub(crate) const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// Too many open channels: try again later (RFC 6455 "try again later").
 pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// The client's outgoing queue overflowed (it stopped reading).

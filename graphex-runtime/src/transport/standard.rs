@@ -254,7 +254,10 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
 {
     let send_timeout = hub.config().send_timeout;
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let (to_graphql, mut from_client) = mpsc::unbounded_channel::<Bytes>();
+    // Bounded: a client that sends faster than async-graphql takes its
+    // messages is closed (1008), not buffered without end. The bound leaves
+    // room for a burst of every operation the connection may start.
+    let (to_graphql, mut from_client) = mpsc::channel::<Bytes>(config.max_operations.saturating_add(64));
     let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
     let shutdown = hub.shutting_down().clone();
     let mut connection_data = Data::default();
@@ -351,11 +354,13 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     Some(Ok(_)) => continue,
                 };
                 match incoming_message(&mut ops, &hooks, &connection, &config, bytes).await {
-                    Incoming::Forward(bytes) => {
-                        if to_graphql.send(bytes).is_err() {
-                            break None;
+                    Incoming::Forward(bytes) => match to_graphql.try_send(bytes) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            break Some((CLOSE_POLICY_VIOLATION, "too many messages in flight".into()));
                         }
-                    }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break None,
+                    },
                     Incoming::Drop => {}
                     Incoming::Reply(text) => {
                         if !sent(send_timeout, sink.send(Message::Text(text.into()))).await {
