@@ -177,13 +177,15 @@ pub async fn acl_credentials_in_the_url() -> Option<()> {
     let admin = redis::Client::open(url.as_str()).expect("Redis URL");
     let user = AclUser { name: unique_prefix().trim_end_matches(':').to_owned(), admin };
     let password = "an-acl-password";
+    let prefix = unique_prefix();
     let mut connection = user.admin.get_multiplexed_async_connection().await.expect("Redis answers");
+    // The rights the README lists: this prefix's channels and the commands the layer sends.
     let mut setuser = redis::cmd("ACL");
     setuser.arg("SETUSER").arg(&user.name).arg("reset").arg("on").arg(format!(">{password}"));
-    setuser.arg("~*").arg("&*").arg("+@all");
+    setuser.arg("resetchannels").arg(format!("&{prefix}*"));
+    setuser.arg(&["+publish", "+subscribe", "+unsubscribe", "+pubsub", "+ping"][..]);
     setuser.exec_async(&mut connection).await.expect("ACL SETUSER");
     let as_user = format!("redis://{}:{password}@{address}", user.name);
-    let prefix = unique_prefix();
     let hub = || async {
         let options = RedisOptions::default().with_prefix(prefix.clone());
         let layer = RedisLayer::connect_with(&as_user, options).await.expect("the ACL user logs in");
@@ -194,6 +196,13 @@ pub async fn acl_credentials_in_the_url() -> Option<()> {
     b.broadcast("acl", json!({"text": "hi"})).await.expect("broadcast");
     let payload = tokio::time::timeout(TIMEOUT, received.next()).await.expect("in time").expect("open");
     assert_eq!(*payload, json!({"text": "hi"}));
+    // Node requests too (PUBSUB NUMSUB, the request and reply channels).
+    let server = node_layer(&as_user, &prefix, None).await;
+    server.serve_requests("acc10001", Arc::new(|_| Box::pin(async { Bytes::from_static(b"pong") })));
+    let client = node_layer(&as_user, &prefix, None).await;
+    client.serve_requests("acc10002", Arc::new(|_| Box::pin(async { Bytes::new() })));
+    let reply = client.request("acc10001", Bytes::from_static(b"ping")).await.expect("answered under the ACL");
+    assert_eq!(reply.as_deref(), Some(b"pong".as_slice()));
     let whoami: String = redis::cmd("ACL").arg("WHOAMI").query_async(&mut connection).await.expect("WHOAMI");
     assert_eq!(whoami, "default", "the admin connection is not the one under test");
     let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut connection).await.expect("CLIENT LIST");
