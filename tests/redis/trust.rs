@@ -220,7 +220,7 @@ pub async fn tls_urls_are_supported() -> Option<()> {
     let url = redis_url()?;
     let tls = url.replacen("redis://", "rediss://", 1);
     let options = RedisOptions::default().with_prefix(unique_prefix()).with_connect_timeout(Duration::from_secs(2));
-    let error = RedisLayer::connect_with(&tls, options).await.err().expect("plain text is not TLS");
+    let error = RedisLayer::connect_with(&tls, options).await.expect_err("plain text is not TLS");
     let text = error.to_string();
     assert!(matches!(error, LayerError::Unavailable { .. }), "{text}");
     assert!(!text.contains("feature is not enabled") && !text.contains("invalid Redis URL"), "{text}");

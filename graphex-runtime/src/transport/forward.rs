@@ -167,14 +167,13 @@ pub(crate) async fn to_owner(
 
 /// The request another process forwarded here, and the principal to run it
 /// as, if it may run here (see the [module documentation](self)); else the
-/// error response to send back. Nothing is executed.
-pub(crate) fn admit(hub: &Hub, body: &[u8]) -> Result<(Request, Option<Principal>), Response> {
-    let refuse = |message: String| Err(Response::from_errors(vec![ServerError::new(message, None)]));
+/// message of the error to send back ([`refusal`]). Nothing is executed.
+pub(crate) fn admit(hub: &Hub, body: &[u8]) -> Result<(Request, Option<Principal>), String> {
     let forwarded = match serde_json::from_slice::<Forwarded>(body) {
         Ok(forwarded) => forwarded,
         Err(error) => {
             tracing::warn!(%error, "malformed forwarded request refused");
-            return refuse(format!("malformed forwarded request: {error}"));
+            return Err(format!("malformed forwarded request: {error}"));
         }
     };
     let mut request = Request::new(forwarded.query).variables(forwarded.variables);
@@ -183,9 +182,14 @@ pub(crate) fn admit(hub: &Hub, body: &[u8]) -> Result<(Request, Option<Principal
     }
     if let Err(why) = local_subscribe(hub, &request) {
         tracing::warn!(reason = why, "forwarded request refused");
-        return refuse(ONLY_LOCAL_SUBSCRIBES.to_owned());
+        return Err(ONLY_LOCAL_SUBSCRIBES.to_owned());
     }
     Ok((request, forwarded.principal))
+}
+
+/// The response refusing a forwarded request, saying why.
+pub(crate) fn refusal(message: String) -> Response {
+    Response::from_errors(vec![ServerError::new(message, None)])
 }
 
 /// The reply to a forwarded request: `response` as JSON, or an error when
@@ -233,10 +237,10 @@ mod tests {
         serde_json::to_vec(&forwarded).unwrap()
     }
 
-    fn refusal(outcome: Result<(Request, Option<Principal>), Response>) -> String {
+    fn refusal(outcome: Result<(Request, Option<Principal>), String>) -> String {
         match outcome {
             Ok((request, _)) => panic!("admitted: {}", request.query),
-            Err(response) => response.errors[0].message.clone(),
+            Err(message) => message,
         }
     }
 

@@ -124,7 +124,7 @@ where
                 let response = match state {
                     Some(state) => match forward::admit(&state.hub, &body) {
                         Ok((request, principal)) => run_as(&state, request, principal).await,
-                        Err(refusal) => refusal,
+                        Err(message) => forward::refusal(message),
                     },
                     None => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
                 };
