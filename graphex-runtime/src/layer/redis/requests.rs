@@ -5,8 +5,9 @@
 //!
 //! Every request and reply travels in an [`envelope`](super::envelope):
 //! versioned, size-bounded on send and on receive, with an id of 128
-//! random bits, and signed when [`RedisOptions::signing_key`] is set. An
-//! envelope that fails a check is dropped, counted in [`RedisStats`] and
+//! random bits, and signed when [`RedisOptions::signing_key`](super::RedisOptions::signing_key)
+//! is set. An envelope that fails a check is dropped, counted in
+//! [`RedisStats`](super::RedisStats) and
 //! logged; nothing in it runs. With a key, the ids of accepted requests are
 //! remembered while their signature is fresh, so a replayed request is
 //! dropped too. What a request may *do* is the handler's business (see
@@ -21,8 +22,6 @@ use tokio::sync::oneshot;
 
 use super::envelope::{self, Kind, MAX_CLOCK_SKEW, Rejected, SigningKey};
 use super::{ChannelLayer, Counters, RedisLayer, Subscriber, lock, unavailable};
-#[allow(unused_imports)] // Documentation links.
-use super::{RedisOptions, RedisStats};
 use crate::change::group;
 use crate::layer::{LayerError, MAX_NODE_REQUEST, NodeRequests, RequestHandler};
 
