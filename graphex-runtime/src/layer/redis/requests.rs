@@ -3,7 +3,7 @@
 //! `<prefix>~node:<its node id>` and gets the answer on
 //! `<prefix>~reply:<own node id>`, both through the subscriber connection.
 //!
-//! Every request and reply travels in an [`envelope`](super::envelope):
+//! Every request and reply travels in an [`envelope`]:
 //! versioned, size-bounded on send and on receive, with an id of 128
 //! random bits, and signed when [`RedisOptions::signing_key`](super::RedisOptions::signing_key)
 //! is set. An envelope that fails a check is dropped, counted in
