@@ -22,6 +22,9 @@ mod serve;
 #[path = "it/support/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
+// The Redis trust model (issue 15): forwarded requests, signing, TLS and ACL URLs.
+#[path = "redis/trust.rs"]
+mod trust;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,12 +59,21 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 15] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
         ("two_processes_unsubscribe", || Box::pin(two_processes_unsubscribe())),
         ("subscribe_through_another_process", || Box::pin(subscribe_through_another_process())),
+        ("forwarded_requests_run_only_local_subscribes", || {
+            Box::pin(trust::forwarded_requests_run_only_local_subscribes())
+        }),
+        ("forwarding_with_a_signing_key", || Box::pin(trust::forwarding_with_a_signing_key())),
+        ("acl_credentials_in_the_url", || Box::pin(trust::acl_credentials_in_the_url())),
+        ("tls_urls_are_supported", || Box::pin(trust::tls_urls_are_supported())),
+        ("node_requests_are_signed_bounded_and_run_once", || {
+            Box::pin(trust::node_requests_are_signed_bounded_and_run_once())
+        }),
         ("custom_groups_cross_processes", || Box::pin(custom_groups_cross_processes())),
         ("health_pings_keep_a_healthy_connection", || Box::pin(health_pings_keep_a_healthy_connection())),
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
@@ -213,11 +225,17 @@ async fn two_processes_unsubscribe() -> Option<()> {
 }
 
 /// The subscribe may reach any process: B forwards it to A, which holds the
-/// socket, and answers with A's confirmation (same token, same rules).
+/// socket, and answers with A's confirmation (the principal B authenticated,
+/// A's rules).
 async fn subscribe_through_another_process() -> Option<()> {
     let url = redis_url()?;
-    let cluster = Cluster::start(&url).await;
-    let spy = Spy::start(&url, &cluster.prefix).await;
+    through_another_process(&url, &Cluster::start(&url).await).await;
+    Some(())
+}
+
+/// The scenario of [`subscribe_through_another_process`] on `cluster`.
+async fn through_another_process(url: &str, cluster: &Cluster) {
+    let spy = Spy::start(url, &cluster.prefix).await;
     cluster.a.http.create_user("ann", "ann@example.com", "t1").await;
     let mut ws = cluster.a.http.ws_as("ann").await;
     // Through B: a scoped, authenticated subscription on A's socket.
@@ -261,7 +279,6 @@ async fn subscribe_through_another_process() -> Option<()> {
         .await;
     assert_eq!(refused["ok"], json!(false), "{refused}");
     assert_eq!(refused["error"], json!("unknown channel"), "{refused}");
-    Some(())
 }
 
 /// `broadcast` reaches custom-group subscribers of another hub through
@@ -497,12 +514,17 @@ struct Cluster {
 
 impl Cluster {
     async fn start(redis_url: &str) -> Cluster {
+        Cluster::start_signed(redis_url, None).await
+    }
+
+    /// With `signing_key`, both processes sign their requests to each other.
+    async fn start_signed(redis_url: &str, signing_key: Option<&str>) -> Cluster {
         let dir = TempDir::new();
         let database = format!("sqlite://{}?mode=rwc", dir.0.join("shared.db").display());
         let prefix = unique_prefix();
         // One after the other: the first creates the tables.
-        let a = Process::start(&database, redis_url, &prefix).await;
-        let b = Process::start(&database, redis_url, &prefix).await;
+        let a = Process::start(&database, redis_url, &prefix, signing_key).await;
+        let b = Process::start(&database, redis_url, &prefix, signing_key).await;
         Cluster { a, b, prefix, _dir: dir }
     }
 }
@@ -530,9 +552,10 @@ struct Process {
 }
 
 impl Process {
-    async fn start(database: &str, redis_url: &str, prefix: &str) -> Process {
+    async fn start(database: &str, redis_url: &str, prefix: &str, signing_key: Option<&str>) -> Process {
         let mut child = Command::new(std::env::current_exe().expect("own path"))
             .env(CHILD_ENV, "1")
+            .env("GRAPHEX_SIGNING_KEY", signing_key.unwrap_or_default())
             .env("DATABASE_URL", database)
             .env("GRAPHEX_LAYER", redis_url)
             .env("GRAPHEX_PREFIX", prefix)

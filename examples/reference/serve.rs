@@ -1,6 +1,10 @@
 //! Running the reference example as a process: settings from the
 //! environment, the channel layer they name, the server until Ctrl+C.
 
+use std::sync::Arc;
+
+use graphex::layer::{ChannelLayer, RedisLayer, RedisOptions};
+
 use crate::app;
 
 /// What the example process is configured with.
@@ -14,6 +18,9 @@ pub struct Settings {
     pub prefix: String,
     /// `PORT`, default 8000 (0 picks a free port).
     pub port: u16,
+    /// `GRAPHEX_SIGNING_KEY`, default none: with a Redis layer, signs the
+    /// requests processes send each other (see the README's "Redis trust model").
+    pub signing_key: Option<String>,
 }
 
 impl Settings {
@@ -25,6 +32,7 @@ impl Settings {
             layer_url: var("GRAPHEX_LAYER", "memory://"),
             prefix: var("GRAPHEX_PREFIX", "graphex:"),
             port: var("PORT", "8000").parse().expect("PORT is a port number"),
+            signing_key: std::env::var("GRAPHEX_SIGNING_KEY").ok().filter(|key| !key.is_empty()),
         }
     }
 }
@@ -32,7 +40,16 @@ impl Settings {
 /// Runs the example server until Ctrl+C. Prints its address first.
 pub async fn serve(settings: Settings) {
     let db = app::connect(&settings.database_url, None).await;
-    let layer = match graphex::layer::connect(&settings.layer_url, &settings.prefix).await {
+    let layer = match &settings.signing_key {
+        Some(key) => {
+            let options = RedisOptions::default().with_prefix(settings.prefix.clone()).with_signing_key(key.as_str());
+            RedisLayer::connect_with(&settings.layer_url, options)
+                .await
+                .map(|layer| Arc::new(layer) as Arc<dyn ChannelLayer>)
+        }
+        None => graphex::layer::connect(&settings.layer_url, &settings.prefix).await,
+    };
+    let layer = match layer {
         Ok(layer) => layer,
         Err(error) => {
             eprintln!("error: {error}");

@@ -17,7 +17,7 @@ pub mod memory;
 pub mod redis;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisLayer, RedisOptions, RedisStats};
+pub use self::redis::{RedisLayer, RedisOptions, RedisStats, SigningKey};
 pub use memory::MemoryLayer;
 
 /// Where a layer delivers messages for the groups this process listens to.
@@ -127,14 +127,27 @@ pub trait ChannelLayer: Send + Sync + 'static {
     }
 }
 
+/// Largest body of a node request ([`NodeRequests::request`]): 64 KiB. A
+/// layer refuses to send a larger one and drops a larger one it receives.
+pub const MAX_NODE_REQUEST: usize = 64 * 1024;
+
+/// Largest body of a reply to a node request: 16 KiB (the answer to a
+/// forwarded subscribe is a few hundred bytes). A [`RequestHandler`] must
+/// answer within it; a layer neither sends nor accepts a larger reply.
+pub const MAX_NODE_REPLY: usize = 16 * 1024;
+
 /// Requests from one process to another (a subscribe sent to the process
 /// that holds the socket), for layers that link processes.
+///
+/// Bodies are bounded: at most [`MAX_NODE_REQUEST`] bytes for a request and
+/// [`MAX_NODE_REPLY`] for its reply.
 #[async_trait::async_trait]
 pub trait NodeRequests: Send + Sync {
     /// Makes this process answer the requests sent to `node` (its hub's
     /// node id) with `handler`.
     fn serve_requests(&self, node: &str, handler: RequestHandler);
     /// Sends `body` to the process whose node id is `node` and returns its
-    /// reply, or `None` when no process answers for `node`.
+    /// reply, or `None` when no process answers for `node`. Fails without
+    /// sending when `body` is longer than [`MAX_NODE_REQUEST`].
     async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError>;
 }

@@ -18,7 +18,13 @@
 //! Processes also answer each other's requests (a subscribe that reached
 //! the wrong process, see the README on running several processes): each process listens on
 //! `<prefix>~node:<node id>` for requests and `<prefix>~reply:<node id>` for
-//! replies, through the same subscriber connection.
+//! replies, through the same subscriber connection (`redis/requests.rs`),
+//! in versioned, size-bounded envelopes with unguessable ids, signed with
+//! [`RedisOptions::signing_key`] when it is set (`redis/envelope.rs`).
+//!
+//! URLs: `redis://[user:password@]host:port/db` (ACL credentials, or a
+//! password alone), `rediss://...` for TLS (rustls, with the webpki root
+//! certificates), `redis+unix:///path`.
 //!
 //! What an outage does:
 //! - `listen` / `unlisten` never fail or wait: they record the wish in the
@@ -43,8 +49,15 @@
 //!   disconnected are not replayed to it, and nothing delivered before the
 //!   outage is delivered again after it.
 //!
-//! One cohesive job in one file: the publisher, the subscriber task and its
-//! interest table, and node requests share the connection handling.
+//! The publisher, the subscriber task and its interest table share the
+//! connection handling in this file; node requests and their envelope have
+//! files of their own.
+
+mod envelope;
+mod requests;
+
+pub use envelope::SigningKey;
+use requests::Requests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,9 +67,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
-use tokio::sync::oneshot;
 
-use super::{ChannelLayer, Inbound, LayerError, NodeRequests, RequestHandler};
+use super::{ChannelLayer, Inbound, LayerError, NodeRequests};
 use crate::change::group;
 
 /// Settings of the Redis layer, with documented defaults.
@@ -85,6 +97,12 @@ pub struct RedisOptions {
     /// subscription to its group (for instance while the layer reconnects)
     /// before it fails with [`LayerError::Unavailable`]. Default 5 s.
     pub subscribe_timeout: Duration,
+    /// The shared secret that signs the requests processes send each other
+    /// (forwarded subscribes) and their replies. Default `None`: Redis is
+    /// trusted like the database. Set it (the same on every process) when
+    /// clients less trusted than the servers can publish to this Redis;
+    /// see [`SigningKey`].
+    pub signing_key: Option<SigningKey>,
 }
 
 impl Default for RedisOptions {
@@ -98,6 +116,7 @@ impl Default for RedisOptions {
             health_check_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             subscribe_timeout: Duration::from_secs(5),
+            signing_key: None,
         }
     }
 }
@@ -112,6 +131,16 @@ crate::config::setters!(RedisOptions {
     request_timeout: Duration => with_request_timeout,
     subscribe_timeout: Duration => with_subscribe_timeout,
 });
+
+impl RedisOptions {
+    /// Sets [`RedisOptions::signing_key`]: node requests and replies are
+    /// signed with `key`, and unsigned or badly signed ones are dropped.
+    #[must_use]
+    pub fn with_signing_key(mut self, key: impl Into<SigningKey>) -> Self {
+        self.signing_key = Some(key.into());
+        self
+    }
+}
 
 /// What the Redis layer counted since it connected: a snapshot
 /// ([`RedisLayer::stats`]).
@@ -132,6 +161,22 @@ pub struct RedisStats {
     pub resubscribed: u64,
     /// Whether the subscriber connection is up.
     pub connected: bool,
+    /// Node requests or replies longer than their bound
+    /// ([`crate::layer::MAX_NODE_REQUEST`], [`crate::layer::MAX_NODE_REPLY`]):
+    /// received and dropped, or not sent.
+    pub envelopes_oversized: u64,
+    /// Node requests or replies of another envelope version (or of none):
+    /// dropped, never executed.
+    pub envelopes_unknown_version: u64,
+    /// Node requests or replies whose envelope did not parse: dropped.
+    pub envelopes_malformed: u64,
+    /// With a signing key: node requests or replies unsigned or badly
+    /// signed, dropped.
+    pub envelopes_unverified: u64,
+    /// With a signing key: node requests or replies too old (or too far
+    /// ahead of this process's clock), or requests already executed once,
+    /// dropped.
+    pub envelopes_stale: u64,
 }
 
 /// The live counters behind [`RedisStats`].
@@ -144,6 +189,11 @@ struct Counters {
     connect_failures: AtomicU64,
     resubscribed: AtomicU64,
     connected: AtomicBool,
+    envelopes_oversized: AtomicU64,
+    envelopes_unknown_version: AtomicU64,
+    envelopes_malformed: AtomicU64,
+    envelopes_unverified: AtomicU64,
+    envelopes_stale: AtomicU64,
 }
 
 impl Counters {
@@ -161,6 +211,11 @@ impl Counters {
             connect_failures: read(&self.connect_failures),
             resubscribed: read(&self.resubscribed),
             connected: self.connected(),
+            envelopes_oversized: read(&self.envelopes_oversized),
+            envelopes_unknown_version: read(&self.envelopes_unknown_version),
+            envelopes_malformed: read(&self.envelopes_malformed),
+            envelopes_unverified: read(&self.envelopes_unverified),
+            envelopes_stale: read(&self.envelopes_stale),
         }
     }
 }
@@ -227,9 +282,6 @@ impl Shared {
     }
 }
 
-/// Requests sent to other processes, waiting for their reply, by request id.
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
-
 /// A channel layer on Redis pub/sub. See the [module documentation](self).
 pub struct RedisLayer {
     publisher: ConnectionManager,
@@ -238,18 +290,8 @@ pub struct RedisLayer {
     _stop: tokio_util::sync::DropGuard,
     inbound: Arc<OnceLock<Inbound>>,
     requests: Requests,
-    next_request: AtomicU64,
     stats: Arc<Counters>,
     options: RedisOptions,
-}
-
-/// What both halves of the layer know about process-to-process requests.
-#[derive(Clone, Default)]
-struct Requests {
-    /// This process's node id, once it serves requests.
-    node: Arc<OnceLock<String>>,
-    handler: Arc<OnceLock<RequestHandler>>,
-    pending: Pending,
 }
 
 impl std::fmt::Debug for RedisLayer {
@@ -267,6 +309,9 @@ impl RedisLayer {
     /// Connects to `url` with `options`. Fails if the URL is invalid or Redis
     /// cannot be reached now; after that, the layer reconnects by itself.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisLayer, LayerError> {
+        if options.signing_key.as_ref().is_some_and(SigningKey::is_empty) {
+            return Err(LayerError::unavailable("the Redis layer's signing key is empty"));
+        }
         let client = redis::Client::open(url).map_err(|error| unavailable("invalid Redis URL", error))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
@@ -285,7 +330,7 @@ impl RedisLayer {
         let stats = Arc::new(Counters::default());
         stats.connected.store(true, Ordering::Relaxed);
         let inbound = Arc::new(OnceLock::new());
-        let requests = Requests::default();
+        let requests = Requests::new(options.signing_key.clone());
         let shared = Arc::new(Shared::default());
         let stop = tokio_util::sync::CancellationToken::new();
         let subscriber = Subscriber {
@@ -299,16 +344,7 @@ impl RedisLayer {
             stop: stop.clone(),
         };
         tokio::spawn(subscriber.run(first));
-        Ok(RedisLayer {
-            publisher,
-            shared,
-            _stop: stop.drop_guard(),
-            inbound,
-            requests,
-            next_request: AtomicU64::new(1),
-            stats,
-            options,
-        })
+        Ok(RedisLayer { publisher, shared, _stop: stop.drop_guard(), inbound, requests, stats, options })
     }
 
     /// The counters.
@@ -390,67 +426,6 @@ impl ChannelLayer for RedisLayer {
 
     fn requests(&self) -> Option<&dyn NodeRequests> {
         Some(self)
-    }
-}
-
-#[async_trait::async_trait]
-impl NodeRequests for RedisLayer {
-    fn serve_requests(&self, node: &str, handler: RequestHandler) {
-        if self.requests.node.set(node.to_owned()).is_err() {
-            tracing::warn!(node, "redis layer already serves requests for another node");
-            return;
-        }
-        let _ = self.requests.handler.set(handler);
-        for group in [group::node_requests(node), group::node_replies(node)] {
-            self.shared.wish(&group, true);
-        }
-    }
-
-    async fn request(&self, node: &str, body: Bytes) -> Result<Option<Bytes>, LayerError> {
-        let Some(me) = self.requests.node.get() else { return Ok(None) };
-        // The reply comes on our own group: it must be live before we ask.
-        self.ready(&group::node_replies(me)).await?;
-        let channel = format!("{}{}", self.options.prefix, group::node_requests(node));
-        let mut connection = self.publisher.clone();
-        // Channel subscribers only: a PSUBSCRIBE monitor would make PUBLISH's
-        // receiver count lie about whether the node exists.
-        let mut numsub = redis::cmd("PUBSUB");
-        numsub.arg("NUMSUB").arg(&channel);
-        let listeners =
-            tokio::time::timeout(self.options.publish_timeout, numsub.query_async::<(String, i64)>(&mut connection));
-        match listeners.await {
-            Ok(Ok((_, 0))) => return Ok(None),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(unavailable("Redis PUBSUB failed", error)),
-            Err(_) => return Err(LayerError::unavailable("Redis PUBSUB timed out")),
-        }
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (reply, replied) = oneshot::channel();
-        lock(&self.requests.pending).insert(id, reply);
-        let forget = || lock(&self.requests.pending).remove(&id);
-        let mut payload = format!("{id}\n{me}\n").into_bytes();
-        payload.extend_from_slice(&body);
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(channel).arg(payload);
-        let publish = publish.exec_async(&mut connection);
-        match tokio::time::timeout(self.options.publish_timeout, publish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                forget();
-                return Err(unavailable("Redis publish failed", error));
-            }
-            Err(_) => {
-                forget();
-                return Err(LayerError::unavailable("Redis publish timed out"));
-            }
-        }
-        match tokio::time::timeout(self.options.request_timeout, replied).await {
-            Ok(Ok(reply)) => Ok(Some(reply)),
-            _ => {
-                forget();
-                Err(LayerError::unavailable(format!("process {node} did not answer in time")))
-            }
-        }
     }
 }
 
@@ -662,40 +637,9 @@ impl Subscriber {
         let Some(group) = message.get_channel_name().strip_prefix(&self.options.prefix) else { return };
         let payload = message.get_payload_bytes();
         if group::is_node(group) {
-            self.control(group, payload);
+            self.control(message.get_channel_name(), group, payload);
         } else if let Some(inbound) = self.inbound.get() {
             inbound(group, Bytes::copy_from_slice(payload));
-        }
-    }
-
-    /// A request from another process (`<id>\n<node>\n<body>`), answered in
-    /// a task of its own, or a reply to one of ours (`<id>\n<body>`).
-    fn control(&self, group: &str, payload: &[u8]) {
-        let Some(me) = self.requests.node.get() else { return };
-        let mut parts = payload.splitn(3, |byte| *byte == b'\n');
-        let id = parts.next().and_then(|id| std::str::from_utf8(id).ok()).and_then(|id| id.parse::<u64>().ok());
-        let Some(id) = id else {
-            tracing::warn!(group, "malformed request or reply ignored");
-            return;
-        };
-        if group == group::node_replies(me) {
-            let body = Bytes::copy_from_slice(parts.next().unwrap_or_default());
-            if let Some(waiting) = lock(&self.requests.pending).remove(&id) {
-                let _ = waiting.send(body);
-            }
-        } else if group == group::node_requests(me) {
-            let (Some(from), Some(body)) = (parts.next(), parts.next()) else { return };
-            let (Ok(from), Some(handler)) = (std::str::from_utf8(from), self.requests.handler.get()) else { return };
-            let reply_to = format!("{}{}", self.options.prefix, group::node_replies(from));
-            let answer = handler(Bytes::copy_from_slice(body));
-            let mut connection = self.publisher.clone();
-            tokio::spawn(async move {
-                let mut payload = format!("{id}\n").into_bytes();
-                payload.extend_from_slice(&answer.await);
-                if let Err(error) = redis::cmd("PUBLISH").arg(reply_to).arg(payload).exec_async(&mut connection).await {
-                    tracing::warn!(%error, "reply to another process not sent");
-                }
-            });
         }
     }
 }

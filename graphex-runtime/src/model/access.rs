@@ -9,8 +9,10 @@ use super::Lookup;
 ///
 /// The application builds it (see [`crate::Authenticator`]); graphex uses
 /// `id` for channel ownership and `authenticated` authorization, and hands
-/// the whole value to scope and authorization functions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// the whole value to scope and authorization functions. It is
+/// serializable because a subscribe forwarded to another process carries
+/// the principal its sender authenticated (never the token).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     /// Stable identity, e.g. a user id or name.
     pub id: String,

@@ -1,25 +1,60 @@
 //! Subscribing through any process: a two-channel SUBSCRIBE or UNSUBSCRIBE
 //! that reaches a process other than the one holding the socket is sent,
 //! through the channel layer, to the process that holds it, which runs it
-//! exactly as if it had received the HTTP request itself (same token, same
-//! authenticator, same schema) and sends the GraphQL response back.
+//! and sends the GraphQL response back.
 //!
 //! A channel id starts with the node id of the hub that opened it
 //! ([`Hub::node_of`]), so the target is known without asking anyone. With
 //! the in-memory layer there is no other process and nothing is forwarded.
+//!
+//! What crosses the layer, and what the receiver trusts:
+//!
+//! - **No token.** The sending process authenticates the client with its
+//!   own [`Authenticator`] and forwards the resolved [`Principal`] (or
+//!   none: anonymous). The receiver runs the request with that principal as
+//!   request data, exactly as for a local HTTP request, without
+//!   authenticating anything itself. A request in the old format (with a
+//!   `token` field) is refused: unknown fields are.
+//! - **A subscribe or unsubscribe of a local channel, nothing else.**
+//!   Before anything runs, the receiver parses the document and checks that
+//!   the operation async-graphql would execute (by `operationName`) is a
+//!   subscription whose root fields are plain fields each naming, in their
+//!   `channelId` argument (literal or variable), a channel open on this
+//!   hub. A query, a mutation, a fragment at the root, a field without a
+//!   channel, a channel of another process or of none is refused with a
+//!   GraphQL error and nothing runs. The sender forwards only a
+//!   subscription whose channel belongs to another process.
+//! - **Bounded.** A request body is at most [`MAX_NODE_REQUEST`] bytes (a
+//!   larger subscribe is answered with an error, not sent), a reply at
+//!   most [`MAX_NODE_REPLY`] (a larger response is replaced by an error).
+//!
+//! The layer carries the bytes: the Redis layer puts them in versioned,
+//! size-checked envelopes with random ids, signed when the deployment sets
+//! a signing key (`layer/redis/envelope.rs`).
 
-use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
-use async_graphql::{Name, Request, Variables};
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType, Selection,
+};
+use async_graphql::{Name, Request, Response, ServerError, Variables};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::Hub;
+use crate::layer::{MAX_NODE_REPLY, MAX_NODE_REQUEST};
+use crate::model::Principal;
+use crate::transport::auth::{Authenticator, principal};
 
 /// The argument that names the channel of a two-channel subscribe.
 const CHANNEL_ARGUMENT: &str = "channelId";
 
+/// What a process answers to a forwarded request it refuses to run.
+const ONLY_LOCAL_SUBSCRIBES: &str =
+    "a forwarded request may only subscribe or unsubscribe a channel of the process it is sent to";
+
 /// A GraphQL request on its way to the process holding its channel.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Forwarded {
     /// The operation text.
     pub query: String,
@@ -27,18 +62,30 @@ pub(crate) struct Forwarded {
     pub operation_name: Option<String>,
     /// Its variables.
     pub variables: Variables,
-    /// The bearer token the client sent, authenticated by the receiving process.
-    pub token: Option<String>,
+    /// Who asked, as the sending process authenticated them; `None`: anonymous.
+    pub principal: Option<Principal>,
 }
 
-impl Forwarded {
-    /// The request to execute.
-    pub(crate) fn into_request(self) -> (Request, Option<String>) {
-        let mut request = Request::new(self.query).variables(self.variables);
-        if let Some(name) = self.operation_name {
-            request = request.operation_name(name);
-        }
-        (request, self.token)
+/// The operation async-graphql executes for `name` (same rules: a name
+/// picks among named operations, no name needs a single operation).
+fn operation<'a>(document: &'a ExecutableDocument, name: Option<&str>) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&document.operations, name) {
+        (DocumentOperations::Single(operation), None) => Some(operation),
+        (DocumentOperations::Single(_), Some(_)) => None,
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => operations.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}
+
+/// The channel a root field names in its `channelId` argument (a string
+/// literal, or a variable set to a string).
+fn channel_of(field: &Positioned<Field>, variables: &Variables) -> Option<String> {
+    let value = field.node.get_argument(CHANNEL_ARGUMENT)?;
+    let value = value.node.clone().into_const_with(|name| variables.get(&Name::new(name.as_str())).cloned().ok_or(()));
+    match value {
+        Ok(async_graphql::Value::String(channel)) => Some(channel),
+        _ => None,
     }
 }
 
@@ -46,32 +93,50 @@ impl Forwarded {
 /// argument (literal or variable), if it is a subscription operation.
 pub(crate) fn target_channel(request: &Request) -> Option<String> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let operation = match &document.operations {
-        DocumentOperations::Single(operation) => operation,
-        DocumentOperations::Multiple(operations) => operations.get(request.operation_name.as_deref()?)?,
-    };
+    let operation = operation(&document, request.operation_name.as_deref())?;
     if operation.node.ty != OperationType::Subscription {
         return None;
     }
     operation.node.selection_set.node.items.iter().find_map(|selection| {
         let Selection::Field(field) = &selection.node else { return None };
-        let value = field.node.get_argument(CHANNEL_ARGUMENT)?;
-        let value = value
-            .node
-            .clone()
-            .into_const_with(|name| request.variables.get(&Name::new(name.as_str())).cloned().ok_or(()));
-        match value {
-            Ok(async_graphql::Value::String(channel)) => Some(channel),
-            _ => None,
-        }
+        channel_of(field, &request.variables)
     })
 }
 
+/// Whether `request` may run here as a forwarded request: a subscription
+/// whose root fields are all plain fields naming a channel open on `hub`.
+/// `Err` says why not (for the log).
+fn local_subscribe(hub: &Hub, request: &Request) -> Result<(), &'static str> {
+    let document = async_graphql::parser::parse_query(&request.query).map_err(|_| "not a GraphQL document")?;
+    let operation = operation(&document, request.operation_name.as_deref()).ok_or("no operation to run")?;
+    if operation.node.ty != OperationType::Subscription {
+        return Err("not a subscription");
+    }
+    let fields = &operation.node.selection_set.node.items;
+    if fields.is_empty() {
+        return Err("no root field");
+    }
+    for selection in fields {
+        let Selection::Field(field) = &selection.node else { return Err("a fragment at the root") };
+        let channel = channel_of(field, &request.variables).ok_or("a root field without a channel")?;
+        if hub.channel(&channel).is_none() {
+            return Err("a channel this process does not hold");
+        }
+    }
+    Ok(())
+}
+
 /// Sends `request` to the process that holds its channel, when that is
-/// another process, and returns the JSON response it sent back. `None`:
-/// run it here (a local channel, no channel named, or no process answers
-/// for that node, which the local run reports as an unknown channel).
-pub(crate) async fn to_owner(hub: &Hub, request: &Request, token: Option<&str>) -> Option<Bytes> {
+/// another process, as the principal `token` stands for (authenticated
+/// here), and returns the JSON response it sent back. `None`: run it here
+/// (a local channel, no channel named, or no process answers for that
+/// node, which the local run reports as an unknown channel).
+pub(crate) async fn to_owner(
+    hub: &Hub,
+    request: &Request,
+    auth: &dyn Authenticator,
+    token: Option<&str>,
+) -> Option<Bytes> {
     let channel = target_channel(request)?;
     if hub.channel(&channel).is_some() {
         return None;
@@ -81,25 +146,68 @@ pub(crate) async fn to_owner(hub: &Hub, request: &Request, token: Option<&str>) 
         query: request.query.clone(),
         operation_name: request.operation_name.clone(),
         variables: request.variables.clone(),
-        token: token.map(str::to_owned),
+        principal: principal(auth, token).await,
     };
     let body = Bytes::from(serde_json::to_vec(&forwarded).ok()?);
+    if body.len() > MAX_NODE_REQUEST {
+        let message = format!(
+            "subscribe too large to forward to the process holding this channel ({MAX_NODE_REQUEST} bytes at most)"
+        );
+        return Some(reply(&Response::from_errors(vec![ServerError::new(message, None)])));
+    }
     match hub.request(node, body).await {
         Ok(reply) => reply,
         Err(error) => {
             tracing::warn!(%error, node, "subscribe not forwarded to the process holding the channel");
-            let response = async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(
-                format!("the process holding this channel did not answer: {error}"),
-                None,
-            )]);
-            serde_json::to_vec(&response).ok().map(Bytes::from)
+            let message = format!("the process holding this channel did not answer: {error}");
+            Some(reply(&Response::from_errors(vec![ServerError::new(message, None)])))
         }
     }
+}
+
+/// The request another process forwarded here, and the principal to run it
+/// as, if it may run here (see the [module documentation](self)); else the
+/// message of the error to send back ([`refusal`]). Nothing is executed.
+pub(crate) fn admit(hub: &Hub, body: &[u8]) -> Result<(Request, Option<Principal>), String> {
+    let forwarded = match serde_json::from_slice::<Forwarded>(body) {
+        Ok(forwarded) => forwarded,
+        Err(error) => {
+            tracing::warn!(%error, "malformed forwarded request refused");
+            return Err(format!("malformed forwarded request: {error}"));
+        }
+    };
+    let mut request = Request::new(forwarded.query).variables(forwarded.variables);
+    if let Some(name) = forwarded.operation_name {
+        request = request.operation_name(name);
+    }
+    if let Err(why) = local_subscribe(hub, &request) {
+        tracing::warn!(reason = why, "forwarded request refused");
+        return Err(ONLY_LOCAL_SUBSCRIBES.to_owned());
+    }
+    Ok((request, forwarded.principal))
+}
+
+/// The response refusing a forwarded request, saying why.
+pub(crate) fn refusal(message: String) -> Response {
+    Response::from_errors(vec![ServerError::new(message, None)])
+}
+
+/// The reply to a forwarded request: `response` as JSON, or an error when
+/// that is longer than a reply may be.
+pub(crate) fn reply(response: &Response) -> Bytes {
+    let body = serde_json::to_vec(response).unwrap_or_default();
+    if body.len() <= MAX_NODE_REPLY {
+        return Bytes::from(body);
+    }
+    tracing::warn!(bytes = body.len(), "response to a forwarded request replaced: too large");
+    let message = format!("the response is larger than a forwarded reply may be ({MAX_NODE_REPLY} bytes)");
+    Bytes::from(serde_json::to_vec(&Response::from_errors(vec![ServerError::new(message, None)])).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
 
     #[test]
     fn finds_the_channel_in_literals_and_variables() {
@@ -110,8 +218,97 @@ mod tests {
         assert_eq!(target_channel(&variable).as_deref(), Some("xyz"));
         let named = Request::new("query A { a } subscription B { s(channelId: \"n\") { ok } }").operation_name("B");
         assert_eq!(target_channel(&named).as_deref(), Some("n"));
+        // One named operation and no name: async-graphql runs it.
+        let only = Request::new("subscription B { s(channelId: \"n\") { ok } }");
+        assert_eq!(target_channel(&only).as_deref(), Some("n"));
         assert_eq!(target_channel(&Request::new("mutation { m(channelId: \"abc\") }")), None);
         assert_eq!(target_channel(&Request::new("subscription { s(other: 1) { ok } }")), None);
         assert_eq!(target_channel(&Request::new("not graphql")), None);
+    }
+
+    fn forwarded(query: &str, operation_name: Option<&str>, variables: serde_json::Value) -> Vec<u8> {
+        let principal = Principal::new("ann").with_claim("tenant", "t1");
+        let forwarded = Forwarded {
+            query: query.to_owned(),
+            operation_name: operation_name.map(str::to_owned),
+            variables: Variables::from_json(variables),
+            principal: Some(principal),
+        };
+        serde_json::to_vec(&forwarded).unwrap()
+    }
+
+    fn refusal(outcome: Result<(Request, Option<Principal>), String>) -> String {
+        match outcome {
+            Ok((request, _)) => panic!("admitted: {}", request.query),
+            Err(message) => message,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_subscribes_of_local_channels_are_admitted() {
+        let hub = Hub::new(Config::default());
+        let (channel, _deliveries) = hub.open_channel(None).expect("opened");
+        let local = channel.id().to_owned();
+        let (here, vars) = ("subscription ($c: String!) { s(channelId: $c) { ok } }", serde_json::json!({"c": local}));
+
+        let (request, principal) = admit(&hub, &forwarded(here, None, vars.clone())).expect("admitted");
+        assert_eq!(request.query, here);
+        assert_eq!(principal, Some(Principal::new("ann").with_claim("tenant", "t1")), "the principal arrives");
+        let literal =
+            format!("subscription {{ a: s(channelId: \"{local}\") {{ ok }} b: t(channelId: \"{local}\") {{ ok }} }}");
+        assert!(admit(&hub, &forwarded(&literal, None, serde_json::json!({}))).is_ok());
+        let named = format!("query Q {{ q }} subscription S {{ s(channelId: \"{local}\") {{ ok }} }}");
+        assert!(admit(&hub, &forwarded(&named, Some("S"), serde_json::json!({}))).is_ok());
+
+        let other_node = format!("ffffffff{}", &local[8..]);
+        let refused = [
+            (format!("mutation {{ createUser(channelId: \"{local}\") {{ id }} }}"), None, serde_json::json!({})),
+            (format!("query {{ s(channelId: \"{local}\") }}"), None, serde_json::json!({})),
+            // The operation async-graphql would run is the query.
+            (named.clone(), Some("Q"), serde_json::json!({})),
+            (named.clone(), None, serde_json::json!({})),
+            (named.clone(), Some("Missing"), serde_json::json!({})),
+            (here.to_owned(), Some("S"), vars.clone()),
+            (here.to_owned(), None, serde_json::json!({"c": other_node})),
+            (here.to_owned(), None, serde_json::json!({"c": "unknown"})),
+            (here.to_owned(), None, serde_json::json!({})),
+            (here.to_owned(), None, serde_json::json!({"c": 5})),
+            // Every root field must name a local channel.
+            (format!("subscription {{ s(channelId: \"{local}\") {{ ok }} __typename }}"), None, serde_json::json!({})),
+            (
+                format!(
+                    "subscription {{ s(channelId: \"{local}\") {{ ok }} t(channelId: \"{other_node}\") {{ ok }} }}"
+                ),
+                None,
+                serde_json::json!({}),
+            ),
+            (
+                format!("subscription {{ ...F }} fragment F on S {{ s(channelId: \"{local}\") {{ ok }} }}"),
+                None,
+                serde_json::json!({}),
+            ),
+            ("subscription { }".to_owned(), None, serde_json::json!({})),
+            ("not graphql".to_owned(), None, serde_json::json!({})),
+        ];
+        for (query, name, variables) in refused {
+            let message = refusal(admit(&hub, &forwarded(&query, name, variables)));
+            assert_eq!(message, ONLY_LOCAL_SUBSCRIBES, "{query}");
+        }
+
+        // The old format carried the client's token: refused, not run as anonymous.
+        let old = serde_json::json!({"query": here, "operation_name": null, "variables": vars, "token": "ann"});
+        let message = refusal(admit(&hub, &serde_json::to_vec(&old).unwrap()));
+        assert!(message.starts_with("malformed forwarded request: unknown field `token`"), "{message}");
+    }
+
+    #[test]
+    fn replies_are_bounded() {
+        let small = Response::new(async_graphql::Value::from_json(serde_json::json!({"s": {"ok": true}})).unwrap());
+        assert_eq!(reply(&small), Bytes::from(serde_json::to_vec(&small).unwrap()));
+        let large = Response::new(async_graphql::Value::String("x".repeat(MAX_NODE_REPLY)));
+        let replaced = reply(&large);
+        assert!(replaced.len() < MAX_NODE_REPLY);
+        let replaced: serde_json::Value = serde_json::from_slice(&replaced).unwrap();
+        assert!(replaced["errors"][0]["message"].as_str().unwrap().contains("larger than a forwarded reply"));
     }
 }

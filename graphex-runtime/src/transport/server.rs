@@ -22,9 +22,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::hub::{ClientAddress, ClientKey, Hub, Resource, client_key};
+use crate::model::Principal;
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
 use crate::transport::body;
-use crate::transport::forward::{self, Forwarded};
+use crate::transport::forward;
 use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, with_code};
 use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
@@ -122,25 +123,22 @@ where
         // Subscribes other processes forward here, for channels of this process.
         // Weak: the layer (held by the hub) must not keep the router alive.
         let served = Arc::downgrade(&state);
+        // Only a subscribe / unsubscribe of a channel of this process runs,
+        // as the principal the sender authenticated (forward::admit).
         state.hub.serve_requests(Arc::new(move |body: Bytes| {
             let state = served.upgrade();
             Box::pin(async move {
-                let forwarded = serde_json::from_slice::<Forwarded>(&body);
-                let response = match (state, forwarded) {
-                    (Some(state), Ok(forwarded)) => {
-                        let (mut request, token) = forwarded.into_request();
-                        match state.guard.check(&mut request) {
-                            Ok(_) => run(&state, request, token.as_deref()).await,
+                let response = match state {
+                    Some(state) => match forward::admit(&state.hub, &body) {
+                        Ok((mut request, principal)) => match state.guard.check(&mut request) {
+                            Ok(_) => run_as(&state, request, principal).await,
                             Err(error) => Response::from_errors(vec![error]),
-                        }
-                    }
-                    (None, _) => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
-                    (_, Err(error)) => Response::from_errors(vec![async_graphql::ServerError::new(
-                        format!("malformed forwarded request: {error}"),
-                        None,
-                    )]),
+                        },
+                        Err(message) => forward::refusal(message),
+                    },
+                    None => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
                 };
-                Bytes::from(serde_json::to_vec(&response).unwrap_or_default())
+                forward::reply(&response)
             })
         }));
         Router::new()
@@ -180,7 +178,7 @@ where
         }
     };
     let token = bearer(&headers);
-    if let Some(reply) = forward::to_owner(&state.hub, &request, token).await {
+    if let Some(reply) = forward::to_owner(&state.hub, &request, state.auth.as_ref(), token).await {
         return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
     }
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
@@ -202,10 +200,7 @@ where
                 return stream_response(Box::pin(futures_util::stream::once(async { refused })), format);
             }
             let slot = StreamSlot { hub: state.hub.clone(), client };
-            let mut request = request.data(state.hub.clone());
-            if let Some(principal) = principal {
-                request = request.data(principal);
-            }
+            let request = with_principal(&state, request, principal);
             let results = state.schema.execute_stream(request).map(move |result| {
                 let _held_until_the_stream_drops = &slot;
                 result
@@ -241,13 +236,13 @@ impl Drop for StreamSlot {
     }
 }
 
-/// The request with this hub and the principal `token` stands for.
-async fn as_principal<Q, M, S>(state: &AppState<Q, M, S>, request: Request, token: Option<&str>) -> Request {
-    let mut request = request.data(state.hub.clone());
-    if let Some(principal) = principal(state.auth.as_ref(), token).await {
-        request = request.data(principal);
+/// The request with this hub and `principal` (none: anonymous).
+fn with_principal<Q, M, S>(state: &AppState<Q, M, S>, request: Request, principal: Option<Principal>) -> Request {
+    let request = request.data(state.hub.clone());
+    match principal {
+        Some(principal) => request.data(principal),
+        None => request,
     }
-    request
 }
 
 /// Runs a request as the principal `token` stands for, announcing to this hub.
@@ -257,7 +252,18 @@ where
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let request = as_principal(state, request, token).await;
+    run_as(state, request, principal(state.auth.as_ref(), token).await).await
+}
+
+/// Runs a request as `principal` (a forwarded one: authenticated by the
+/// process that received it), announcing to this hub.
+async fn run_as<Q, M, S>(state: &AppState<Q, M, S>, request: Request, principal: Option<Principal>) -> Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let request = with_principal(state, request, principal);
     state.hub.scope(execute(&state.schema, request)).await
 }
 
