@@ -57,9 +57,11 @@ pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, Protoco
 #[doc(hidden)]
 pub mod __internals {
     pub use crate::change::announce::{Prepared, prepare};
+    pub use crate::change::codec::Fetched;
     pub use crate::change::group;
     pub use crate::hub::{Added, Channel, Delivery, Subscription, SubscriptionKey};
     pub use crate::subscribe::filter::{Clause, Filter};
+    pub use crate::subscribe::row::RowFetch;
 
     use std::sync::Arc;
 
@@ -149,13 +151,10 @@ pub mod __private {
     use crate::model::FieldsEnum;
     use crate::subscribe::two_channel::Confirmation;
 
-    /// The requested projection as payload keys.
+    /// The requested projection as payload keys, each once, in the order of
+    /// its first occurrence.
     pub fn projection<F: FieldsEnum>(data: Option<Vec<F>>) -> Option<Vec<&'static str>> {
-        data.map(|fields| {
-            let mut names: Vec<&'static str> = fields.into_iter().map(FieldsEnum::field_name).collect();
-            names.dedup();
-            names
-        })
+        data.map(|fields| crate::subscribe::two_channel::unique_fields(fields.into_iter().map(FieldsEnum::field_name)))
     }
 
     /// The one-item stream a two-channel subscribe answers with.

@@ -108,8 +108,8 @@ impl Listener {
                 let subscription = Subscription {
                     key: SubscriptionKey { stream, action, id: None, filters: None, projection: None },
                     group: graphex::__internals::group::coarse(stream, action),
-                    filter: Filter::default(),
-                    check: None,
+                    filter: Default::default(),
+                    row: None,
                 };
                 hub.add_subscription(&channel, subscription).await.unwrap();
             }

@@ -1,7 +1,10 @@
 //! A change as it travels: encoded once by the publisher, decoded once per
 //! receiving process, and rendered to socket frames (once for subscribers
-//! that take the whole payload, once per projection otherwise).
+//! that take the whole payload, once per projection otherwise). In id-only
+//! mode the decoded change also keeps the row read back for filters that
+//! the change cannot decide, read once for every subscriber that needs it.
 
+use std::future::Future;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -80,6 +83,21 @@ pub struct Event {
     /// Frames already rendered for projections, so that subscribers asking
     /// for the same fields share one (at most [`PROJECTIONS_SHARED`]).
     projections: Mutex<Vec<(Vec<&'static str>, Bytes)>>,
+    /// The row read back by primary key (id-only mode), by the first
+    /// subscriber whose filter needs it; the others await that read.
+    row: tokio::sync::OnceCell<Fetched>,
+}
+
+/// The changed row as read back from the database for filters an id-only
+/// change cannot decide.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The row, every payload field as the model's `values()` serializes it.
+    Row(Map<String, Json>),
+    /// No row has this primary key (any more).
+    Gone,
+    /// The read failed (logged once, where it ran).
+    Failed,
 }
 
 /// Distinct projections whose frames one change keeps for sharing; a
@@ -94,7 +112,23 @@ impl Event {
             None => Map::from_iter([(change.pk_field.clone(), change.pk.clone())]),
         };
         let frame = render(&change, None);
-        Event { change, key_only, frame, projections: Mutex::default() }
+        Event { change, key_only, frame, projections: Mutex::default(), row: tokio::sync::OnceCell::new() }
+    }
+
+    /// The row read back for this change: the first caller runs `fetch`,
+    /// callers meanwhile await its result, later ones get it at once. If
+    /// the reading caller is cancelled, the next one reads.
+    pub(crate) async fn row<F, Fut>(&self, fetch: F) -> &Fetched
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Fetched>,
+    {
+        self.row.get_or_init(fetch).await
+    }
+
+    /// The row, if already read back.
+    pub(crate) fn fetched(&self) -> Option<&Fetched> {
+        self.row.get()
     }
 
     /// Values filters are decided on: the full row, or just the primary key.

@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 
-pub(crate) use channel::RowCheck;
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
 pub(crate) use membership::Membership;
 pub(crate) use stats::Counters;
