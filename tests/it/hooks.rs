@@ -7,7 +7,7 @@ use graphex::__internals::HubInternals;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use graphex::__internals::{Subscription, SubscriptionKey};
-use graphex::{__internals::Filter, Action, Hub};
+use graphex::{Action, Hub};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, Database, EntityTrait, ModelTrait, QueryFilter,
     QueryOrder, Schema,

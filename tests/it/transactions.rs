@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use graphex::__internals::Filter;
 use graphex::__internals::{Channel, Delivery, Subscription, SubscriptionKey};
 use graphex::layer::{ChannelLayer, Inbound, LayerError};
 use graphex::{Action, Config, Hub};
