@@ -35,6 +35,9 @@ mod model;
 mod subscribe;
 mod transport;
 
+#[cfg(test)]
+mod proptests;
+
 pub use change::announce::{announce, announce_many, set_global_hub};
 pub use change::transaction::{savepoint, transaction};
 pub use config::{Config, WritePacing};

@@ -265,6 +265,16 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_the_layer_message() {
+        // Found by proptests: without serde_json's `float_roundtrip`, this
+        // value came back one unit in the last place off.
+        let float = json!(-4.717105653648541e64);
+        let original = change(json!({"id": 5, "score": float}).as_object().cloned());
+        let decoded = Change::decode(&original.encode()).unwrap();
+        assert_eq!(decoded.values.unwrap()["score"], float);
+    }
+
+    #[test]
     fn change_round_trips() {
         let original = change(json!({"id": 5}).as_object().cloned());
         assert_eq!(Change::decode(&original.encode()).unwrap(), original);
