@@ -154,6 +154,32 @@ async fn an_id_only_change_is_read_back_once_for_every_filter() {
         let mut all: Vec<&mut Ws> = sockets.iter_mut().collect();
         server.user_sentinel(&mut all).await;
         assert_eq!(selects.load(Ordering::SeqCst) - before, 1, "one read of the row for seven filters on six sockets");
+        drop(all);
+
+        // A subscription by id is in another group (the instance group) of
+        // the same change: still one read, beside the mutation's own lookup.
+        let by_id = server.ws().await;
+        by_id
+            .subscribe_ok(
+                &server,
+                "commentSubscription",
+                &format!("action: UPDATE, operation: SUBSCRIBE, id: {id}"),
+                Some(json!({"text__contains": "fix"})),
+            )
+            .await;
+        by_id.arm_user_sentinel(&server).await;
+        sockets.push(by_id);
+        let before = selects.load(Ordering::SeqCst);
+        server.update_comment(&id, "fixed it").await;
+        let takes = [true, false, false, false, false, false, true];
+        for (ws, takes) in sockets.iter_mut().zip(takes) {
+            if takes {
+                ws.expect(&comment_frame("update", &id)).await;
+            }
+        }
+        let mut all: Vec<&mut Ws> = sockets.iter_mut().collect();
+        server.user_sentinel(&mut all).await;
+        assert_eq!(selects.load(Ordering::SeqCst) - before, 2, "the mutation's lookup and one read, for two groups");
 
         // Deletes are not read back (the row is gone), as before: only the
         // mutation's own lookup runs, and no filter that needs the row lets it through.

@@ -29,6 +29,16 @@ pub struct Change {
     /// Every payload field, in full-payload mode; absent in id-only mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Map<String, Json>>,
+    /// Tells this change from an identical one (two updates of one id-only
+    /// row look alike), so that a process receiving it through several
+    /// groups decodes it, and reads its row back, once ([`Change::nonce`]).
+    /// 0 (absent) for messages of older versions: never shared.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nonce: u64,
+}
+
+fn is_zero(nonce: &u64) -> bool {
+    *nonce == 0
 }
 
 impl Change {
@@ -41,6 +51,23 @@ impl Change {
             pk: row.primary_key(),
             pk_field: M::FIELDS[M::PRIMARY_KEY].name.to_owned(),
             values: M::FULL_PAYLOAD.then(|| row.values()),
+            nonce: Change::nonce(),
+        }
+    }
+
+    /// A fresh [`Change::nonce`]: a per-process counter from a random start
+    /// (never 0), so changes of different processes do not meet either.
+    pub(crate) fn nonce() -> u64 {
+        static NEXT: std::sync::LazyLock<std::sync::atomic::AtomicU64> = std::sync::LazyLock::new(|| {
+            let mut seed = [0u8; 8];
+            getrandom::fill(&mut seed).expect("the OS random source is available");
+            std::sync::atomic::AtomicU64::new(u64::from_le_bytes(seed))
+        });
+        loop {
+            let nonce = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if nonce != 0 {
+                return nonce;
+            }
         }
     }
 
@@ -66,6 +93,7 @@ impl Change {
             pk: pk.into(),
             pk_field: "id".into(),
             values,
+            nonce: Change::nonce(),
         }
     }
 }
@@ -206,6 +234,7 @@ mod tests {
             pk: json!(5),
             pk_field: "id".into(),
             values,
+            nonce: 1,
         }
     }
 

@@ -56,7 +56,14 @@ struct Inner {
     /// Channels a dispatch left seven eighths full or more, for the next
     /// local publisher to wait on (at most [`LAGGING_KEPT`]).
     lagging: Mutex<Vec<Arc<Channel>>>,
+    /// The last changes dispatched here (at most [`RECENT_KEPT`]): a change
+    /// sent to several groups is decoded once, and its row read once.
+    recent: Mutex<std::collections::VecDeque<Arc<crate::change::codec::Event>>>,
 }
+
+/// Changes kept for their next groups: a change reaches at most its coarse,
+/// instance and index groups, in a row (in memory) or nearly (Redis).
+const RECENT_KEPT: usize = 16;
 
 /// Lagging channels kept for publishers to wait on; a further one is not
 /// kept (a publisher already has enough to wait for).
@@ -100,6 +107,7 @@ impl Hub {
             shutdown: CancellationToken::new(),
             shards: OnceLock::new(),
             lagging: Mutex::default(),
+            recent: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {

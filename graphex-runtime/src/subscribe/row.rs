@@ -4,9 +4,9 @@
 //!
 //! The read is per change and process, not per subscription: the first
 //! subscriber that needs it runs it and keeps the row on the decoded change
-//! ([`Event::row`](crate::change::codec::Event)), every other subscription
-//! of every channel of the process that receives the change through the
-//! same group decides its own filter on that row in memory
+//! ([`Event::row`](crate::change::codec::Event); one event serves every
+//! group of the change, `hub/dispatch.rs`), every other subscription of
+//! every channel of the process decides its own filter on that row in memory
 //! ([`Filter::matches`](crate::subscribe::filter::Filter::matches), which
 //! agrees with the SQL conditions: `tests/it/conditions.rs`).
 
@@ -140,6 +140,35 @@ mod tests {
         let taken = frames_per_channel(&hub, group, update(101), &mut channels).await;
         assert_eq!(taken, [0; 6]);
         assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn one_read_for_a_change_sent_to_several_groups() {
+        let hub = Hub::default();
+        let (fetch, reads) = counted_reads();
+        let (coarse, instance) = ("users-update", "users-update-4");
+        let mut channels = Vec::new();
+        for (group, lookup, value) in [(coarse, Lookup::Exact, json!(1)), (instance, Lookup::Gte, json!(0))] {
+            let (channel, rx) = hub.open_channel(None).unwrap();
+            hub.add_subscription(&channel, on_room(group, lookup, value, &fetch)).await.unwrap();
+            channels.push((channel, rx));
+        }
+        let update = Change { action: Action::Update, ..Change::user_created(4, None) };
+        hub.publish(&[coarse.to_owned(), instance.to_owned()], update.encode()).await;
+        let deliveries: Vec<Delivery> = channels.iter_mut().map(|(_, rx)| rx.try_recv().unwrap()).collect();
+        assert!(Arc::ptr_eq(&deliveries[0].event, &deliveries[1].event), "one event for both groups");
+        for ((channel, _), delivery) in channels.iter().zip(&deliveries) {
+            let mut frames = Vec::new();
+            channel.frames(delivery, &mut frames).await;
+            assert_eq!(frames.len(), 1);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+
+        // The same content in another change (its own nonce) is read again.
+        let again = Change { action: Action::Update, ..Change::user_created(4, None) };
+        let taken = frames_per_channel(&hub, coarse, again, &mut channels).await;
+        assert_eq!(taken, [1, 0]);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
