@@ -35,6 +35,9 @@ mod model;
 mod subscribe;
 mod transport;
 
+#[cfg(test)]
+mod proptests;
+
 pub use change::announce::{announce, announce_many, set_global_hub};
 pub use change::transaction::{savepoint, transaction};
 pub use config::{Config, WritePacing};
@@ -58,9 +61,11 @@ pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, Protoco
 #[doc(hidden)]
 pub mod __internals {
     pub use crate::change::announce::{Prepared, prepare};
+    pub use crate::change::codec::Fetched;
     pub use crate::change::group;
     pub use crate::hub::{Added, Channel, Delivery, Subscription, SubscriptionKey};
     pub use crate::subscribe::filter::{Clause, Filter};
+    pub use crate::subscribe::row::RowFetch;
 
     use std::sync::Arc;
 
@@ -150,13 +155,10 @@ pub mod __private {
     use crate::model::FieldsEnum;
     use crate::subscribe::two_channel::Confirmation;
 
-    /// The requested projection as payload keys.
+    /// The requested projection as payload keys, each once, in the order of
+    /// its first occurrence.
     pub fn projection<F: FieldsEnum>(data: Option<Vec<F>>) -> Option<Vec<&'static str>> {
-        data.map(|fields| {
-            let mut names: Vec<&'static str> = fields.into_iter().map(FieldsEnum::field_name).collect();
-            names.dedup();
-            names
-        })
+        data.map(|fields| crate::subscribe::two_channel::unique_fields(fields.into_iter().map(FieldsEnum::field_name)))
     }
 
     /// The one-item stream a two-channel subscribe answers with.

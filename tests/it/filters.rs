@@ -1,6 +1,6 @@
 //! Client filters over real sockets on the reference app: every lookup on a
-//! full-payload model (decided in memory) and on an id-only model (decided
-//! by a primary-key-bounded query), and the filters, ids and arguments that
+//! full-payload model (decided in memory on the change) and on an id-only
+//! model (decided in memory on the row read back by primary key), and the filters, ids and arguments that
 //! are refused without joining anything. The lookups' SQL and in-memory
 //! semantics themselves are checked in [`crate::conditions`].
 //!
@@ -142,8 +142,8 @@ async fn every_lookup_on_a_full_payload_model() {
 async fn every_lookup_on_an_id_only_model() {
     each_database(|db| async move {
         let server = Server::start(db, Hub::default()).await;
-        // Indexes into `texts` each filter must let through, decided by a
-        // primary-key-bounded query on each database.
+        // Indexes into `texts` each filter must let through, decided on the
+        // row read back from each database.
         let texts =
             [(1, "Urgent: fix the build"), (2, "urgent? maybe later"), (3, "All good 100%"), (4, "see section_2")];
         let cases: Vec<(Json, Vec<usize>)> = vec![

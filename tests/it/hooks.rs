@@ -7,7 +7,7 @@ use graphex::__internals::HubInternals;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use graphex::__internals::{Subscription, SubscriptionKey};
-use graphex::{__internals::Filter, Action, Hub};
+use graphex::{Action, Hub};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, Database, EntityTrait, ModelTrait, QueryFilter,
     QueryOrder, Schema,
@@ -78,8 +78,8 @@ async fn user_hooks_run_and_changes_are_announced() {
         let subscription = Subscription {
             key: SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None },
             group: graphex::__internals::group::coarse("items", action),
-            filter: Filter::default(),
-            check: None,
+            filter: Default::default(),
+            row: None,
         };
         hub.add_subscription(&channel, subscription).await.unwrap();
     }

@@ -11,6 +11,9 @@
 //!   unsubscribe, projections.
 //! - [`conditions`], [`filters`]: filter lookups in SQL and in memory; over
 //!   sockets, and their refusals.
+//! - [`bounds`]: what one subscribe and one change may cost: repeated
+//!   projection fields, arguments shared by the actions of a subscribe, one
+//!   id-only row read per change.
 //! - [`scope`]: authentication, scopes, channel owners.
 //! - [`index_groups`]: routing by index field values.
 //! - [`lifecycle`]: sockets closing, slow consumers.
@@ -41,6 +44,7 @@ mod chat_app;
 mod support;
 
 mod actions;
+mod bounds;
 mod browser;
 mod conditions;
 mod custom_groups;

@@ -479,8 +479,8 @@ fn native_fields_sit_beside_the_two_channel_fields() {
     }
 }
 
-/// Id-only filters on another field than the id are decided by one
-/// primary-key-bounded query per change; deletes cannot be decided and are
+/// Id-only filters on another field than the id are decided on the row,
+/// read back by primary key once per change; deletes cannot be decided and are
 /// dropped, as on the two-channel path.
 async fn row_checks(db: sea_orm::DatabaseConnection) {
     let hub = Hub::default();

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use graphex::__internals::Filter;
 use graphex::__internals::{Channel, Delivery, Subscription, SubscriptionKey};
 use graphex::layer::{ChannelLayer, Inbound, LayerError};
 use graphex::{Action, Config, Hub};
@@ -108,8 +107,8 @@ impl Listener {
                 let subscription = Subscription {
                     key: SubscriptionKey { stream, action, id: None, filters: None, projection: None },
                     group: graphex::__internals::group::coarse(stream, action),
-                    filter: Filter::default(),
-                    check: None,
+                    filter: Default::default(),
+                    row: None,
                 };
                 hub.add_subscription(&channel, subscription).await.unwrap();
             }

@@ -163,6 +163,7 @@ pub(crate) fn prepare_pk<M: ModelSubscription>(pk: Json, action: Action) -> Prep
         pk_field: M::FIELDS[M::PRIMARY_KEY].name.to_owned(),
         values: None,
         pk,
+        nonce: Change::nonce(),
     };
     Prepared { groups: key_groups::<M>(action, &change.pk), message: change.encode() }
 }

@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::change::codec::Event;
+use crate::change::codec::{Event, Fetched};
 use crate::layer::LayerError;
 use crate::model::Action;
 use crate::subscribe::filter::Filter;
+use crate::subscribe::row::RowFetch;
 
 /// A decoded change on its way to one channel, tagged with the group it came through.
 #[derive(Clone, Debug)]
@@ -26,10 +26,9 @@ pub struct Delivery {
     pub queued_at: tokio::time::Instant,
 }
 
-/// Decides, by one primary-key-bounded query, whether a row still matches.
-pub(crate) type RowCheck = Arc<dyn Fn(Json) -> BoxFuture<'static, bool> + Send + Sync>;
-
-/// What identifies a subscription for UNSUBSCRIBE: the arguments it was made with.
+/// What identifies a subscription for UNSUBSCRIBE: the arguments it was
+/// made with. The filters and projection are shared (one allocation) by the
+/// subscriptions of one subscribe; equality compares their contents.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubscriptionKey {
     /// Stream of the model.
@@ -39,9 +38,10 @@ pub struct SubscriptionKey {
     /// Canonical primary key of `id`, if given.
     pub id: Option<Json>,
     /// The client's filters, as given.
-    pub filters: Option<Json>,
-    /// The requested fields, if any.
-    pub projection: Option<Vec<&'static str>>,
+    pub filters: Option<Arc<Json>>,
+    /// The requested fields, if any: each field once, in the order of its
+    /// first occurrence in the request.
+    pub projection: Option<Arc<[&'static str]>>,
 }
 
 /// One subscription of one channel.
@@ -50,10 +50,11 @@ pub struct Subscription {
     pub key: SubscriptionKey,
     /// The group it receives from.
     pub group: String,
-    /// Scope and client filters merged.
-    pub filter: Filter,
-    /// Query used when the filter cannot be decided from the change.
-    pub check: Option<RowCheck>,
+    /// Scope and client filters merged, shared by the subscriptions of one subscribe.
+    pub filter: Arc<Filter>,
+    /// Reads the changed row back when the filter cannot be decided from the
+    /// change (id-only models, clauses on other fields than the primary key).
+    pub row: Option<RowFetch>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -61,7 +62,7 @@ impl std::fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("key", &self.key)
             .field("group", &self.group)
-            .field("row_check", &self.check.is_some())
+            .field("row_fetch", &self.row.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -81,7 +82,22 @@ impl Subscription {
             Some(false) => Verdict::Skip,
             // The row is gone: what the change does not carry cannot be decided.
             None if event.change.action == Action::Delete => Verdict::Skip,
-            None => self.check.as_ref().map_or(Verdict::Skip, Verdict::Check),
+            None => match (&self.row, event.fetched()) {
+                (None, _) => Verdict::Skip,
+                // Another subscription of this process already read the row back.
+                (Some(_), Some(fetched)) => self.decide(fetched),
+                (Some(fetch), None) => Verdict::Fetch(fetch),
+            },
+        }
+    }
+
+    /// Decides the filter on the row read back for a change: a row that is
+    /// gone, or could not be read, matches nothing (as the pk-bounded query
+    /// this replaces found nothing).
+    fn decide(&self, fetched: &Fetched) -> Verdict<'static> {
+        match fetched {
+            Fetched::Row(values) if self.filter.matches(values) == Some(true) => Verdict::Take,
+            _ => Verdict::Skip,
         }
     }
 }
@@ -91,10 +107,16 @@ impl Subscription {
     /// A subscription to `users` on `group` with no filter to decide, for unit tests.
     pub(crate) fn of_users(group: &str, action: Action, filters: Option<Json>) -> Subscription {
         Subscription {
-            key: SubscriptionKey { stream: "users", action, id: None, filters, projection: None },
+            key: SubscriptionKey {
+                stream: "users",
+                action,
+                id: None,
+                filters: filters.map(Arc::new),
+                projection: None,
+            },
             group: group.to_owned(),
-            filter: Filter::default(),
-            check: None,
+            filter: Arc::default(),
+            row: None,
         }
     }
 }
@@ -103,8 +125,9 @@ impl Subscription {
 enum Verdict<'a> {
     Take,
     Skip,
-    /// Decided by a primary-key-bounded query (id-only mode).
-    Check(&'a RowCheck),
+    /// Decided once the changed row is read back (id-only mode): one read
+    /// per change, shared by every subscription of the process.
+    Fetch(&'a RowFetch),
 }
 
 /// Why a channel was closed by the server.
@@ -240,6 +263,13 @@ impl Channel {
         self.lock().list.len()
     }
 
+    /// Calls `inspect` with the subscriptions held (under the channel's
+    /// lock: `inspect` must not block), for graphex's tests.
+    #[doc(hidden)]
+    pub fn inspect_subscriptions<R>(&self, inspect: impl FnOnce(&[Subscription]) -> R) -> R {
+        inspect(&self.lock().list)
+    }
+
     /// Whether a subscription of this channel on `group` may take `event`,
     /// so that the hub queues (and wakes the socket for) only what the
     /// channel's filters let through. Never waits: while a subscribe or a
@@ -272,19 +302,24 @@ impl Channel {
         frames: &mut Vec<T>,
     ) {
         let event = &delivery.event;
-        let mut pending: Vec<(RowCheck, T)> = Vec::new();
+        let mut pending: Vec<(Arc<Filter>, RowFetch, T)> = Vec::new();
         {
             let subscriptions = self.lock();
             for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
                 match subscription.verdict(event) {
                     Verdict::Take => frames.push(render(subscription, event)),
                     Verdict::Skip => {}
-                    Verdict::Check(check) => pending.push((check.clone(), render(subscription, event))),
+                    Verdict::Fetch(fetch) => {
+                        pending.push((subscription.filter.clone(), fetch.clone(), render(subscription, event)));
+                    }
                 }
             }
         }
-        for (check, frame) in pending {
-            if check(event.change.pk.clone()).await {
+        // The lock is released: the read is awaited, and shared through the
+        // event by every channel of the process (the first one reads).
+        for (filter, fetch, frame) in pending {
+            let fetched = event.row(|| fetch(event.change.pk.clone())).await;
+            if matches!(fetched, Fetched::Row(values) if filter.matches(values) == Some(true)) {
                 frames.push(frame);
             }
         }

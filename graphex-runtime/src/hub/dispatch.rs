@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{CloseReason, Delivery, Hub, LAGGING_KEPT};
+use super::{CloseReason, Delivery, Hub, LAGGING_KEPT, RECENT_KEPT};
 use crate::change::codec::{Change, Event};
 
 impl Hub {
@@ -49,6 +49,29 @@ impl Hub {
         }
     }
 
+    /// The shared event of a decoded change: the one already made for
+    /// another group of the same change (same nonce, same content), so that
+    /// its frames are rendered and its row is read once per process; else a new one.
+    fn event(&self, change: Change) -> Arc<Event> {
+        if change.nonce == 0 {
+            return Arc::new(Event::new(change));
+        }
+        let recent = || self.inner.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known = |event: &&Arc<Event>| event.change.nonce == change.nonce && event.change == change;
+        if let Some(event) = recent().iter().find(known) {
+            return event.clone();
+        }
+        // Rendered outside the lock; two groups of one change dispatched at
+        // once may each make one (nothing is wrong, only shared less).
+        let event = Arc::new(Event::new(change));
+        let mut kept = recent();
+        if kept.len() >= RECENT_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(event.clone());
+        event
+    }
+
     /// Fans a layer message out to the local members of `group`.
     pub(super) fn dispatch(&self, group: &str, message: &[u8]) {
         // Custom groups live in their own namespace and carry payloads, not changes.
@@ -59,7 +82,7 @@ impl Hub {
         let Some(members) = groups.get(group) else { return };
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         let event = match Change::decode(message) {
-            Ok(change) => Arc::new(Event::new(change)),
+            Ok(change) => self.event(change),
             Err(error) => {
                 self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%group, %error, "undecodable message dropped");

@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 
-pub(crate) use channel::RowCheck;
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
 pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
@@ -63,7 +62,14 @@ struct Inner {
     lagging: Mutex<Vec<Arc<Channel>>>,
     /// What each client holds, against the per-client caps.
     clients: clients::Clients,
+    /// The last changes dispatched here (at most [`RECENT_KEPT`]): a change
+    /// sent to several groups is decoded once, and its row read once.
+    recent: Mutex<std::collections::VecDeque<Arc<crate::change::codec::Event>>>,
 }
+
+/// Changes kept for their next groups: a change reaches at most its coarse,
+/// instance and index groups, in a row (in memory) or nearly (Redis).
+const RECENT_KEPT: usize = 16;
 
 /// Lagging channels kept for publishers to wait on; a further one is not
 /// kept (a publisher already has enough to wait for).
@@ -108,6 +114,7 @@ impl Hub {
             shards: OnceLock::new(),
             lagging: Mutex::default(),
             clients: clients::Clients::default(),
+            recent: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
         inner.layer.start(Arc::new(move |group: &str, message: Bytes| {

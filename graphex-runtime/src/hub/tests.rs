@@ -62,12 +62,12 @@ async fn the_hub_queues_only_what_a_channel_filters_let_through() {
     let group = group::coarse("users", Action::Create);
     let (channel, mut rx) = hub.open_channel(None).unwrap();
     let mut in_room_1 = Subscription::of_users(&group, Action::Create, Some(serde_json::json!({"room": 1})));
-    in_room_1.filter = crate::subscribe::filter::Filter::of(vec![crate::subscribe::filter::Clause {
+    in_room_1.filter = Arc::new(crate::subscribe::filter::Filter::of(vec![crate::subscribe::filter::Clause {
         field: 1,
         name: "room",
         lookup: crate::model::Lookup::Exact,
         value: 1.into(),
-    }]);
+    }]));
     hub.add_subscription(&channel, in_room_1).await.unwrap();
     let change = |pk: i64, room: Option<i64>| {
         Change::user_created(

@@ -11,6 +11,7 @@
 pub(crate) mod custom;
 pub(crate) mod filter;
 pub(crate) mod native;
+pub(crate) mod row;
 pub(crate) mod two_channel;
 
 pub(crate) use two_channel::{SubscribeError, add_all, build_subscriptions, canonical_id};

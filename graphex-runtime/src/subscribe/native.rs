@@ -23,6 +23,7 @@ use crate::change::codec::Event;
 use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription};
 use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
+use crate::subscribe::two_channel::shared_projection;
 use crate::subscribe::{SubscribeError, add_all, build_subscriptions, canonical_id};
 
 /// One change of a model row, as a native subscription event.
@@ -73,8 +74,9 @@ pub struct ChangesArgs {
     pub id: Option<ID>,
     /// Client filters.
     pub filters: Option<Json>,
-    /// Requested fields (full-payload mode only).
-    pub projection: Option<Vec<&'static str>>,
+    /// Requested fields (full-payload mode only), each once, in the order
+    /// of its first occurrence.
+    pub projection: Option<Arc<[&'static str]>>,
 }
 
 impl ChangesArgs {
@@ -85,6 +87,7 @@ impl ChangesArgs {
         filters: Option<async_graphql::Json<Json>>,
         projection: Option<Vec<&'static str>>,
     ) -> Self {
+        let projection = projection.map(shared_projection);
         ChangesArgs { action, id, filters: filters.map(|json| json.0), projection }
     }
 }
@@ -131,7 +134,8 @@ pub async fn changes<M: ModelSubscription>(
 async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Result<ChangeStream, SubscribeError> {
     let hub = ctx.data_opt::<Hub>().ok_or(SubscribeError::NoHub)?;
     let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
-    let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection)?;
+    let filters = args.filters.map(Arc::new);
+    let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, filters, args.projection)?;
     let principal = ctx.data_opt::<Principal>();
     let address = ctx.data_opt::<crate::hub::ClientAddress>().map(|address| address.0);
     let client = crate::hub::client_key(principal, address);
@@ -229,12 +233,12 @@ mod tests {
     use crate::Config;
     use crate::change::codec::Change;
     use crate::hub::SubscriptionKey;
-    use crate::subscribe::filter::Filter;
 
     async fn stream(hub: &Hub, projection: Option<Vec<&'static str>>) -> ChangeStream {
         let (channel, rx) = hub.open_channel(Some("neo".into())).unwrap();
+        let projection = projection.map(Arc::from);
         let key = SubscriptionKey { stream: "users", action: Action::Create, id: None, filters: None, projection };
-        let subscription = Subscription { key, group: "users-create".into(), filter: Filter::default(), check: None };
+        let subscription = Subscription { key, group: "users-create".into(), filter: Arc::default(), row: None };
         hub.add_subscription(&channel, subscription).await.unwrap();
         ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx)
     }

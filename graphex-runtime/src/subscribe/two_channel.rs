@@ -2,17 +2,19 @@
 //! once over HTTP joins (or leaves) groups for a WebSocket channel and
 //! answers with a confirmation.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_graphql::{Context, ID};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::DatabaseConnection;
 use serde_json::Value as Json;
 
 use crate::change::group;
-use crate::hub::{Channel, ChannelError, Hub, RowCheck, Subscription, SubscriptionKey};
-use crate::model::{ActionSubscription, ModelSubscription, OperationSubscription};
+use crate::hub::{Channel, ChannelError, Hub, Subscription, SubscriptionKey};
+use crate::model::{Action, ActionSubscription, ModelSubscription, OperationSubscription};
 use crate::model::{Denied, Principal, SubscribeRequest};
 use crate::subscribe::filter::{Filter, FilterError};
+use crate::subscribe::row::{RowFetch, row_fetch};
 
 /// The arguments of a model subscription field.
 #[derive(Clone, Debug)]
@@ -27,8 +29,23 @@ pub struct SubscribeArgs {
     pub id: Option<ID>,
     /// Client filters.
     pub filters: Option<Json>,
-    /// Requested fields (full-payload mode only).
-    pub projection: Option<Vec<&'static str>>,
+    /// Requested fields (full-payload mode only), each once, in the order
+    /// of its first occurrence.
+    pub projection: Option<Arc<[&'static str]>>,
+}
+
+/// Requested fields with each one once, in the order of its first
+/// occurrence: the frame lists the fields in that order, and a request
+/// repeating names costs no more than one naming each once.
+pub(crate) fn unique_fields(fields: impl IntoIterator<Item = &'static str>) -> Vec<&'static str> {
+    let mut seen = HashSet::new();
+    fields.into_iter().filter(|field| seen.insert(*field)).collect()
+}
+
+/// The projection subscriptions keep: [`unique_fields`], one allocation
+/// shared by the subscriptions of one subscribe.
+pub(crate) fn shared_projection(fields: Vec<&'static str>) -> Arc<[&'static str]> {
+    Arc::from(unique_fields(fields))
 }
 
 impl SubscribeArgs {
@@ -41,6 +58,7 @@ impl SubscribeArgs {
         filters: Option<async_graphql::Json<Json>>,
         projection: Option<Vec<&'static str>>,
     ) -> Self {
+        let projection = projection.map(shared_projection);
         SubscribeArgs { channel_id, action, operation, id, filters: filters.map(|json| json.0), projection }
     }
 }
@@ -108,15 +126,15 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
         return Err(ChannelError::ForeignChannel.into());
     }
     let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
-    let keys = args.action.actions().iter().map(|&action| SubscriptionKey {
-        stream: M::STREAM,
-        action,
-        id: id.clone(),
-        filters: args.filters.clone(),
-        projection: args.projection.clone(),
-    });
-
+    let filters = args.filters.clone().map(Arc::new);
     if args.operation == OperationSubscription::Unsubscribe {
+        let keys = args.action.actions().iter().map(|&action| SubscriptionKey {
+            stream: M::STREAM,
+            action,
+            id: id.clone(),
+            filters: filters.clone(),
+            projection: args.projection.clone(),
+        });
         let mut removed = 0;
         for key in keys {
             match hub.remove_subscription(&channel, &key) {
@@ -128,8 +146,7 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
         return if removed == 0 { Err(ChannelError::NotSubscribed.into()) } else { Ok(()) };
     }
 
-    let subscriptions =
-        build_subscriptions::<M>(ctx, hub, args.action, id, args.filters.as_ref(), args.projection.clone())?;
+    let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, filters, args.projection.clone())?;
     add_all(hub, &channel, subscriptions).await
 }
 
@@ -141,41 +158,65 @@ pub(crate) fn build_subscriptions<M: ModelSubscription>(
     hub: &Hub,
     action: ActionSubscription,
     id: Option<Json>,
-    filters: Option<&Json>,
-    projection: Option<Vec<&'static str>>,
+    filters: Option<Arc<Json>>,
+    projection: Option<Arc<[&'static str]>>,
 ) -> Result<Vec<Subscription>, SubscribeError> {
     let request = SubscribeRequest::new(ctx);
     M::authorize(&request)?;
     let scope = Filter::from_scope::<M>(&M::scope(&request)?)?;
-    let client = match filters {
+    let client = match &filters {
         Some(filters) => Filter::parse::<M>(filters, &hub.config().filter_limits)?,
         None => Filter::default(),
     };
     let filter = Filter::merge(scope, client);
-    let check = row_check::<M>(ctx, &filter)?;
+    let row = if needs_row::<M>(&filter) {
+        let db = ctx.data_opt::<DatabaseConnection>().ok_or(SubscribeError::NoDatabase)?;
+        Some(row_fetch::<M>(db.clone()))
+    } else {
+        None
+    };
+    let shared = Shared { filters, filter: Arc::new(filter), projection, row };
+    Ok(per_action(M::STREAM, M::INDEX_FIELDS, action.actions(), id, &shared))
+}
 
+/// What the subscriptions of one subscribe share: one allocation each,
+/// however many actions.
+struct Shared {
+    filters: Option<Arc<Json>>,
+    filter: Arc<Filter>,
+    projection: Option<Arc<[&'static str]>>,
+    row: Option<RowFetch>,
+}
+
+/// One subscription per action, on the group its `id` or pinned index
+/// fields select.
+fn per_action(
+    stream: &'static str,
+    index_fields: &[&'static str],
+    actions: &[Action],
+    id: Option<Json>,
+    shared: &Shared,
+) -> Vec<Subscription> {
     let pinned: Option<Vec<(&str, &Json)>> =
-        M::INDEX_FIELDS.iter().map(|name| filter.pinned(name).map(|value| (*name, value))).collect();
-    let subscriptions = action
-        .actions()
+        index_fields.iter().map(|name| shared.filter.pinned(name).map(|value| (*name, value))).collect();
+    actions
         .iter()
         .map(|&action| {
+            let group = match (&id, &pinned) {
+                (Some(pk), _) => group::instance(stream, action, pk),
+                (None, Some(pairs)) if !pairs.is_empty() => group::indexed(stream, action, pairs),
+                _ => group::coarse(stream, action),
+            };
             let key = SubscriptionKey {
-                stream: M::STREAM,
+                stream,
                 action,
                 id: id.clone(),
-                filters: filters.cloned(),
-                projection: projection.clone(),
+                filters: shared.filters.clone(),
+                projection: shared.projection.clone(),
             };
-            let group = match (&id, &pinned) {
-                (Some(pk), _) => group::instance(M::STREAM, action, pk),
-                (None, Some(pairs)) if !pairs.is_empty() => group::indexed(M::STREAM, action, pairs),
-                _ => group::coarse(M::STREAM, action),
-            };
-            Subscription { key, group, filter: filter.clone(), check: check.clone() }
+            Subscription { key, group, filter: shared.filter.clone(), row: shared.row.clone() }
         })
-        .collect();
-    Ok(subscriptions)
+        .collect()
 }
 
 /// Adds every subscription to the channel, or none of them, once the
@@ -201,31 +242,60 @@ pub(crate) fn canonical_id<M: ModelSubscription>(id: &ID) -> Result<Json, Subscr
 }
 
 /// In full-payload mode every clause is decided from the change. In id-only
-/// mode a clause on another field needs one query per change, bounded by
-/// the primary key.
-fn row_check<M: ModelSubscription>(ctx: &Context<'_>, filter: &Filter) -> Result<Option<RowCheck>, SubscribeError> {
+/// mode a clause on another field than the primary key needs the row, read
+/// back once per change for every subscription of the process
+/// ([`crate::subscribe::row`]).
+fn needs_row<M: ModelSubscription>(filter: &Filter) -> bool {
     let pk_name = M::FIELDS[M::PRIMARY_KEY].name;
-    if M::FULL_PAYLOAD || filter.clauses().iter().all(|clause| clause.name == pk_name) {
-        return Ok(None);
+    !M::FULL_PAYLOAD && filter.clauses().iter().any(|clause| clause.name != pk_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::change::codec::Fetched;
+    use crate::model::Lookup;
+    use crate::subscribe::filter::Clause;
+
+    #[test]
+    fn repeated_fields_are_kept_once_in_the_order_of_their_first_occurrence() {
+        let repeated = ["email", "username", "email", "id", "username", "id", "email"].repeat(1000);
+        assert_eq!(unique_fields(repeated.clone()), ["email", "username", "id"]);
+        assert_eq!(&*shared_projection(repeated), ["email", "username", "id"]);
+        assert_eq!(unique_fields(["id", "email"]), ["id", "email"], "a list without repeats is unchanged");
+        assert!(unique_fields([]).is_empty());
     }
-    let db = ctx.data_opt::<DatabaseConnection>().ok_or(SubscribeError::NoDatabase)?.clone();
-    let filter = filter.clone();
-    let check: RowCheck = Arc::new(move |pk: Json| {
-        let db = db.clone();
-        let condition = filter.condition::<M>(db.get_database_backend());
-        Box::pin(async move {
-            let pk_field = &M::FIELDS[M::PRIMARY_KEY];
-            let Ok(pk) = (pk_field.parse)(pk) else { return false };
-            let row =
-                <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(pk)).filter(condition).one(&db).await;
-            match row {
-                Ok(row) => row.is_some(),
-                Err(error) => {
-                    tracing::warn!(%error, "row check failed; notification dropped");
-                    false
-                }
-            }
-        })
-    });
-    Ok(Some(check))
+
+    #[test]
+    fn the_subscriptions_of_one_subscribe_share_one_allocation_of_each_argument() {
+        let filter = Filter::of(vec![Clause { field: 1, name: "post", lookup: Lookup::Exact, value: json!(7) }]);
+        let row: RowFetch = Arc::new(|_| Box::pin(async { Fetched::Gone }));
+        let shared = Shared {
+            filters: Some(Arc::new(json!({"post": 7}))),
+            filter: Arc::new(filter),
+            projection: Some(shared_projection(vec!["text", "id", "text"])),
+            row: Some(row),
+        };
+        let subscriptions = per_action("comments", &[], ActionSubscription::AllActions.actions(), None, &shared);
+        let groups: Vec<&str> = subscriptions.iter().map(|subscription| subscription.group.as_str()).collect();
+        assert_eq!(groups, ["comments-create", "comments-update", "comments-delete"]);
+        for subscription in &subscriptions {
+            assert!(Arc::ptr_eq(&subscription.filter, &shared.filter));
+            assert!(Arc::ptr_eq(subscription.key.filters.as_ref().unwrap(), shared.filters.as_ref().unwrap()));
+            assert!(Arc::ptr_eq(subscription.key.projection.as_ref().unwrap(), shared.projection.as_ref().unwrap()));
+            assert!(Arc::ptr_eq(subscription.row.as_ref().unwrap(), shared.row.as_ref().unwrap()));
+            assert_eq!(subscription.key.projection.as_deref(), Some(&["text", "id"][..]));
+        }
+        // Keys still compare by content: an equal subscribe made apart is recognised.
+        let apart = SubscriptionKey {
+            stream: "comments",
+            action: Action::Update,
+            id: None,
+            filters: Some(Arc::new(json!({"post": 7}))),
+            projection: Some(Arc::from(["text", "id"])),
+        };
+        assert_eq!(subscriptions[1].key, apart);
+    }
 }

@@ -1,0 +1,189 @@
+//! Row reads for id-only models: when a subscription's filter names a field
+//! other than the primary key, an id-only change cannot decide it, so the
+//! changed row is read back by primary key.
+//!
+//! The read is per change and process, not per subscription: the first
+//! subscriber that needs it runs it and keeps the row on the decoded change
+//! ([`Event::row`](crate::change::codec::Event); one event serves every
+//! group of the change, `hub/dispatch.rs`), every other subscription of
+//! every channel of the process decides its own filter on that row in memory
+//! ([`Filter::matches`](crate::subscribe::filter::Filter::matches), which
+//! agrees with the SQL conditions: `tests/it/conditions.rs`).
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use serde_json::Value as Json;
+
+use crate::change::codec::Fetched;
+use crate::model::ModelSubscription;
+
+/// Reads a row back by its primary key (canonical JSON), serialized as the
+/// model's `values()` does. Shared by the subscriptions of one subscribe.
+pub type RowFetch = Arc<dyn Fn(Json) -> BoxFuture<'static, Fetched> + Send + Sync>;
+
+/// The row read of model `M` on `db`: one `SELECT` of the whole row,
+/// bounded by the primary key.
+pub(crate) fn row_fetch<M: ModelSubscription>(db: DatabaseConnection) -> RowFetch {
+    Arc::new(move |pk: Json| {
+        let db = db.clone();
+        Box::pin(async move {
+            let pk_field = &M::FIELDS[M::PRIMARY_KEY];
+            // A key that does not parse as the primary key's type names no row.
+            let Ok(pk) = (pk_field.parse)(pk) else { return Fetched::Gone };
+            match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(pk)).one(&db).await {
+                Ok(Some(row)) => Fetched::Row(row.values()),
+                Ok(None) => Fetched::Gone,
+                Err(error) => {
+                    tracing::warn!(stream = M::STREAM, %error, "row read failed; notifications filtered on it dropped");
+                    Fetched::Failed
+                }
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use serde_json::{Map, json};
+
+    use super::*;
+    use crate::change::codec::Change;
+    use crate::hub::{Channel, Delivery, Hub, Subscription};
+    use crate::model::{Action, Lookup};
+    use crate::subscribe::filter::{Clause, Filter};
+
+    /// A row read that counts its calls and answers `{id, room}` (room = id
+    /// mod 3) after a pause, so that concurrent readers overlap; `None` for
+    /// ids above 100.
+    fn counted_reads() -> (RowFetch, Arc<AtomicUsize>) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counter = reads.clone();
+        let fetch: RowFetch = Arc::new(move |pk: Json| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let id = pk.as_i64().unwrap_or_default();
+                if id > 100 {
+                    return Fetched::Gone;
+                }
+                Fetched::Row(Map::from_iter([("id".to_owned(), json!(id)), ("room".to_owned(), json!(id % 3))]))
+            })
+        });
+        (fetch, reads)
+    }
+
+    fn on_room(group: &str, lookup: Lookup, value: Json, fetch: &RowFetch) -> Subscription {
+        let mut subscription = Subscription::of_users(group, Action::Update, Some(json!({"room": value})));
+        subscription.filter = Arc::new(Filter::of(vec![Clause { field: 1, name: "room", lookup, value }]));
+        subscription.row = Some(fetch.clone());
+        subscription
+    }
+
+    /// Publishes an id-only change and returns how many frames each channel takes from it.
+    async fn frames_per_channel(
+        hub: &Hub,
+        group: &str,
+        change: Change,
+        channels: &mut [(Arc<Channel>, tokio::sync::mpsc::Receiver<Delivery>)],
+    ) -> Vec<usize> {
+        hub.publish(&[group.to_owned()], change.encode()).await;
+        let deliveries: Vec<Option<Delivery>> = channels.iter_mut().map(|(_, rx)| rx.try_recv().ok()).collect();
+        // Every channel decides at once, as sockets in different shards would.
+        let decisions = channels.iter().zip(&deliveries).map(|((channel, _), delivery)| async move {
+            let mut frames = Vec::new();
+            if let Some(delivery) = delivery {
+                channel.frames(delivery, &mut frames).await;
+            }
+            frames.len()
+        });
+        futures_util::future::join_all(decisions).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_read_per_change_decides_every_channel() {
+        let hub = Hub::default();
+        let (fetch, reads) = counted_reads();
+        let group = "users-update";
+        let filters = [
+            (Lookup::Exact, json!(1)),
+            (Lookup::Exact, json!(2)),
+            (Lookup::Gte, json!(1)),
+            (Lookup::Lt, json!(1)),
+            (Lookup::In, json!([0, 1])),
+            (Lookup::IsNull, json!(true)),
+        ];
+        let mut channels = Vec::new();
+        for (lookup, value) in &filters {
+            let (channel, rx) = hub.open_channel(None).unwrap();
+            hub.add_subscription(&channel, on_room(group, *lookup, value.clone(), &fetch)).await.unwrap();
+            channels.push((channel, rx));
+        }
+        // One channel with two subscriptions on the group, one matching.
+        hub.add_subscription(&channels[1].0, on_room(group, Lookup::Gt, json!(0), &fetch)).await.unwrap();
+
+        let update = |pk: i64| Change { action: Action::Update, ..Change::user_created(pk, None) };
+        // Row 4 is in room 1.
+        let taken = frames_per_channel(&hub, group, update(4), &mut channels).await;
+        assert_eq!(taken, [1, 1, 1, 0, 1, 0]);
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for seven subscriptions on six channels");
+
+        let taken = frames_per_channel(&hub, group, update(6), &mut channels).await;
+        assert_eq!(taken, [0, 0, 0, 1, 1, 0]);
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "one more change, one more read");
+
+        // A row that is gone matches no filter that needs it.
+        let taken = frames_per_channel(&hub, group, update(101), &mut channels).await;
+        assert_eq!(taken, [0; 6]);
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn one_read_for_a_change_sent_to_several_groups() {
+        let hub = Hub::default();
+        let (fetch, reads) = counted_reads();
+        let (coarse, instance) = ("users-update", "users-update-4");
+        let mut channels = Vec::new();
+        for (group, lookup, value) in [(coarse, Lookup::Exact, json!(1)), (instance, Lookup::Gte, json!(0))] {
+            let (channel, rx) = hub.open_channel(None).unwrap();
+            hub.add_subscription(&channel, on_room(group, lookup, value, &fetch)).await.unwrap();
+            channels.push((channel, rx));
+        }
+        let update = Change { action: Action::Update, ..Change::user_created(4, None) };
+        hub.publish(&[coarse.to_owned(), instance.to_owned()], update.encode()).await;
+        let deliveries: Vec<Delivery> = channels.iter_mut().map(|(_, rx)| rx.try_recv().unwrap()).collect();
+        assert!(Arc::ptr_eq(&deliveries[0].event, &deliveries[1].event), "one event for both groups");
+        for ((channel, _), delivery) in channels.iter().zip(&deliveries) {
+            let mut frames = Vec::new();
+            channel.frames(delivery, &mut frames).await;
+            assert_eq!(frames.len(), 1);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+
+        // The same content in another change (its own nonce) is read again.
+        let again = Change { action: Action::Update, ..Change::user_created(4, None) };
+        let taken = frames_per_channel(&hub, coarse, again, &mut channels).await;
+        assert_eq!(taken, [1, 0]);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn deletes_are_not_read_back() {
+        let hub = Hub::default();
+        let (fetch, reads) = counted_reads();
+        let group = "users-delete";
+        let (channel, rx) = hub.open_channel(None).unwrap();
+        let mut subscription = on_room(group, Lookup::Exact, json!(1), &fetch);
+        subscription.key.action = Action::Delete;
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        let mut channels = [(channel, rx)];
+        let delete = Change { action: Action::Delete, ..Change::user_created(4, None) };
+        let taken = frames_per_channel(&hub, group, delete, &mut channels).await;
+        assert_eq!(taken, [0], "the row is gone: as before, a filter the change cannot decide drops it");
+        assert_eq!(reads.load(Ordering::SeqCst), 0);
+    }
+}
