@@ -68,3 +68,15 @@ async fn multipart_mixed_streams_changes_and_refusals_end_the_stream() {
     let mut once = Streamed::post(server.addr, "application/json", "subscription { noteChanges { id } }").await;
     once.read_until("authentication required").await;
 }
+
+#[tokio::test]
+async fn a_lone_named_subscription_streams_without_an_operation_name() {
+    let hub = Hub::default();
+    let server = serve(app::app(app::connect("sqlite::memory:", None).await, hub.clone())).await;
+    let named = "subscription Mine { userChanges(action: CREATE, data: [USERNAME]) { data } }";
+    let mut stream = Streamed::post(server.addr, "text/event-stream", named).await;
+    wait_for("the subscription", || hub.channel_count() == 1).await;
+    create_user(server.addr, "morpheus").await;
+    let content_type = stream.read_until("morpheus").await;
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+}

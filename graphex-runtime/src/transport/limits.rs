@@ -228,6 +228,10 @@ impl Guard {
         let operation = match (&document.operations, request.operation_name.as_deref()) {
             (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
             (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name).map(|o| o.node.ty),
+            // One named operation runs without `operationName`, as async-graphql does.
+            (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+                operations.values().next().map(|o| o.node.ty)
+            }
             (DocumentOperations::Multiple(_), None) => None,
         };
         self.check_document(&document).map_err(|error| Box::new((operation, error)))?;

@@ -342,7 +342,8 @@ fn is_subscription(request: &mut Request) -> bool {
         DocumentOperations::Single(operation) => is_sub(operation.node.ty),
         DocumentOperations::Multiple(operations) => match &name {
             Some(name) => operations.get(name.as_str()).is_some_and(|operation| is_sub(operation.node.ty)),
-            None => false,
+            // One named operation runs without `operationName`, as async-graphql does.
+            None => operations.len() == 1 && operations.values().all(|operation| is_sub(operation.node.ty)),
         },
     }
 }

@@ -43,6 +43,8 @@ fn ordinary_requests_pass_and_stay_parsed() {
 fn a_request_that_does_not_parse_is_left_to_async_graphql() {
     assert_eq!(check(RequestLimits::default(), "query {").unwrap(), None);
     assert_eq!(check(RequestLimits::default(), "query A { ok } query B { ok }").unwrap(), None, "no operation name");
+    let named = "subscription S { noteChanges { id } }";
+    assert_eq!(check(RequestLimits::default(), named).unwrap(), Some(OperationType::Subscription), "the only one");
 }
 
 #[test]
