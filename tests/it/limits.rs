@@ -283,3 +283,31 @@ async fn browser_pages_of_other_origins_cannot_stream() {
     assert_eq!(response.status().as_u16(), 403);
     assert_eq!(server.hub.channel_count(), 0);
 }
+
+#[tokio::test]
+async fn multipart_uploads_when_enabled_need_a_preflight_header() {
+    let limits = graphex::RequestLimits::default().with_uploads(true);
+    let hub = Hub::new(graphex::Config::default().with_request_limits(limits));
+    let server = Server::start(app::connect("sqlite::memory:", None).await, hub).await;
+    let body = "--X\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{\"query\": \"{ __typename }\"}\r\n\
+                --X\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{}\r\n--X--\r\n";
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    for preflight in [false, true] {
+        let mut request = axum::http::Request::post(format!("http://{}/graphql", server.addr))
+            .header("content-type", "multipart/form-data; boundary=X");
+        if preflight {
+            request = request.header("apollo-require-preflight", "true");
+        }
+        let response =
+            client.request(request.body(http_body_util::Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        if preflight {
+            assert_eq!((status, text.as_ref()), (200, r#"{"data":{"__typename":"Query"}}"#));
+        } else {
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains("Apollo-Require-Preflight"), "{text}");
+        }
+    }
+}

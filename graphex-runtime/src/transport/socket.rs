@@ -187,6 +187,8 @@ mod tests {
     struct Recorder {
         pending: Arc<Mutex<Vec<String>>>,
         flushed: Arc<Mutex<Vec<Vec<String>>>>,
+        /// Set: the peer stopped reading, nothing more can be sent.
+        stuck: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Recorder {
@@ -199,7 +201,7 @@ mod tests {
         type Error = std::convert::Infallible;
 
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
+            if self.stuck.load(std::sync::atomic::Ordering::Relaxed) { Poll::Pending } else { Poll::Ready(Ok(())) }
         }
 
         fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
@@ -312,5 +314,50 @@ mod tests {
         tokio::time::advance(Duration::from_millis(50)).await;
         settle().await;
         assert_eq!(recorder.writes().len(), 2, "handshake and the change");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stopped_reading_is_let_go_after_the_send_timeout() {
+        let hub = Hub::new(Config::default().with_socket_ping(None));
+        let recorder = subscribed_socket(&hub).await;
+        recorder.stuck.store(true, std::sync::atomic::Ordering::Relaxed);
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(hub.channel_count(), 1, "the write waits");
+        tokio::time::sleep(hub.config().send_timeout + Duration::from_millis(10)).await;
+        settle().await;
+        assert_eq!(hub.channel_count(), 0, "the channel is freed once the write made no progress for the bound");
+        assert_eq!(hub.group_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_closed_after_the_idle_timeout() {
+        let config = Config::default()
+            .with_socket_ping(Some(Duration::from_secs(1)))
+            .with_socket_idle_timeout(Duration::from_secs(3));
+        let hub = Hub::new(config);
+        let _recorder = subscribed_socket(&hub).await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        settle().await;
+        assert_eq!(hub.channel_count(), 1, "pinged, not yet idle");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(hub.channel_count(), 0, "nothing heard for longer than the idle timeout");
+    }
+
+    #[tokio::test]
+    async fn a_socket_future_dropped_midway_frees_its_channel() {
+        // The shard catches a panic by dropping the socket's future: the
+        // channel goes with it, whatever point the future had reached.
+        let hub = Hub::default();
+        let recorder = Recorder::default();
+        let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
+        let socket = tokio::spawn(serve_socket(hub.clone(), None, None, recorder, silent_client));
+        while hub.channel_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        socket.abort();
+        let _ = socket.await;
+        assert_eq!(hub.channel_count(), 0);
     }
 }
