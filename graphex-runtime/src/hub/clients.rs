@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use std::sync::atomic::Ordering;
+
+use super::{ChannelError, Hub};
 use crate::model::Principal;
 
 /// The remote address a request or connection came from (the forwarded
@@ -126,5 +129,32 @@ impl Clients {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.usage.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+}
+
+impl Hub {
+    /// Takes `n` of `resource` for `client` (nothing when the client is
+    /// not counted), or refuses at its per-client cap.
+    pub(crate) fn take(&self, client: Option<&ClientKey>, resource: Resource, n: usize) -> Result<(), ChannelError> {
+        let Some(client) = client else { return Ok(()) };
+        let config = &self.inner.config;
+        let limit = match resource {
+            Resource::Channels => config.max_channels_per_client,
+            Resource::Subscriptions => config.max_subscriptions_per_client,
+            Resource::Streams => config.max_streams_per_client,
+        };
+        if self.inner.clients.take(client, resource, n, limit) {
+            Ok(())
+        } else {
+            self.inner.stats.client_limits.fetch_add(1, Ordering::Relaxed);
+            Err(ChannelError::ClientLimit { what: resource.name(), limit })
+        }
+    }
+
+    /// Gives back what [`Hub::take`] took.
+    pub(crate) fn release(&self, client: Option<&ClientKey>, resource: Resource, n: usize) {
+        if let Some(client) = client {
+            self.inner.clients.release(client, resource, n);
+        }
     }
 }

@@ -208,31 +208,6 @@ impl Hub {
         Ok((channel, rx))
     }
 
-    /// Takes `n` of `resource` for `client` (nothing when the client is
-    /// not counted), or refuses at its per-client cap.
-    pub(crate) fn take(&self, client: Option<&ClientKey>, resource: Resource, n: usize) -> Result<(), ChannelError> {
-        let Some(client) = client else { return Ok(()) };
-        let config = &self.inner.config;
-        let limit = match resource {
-            Resource::Channels => config.max_channels_per_client,
-            Resource::Subscriptions => config.max_subscriptions_per_client,
-            Resource::Streams => config.max_streams_per_client,
-        };
-        if self.inner.clients.take(client, resource, n, limit) {
-            Ok(())
-        } else {
-            self.inner.stats.client_limits.fetch_add(1, Ordering::Relaxed);
-            Err(ChannelError::ClientLimit { what: resource.name(), limit })
-        }
-    }
-
-    /// Gives back what [`Hub::take`] took.
-    pub(crate) fn release(&self, client: Option<&ClientKey>, resource: Resource, n: usize) {
-        if let Some(client) = client {
-            self.inner.clients.release(client, resource, n);
-        }
-    }
-
     /// The open channel with this id.
     pub(crate) fn channel(&self, id: &str) -> Option<Arc<Channel>> {
         read(&self.inner.channels).get(id).cloned()

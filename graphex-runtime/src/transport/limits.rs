@@ -19,6 +19,9 @@
 //! are bare names; a string is refused, variables are unaffected). Types
 //! come from the schema's SDL, read once per router.
 //!
+//! One cohesive job in one file: the checks walk one syntax tree together
+//! and share its type table.
+//!
 //! Calls nothing else in the crate.
 
 use std::collections::{HashMap, HashSet};

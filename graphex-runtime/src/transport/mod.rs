@@ -21,3 +21,4 @@ pub(crate) mod server;
 pub(crate) mod shard;
 pub(crate) mod socket;
 pub(crate) mod standard;
+pub(crate) mod streaming;

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::parser::types::OperationType;
@@ -21,7 +20,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::hub::{ClientAddress, ClientKey, Hub, Resource, client_key};
+use crate::hub::{ClientAddress, Hub, Resource, client_key};
 use crate::model::Principal;
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
 use crate::transport::body;
@@ -30,6 +29,7 @@ use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, with_code};
 use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
+use crate::transport::streaming::{StreamSlot, stream_response, streaming};
 
 struct AppState<Q, M, S> {
     schema: Schema<Q, M, S>,
@@ -223,19 +223,6 @@ fn forbidden_origin(headers: &HeaderMap) -> axum::response::Response {
     (axum::http::StatusCode::FORBIDDEN, message).into_response()
 }
 
-/// A streaming response's place in its client's count, given back when
-/// the response (and its subscription) is dropped.
-struct StreamSlot {
-    hub: Hub,
-    client: Option<ClientKey>,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.hub.release(self.client.as_ref(), Resource::Streams, 1);
-    }
-}
-
 /// The request with this hub and `principal` (none: anonymous).
 fn with_principal<Q, M, S>(state: &AppState<Q, M, S>, request: Request, principal: Option<Principal>) -> Request {
     let request = request.data(state.hub.clone());
@@ -265,52 +252,6 @@ where
 {
     let request = with_principal(state, request, principal);
     state.hub.scope(execute(&state.schema, request)).await
-}
-
-/// How a client without WebSockets asked for a subscription's results.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Streaming {
-    /// `multipart/mixed; boundary="graphql"; subscriptionSpec="1.0"` (Apollo's HTTP subscriptions).
-    Multipart,
-    /// `text/event-stream` (GraphQL over SSE, distinct connections: `next` events, then `complete`).
-    ServerSentEvents,
-}
-
-fn streaming(headers: &HeaderMap) -> Option<Streaming> {
-    let accept = headers.get(axum::http::header::ACCEPT)?.to_str().ok()?;
-    if async_graphql::http::is_accept_multipart_mixed(accept) {
-        Some(Streaming::Multipart)
-    } else if accept.split(',').any(|item| item.trim().starts_with("text/event-stream")) {
-        Some(Streaming::ServerSentEvents)
-    } else {
-        None
-    }
-}
-
-/// A subscription's results as an HTTP stream. Dropping the response (the
-/// client went away) drops the operation, which frees its hub channel.
-fn stream_response(
-    results: futures_util::stream::BoxStream<'static, Response>,
-    format: Streaming,
-) -> axum::response::Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    match format {
-        Streaming::Multipart => {
-            let body = async_graphql::http::create_multipart_mixed_stream(results, Duration::from_secs(30))
-                .map(Ok::<_, std::convert::Infallible>);
-            (
-                [(axum::http::header::CONTENT_TYPE, "multipart/mixed; boundary=graphql")],
-                axum::body::Body::from_stream(body),
-            )
-                .into_response()
-        }
-        Streaming::ServerSentEvents => {
-            let events = results
-                .map(|result| Event::default().event("next").json_data(result))
-                .chain(futures_util::stream::once(async { Ok(Event::default().event("complete").data("")) }));
-            Sse::new(events).keep_alive(KeepAlive::default()).into_response()
-        }
-    }
 }
 
 /// Executes a query or mutation, or a subscription operation once (the
