@@ -59,7 +59,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 15] = [
+    let cases: [(&str, Case); 16] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
@@ -71,6 +71,7 @@ fn main() {
         ("forwarding_with_a_signing_key", || Box::pin(trust::forwarding_with_a_signing_key())),
         ("acl_credentials_in_the_url", || Box::pin(trust::acl_credentials_in_the_url())),
         ("tls_urls_are_supported", || Box::pin(trust::tls_urls_are_supported())),
+        ("tls_connections_carry_messages", || Box::pin(trust::tls_connections_carry_messages())),
         ("node_requests_are_signed_bounded_and_run_once", || {
             Box::pin(trust::node_requests_are_signed_bounded_and_run_once())
         }),

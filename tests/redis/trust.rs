@@ -229,6 +229,71 @@ pub async fn tls_urls_are_supported() -> Option<()> {
     Some(())
 }
 
+/// A `rediss://` URL connects, publishes and receives over TLS: two hubs on
+/// a TLS-only `redis-server` of the test's own (self-signed certificate,
+/// hence `#insecure`, which only the tests compile in) exchange a broadcast.
+pub async fn tls_connections_carry_messages() -> Option<()> {
+    redis_url()?;
+    let openssl = std::process::Command::new("openssl").arg("version").output().is_ok();
+    let server = std::process::Command::new("redis-server").arg("--version").output().is_ok();
+    if !openssl || !server {
+        assert!(
+            std::env::var_os(REDIS_ENV).is_none(),
+            "openssl and redis-server must be installed when {REDIS_ENV} is set"
+        );
+        println!("skipped: needs openssl and redis-server");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("graphex-tls-{}", unique_prefix().trim_end_matches(':')));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+    let _server = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts");
+    let url = format!("rediss://127.0.0.1:{port}/#insecure");
+    let prefix = unique_prefix();
+    let connect = || async {
+        let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+        loop {
+            let options =
+                RedisOptions::default().with_prefix(prefix.clone()).with_connect_timeout(Duration::from_secs(2));
+            match RedisLayer::connect_with(&url, options).await {
+                Ok(layer) => return layer,
+                Err(error) => {
+                    assert!(tokio::time::Instant::now() < deadline, "no TLS connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let receiving = Hub::with_layer(Config::default(), Arc::new(connect().await));
+    let sending = Hub::with_layer(Config::default(), Arc::new(connect().await));
+    let mut receiver = receiving.join_groups(["tls.room"]).await.expect("joined over TLS");
+    sending.broadcast("tls.room", json!({"over": "tls"})).await.expect("broadcast over TLS");
+    let payload = tokio::time::timeout(TIMEOUT, receiver.next()).await.expect("in time").expect("a payload");
+    assert_eq!(*payload, json!({"over": "tls"}));
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(())
+}
+
 // ---------------------------------------------------------------------------
 // Fixtures
 
