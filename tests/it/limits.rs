@@ -185,14 +185,15 @@ async fn each_client_holds_at_most_its_caps_and_others_are_untouched() {
     // Anonymous clients from one address: two channels, then refusals.
     let _first = server.ws().await;
     let _second = server.ws().await;
+    // Refused before the handshake: an HTTP 429, not an upgrade.
     let url = format!("ws://{}/ws/graphql/", server.addr);
-    let (mut third, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
-    match futures_util::StreamExt::next(&mut third).await {
-        Some(Ok(Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 1013);
-            assert_eq!(frame.reason.as_str(), "too many open channels for this client (limit 2 per process)");
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+            assert_eq!(body, "too many open channels for this client (limit 2 per process)");
         }
-        other => panic!("expected a close, got {other:?}"),
+        other => panic!("expected 429, got {:?}", other.map(|(_, response)| response.status())),
     }
     // A native operation opens a channel too: refused with LIMIT_REACHED.
     let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
@@ -200,7 +201,7 @@ async fn each_client_holds_at_most_its_caps_and_others_are_untouched() {
     let errors = client.expect_failure("1").await;
     assert_eq!(errors[0]["extensions"]["code"], "LIMIT_REACHED", "{errors}");
     client.close().await;
-    assert_eq!(server.hub.stats().client_limits, 2);
+    assert_eq!(server.hub.stats().client_limits, 2, "the upgrade and the native operation");
 
     // Streaming responses: one per client.
     drop((_first, _second));

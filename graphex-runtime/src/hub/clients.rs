@@ -118,6 +118,12 @@ impl Clients {
         }
     }
 
+    /// Whether `client` holds `limit` or more of `resource` already.
+    pub(crate) fn full(&self, client: &str, resource: Resource, limit: usize) -> bool {
+        let mut usage = self.usage.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        usage.get_mut(client).is_some_and(|held| *held.of(resource) >= limit)
+    }
+
     /// How much of `resource` `client` holds.
     #[cfg(test)]
     pub(crate) fn held(&self, client: &str, resource: Resource) -> usize {
@@ -137,17 +143,33 @@ impl Hub {
     /// not counted), or refuses at its per-client cap.
     pub(crate) fn take(&self, client: Option<&ClientKey>, resource: Resource, n: usize) -> Result<(), ChannelError> {
         let Some(client) = client else { return Ok(()) };
-        let config = &self.inner.config;
-        let limit = match resource {
-            Resource::Channels => config.max_channels_per_client,
-            Resource::Subscriptions => config.max_subscriptions_per_client,
-            Resource::Streams => config.max_streams_per_client,
-        };
+        let limit = self.limit_of(resource);
         if self.inner.clients.take(client, resource, n, limit) {
             Ok(())
         } else {
             self.inner.stats.client_limits.fetch_add(1, Ordering::Relaxed);
             Err(ChannelError::ClientLimit { what: resource.name(), limit })
+        }
+    }
+
+    /// The refusal [`Hub::take`] would answer for one more `resource` now,
+    /// without taking it: lets a transport refuse before doing costly work
+    /// (a WebSocket handshake). The take itself still decides.
+    pub(crate) fn would_refuse(&self, client: Option<&ClientKey>, resource: Resource) -> Option<ChannelError> {
+        let client = client?;
+        let limit = self.limit_of(resource);
+        self.inner.clients.full(client, resource, limit).then(|| {
+            self.inner.stats.client_limits.fetch_add(1, Ordering::Relaxed);
+            ChannelError::ClientLimit { what: resource.name(), limit }
+        })
+    }
+
+    fn limit_of(&self, resource: Resource) -> usize {
+        let config = &self.inner.config;
+        match resource {
+            Resource::Channels => config.max_channels_per_client,
+            Resource::Subscriptions => config.max_subscriptions_per_client,
+            Resource::Streams => config.max_streams_per_client,
         }
     }
 

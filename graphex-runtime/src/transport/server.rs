@@ -382,6 +382,12 @@ where
     let principal = principal(state.auth.as_ref(), token.as_deref()).await;
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let client = client_key(principal.as_ref(), address);
+    // Refused before the handshake when the client is at its cap: a
+    // refusal then costs an HTTP answer, not an upgrade and a close frame.
+    // (The channel's own take still decides; a race ends in close 1013.)
+    if let Some(refusal) = state.hub.would_refuse(client.as_ref(), Resource::Channels) {
+        return (axum::http::StatusCode::TOO_MANY_REQUESTS, refusal.to_string()).into_response();
+    }
     let hub = state.hub.clone();
     // The two-channel socket reads no data frames: control frames carry at
     // most 125 bytes, anything larger ends the socket.
