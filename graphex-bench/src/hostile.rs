@@ -202,7 +202,11 @@ fn send_steadily(server: Arc<RemoteServer>, sender: Arc<Sender>, rate: f64, stop
             tasks.push(tokio::spawn(async move {
                 if let Err(error) = crate::systems::Target::emit(server.as_ref(), seq, 0).await {
                     sender.errors.fetch_add(1, Ordering::Relaxed);
-                    sender.first_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(error.to_string());
+                    sender
+                        .first_error
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get_or_insert(error.to_string());
                 }
             }));
         }
@@ -257,7 +261,8 @@ async fn legit_client(
                     if received.latencies[seq].is_some() {
                         received.duplicates += 1;
                     } else {
-                        received.latencies[seq] = Some(u32::try_from((received_us - sent_us).max(0)).unwrap_or(u32::MAX));
+                        received.latencies[seq] =
+                            Some(u32::try_from((received_us - sent_us).max(0)).unwrap_or(u32::MAX));
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -294,7 +299,8 @@ pub async fn run(options: &Options) -> Outcome {
     let exe = options.server_exe.clone().ok_or_else(|| BenchError::new("the hostile scenario needs server_exe"))?;
     let inputs = inputs(options)?;
     raise_open_files_limit()?;
-    let server = Arc::new(RemoteServer::spawn_with(&exe, System::Graphex, Model::Indexed, true, Limits::Default).await?);
+    let server =
+        Arc::new(RemoteServer::spawn_with(&exe, System::Graphex, Model::Indexed, true, Limits::Default).await?);
     let addr = server.addr;
     let window = Duration::from_secs_f64(options.hostile_secs);
     let settle = Duration::from_secs_f64(options.settle_secs);
@@ -379,8 +385,9 @@ pub async fn run(options: &Options) -> Outcome {
         let during = sorted(&in_phase(&[Phase::Attack(index)]));
         let counted = in_phase(&[Phase::Attack(index), Phase::Settle(index)]);
         let delivered = counted.iter().filter(|seq| latency_of(**seq).is_some()).count() as u64;
-        let closed =
-            received.closed.is_some_and(|(_, at)| at >= attack.started_us && (index + 1 == attacks.len() || at < attacks[index + 1].started_us));
+        let closed = received.closed.is_some_and(|(_, at)| {
+            at >= attack.started_us && (index + 1 == attacks.len() || at < attacks[index + 1].started_us)
+        });
         let first = index == 0;
         let run = Run {
             system: System::Graphex.name().to_owned(),
@@ -456,7 +463,11 @@ pub fn table(report: &crate::scenarios::Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let ms = |us: Option<u32>| us.map_or_else(|| "-".to_owned(), |us| format!("{:.2}", f64::from(us) / 1000.0));
-    let _ = writeln!(out, "scenario: hostile (graphex, default limits; legit client at {} changes/s)", report.options.hostile_rate);
+    let _ = writeln!(
+        out,
+        "scenario: hostile (graphex, default limits; legit client at {} changes/s)",
+        report.options.hostile_rate
+    );
     let _ = writeln!(
         out,
         "{:<46} {:<44} {:>8} {:>9} {:>15} {:>15} {:>6} {:>7}",
@@ -509,7 +520,8 @@ pub fn table(report: &crate::scenarios::Report) -> String {
     }
     if let Some(check) = report.checks.iter().find(|check| check.name.starts_with("deliveries lost")) {
         let mark = if check.met { "met" } else { "MISSED" };
-        let _ = writeln!(out, "  legit client: lost, duplicated or unexpected over every input {:.0}: {mark}", check.value);
+        let _ =
+            writeln!(out, "  legit client: lost, duplicated or unexpected over every input {:.0}: {mark}", check.value);
     }
     out
 }
@@ -571,7 +583,10 @@ async fn attack(addr: SocketAddr, input: &Input) -> Result<(String, bool), Bench
         "fragment-bomb" => {
             let mut query = "query { ...F0 }".to_owned();
             for level in 0..n {
-                query.push_str(&format!(" fragment F{level} on BenchQuery {{ ...F{next} ...F{next} }}", next = level + 1));
+                query.push_str(&format!(
+                    " fragment F{level} on BenchQuery {{ ...F{next} ...F{next} }}",
+                    next = level + 1
+                ));
             }
             query.push_str(&format!(" fragment F{n} on BenchQuery {{ ping }}"));
             post(addr, "application/json", None, query_body(&query)).await
@@ -601,7 +616,10 @@ enum Body {
     /// A JSON request of `bytes` bytes (a query and one huge string
     /// variable), generated while it is written, with or without
     /// `Content-Length`.
-    Filler { bytes: usize, announced: bool },
+    Filler {
+        bytes: usize,
+        announced: bool,
+    },
 }
 
 /// Written per system call.
@@ -711,7 +729,11 @@ async fn post(
     };
     let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     let codes = error_codes(body);
-    let partial = if (sent as usize) < length { format!(", after {} of {}", bytes(sent), bytes(length as u64)) } else { String::new() };
+    let partial = if (sent as usize) < length {
+        format!(", after {} of {}", bytes(sent), bytes(length as u64))
+    } else {
+        String::new()
+    };
     let prefix = if sse { "SSE " } else { "" };
     Ok(match (status, codes.is_empty(), body.contains("\"errors\"")) {
         (200, true, false) => (format!("{prefix}accepted (200){partial}"), false),
@@ -774,7 +796,8 @@ async fn operation_id(addr: SocketAddr, n: usize) -> Result<(String, bool), Benc
         return Ok((format!("no connection_ack: {ack}"), false));
     }
     let id = "x".repeat(n);
-    let subscribe = json!({"id": id, "type": "subscribe", "payload": {"query": "subscription { messageChanges { id } }"}});
+    let subscribe =
+        json!({"id": id, "type": "subscribe", "payload": {"query": "subscription { messageChanges { id } }"}});
     let sent = socket.send(Message::text(subscribe.to_string())).await;
     let mut note = sent.err().map(|error| format!(" (send: {error})")).unwrap_or_default();
     let answer = tokio::time::timeout(ANSWER_WAIT, async {
@@ -853,7 +876,10 @@ async fn sockets(addr: SocketAddr, n: usize) -> Result<(String, bool), BenchErro
     }
     drop(outcomes);
     let refused: Vec<String> = refusals.iter().map(|(how, count)| format!("{count} {how}")).collect();
-    let answer = format!("{accepted} opened, {}", if refused.is_empty() { "none refused".to_owned() } else { refused.join(", ") });
+    let answer = format!(
+        "{accepted} opened, {}",
+        if refused.is_empty() { "none refused".to_owned() } else { refused.join(", ") }
+    );
     Ok((answer, !refusals.is_empty()))
 }
 

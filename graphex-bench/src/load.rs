@@ -441,7 +441,10 @@ async fn http_connection(addr: SocketAddr) -> Result<HttpConnection, BenchError>
 }
 
 /// A keep-alive HTTP/1.1 connection from `source` if given (see [`tcp_connect`]).
-pub(crate) async fn http_connection_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<HttpConnection, BenchError> {
+pub(crate) async fn http_connection_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<HttpConnection, BenchError> {
     let tcp = tcp_connect(addr, source).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(async move {

@@ -8,7 +8,8 @@ use graphex_bench::scenarios::{self, Options, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_are_refused_and_the_legitimate_client_loses_nothing() {
-    let inputs = ["sse-aliases", "data-list", "body-chunked", "text-plain", "operation-id", "enum-strings", "fragment-bomb"];
+    let inputs =
+        ["sse-aliases", "data-list", "body-chunked", "text-plain", "operation-id", "enum-strings", "fragment-bomb"];
     let options = Options {
         hostile_rate: 50.0,
         hostile_secs: 0.3,
