@@ -7,6 +7,7 @@
 //! scenario at a tiny size through [`scenarios::run`].
 
 pub mod entities;
+pub mod hostile;
 pub mod load;
 pub mod redis_scenario;
 pub mod remote;
@@ -70,10 +71,27 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
 
 /// Resident memory of this process in KiB (`VmRSS` of `/proc/self/status`).
 pub fn resident_kib() -> Result<u64, BenchError> {
+    status_kib("VmRSS:")
+}
+
+/// The peak resident memory of this process in KiB since it started or
+/// since the last [`reset_peak_resident`] (`VmHWM` of `/proc/self/status`).
+pub fn peak_resident_kib() -> Result<u64, BenchError> {
+    status_kib("VmHWM:")
+}
+
+/// Resets this process's peak resident memory (`VmHWM`) to its current
+/// resident memory (`5` written to `/proc/self/clear_refs`, Linux 4.0+).
+pub fn reset_peak_resident() -> Result<(), BenchError> {
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    Ok(())
+}
+
+fn status_kib(key: &str) -> Result<u64, BenchError> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| BenchError::new("no VmRSS in /proc/self/status"))
+        .ok_or_else(|| BenchError::new(format!("no {key} in /proc/self/status")))
 }

@@ -4,7 +4,7 @@
 //! known exactly, and (optionally) recording the latency from the row's
 //! `created_us` to receipt.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
@@ -28,7 +28,7 @@ use crate::BenchError;
 use crate::entities::now_us;
 use crate::systems::{Model, PROJECTIONS, Plan, System};
 
-type Socket = WebSocketStream<TcpStream>;
+pub(crate) type Socket = WebSocketStream<TcpStream>;
 
 /// Sockets opened at once while connecting.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -305,8 +305,31 @@ fn client_config() -> WebSocketConfig {
 }
 
 async fn ws_connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Result<Socket, BenchError> {
-    let tcp = TcpStream::connect(addr).await.map_err(|error| BenchError::new(format!("connect: {error}")))?;
+    ws_connect_from(addr, path, protocol, None).await
+}
+
+/// A TCP connection to `addr`, from the local address `source` if given
+/// (e.g. `127.0.0.2`: on loopback, another client address).
+pub(crate) async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, BenchError> {
+    let connect = async {
+        let Some(source) = source else { return TcpStream::connect(addr).await };
+        let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(addr).await
+    };
+    let tcp = connect.await.map_err(|error| BenchError::new(format!("connect: {error}")))?;
     tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// A WebSocket client of `path`, from `source` if given (see [`tcp_connect`]).
+pub(crate) async fn ws_connect_from(
+    addr: SocketAddr,
+    path: &str,
+    protocol: Option<&str>,
+    source: Option<IpAddr>,
+) -> Result<Socket, BenchError> {
+    let tcp = tcp_connect(addr, source).await?;
     let mut request = format!("ws://{addr}{path}").into_client_request()?;
     if let Some(protocol) = protocol {
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().expect("a valid header value"));
@@ -317,7 +340,7 @@ async fn ws_connect(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Res
     Ok(socket)
 }
 
-async fn next_text(socket: &mut Socket) -> Result<String, BenchError> {
+pub(crate) async fn next_text(socket: &mut Socket) -> Result<String, BenchError> {
     loop {
         match socket.next().await {
             Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
@@ -385,7 +408,7 @@ async fn open(
 }
 
 /// The graphex two-channel subscribe for `plan` on `channel`.
-fn subscribe_request(model: Model, channel: &str, plan: Plan) -> Json {
+pub(crate) fn subscribe_request(model: Model, channel: &str, plan: Plan) -> Json {
     let filters = plan.room.map(|room| json!({"room_id": room}));
     let (field, fields_type) = match model {
         Model::Indexed => ("messageSubscription", Some("MessageFields")),
@@ -414,8 +437,15 @@ pub(crate) struct HttpConnection {
 }
 
 async fn http_connection(addr: SocketAddr) -> Result<HttpConnection, BenchError> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
+    http_connection_from(addr, None).await
+}
+
+/// A keep-alive HTTP/1.1 connection from `source` if given (see [`tcp_connect`]).
+pub(crate) async fn http_connection_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<HttpConnection, BenchError> {
+    let tcp = tcp_connect(addr, source).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(async move {
         let _ = connection.await;
@@ -424,7 +454,7 @@ async fn http_connection(addr: SocketAddr) -> Result<HttpConnection, BenchError>
 }
 
 impl HttpConnection {
-    async fn post(&mut self, addr: SocketAddr, path: &str, body: &Json) -> Result<Json, BenchError> {
+    pub(crate) async fn post(&mut self, addr: SocketAddr, path: &str, body: &Json) -> Result<Json, BenchError> {
         let request = hyper::Request::post(path)
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")

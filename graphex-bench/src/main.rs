@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use graphex_bench::remote;
 use graphex_bench::scenarios::{self, Options, Scenario};
+use graphex_bench::systems::Limits;
 use graphex_bench::{BenchError, raise_open_files_limit};
 
-const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|all> [options]
+const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|hostile|all> [options]
        graphex-bench redis [options]   (scenario 5; `graphex-bench redis --help` lists its options)
 options (defaults are the issue's numbers):
   --fanout-n 1000,10000      subscribers of the fan-out series
@@ -28,6 +29,13 @@ options (defaults are the issue's numbers):
   --writers 64               tasks saving changes concurrently (throughput runs)
   --settle-secs 2            wait for late deliveries
   --systems ceiling,ceiling-unpaced,graphex,alternative
+  --hostile-rate 50          changes per second the hostile scenario's legitimate client receives
+  --hostile-secs 5           seconds of each hostile input's baseline and attack windows
+  --hostile-scale 1          hostile input sizes times this (never below what the default limits refuse)
+  --hostile-inputs ''        hostile inputs to send (empty: all): sse-aliases,sse-aliases-big,data-list,
+                             body-announced,body-chunked,text-plain,operation-id,subscribe-aliases,
+                             typename-aliases,enum-strings,nesting,sockets,fragment-bomb
+  --hostile-timeout-secs 30  bound on one hostile input's wall time
   --repeat 1                 runs of each scenario; above 1, a table of medians follows
   --out target/bench         where the JSON goes";
 
@@ -59,13 +67,19 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: &[String]) -> Result<(), BenchError> {
-    let (system, model, save) = match args {
-        [system, model] => (system, model, true),
-        [system, model, flag] if flag == "no-db" => (system, model, false),
-        _ => return Err(BenchError::new("usage: graphex-bench serve <system> <model> [no-db]")),
-    };
+    const SERVE_USAGE: &str = "usage: graphex-bench serve <system> <model> [no-db] [raised-limits|default-limits]";
+    let [system, model, flags @ ..] = args else { return Err(BenchError::new(SERVE_USAGE)) };
+    let (mut save, mut limits) = (true, Limits::Raised);
+    for flag in flags {
+        match flag.as_str() {
+            "no-db" => save = false,
+            "raised-limits" => limits = Limits::Raised,
+            "default-limits" => limits = Limits::Default,
+            _ => return Err(BenchError::new(SERVE_USAGE)),
+        }
+    }
     raise_open_files_limit()?;
-    remote::serve(system.parse()?, remote::parse_model(model)?, save).await
+    remote::serve(system.parse()?, remote::parse_model(model)?, save, limits).await
 }
 
 const REDIS_USAGE: &str = "usage: graphex-bench redis [options]
@@ -176,6 +190,13 @@ fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
             "--window" => options.window = value.parse().map_err(bad)?,
             "--settle-secs" => options.settle_secs = float()?,
             "--repeat" => options.repeat = value.parse().map_err(bad)?,
+            "--hostile-rate" => options.hostile_rate = float()?,
+            "--hostile-secs" => options.hostile_secs = float()?,
+            "--hostile-scale" => options.hostile_scale = float()?,
+            "--hostile-timeout-secs" => options.hostile_timeout_secs = float()?,
+            "--hostile-inputs" => {
+                options.hostile_inputs = value.split(',').filter(|key| !key.is_empty()).map(str::to_owned).collect();
+            }
             "--systems" => options.systems = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--out" => out = PathBuf::from(value),
             _ => return Err(BenchError::new(format!("unknown option {flag}\n{USAGE}"))),

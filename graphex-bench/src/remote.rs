@@ -1,5 +1,5 @@
 //! The server under test runs in a child process (`graphex-bench serve
-//! <system> <model> [no-db]`): 10 000 clients and their 10 000 server sockets
+//! <system> <model> [no-db] [raised-limits|default-limits]`): 10 000 clients and their 10 000 server sockets
 //! would not fit one process's open-files limit, and the server's resident
 //! memory must be its own, not the load generator's.
 //!
@@ -7,7 +7,9 @@
 //! standard input, each answered by one line with the same tag, and runs
 //! them concurrently (so concurrent writers stay concurrent):
 //! `<tag> emit <seq> <room>` -> `<tag> ok`, `<tag> count` -> `<tag> <subscribers>`,
-//! `<tag> rss` -> `<tag> <VmRSS KiB>`, `<tag> dropped` -> `<tag> <count>`.
+//! `<tag> rss` -> `<tag> <VmRSS KiB>`, `<tag> dropped` -> `<tag> <count>`,
+//! `<tag> reset-peak` -> `<tag> ok` (resets `VmHWM` to `VmRSS`),
+//! `<tag> peak` -> `<tag> <VmHWM KiB>` (the peak since the last reset).
 //! A failure answers `<tag> error <message>`. The child exits when its
 //! standard input closes.
 
@@ -24,12 +26,12 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
-use crate::systems::{self, Model, System, Target};
-use crate::{BenchError, resident_kib};
+use crate::systems::{self, Limits, Model, System, Target};
+use crate::{BenchError, peak_resident_kib, reset_peak_resident, resident_kib};
 
 /// The child side: serves `system` and obeys commands until stdin closes.
-pub async fn serve(system: System, model: Model, save: bool) -> Result<(), BenchError> {
-    let server = systems::start_with(system, model, save).await?;
+pub async fn serve(system: System, model: Model, save: bool, limits: Limits) -> Result<(), BenchError> {
+    let server = systems::start_with(system, model, save, limits).await?;
     let target = server.target.clone();
     // The parent's pipes, read and written through the reactor: tokio's
     // `stdin()`/`stdout()` hand every read and write to a blocking thread,
@@ -79,6 +81,8 @@ async fn obey(target: &dyn Target, command: &[&str]) -> Result<String, BenchErro
         ["count"] => Ok(target.subscribers().await?.to_string()),
         ["dropped"] => Ok(target.dropped().to_string()),
         ["rss"] => Ok(resident_kib()?.to_string()),
+        ["reset-peak"] => reset_peak_resident().map(|()| "ok".to_owned()),
+        ["peak"] => Ok(peak_resident_kib()?.to_string()),
         other => Err(BenchError::new(format!("unknown command {other:?}"))),
     }
 }
@@ -96,14 +100,27 @@ pub struct RemoteServer {
 }
 
 impl RemoteServer {
-    /// Starts `exe serve <system> <model> [no-db]` and waits for its address.
+    /// Starts `exe serve <system> <model> [no-db]` and waits for its address
+    /// (graphex with [`Limits::Raised`]).
     pub async fn spawn(exe: &Path, system: System, model: Model, save: bool) -> Result<RemoteServer, BenchError> {
+        RemoteServer::spawn_with(exe, system, model, save, Limits::Raised).await
+    }
+
+    /// As [`RemoteServer::spawn`], graphex with `limits`.
+    pub async fn spawn_with(
+        exe: &Path,
+        system: System,
+        model: Model,
+        save: bool,
+        limits: Limits,
+    ) -> Result<RemoteServer, BenchError> {
         let model = serde_json::to_value(model)?.as_str().unwrap_or_default().to_owned();
         let mut command = Command::new(exe);
         command.args(["serve", system.name(), &model]);
         if !save {
             command.arg("no-db");
         }
+        command.arg(limits.name());
         let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
         let stdin = child.stdin.take().ok_or_else(|| BenchError::new("no child stdin"))?;
         let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| BenchError::new("no child stdout"))?).lines();
@@ -146,6 +163,16 @@ impl RemoteServer {
     /// The child's resident memory in KiB.
     pub async fn resident_kib(&self) -> Result<u64, BenchError> {
         Ok(self.ask("rss").await?.parse()?)
+    }
+
+    /// Resets the child's peak resident memory to its current resident memory.
+    pub async fn reset_peak(&self) -> Result<(), BenchError> {
+        self.ask("reset-peak").await.map(drop)
+    }
+
+    /// The child's peak resident memory in KiB since the last [`RemoteServer::reset_peak`].
+    pub async fn peak_kib(&self) -> Result<u64, BenchError> {
+        Ok(self.ask("peak").await?.parse()?)
     }
 
     /// Changes the child dropped on its own side.

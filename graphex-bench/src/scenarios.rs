@@ -25,6 +25,10 @@ pub enum Scenario {
     Payload,
     /// 4. Resident memory per idle subscribed connection.
     Memory,
+    /// Issue 15: hostile inputs, one at a time, against graphex with its
+    /// default limits while one legitimate client receives a steady rate
+    /// (`crate::hostile`).
+    Hostile,
     // 5. Redis (two processes through the Redis layer vs raw redis-rs
     //    pub/sub) has options of its own and runs separately:
     //    `graphex-bench redis` (`crate::redis_scenario`).
@@ -32,7 +36,8 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Scenario; 4] = [Scenario::Fanout, Scenario::Partitioned, Scenario::Payload, Scenario::Memory];
+    pub const ALL: [Scenario; 5] =
+        [Scenario::Fanout, Scenario::Partitioned, Scenario::Payload, Scenario::Memory, Scenario::Hostile];
 
     /// Its name on the command line and in file names.
     pub fn name(self) -> &'static str {
@@ -41,6 +46,7 @@ impl Scenario {
             Scenario::Partitioned => "partitioned",
             Scenario::Payload => "payload",
             Scenario::Memory => "memory",
+            Scenario::Hostile => "hostile",
         }
     }
 
@@ -85,6 +91,19 @@ pub struct Options {
     pub settle_secs: f64,
     /// The systems measured.
     pub systems: Vec<System>,
+    /// Hostile scenario: changes per second the legitimate client receives.
+    pub hostile_rate: f64,
+    /// Hostile scenario: seconds of each input's baseline window and (at
+    /// least) of its attack window.
+    pub hostile_secs: f64,
+    /// Hostile scenario: each input's size times this (never below what the
+    /// default limits refuse), for quick runs; 1 = the issue's sizes.
+    pub hostile_scale: f64,
+    /// Hostile scenario: the inputs to send, by key (empty: every one; see
+    /// `crate::hostile::INPUTS`).
+    pub hostile_inputs: Vec<String>,
+    /// Hostile scenario: bound on the wall time of one input.
+    pub hostile_timeout_secs: f64,
     /// Times each scenario is run; above 1, a summary of the medians
     /// ([`median`]) follows the runs.
     pub repeat: usize,
@@ -112,6 +131,11 @@ impl Default for Options {
             writers: 64,
             settle_secs: 2.0,
             systems: vec![System::Ceiling, System::CeilingUnpaced, System::Graphex, System::Alternative],
+            hostile_rate: 50.0,
+            hostile_secs: 5.0,
+            hostile_scale: 1.0,
+            hostile_inputs: Vec::new(),
+            hostile_timeout_secs: 30.0,
             repeat: 1,
             server_exe: None,
         }
@@ -161,6 +185,25 @@ pub struct Run {
     pub rss_after_kib: Option<u64>,
     /// Growth per connection.
     pub kib_per_connection: Option<f64>,
+    /// Hostile scenario: how the server answered the input (`accepted`,
+    /// `HTTP 413`, `close 1009`, an error code...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Hostile scenario: whether the server refused the input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<bool>,
+    /// Hostile scenario: the server's peak resident memory during the input
+    /// (`VmHWM` reset just before it) minus its resident memory before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_growth_kib: Option<u64>,
+    /// Hostile scenario: the legitimate client's latency in the window of
+    /// the same length just before the input (the `p50_us`, `p99_us` and
+    /// `max_us` above are during the input).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_p50_us: Option<u32>,
+    /// 99th percentile of the baseline window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_p99_us: Option<u32>,
     /// In a summary of repeats ([`median`]): how many runs it sums up, and
     /// their lowest and highest rate (the other figures are medians, the
     /// counts of lost, duplicated and unexpected deliveries are totals).
@@ -224,6 +267,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> Result<Report, BenchE
         Scenario::Partitioned => partitioned(options).await?,
         Scenario::Payload => payload(options).await?,
         Scenario::Memory => memory(options).await?,
+        Scenario::Hostile => crate::hostile::run(options).await?,
     };
     Ok(Report { scenario, options: options.clone(), runs, checks })
 }
@@ -405,7 +449,7 @@ fn rate_of(runs: &[Run], system: System, variant: &str, n: usize) -> Option<f64>
 /// over every run instead of taking a median.
 const LOSSLESS: &str = "deliveries lost (+ duplicated or unexpected) over every run";
 
-fn lossless_check(runs: &[Run]) -> Check {
+pub(crate) fn lossless_check(runs: &[Run]) -> Check {
     let lost: u64 = runs.iter().map(|run| run.missing + run.closed_early + run.server_dropped).sum();
     let wrong: u64 = runs.iter().map(|run| run.duplicates + run.unexpected).sum();
     Check {
@@ -421,7 +465,7 @@ fn ratio_check(name: String, value: Option<f64>, over: Option<f64>, at_least: f6
     Some(Check { name, value: ratio, target: format!(">= {at_least}"), met: ratio >= at_least })
 }
 
-type Outcome = Result<(Vec<Run>, Vec<Check>), BenchError>;
+pub(crate) type Outcome = Result<(Vec<Run>, Vec<Check>), BenchError>;
 
 /// Scenario 1: every client on the coarse group, full payload.
 async fn fanout(options: &Options) -> Outcome {
@@ -649,6 +693,11 @@ pub fn median(reports: &[Report]) -> Option<Report> {
             rss_before_kib: median_of(same.iter().filter_map(|run| run.rss_before_kib).collect()),
             rss_after_kib: median_of(same.iter().filter_map(|run| run.rss_after_kib).collect()),
             kib_per_connection: median_of(same.iter().filter_map(|run| run.kib_per_connection).collect()),
+            answer: distinct(same.iter().filter_map(|run| run.answer.clone())),
+            refused: run.refused.map(|_| same.iter().all(|run| run.refused == Some(true))),
+            peak_growth_kib: median_of(same.iter().filter_map(|run| run.peak_growth_kib).collect()),
+            baseline_p50_us: med_opt(|run| run.baseline_p50_us),
+            baseline_p99_us: med_opt(|run| run.baseline_p99_us),
             repeats: Some(Spread {
                 runs: same.len(),
                 rate_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
@@ -677,9 +726,24 @@ pub fn median(reports: &[Report]) -> Option<Report> {
     Some(Report { scenario: first.scenario, options: first.options.clone(), runs, checks })
 }
 
+/// The distinct values, in order of first appearance, joined by ` | `
+/// (`None` if there are none).
+fn distinct(values: impl Iterator<Item = String>) -> Option<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for value in values {
+        if !seen.contains(&value) {
+            seen.push(value);
+        }
+    }
+    (!seen.is_empty()).then(|| seen.join(" | "))
+}
+
 /// The report as a table.
 pub fn table(report: &Report) -> String {
     use std::fmt::Write;
+    if report.scenario == Scenario::Hostile {
+        return crate::hostile::table(report);
+    }
     let mut out = String::new();
     let opt = |value: Option<u32>| value.map_or_else(|| "-".to_owned(), |value| value.to_string());
     let _ = writeln!(out, "scenario: {}", report.scenario.name());

@@ -86,6 +86,43 @@ pub const PROJECTIONS: [&[&str]; 3] = [
     &["id", "room_id", "author", "body", "created_us"],
 ];
 
+/// The per-client limits a graphex server runs with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Limits {
+    /// graphex's defaults, except the per-client caps (channels,
+    /// subscriptions, streaming responses), raised so that the load
+    /// generator's 10 000 anonymous clients, all from 127.0.0.1, fit: the
+    /// throughput, latency and memory scenarios measure delivery, not caps.
+    #[default]
+    Raised,
+    /// `graphex::Config::default()` untouched (the hostile scenario).
+    Default,
+}
+
+impl Limits {
+    /// Its name as a `serve` argument.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limits::Raised => "raised-limits",
+            Limits::Default => "default-limits",
+        }
+    }
+
+    /// The graphex settings it stands for.
+    pub fn config(self) -> graphex::Config {
+        match self {
+            Limits::Default => graphex::Config::default(),
+            Limits::Raised => graphex::Config::default()
+                .with_max_channels_per_client(RAISED_CAP)
+                .with_max_subscriptions_per_client(RAISED_CAP)
+                .with_max_streams_per_client(RAISED_CAP),
+        }
+    }
+}
+
+/// The per-client caps of [`Limits::Raised`]: above any scenario's clients.
+const RAISED_CAP: usize = 1_000_000;
+
 /// What one client subscribes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -127,22 +164,25 @@ impl Drop for Server {
 
 /// Starts a server of `system` for `model` on `127.0.0.1:0`.
 pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
-    start_with(system, model, true).await
+    start_with(system, model, true, Limits::Raised).await
 }
 
 /// As [`start`]; with `save` false, graphex announces each row as its hooks
 /// would after saving it, without the database (a diagnostic: the runtime's
 /// own fan-out, apart from the pace at which SQLite produces changes).
-pub async fn start_with(system: System, model: Model, save: bool) -> Result<Server, BenchError> {
+/// graphex runs with `limits` and is served with connect info, so that its
+/// per-client caps count anonymous clients by address.
+pub async fn start_with(system: System, model: Model, save: bool, limits: Limits) -> Result<Server, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (target, task): (Arc<dyn Target>, JoinHandle<()>) = match system {
         System::Graphex => {
             let db = entities::database().await?;
-            let hub = graphex::Hub::default();
+            let hub = graphex::Hub::new(limits.config());
             let schema =
                 Schema::build(BenchQuery, EmptyMutation, GraphexSubscription::default()).data(db.clone()).finish();
-            let app = graphex::router(schema, hub.clone(), graphex::Anonymous);
+            let app = graphex::router(schema, hub.clone(), graphex::Anonymous)
+                .into_make_service_with_connect_info::<SocketAddr>();
             let task = tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });
