@@ -93,6 +93,7 @@ impl Hub {
         let queued_at = tokio::time::Instant::now();
         let mut delivered = 0;
         let mut lagging = Vec::new();
+        let mut overflowed = Vec::new();
         let backpressure = self.inner.config.publish_backpressure.is_some();
         for channel in members.values() {
             if !channel.may_take(&group, &event) {
@@ -115,11 +116,21 @@ impl Hub {
                         tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");
                     }
                     channel.close(CloseReason::SlowConsumer);
+                    overflowed.push(channel.clone());
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         self.inner.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        // A slow consumer leaves its groups now, not when its socket or
+        // stream gets around to it: an SSE response whose client stopped
+        // reading is not polled again until the connection dies, and would
+        // keep its memberships (and its client's count) until then. The
+        // membership lock is released first (leaving takes it to write).
+        drop(groups);
+        for channel in overflowed {
+            self.close_channel(&channel);
+        }
         if !lagging.is_empty() {
             let mut kept = self.inner.lagging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             for channel in lagging {

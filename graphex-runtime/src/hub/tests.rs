@@ -291,7 +291,8 @@ async fn the_layer_hears_leaves_and_joins_in_membership_order() {
 #[tokio::test]
 async fn full_queue_closes_the_channel() {
     let hub = Hub::new(Config { queue_capacity: 1, ..Config::default() });
-    let (slow, _slow_rx) = hub.open_channel(None).unwrap();
+    let client: ClientKey = Arc::from("a:192.0.2.9");
+    let (slow, _slow_rx) = hub.open_channel_for(None, Some(client.clone())).unwrap();
     let (fast, mut fast_rx) = hub.open_channel(None).unwrap();
     let group = group::coarse("users", Action::Create);
     hub.add_subscription(&slow, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
@@ -304,6 +305,16 @@ async fn full_queue_closes_the_channel() {
     assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
     assert!(slow.closed().is_cancelled());
     assert_eq!(fast.close_reason(), None);
+    // The slow channel left its groups and its client's count at once, with
+    // nobody reading it (an SSE response whose client stopped reading).
+    assert_eq!(hub.channel_count(), 1);
+    assert_eq!(hub.group_size(&group), 1);
+    assert_eq!(slow.subscription_count(), 0);
+    assert_eq!(hub.inner.clients.held(&client, Resource::Channels), 0);
+    assert_eq!(hub.inner.clients.held(&client, Resource::Subscriptions), 0);
+    // Its socket's own close later is harmless.
+    hub.close_channel(&slow);
+    assert_eq!(hub.channel_count(), 1);
 }
 
 #[tokio::test]
