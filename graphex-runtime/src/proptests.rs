@@ -311,7 +311,8 @@ proptest! {
         values in proptest::option::of(prop::collection::vec((any::<String>(), json()), 0..8)),
         nonce in any::<u64>(),
     ) {
-        let change = Change { stream, model, action, pk, pk_field, values: values.map(Map::from_iter), nonce };
+        let values = values.map(Map::from_iter);
+        let change = Change { version: Change::VERSION, stream, model, action, pk, pk_field, values, nonce };
         prop_assert_eq!(Change::decode(&change.encode()).expect("decodes"), change);
     }
 }

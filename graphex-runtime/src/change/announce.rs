@@ -157,6 +157,7 @@ where
 pub(crate) fn prepare_pk<M: ModelSubscription>(pk: Json, action: Action) -> Prepared {
     let pk = (M::FIELDS[M::PRIMARY_KEY].canonical)(pk.clone()).unwrap_or(pk);
     let change = Change {
+        version: Change::VERSION,
         stream: M::STREAM.to_owned(),
         model: M::LABEL.to_owned(),
         action,

@@ -14,8 +14,19 @@ use serde_json::{Map, Value as Json};
 use crate::model::{Action, ModelSubscription};
 
 /// The message a channel layer carries for one change.
+///
+/// Versioned, so processes of two releases can share a layer during a
+/// rolling deploy: a process reads its own version and the one before
+/// ([`Change::VERSION`] − 1; version 1 is the message without `v`), and
+/// refuses a newer one (counted in [`crate::Stats::unreadable`], logged,
+/// never delivered) rather than guess what its new fields mean. Fields a
+/// version adds are optional, so the previous release reads the new
+/// messages too (it ignores what it does not know).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
+    /// The message version ([`Change::VERSION`]; 1 when absent).
+    #[serde(rename = "v", default = "version_one")]
+    pub version: u32,
     /// Stream of the model.
     pub stream: String,
     /// Model label.
@@ -41,10 +52,30 @@ fn is_zero(nonce: &u64) -> bool {
     *nonce == 0
 }
 
+fn version_one() -> u32 {
+    1
+}
+
+/// Why a layer message is not a change this process delivers.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a change message at all.
+    #[error("malformed change message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A change of a newer release, which this one cannot read safely.
+    #[error("change message version {0} is newer than this process reads ({max})", max = Change::VERSION)]
+    UnknownVersion(u32),
+}
+
 impl Change {
+    /// The version this release writes: 2 added `nonce` (issue 15). It
+    /// reads this one and the one before.
+    pub const VERSION: u32 = 2;
+
     /// The change for `row`, serialized once.
     pub fn of<M: ModelSubscription>(row: &M, action: Action) -> Change {
         Change {
+            version: Change::VERSION,
             stream: M::STREAM.to_owned(),
             model: M::LABEL.to_owned(),
             action,
@@ -76,9 +107,13 @@ impl Change {
         Bytes::from(serde_json::to_vec(self).expect("a change is plain JSON"))
     }
 
-    /// Decodes a channel-layer message.
-    pub fn decode(bytes: &[u8]) -> Result<Change, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Decodes a channel-layer message of this version or the one before.
+    pub fn decode(bytes: &[u8]) -> Result<Change, DecodeError> {
+        let change: Change = serde_json::from_slice(bytes)?;
+        if change.version > Change::VERSION || change.version + 1 < Change::VERSION {
+            return Err(DecodeError::UnknownVersion(change.version));
+        }
+        Ok(change)
     }
 }
 
@@ -87,6 +122,7 @@ impl Change {
     /// The creation of user `pk` (stream `users`, label `user`), for unit tests.
     pub(crate) fn user_created(pk: i64, values: Option<Map<String, Json>>) -> Change {
         Change {
+            version: Change::VERSION,
             stream: "users".into(),
             model: "user".into(),
             action: Action::Create,
@@ -228,6 +264,7 @@ mod tests {
 
     fn change(values: Option<Map<String, Json>>) -> Change {
         Change {
+            version: Change::VERSION,
             stream: "users".into(),
             model: "user".into(),
             action: Action::Update,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{CloseReason, Delivery, Hub, LAGGING_KEPT, RECENT_KEPT};
-use crate::change::codec::{Change, Event};
+use crate::change::codec::{Change, DecodeError, Event};
 
 impl Hub {
     /// Publishes a change to each of its groups, through the layer; then,
@@ -83,6 +83,11 @@ impl Hub {
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         let event = match Change::decode(message) {
             Ok(change) => self.event(change),
+            Err(error @ DecodeError::UnknownVersion(_)) => {
+                self.inner.stats.unreadable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%group, %error, "change of a newer release not delivered");
+                return;
+            }
             Err(error) => {
                 self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%group, %error, "undecodable message dropped");

@@ -18,6 +18,9 @@ pub struct Stats {
     pub dropped: u64,
     /// Publishes that waited for lagging sockets ([`crate::Config::publish_backpressure`]).
     pub backpressure_waits: u64,
+    /// Layer messages of a version this process cannot read (a newer
+    /// release's, during a rolling deploy): counted, logged, not delivered.
+    pub unreadable: u64,
     /// Refusals at a per-client cap ([`crate::Config::max_channels_per_client`] and the like).
     pub client_limits: u64,
 }
@@ -32,6 +35,7 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) backpressure_waits: AtomicU64,
     pub(crate) client_limits: AtomicU64,
+    pub(crate) unreadable: AtomicU64,
 }
 
 impl Counters {
@@ -45,6 +49,7 @@ impl Counters {
             dropped: read(&self.dropped),
             backpressure_waits: read(&self.backpressure_waits),
             client_limits: read(&self.client_limits),
+            unreadable: read(&self.unreadable),
         }
     }
 }

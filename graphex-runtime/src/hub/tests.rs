@@ -381,3 +381,32 @@ impl ChannelLayer for Unready {
         Err(LayerError::unavailable(format!("`{group}` not ready")))
     }
 }
+
+#[tokio::test]
+async fn the_previous_message_version_is_delivered_a_newer_one_is_counted_not_delivered() {
+    let hub = Hub::default();
+    let (channel, mut rx) = hub.open_channel(None).unwrap();
+    let group = group::coarse("users", Action::Create);
+    hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    // Version 1, as the release before issue 15 wrote it: no `v`, no nonce.
+    let v1 = br#"{"stream":"users","model":"user","action":"create","pk":7,"pk_field":"id"}"#;
+    hub.publish(std::slice::from_ref(&group), Bytes::from_static(v1)).await;
+    let delivery = rx.try_recv().expect("a version-1 change is delivered");
+    assert_eq!(delivery.event.change.pk, serde_json::json!(7));
+    assert_eq!(delivery.event.change.version, 1);
+    // This release writes its own version.
+    let current = Change::user_created(8, None).encode();
+    assert!(std::str::from_utf8(&current).unwrap().starts_with(&format!(r#"{{"v":{}"#, Change::VERSION)));
+    hub.publish(std::slice::from_ref(&group), current).await;
+    assert_eq!(rx.try_recv().expect("a current change is delivered").event.change.pk, serde_json::json!(8));
+    // A newer release's message (and a nonsense version) is not guessed at.
+    for version in [Change::VERSION + 1, 0] {
+        let newer = format!(
+            r#"{{"v":{version},"stream":"users","model":"user","action":"create","pk":9,"pk_field":"id","extra":true}}"#
+        );
+        hub.publish(std::slice::from_ref(&group), Bytes::from(newer)).await;
+    }
+    assert!(rx.try_recv().is_err(), "nothing delivered");
+    assert_eq!(hub.stats().unreadable, 2);
+    assert_eq!(hub.stats().dropped, 0, "counted apart from malformed messages");
+}
