@@ -274,10 +274,10 @@ impl Guard {
             }
             walk.selection_set(&operation.selection_set.node, root.as_deref(), 1)?;
         }
-        for fragment in document.fragments.values() {
-            let on = fragment.node.type_condition.node.on.node.to_string();
-            walk.selection_set(&fragment.node.selection_set.node, Some(&on), 1)?;
-        }
+        // Fragments are checked where they are spread, in their place and
+        // type: an unused fragment is refused by async-graphql's validation
+        // ("never used"), and walking definitions on their own as well would
+        // count their fields twice.
         Ok(())
     }
 }

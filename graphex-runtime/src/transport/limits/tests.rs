@@ -85,6 +85,9 @@ fn fields_are_counted_through_fragments_and_the_walk_stops_at_the_bound() {
     }
     let error = check(limits, &bomb).unwrap_err();
     assert!(error.contains("more than 10 fields"), "{error}");
+    // A fragment's fields count once per spread, not once more for its definition.
+    let spread_once = "query { notes { ...F } } fragment F on Note { id title }";
+    check(RequestLimits::default().with_max_fields(3), spread_once).unwrap();
     // A fragment cycle is not followed (async-graphql refuses it).
     check(
         RequestLimits::default(),
