@@ -33,9 +33,7 @@
 //! a signing key (`layer/redis/envelope.rs`).
 
 use async_graphql::parser::Positioned;
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType, Selection,
-};
+use async_graphql::parser::types::{Field, OperationType, Selection};
 use async_graphql::{Name, Request, Response, ServerError, Variables};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -44,6 +42,7 @@ use crate::hub::Hub;
 use crate::layer::{MAX_NODE_REPLY, MAX_NODE_REQUEST};
 use crate::model::Principal;
 use crate::transport::auth::{Authenticator, principal};
+use crate::transport::limits::{Guard, selected_operation};
 
 /// The argument that names the channel of a two-channel subscribe.
 const CHANNEL_ARGUMENT: &str = "channelId";
@@ -66,18 +65,6 @@ pub(crate) struct Forwarded {
     pub principal: Option<Principal>,
 }
 
-/// The operation async-graphql executes for `name` (same rules: a name
-/// picks among named operations, no name needs a single operation).
-fn operation<'a>(document: &'a ExecutableDocument, name: Option<&str>) -> Option<&'a Positioned<OperationDefinition>> {
-    match (&document.operations, name) {
-        (DocumentOperations::Single(operation), None) => Some(operation),
-        (DocumentOperations::Single(_), Some(_)) => None,
-        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
-        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => operations.values().next(),
-        (DocumentOperations::Multiple(_), None) => None,
-    }
-}
-
 /// The channel a root field names in its `channelId` argument (a string
 /// literal, or a variable set to a string).
 fn channel_of(field: &Positioned<Field>, variables: &Variables) -> Option<String> {
@@ -90,25 +77,30 @@ fn channel_of(field: &Positioned<Field>, variables: &Variables) -> Option<String
 }
 
 /// The channel a subscription operation names in its first `channelId`
-/// argument (literal or variable), if it is a subscription operation.
-pub(crate) fn target_channel(request: &Request) -> Option<String> {
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let operation = operation(&document, request.operation_name.as_deref())?;
+/// argument (literal or variable), if it is a subscription operation. Uses
+/// the document [`Guard::check`] left parsed (parses only without it).
+pub(crate) fn target_channel(request: &mut Request) -> Option<String> {
+    let name = request.operation_name.clone();
+    let variables = request.variables.clone();
+    let document = request.parsed_query().ok()?;
+    let operation = selected_operation(document, name.as_deref())?;
     if operation.node.ty != OperationType::Subscription {
         return None;
     }
     operation.node.selection_set.node.items.iter().find_map(|selection| {
         let Selection::Field(field) = &selection.node else { return None };
-        channel_of(field, &request.variables)
+        channel_of(field, &variables)
     })
 }
 
 /// Whether `request` may run here as a forwarded request: a subscription
 /// whose root fields are all plain fields naming a channel open on `hub`.
 /// `Err` says why not (for the log).
-fn local_subscribe(hub: &Hub, request: &Request) -> Result<(), &'static str> {
-    let document = async_graphql::parser::parse_query(&request.query).map_err(|_| "not a GraphQL document")?;
-    let operation = operation(&document, request.operation_name.as_deref()).ok_or("no operation to run")?;
+fn local_subscribe(hub: &Hub, request: &mut Request) -> Result<(), &'static str> {
+    let name = request.operation_name.clone();
+    let variables = request.variables.clone();
+    let document = request.parsed_query().map_err(|_| "not a GraphQL document")?;
+    let operation = selected_operation(document, name.as_deref()).ok_or("no operation to run")?;
     if operation.node.ty != OperationType::Subscription {
         return Err("not a subscription");
     }
@@ -118,7 +110,7 @@ fn local_subscribe(hub: &Hub, request: &Request) -> Result<(), &'static str> {
     }
     for selection in fields {
         let Selection::Field(field) = &selection.node else { return Err("a fragment at the root") };
-        let channel = channel_of(field, &request.variables).ok_or("a root field without a channel")?;
+        let channel = channel_of(field, &variables).ok_or("a root field without a channel")?;
         if hub.channel(&channel).is_none() {
             return Err("a channel this process does not hold");
         }
@@ -133,7 +125,7 @@ fn local_subscribe(hub: &Hub, request: &Request) -> Result<(), &'static str> {
 /// node, which the local run reports as an unknown channel).
 pub(crate) async fn to_owner(
     hub: &Hub,
-    request: &Request,
+    request: &mut Request,
     auth: &dyn Authenticator,
     token: Option<&str>,
 ) -> Option<Bytes> {
@@ -168,7 +160,10 @@ pub(crate) async fn to_owner(
 /// The request another process forwarded here, and the principal to run it
 /// as, if it may run here (see the [module documentation](self)); else the
 /// message of the error to send back ([`refusal`]). Nothing is executed.
-pub(crate) fn admit(hub: &Hub, body: &[u8]) -> Result<(Request, Option<Principal>), String> {
+/// The query's raw bounds ([`Guard::precheck`]) are checked before it is
+/// parsed: a request published straight to Redis has not been through the
+/// sending process's checks.
+pub(crate) fn admit(hub: &Hub, guard: &Guard, body: &[u8]) -> Result<(Request, Option<Principal>), String> {
     let forwarded = match serde_json::from_slice::<Forwarded>(body) {
         Ok(forwarded) => forwarded,
         Err(error) => {
@@ -180,7 +175,11 @@ pub(crate) fn admit(hub: &Hub, body: &[u8]) -> Result<(Request, Option<Principal
     if let Some(name) = forwarded.operation_name {
         request = request.operation_name(name);
     }
-    if let Err(why) = local_subscribe(hub, &request) {
+    if let Err(error) = guard.precheck(&request.query) {
+        tracing::warn!(%error, "forwarded request refused");
+        return Err(error.message);
+    }
+    if let Err(why) = local_subscribe(hub, &mut request) {
         tracing::warn!(reason = why, "forwarded request refused");
         return Err(ONLY_LOCAL_SUBSCRIBES.to_owned());
     }
@@ -211,19 +210,19 @@ mod tests {
 
     #[test]
     fn finds_the_channel_in_literals_and_variables() {
-        let literal = Request::new(r#"subscription { userSubscription(channelId: "abc", action: CREATE) { ok } }"#);
-        assert_eq!(target_channel(&literal).as_deref(), Some("abc"));
-        let variable = Request::new("subscription ($c: String!) { userSubscription(channelId: $c) { ok } }")
+        let mut literal = Request::new(r#"subscription { userSubscription(channelId: "abc", action: CREATE) { ok } }"#);
+        assert_eq!(target_channel(&mut literal).as_deref(), Some("abc"));
+        let mut variable = Request::new("subscription ($c: String!) { userSubscription(channelId: $c) { ok } }")
             .variables(Variables::from_json(serde_json::json!({"c": "xyz"})));
-        assert_eq!(target_channel(&variable).as_deref(), Some("xyz"));
-        let named = Request::new("query A { a } subscription B { s(channelId: \"n\") { ok } }").operation_name("B");
-        assert_eq!(target_channel(&named).as_deref(), Some("n"));
+        assert_eq!(target_channel(&mut variable).as_deref(), Some("xyz"));
+        let mut named = Request::new("query A { a } subscription B { s(channelId: \"n\") { ok } }").operation_name("B");
+        assert_eq!(target_channel(&mut named).as_deref(), Some("n"));
         // One named operation and no name: async-graphql runs it.
-        let only = Request::new("subscription B { s(channelId: \"n\") { ok } }");
-        assert_eq!(target_channel(&only).as_deref(), Some("n"));
-        assert_eq!(target_channel(&Request::new("mutation { m(channelId: \"abc\") }")), None);
-        assert_eq!(target_channel(&Request::new("subscription { s(other: 1) { ok } }")), None);
-        assert_eq!(target_channel(&Request::new("not graphql")), None);
+        let mut only = Request::new("subscription B { s(channelId: \"n\") { ok } }");
+        assert_eq!(target_channel(&mut only).as_deref(), Some("n"));
+        assert_eq!(target_channel(&mut Request::new("mutation { m(channelId: \"abc\") }")), None);
+        assert_eq!(target_channel(&mut Request::new("subscription { s(other: 1) { ok } }")), None);
+        assert_eq!(target_channel(&mut Request::new("not graphql")), None);
     }
 
     fn forwarded(query: &str, operation_name: Option<&str>, variables: serde_json::Value) -> Vec<u8> {
@@ -247,18 +246,19 @@ mod tests {
     #[tokio::test]
     async fn only_subscribes_of_local_channels_are_admitted() {
         let hub = Hub::new(Config::default());
+        let guard = Guard::new(crate::RequestLimits::default(), "type Query { a: Int }");
         let (channel, _deliveries) = hub.open_channel(None).expect("opened");
         let local = channel.id().to_owned();
         let (here, vars) = ("subscription ($c: String!) { s(channelId: $c) { ok } }", serde_json::json!({"c": local}));
 
-        let (request, principal) = admit(&hub, &forwarded(here, None, vars.clone())).expect("admitted");
+        let (request, principal) = admit(&hub, &guard, &forwarded(here, None, vars.clone())).expect("admitted");
         assert_eq!(request.query, here);
         assert_eq!(principal, Some(Principal::new("ann").with_claim("tenant", "t1")), "the principal arrives");
         let literal =
             format!("subscription {{ a: s(channelId: \"{local}\") {{ ok }} b: t(channelId: \"{local}\") {{ ok }} }}");
-        assert!(admit(&hub, &forwarded(&literal, None, serde_json::json!({}))).is_ok());
+        assert!(admit(&hub, &guard, &forwarded(&literal, None, serde_json::json!({}))).is_ok());
         let named = format!("query Q {{ q }} subscription S {{ s(channelId: \"{local}\") {{ ok }} }}");
-        assert!(admit(&hub, &forwarded(&named, Some("S"), serde_json::json!({}))).is_ok());
+        assert!(admit(&hub, &guard, &forwarded(&named, Some("S"), serde_json::json!({}))).is_ok());
 
         let other_node = format!("ffffffff{}", &local[8..]);
         let refused = [
@@ -291,14 +291,21 @@ mod tests {
             ("not graphql".to_owned(), None, serde_json::json!({})),
         ];
         for (query, name, variables) in refused {
-            let message = refusal(admit(&hub, &forwarded(&query, name, variables)));
+            let message = refusal(admit(&hub, &guard, &forwarded(&query, name, variables)));
             assert_eq!(message, ONLY_LOCAL_SUBSCRIBES, "{query}");
         }
 
         // The old format carried the client's token: refused, not run as anonymous.
         let old = serde_json::json!({"query": here, "operation_name": null, "variables": vars, "token": "ann"});
-        let message = refusal(admit(&hub, &serde_json::to_vec(&old).unwrap()));
+        let message = refusal(admit(&hub, &guard, &serde_json::to_vec(&old).unwrap()));
         assert!(message.starts_with("malformed forwarded request: unknown field `token`"), "{message}");
+
+        // Published straight to Redis, it has not been through the sender's
+        // checks: the raw bounds hold before anything parses it.
+        let deep =
+            format!("subscription {{ s(channelId: \"{local}\", f: {}{}) {{ ok }} }}", "[".repeat(500), "]".repeat(500));
+        let message = refusal(admit(&hub, &guard, &forwarded(&deep, None, serde_json::json!({}))));
+        assert_eq!(message, "query nests deeper than 32");
     }
 
     #[test]

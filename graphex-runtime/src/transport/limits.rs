@@ -7,7 +7,7 @@
 //! and know nothing of aliases or field counts, and graphex receives the
 //! user's finished `Schema` (it cannot add extensions to it). So the request
 //! is parsed here once, checked, and handed to async-graphql already parsed
-//! (`Request::set_parsed_query`). A request that does not parse is passed
+//! (kept in the `Request`: `Request::parsed_query`). A request that does not parse is passed
 //! through untouched: async-graphql answers it with its usual error.
 //!
 //! The checks: the query's length and bracket nesting (before parsing, so
@@ -27,9 +27,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use async_graphql::parser::Positioned;
 use async_graphql::parser::types::{
-    BaseType, DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet, ServiceDocument,
-    TypeKind, TypeSystemDefinition,
+    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection, SelectionSet,
+    ServiceDocument, TypeKind, TypeSystemDefinition,
 };
 use async_graphql::{Executor, Request, Response, ServerError, Value};
 use futures_util::stream::BoxStream;
@@ -175,6 +176,22 @@ impl Types {
     }
 }
 
+/// The operation async-graphql executes for `name`, by its rules: a name
+/// picks among named operations (an anonymous one has none), no name
+/// needs a single operation.
+pub(crate) fn selected_operation<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&document.operations, name) {
+        (DocumentOperations::Single(operation), None) => Some(operation),
+        (DocumentOperations::Single(_), Some(_)) => None,
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => operations.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}
+
 /// A refusal, as the GraphQL error the client gets.
 fn refusal(message: String, code: &str) -> ServerError {
     with_code(ServerError::new(message, None), code)
@@ -214,32 +231,31 @@ impl Guard {
         &self,
         request: &mut Request,
     ) -> Result<Option<OperationType>, Box<(Option<OperationType>, ServerError)>> {
-        let limits = &self.limits;
-        if request.query.len() > limits.max_query_bytes {
-            let message =
-                format!("query is {} bytes, above the limit of {}", request.query.len(), limits.max_query_bytes);
-            return Err(Box::new((None, refusal(message, LIMIT_REACHED))));
-        }
-        // Brackets bound the parser's recursion; selection depth is checked
-        // below, arguments may nest a little deeper.
-        let nesting_bound = limits.max_depth.saturating_mul(2).saturating_add(16);
-        if nesting(&request.query) > nesting_bound {
-            let message = format!("query nests deeper than {}", limits.max_depth);
-            return Err(Box::new((None, refusal(message, LIMIT_REACHED))));
-        }
-        let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return Ok(None) };
-        let operation = match (&document.operations, request.operation_name.as_deref()) {
-            (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
-            (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name).map(|o| o.node.ty),
-            // One named operation runs without `operationName`, as async-graphql does.
-            (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
-                operations.values().next().map(|o| o.node.ty)
-            }
-            (DocumentOperations::Multiple(_), None) => None,
-        };
-        self.check_document(&document).map_err(|error| Box::new((operation, error)))?;
-        request.set_parsed_query(document);
+        self.precheck(&request.query).map_err(|error| Box::new((None, error)))?;
+        // Parsed once: a document parsed earlier (a forwarded request's
+        // admission) is reused, and this one is what async-graphql executes.
+        let name = request.operation_name.clone();
+        let Ok(document) = request.parsed_query() else { return Ok(None) };
+        let operation = selected_operation(document, name.as_deref()).map(|operation| operation.node.ty);
+        self.check_document(document).map_err(|error| Box::new((operation, error)))?;
         Ok(operation)
+    }
+
+    /// The bounds checked on the raw text, before anything parses it: query
+    /// bytes, and bracket nesting (which bounds the parser's recursion;
+    /// selection depth is checked after parsing, arguments may nest a
+    /// little deeper).
+    pub(crate) fn precheck(&self, query: &str) -> Result<(), ServerError> {
+        let limits = &self.limits;
+        if query.len() > limits.max_query_bytes {
+            let message = format!("query is {} bytes, above the limit of {}", query.len(), limits.max_query_bytes);
+            return Err(refusal(message, LIMIT_REACHED));
+        }
+        let nesting_bound = limits.max_depth.saturating_mul(2).saturating_add(16);
+        if nesting(query) > nesting_bound {
+            return Err(refusal(format!("query nests deeper than {}", limits.max_depth), LIMIT_REACHED));
+        }
+        Ok(())
     }
 
     fn check_document(&self, document: &ExecutableDocument) -> Result<(), ServerError> {

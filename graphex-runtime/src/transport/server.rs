@@ -25,7 +25,7 @@ use crate::model::Principal;
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
 use crate::transport::body;
 use crate::transport::forward;
-use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, with_code};
+use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, selected_operation, with_code};
 use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
@@ -129,7 +129,7 @@ where
             let state = served.upgrade();
             Box::pin(async move {
                 let response = match state {
-                    Some(state) => match forward::admit(&state.hub, &body) {
+                    Some(state) => match forward::admit(&state.hub, &state.guard, &body) {
                         Ok((mut request, principal)) => match state.guard.check(&mut request) {
                             Ok(_) => run_as(&state, request, principal).await,
                             Err(error) => Response::from_errors(vec![error]),
@@ -178,7 +178,7 @@ where
         }
     };
     let token = bearer(&headers);
-    if let Some(reply) = forward::to_owner(&state.hub, &request, state.auth.as_ref(), token).await {
+    if let Some(reply) = forward::to_owner(&state.hub, &mut request, state.auth.as_ref(), token).await {
         return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
     }
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
@@ -275,18 +275,10 @@ where
 /// Whether the request runs a subscription operation. Parses the query
 /// only if [`Guard::check`] has not (it leaves the request parsed).
 fn is_subscription(request: &mut Request) -> bool {
-    use async_graphql::parser::types::DocumentOperations;
     let name = request.operation_name.clone();
     let Ok(document) = request.parsed_query() else { return false };
-    let is_sub = |ty: OperationType| ty == OperationType::Subscription;
-    match &document.operations {
-        DocumentOperations::Single(operation) => is_sub(operation.node.ty),
-        DocumentOperations::Multiple(operations) => match &name {
-            Some(name) => operations.get(name.as_str()).is_some_and(|operation| is_sub(operation.node.ty)),
-            // One named operation runs without `operationName`, as async-graphql does.
-            None => operations.len() == 1 && operations.values().all(|operation| is_sub(operation.node.ty)),
-        },
-    }
+    selected_operation(document, name.as_deref())
+        .is_some_and(|operation| operation.node.ty == OperationType::Subscription)
 }
 
 /// Serves `graphql-transport-ws` and `graphql-ws` on a GET upgrade of the
