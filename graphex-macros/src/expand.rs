@@ -187,8 +187,13 @@ fn root(model: &Model, names: &Names) -> TokenStream {
                 #[graphql(desc = "Field lookups, e.g. {post: 7, text__icontains: \"urgent\"}.")]
                 filters: ::core::option::Option<#p::async_graphql::Json<#p::serde_json::Value>>,
                 #data_param
+                #[graphql(desc = "Frames carry each change's cursor (`\"cursor\"`), to resume from after a reconnect.")]
+                cursors: ::core::option::Option<bool>,
+                #[graphql(desc = "Resume: first the changes after this cursor that this subscription would have received, then live ones (implies `cursors`).")]
+                after: ::core::option::Option<::std::string::String>,
             ) -> impl #p::Stream<Item = #confirmation> {
-                let request = #krate::SubscribeArgs::new(channel_id, action, operation, id, filters, #data_arg);
+                let request = #krate::SubscribeArgs::new(channel_id, action, operation, id, filters, #data_arg)
+                    .resume(cursors.unwrap_or(false), after);
                 #p::confirm(#krate::subscribe::<#ident>(ctx, request).await)
             }
 
@@ -204,8 +209,11 @@ fn root(model: &Model, names: &Names) -> TokenStream {
                 #[graphql(desc = "Field lookups, e.g. {post: 7, text__icontains: \"urgent\"}.")]
                 filters: ::core::option::Option<#p::async_graphql::Json<#p::serde_json::Value>>,
                 #data_param
+                #[graphql(desc = "Resume: first the changes after this cursor (`ModelChange.cursor`) that this subscription would have received, in order, then live ones.")]
+                after: ::core::option::Option<::std::string::String>,
             ) -> #p::async_graphql::Result<#krate::ChangeStream> {
-                #krate::changes::<#ident>(ctx, #krate::ChangesArgs::new(action, id, filters, #data_arg)).await
+                let args = #krate::ChangesArgs::new(action, id, filters, #data_arg).after(after);
+                #krate::changes::<#ident>(ctx, args).await
             }
         }
     }

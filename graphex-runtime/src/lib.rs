@@ -49,6 +49,7 @@ pub use model::{
 pub use subscribe::custom::{BroadcastError, GroupReceiver, GroupStream, subscribe_groups};
 pub use subscribe::filter::{FilterError, FilterLimits};
 pub use subscribe::native::{ChangeStream, ChangesArgs, ModelChange, changes};
+pub use subscribe::resume::ResumeError;
 pub use subscribe::two_channel::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
 pub use transport::auth::{Anonymous, Authenticator};
 pub use transport::client::{ClientPage, client_page};

@@ -284,7 +284,7 @@ proptest! {
     #[test]
     fn any_bytes_decode_or_fail_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         if let Ok(change) = Change::decode(&bytes) {
-            let event = Event::new(change);
+            let event = Event::new(change, None);
             prop_assert!(serde_json::from_slice::<Json>(&event.frame).is_ok());
         }
     }
@@ -296,7 +296,7 @@ proptest! {
     ) {
         let bytes = serde_json::to_vec(&message).expect("JSON");
         if let Ok(change) = Change::decode(&bytes) {
-            let event = Event::new(change);
+            let event = Event::new(change, None);
             prop_assert!(serde_json::from_slice::<Json>(&event.projected(&fields)).is_ok());
         }
     }

@@ -85,7 +85,7 @@ impl ChannelLayer for BusLayer {
     async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError> {
         let hubs = self.0.hubs.lock().unwrap().clone();
         for inbound in hubs {
-            inbound(group, message.clone());
+            inbound.deliver(group, message.clone());
         }
         Ok(())
     }

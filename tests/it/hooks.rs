@@ -76,10 +76,11 @@ async fn user_hooks_run_and_changes_are_announced() {
     let (channel, mut rx) = hub.open_channel(None).unwrap();
     for action in Action::ALL {
         let subscription = Subscription {
-            key: SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None },
+            key: SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None, cursors: false },
             group: graphex::__internals::group::coarse("items", action),
             filter: Default::default(),
             row: None,
+            resume: None,
         };
         hub.add_subscription(&channel, subscription).await.unwrap();
     }

@@ -468,12 +468,13 @@ fn native_fields_sit_beside_the_two_channel_fields() {
     let sdl = sdl();
     for expected in [
         "enum Action { CREATE UPDATE DELETE }",
-        "type ModelChange { action: Action! model: String! stream: String! id: JSON! data: JSON }",
+        "type ModelChange { action: Action! model: String! stream: String! id: JSON! data: JSON cursor: String! }",
         "userSubscription( channelId: String!, action: ActionSubscriptionEnum!, operation: OperationSubscriptionEnum!, \
-         id: ID, filters: JSON, data: [UserFields!] ): UserSubscription! \
-         userChanges( action: ActionSubscriptionEnum! = ALL_ACTIONS, id: ID, filters: JSON, data: [UserFields!] ): ModelChange!",
+         id: ID, filters: JSON, data: [UserFields!], cursors: Boolean, after: String ): UserSubscription! \
+         userChanges( action: ActionSubscriptionEnum! = ALL_ACTIONS, id: ID, filters: JSON, data: [UserFields!], \
+         after: String ): ModelChange!",
         // Id-only models have no `data` argument.
-        "commentChanges( action: ActionSubscriptionEnum! = ALL_ACTIONS, id: ID, filters: JSON ): ModelChange!",
+        "commentChanges( action: ActionSubscriptionEnum! = ALL_ACTIONS, id: ID, filters: JSON, after: String ): ModelChange!",
     ] {
         assert!(sdl.contains(expected), "missing {expected}\nin {sdl}");
     }

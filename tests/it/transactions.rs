@@ -105,10 +105,11 @@ impl Listener {
         for stream in ["notes", "tags"] {
             for action in Action::ALL {
                 let subscription = Subscription {
-                    key: SubscriptionKey { stream, action, id: None, filters: None, projection: None },
+                    key: SubscriptionKey { stream, action, id: None, filters: None, projection: None, cursors: false },
                     group: graphex::__internals::group::coarse(stream, action),
                     filter: Default::default(),
                     row: None,
+                    resume: None,
                 };
                 hub.add_subscription(&channel, subscription).await.unwrap();
             }
@@ -474,7 +475,7 @@ impl ChannelLayer for GateLayer {
         self.permits.acquire().await.expect("semaphore open").forget();
         let inbound = self.inbound.lock().unwrap().clone().expect("started");
         for group in groups {
-            inbound(group, message.clone());
+            inbound.deliver(group, message.clone());
         }
         Ok(())
     }

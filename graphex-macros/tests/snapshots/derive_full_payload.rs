@@ -129,15 +129,24 @@ impl UserSubscriptionRoot {
             desc = "Project notifications to these fields (all fields when omitted)."
         )]
         data: ::core::option::Option<::std::vec::Vec<UserFields>>,
+        #[graphql(
+            desc = "Frames carry each change's cursor (`\"cursor\"`), to resume from after a reconnect."
+        )]
+        cursors: ::core::option::Option<bool>,
+        #[graphql(
+            desc = "Resume: first the changes after this cursor that this subscription would have received, then live ones (implies `cursors`)."
+        )]
+        after: ::core::option::Option<::std::string::String>,
     ) -> impl ::graphex::__private::Stream<Item = UserSubscription> {
         let request = ::graphex::SubscribeArgs::new(
-            channel_id,
-            action,
-            operation,
-            id,
-            filters,
-            ::graphex::__private::projection(data),
-        );
+                channel_id,
+                action,
+                operation,
+                id,
+                filters,
+                ::graphex::__private::projection(data),
+            )
+            .resume(cursors.unwrap_or(false), after);
         ::graphex::__private::confirm(::graphex::subscribe::<Model>(ctx, request).await)
     }
     /// Live changes of User (stream `users`). One `ModelChange` event per change (standard GraphQL protocols).
@@ -162,19 +171,19 @@ impl UserSubscriptionRoot {
             desc = "Project notifications to these fields (all fields when omitted)."
         )]
         data: ::core::option::Option<::std::vec::Vec<UserFields>>,
+        #[graphql(
+            desc = "Resume: first the changes after this cursor (`ModelChange.cursor`) that this subscription would have received, in order, then live ones."
+        )]
+        after: ::core::option::Option<::std::string::String>,
     ) -> ::graphex::__private::async_graphql::Result<::graphex::ChangeStream> {
-        ::graphex::changes::<
-            Model,
-        >(
-                ctx,
-                ::graphex::ChangesArgs::new(
-                    action,
-                    id,
-                    filters,
-                    ::graphex::__private::projection(data),
-                ),
+        let args = ::graphex::ChangesArgs::new(
+                action,
+                id,
+                filters,
+                ::graphex::__private::projection(data),
             )
-            .await
+            .after(after);
+        ::graphex::changes::<Model>(ctx, args).await
     }
 }
 /// Binds this model to its live subscription: stream, fields, keys,

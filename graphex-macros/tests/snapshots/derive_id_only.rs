@@ -79,15 +79,24 @@ impl CommentSubscriptionRoot {
                 ::graphex::__private::serde_json::Value,
             >,
         >,
+        #[graphql(
+            desc = "Frames carry each change's cursor (`\"cursor\"`), to resume from after a reconnect."
+        )]
+        cursors: ::core::option::Option<bool>,
+        #[graphql(
+            desc = "Resume: first the changes after this cursor that this subscription would have received, then live ones (implies `cursors`)."
+        )]
+        after: ::core::option::Option<::std::string::String>,
     ) -> impl ::graphex::__private::Stream<Item = CommentSubscription> {
         let request = ::graphex::SubscribeArgs::new(
-            channel_id,
-            action,
-            operation,
-            id,
-            filters,
-            ::core::option::Option::None,
-        );
+                channel_id,
+                action,
+                operation,
+                id,
+                filters,
+                ::core::option::Option::None,
+            )
+            .resume(cursors.unwrap_or(false), after);
         ::graphex::__private::confirm(::graphex::subscribe::<Model>(ctx, request).await)
     }
     /// Live changes of Comment (stream `comments`). One `ModelChange` event per change (standard GraphQL protocols).
@@ -108,19 +117,19 @@ impl CommentSubscriptionRoot {
                 ::graphex::__private::serde_json::Value,
             >,
         >,
+        #[graphql(
+            desc = "Resume: first the changes after this cursor (`ModelChange.cursor`) that this subscription would have received, in order, then live ones."
+        )]
+        after: ::core::option::Option<::std::string::String>,
     ) -> ::graphex::__private::async_graphql::Result<::graphex::ChangeStream> {
-        ::graphex::changes::<
-            Model,
-        >(
-                ctx,
-                ::graphex::ChangesArgs::new(
-                    action,
-                    id,
-                    filters,
-                    ::core::option::Option::None,
-                ),
+        let args = ::graphex::ChangesArgs::new(
+                action,
+                id,
+                filters,
+                ::core::option::Option::None,
             )
-            .await
+            .after(after);
+        ::graphex::changes::<Model>(ctx, args).await
     }
 }
 /// Binds this model to its live subscription: stream, fields, keys,

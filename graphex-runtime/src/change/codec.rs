@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use crate::layer::Position;
 use crate::model::{Action, ModelSubscription};
 
 /// The message a channel layer carries for one change.
@@ -139,6 +140,9 @@ impl Change {
 pub struct Event {
     /// The change.
     pub change: Change,
+    /// Where the layer put it in its stream (none from a layer that keeps
+    /// no positions, or from a release before them).
+    pub position: Option<Position>,
     /// `{pk_field: pk}` in id-only mode; empty in full mode, where
     /// [`Event::known`] is the row itself (not copied).
     key_only: Map<String, Json>,
@@ -170,13 +174,13 @@ const PROJECTIONS_SHARED: usize = 16;
 
 impl Event {
     /// Prepares a decoded change for delivery.
-    pub fn new(change: Change) -> Event {
+    pub fn new(change: Change, position: Option<Position>) -> Event {
         let key_only = match &change.values {
             Some(_) => Map::new(),
             None => Map::from_iter([(change.pk_field.clone(), change.pk.clone())]),
         };
         let frame = render(&change, None);
-        Event { change, key_only, frame, projections: Mutex::default(), row: tokio::sync::OnceCell::new() }
+        Event { change, position, key_only, frame, projections: Mutex::default(), row: tokio::sync::OnceCell::new() }
     }
 
     /// The row read back for this change: the first caller runs `fetch`,
@@ -277,7 +281,7 @@ mod tests {
 
     #[test]
     fn id_only_frame() {
-        let event = Event::new(change(None));
+        let event = Event::new(change(None), None);
         let frame: Json = serde_json::from_slice(&event.frame).unwrap();
         assert_eq!(
             frame,
@@ -289,7 +293,7 @@ mod tests {
     #[test]
     fn full_and_projected_frames() {
         let values = json!({"id": 5, "username": "neo", "email": "neo@example.com"});
-        let event = Event::new(change(values.as_object().cloned()));
+        let event = Event::new(change(values.as_object().cloned()), None);
         let frame: Json = serde_json::from_slice(&event.frame).unwrap();
         assert_eq!(frame["payload"]["data"], values);
         assert_eq!(event.known(), values.as_object().unwrap(), "filters see the whole row");
@@ -299,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_projection_is_rendered_once_per_change() {
-        let event = Event::new(change(json!({"id": 5, "username": "neo"}).as_object().cloned()));
+        let event = Event::new(change(json!({"id": 5, "username": "neo"}).as_object().cloned()), None);
         let first = event.projected(&["username"]);
         let again = event.projected(&["username"]);
         assert_eq!(first.as_ptr(), again.as_ptr(), "the second subscriber shares the first one's frame");
@@ -316,7 +320,7 @@ mod tests {
             "f16", "f17", "f18", "f19",
         ];
         let values: Map<String, Json> = FIELDS.iter().map(|name| ((*name).to_owned(), json!(name))).collect();
-        let event = Event::new(change(Some(values)));
+        let event = Event::new(change(Some(values)), None);
         for name in FIELDS {
             let frame: Json = serde_json::from_slice(&event.projected(&[name])).unwrap();
             assert_eq!(frame["payload"]["data"], json!({ name: name }));
@@ -326,7 +330,7 @@ mod tests {
 
     #[test]
     fn id_only_projections_share_the_id_frame() {
-        let event = Event::new(change(None));
+        let event = Event::new(change(None), None);
         assert_eq!(event.projected(&["id"]), event.frame);
     }
 

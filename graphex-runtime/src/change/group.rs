@@ -47,6 +47,12 @@ pub fn indexed(stream: &str, action: Action, pairs: &[(&str, &Json)]) -> String 
     bounded(stream, action, format!("{stream}-{}:{}", action.as_str(), suffix.join("&")))
 }
 
+/// The stream of a model group: the name up to its first `-` (stream
+/// names have none).
+pub fn stream_of(group: &str) -> &str {
+    group.split_once('-').map_or(group, |(stream, _)| stream)
+}
+
 /// First character of every custom group name.
 pub(crate) const CUSTOM_PREFIX: char = '@';
 

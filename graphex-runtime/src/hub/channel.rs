@@ -13,17 +13,42 @@ use crate::change::codec::{Event, Fetched};
 use crate::layer::LayerError;
 use crate::model::Action;
 use crate::subscribe::filter::Filter;
+use crate::subscribe::resume::{Admit, Resume};
 use crate::subscribe::row::RowFetch;
 
-/// A decoded change on its way to one channel, tagged with the group it came through.
+/// What a channel's queue carries.
 #[derive(Clone, Debug)]
-pub struct Delivery {
-    /// The group the change was sent to.
-    pub group: Arc<str>,
-    /// The change, shared by every channel of the group.
-    pub event: Arc<Event>,
-    /// When the hub queued it: how long it waited tells a socket whether the server is behind.
-    pub queued_at: tokio::time::Instant,
+pub enum Delivery {
+    /// A decoded change, tagged with the group it came through.
+    Change {
+        /// The group the change was sent to.
+        group: Arc<str>,
+        /// The change, shared by every channel of the group.
+        event: Arc<Event>,
+        /// When the hub queued it: how long it waited tells a socket whether the server is behind.
+        queued_at: tokio::time::Instant,
+    },
+    /// The replay of a resumed subscribe, then its switch to live delivery
+    /// (`subscribe/resume.rs`).
+    Resume(Arc<Resume>),
+}
+
+impl Delivery {
+    /// When the hub queued a change (a resume is not timed).
+    pub fn queued_at(&self) -> Option<tokio::time::Instant> {
+        match self {
+            Delivery::Change { queued_at, .. } => Some(*queued_at),
+            Delivery::Resume(_) => None,
+        }
+    }
+
+    /// The change, if this is one.
+    pub fn event(&self) -> Option<&Arc<Event>> {
+        match self {
+            Delivery::Change { event, .. } => Some(event),
+            Delivery::Resume(_) => None,
+        }
+    }
 }
 
 /// What identifies a subscription for UNSUBSCRIBE: the arguments it was
@@ -42,6 +67,9 @@ pub struct SubscriptionKey {
     /// The requested fields, if any: each field once, in the order of its
     /// first occurrence in the request.
     pub projection: Option<Arc<[&'static str]>>,
+    /// Two-channel frames carry the change's cursor (asked for with
+    /// `cursors: true` or `after`).
+    pub cursors: bool,
 }
 
 /// One subscription of one channel.
@@ -55,6 +83,8 @@ pub struct Subscription {
     /// Reads the changed row back when the filter cannot be decided from the
     /// change (id-only models, clauses on other fields than the primary key).
     pub row: Option<RowFetch>,
+    /// The replay-to-live handoff of a subscribe resumed after a cursor.
+    pub resume: Option<Arc<Resume>>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -69,9 +99,13 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     fn frame(&self, event: &Event) -> Bytes {
-        match &self.key.projection {
+        let frame = match &self.key.projection {
             None => event.frame.clone(),
             Some(fields) => event.projected(fields),
+        };
+        match event.position {
+            Some(position) if self.key.cursors => with_cursor(&frame, &crate::subscribe::resume::cursor(position)),
+            _ => frame,
         }
     }
 
@@ -113,12 +147,26 @@ impl Subscription {
                 id: None,
                 filters: filters.map(Arc::new),
                 projection: None,
+                cursors: false,
             },
             group: group.to_owned(),
             filter: Arc::default(),
             row: None,
+            resume: None,
         }
     }
+}
+
+/// `frame` with `"cursor": cursor` added last: `{...,"cursor":"..."}` (a
+/// cursor is hex digits, `-` and digits: nothing to escape).
+fn with_cursor(frame: &[u8], cursor: &str) -> Bytes {
+    let Some(body) = frame.strip_suffix(b"}") else { return Bytes::copy_from_slice(frame) };
+    let mut out = Vec::with_capacity(frame.len() + cursor.len() + 12);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b",\"cursor\":\"");
+    out.extend_from_slice(cursor.as_bytes());
+    out.extend_from_slice(b"\"}");
+    Bytes::from(out)
 }
 
 /// A subscription's decision on one change.
@@ -139,6 +187,11 @@ pub enum CloseReason {
     Shutdown,
     /// The server closed it while going on ([`crate::Hub::disconnect_all`]); the client may reconnect.
     Disconnected,
+    /// Changes of a stream it subscribes to may have been lost and history
+    /// could not repair the gap: the client resumes from its last cursor
+    /// (which then fails with `CURSOR_EXPIRED` if that gap is before it) or
+    /// refetches.
+    Expired,
 }
 
 /// One WebSocket connection's mailbox and subscriptions.
@@ -276,11 +329,14 @@ impl Channel {
     /// close holds the list, the socket decides.
     pub(super) fn may_take(&self, group: &str, event: &Event) -> bool {
         let Ok(subscriptions) = self.subscriptions.try_lock() else { return true };
-        subscriptions
-            .list
-            .iter()
-            .filter(|subscription| subscription.group == group)
-            .any(|subscription| !matches!(subscription.verdict(event), Verdict::Skip))
+        subscriptions.list.iter().filter(|subscription| subscription.group == group).any(|subscription| {
+            match &subscription.resume {
+                Some(resume) if !resume.wants(event) => false,
+                // Held while its replay is read: taken whatever its filter says.
+                Some(_) => true,
+                None => !matches!(subscription.verdict(event), Verdict::Skip),
+            }
+        })
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
@@ -301,11 +357,46 @@ impl Channel {
         render: impl Fn(&Subscription, &Event) -> T,
         frames: &mut Vec<T>,
     ) {
-        let event = &delivery.event;
+        match delivery {
+            Delivery::Change { group, event, .. } => self.select_change(group, event, None, &render, frames).await,
+            Delivery::Resume(resume) => {
+                // The replay, then what was held meanwhile: for the resumed
+                // subscriptions only, in order; then they are live.
+                for (group, event) in resume.switch() {
+                    self.select_change(&group, &event, Some(resume), &render, frames).await;
+                }
+            }
+        }
+    }
+
+    /// What the subscriptions on `group` take of `event`; with `only`, the
+    /// subscriptions of that resumed subscribe (its replay), else every
+    /// live one.
+    async fn select_change<T>(
+        &self,
+        group: &Arc<str>,
+        event: &Arc<Event>,
+        only: Option<&Arc<Resume>>,
+        render: &impl Fn(&Subscription, &Event) -> T,
+        frames: &mut Vec<T>,
+    ) {
         let mut pending: Vec<(Arc<Filter>, RowFetch, T)> = Vec::new();
+        let mut overflow = false;
         {
             let subscriptions = self.lock();
-            for subscription in subscriptions.list.iter().filter(|s| *s.group == *delivery.group) {
+            for subscription in subscriptions.list.iter().filter(|s| *s.group == **group) {
+                match (only, &subscription.resume) {
+                    (Some(only), _) if !crate::subscribe::resume::belongs(subscription, only) => continue,
+                    (Some(_), _) | (None, None) => {}
+                    (None, Some(resume)) => match resume.admit(group, event, self.tx.max_capacity()) {
+                        Admit::Pass => {}
+                        Admit::Duplicate | Admit::Held => continue,
+                        Admit::Overflow => {
+                            overflow = true;
+                            continue;
+                        }
+                    },
+                }
                 match subscription.verdict(event) {
                     Verdict::Take => frames.push(render(subscription, event)),
                     Verdict::Skip => {}
@@ -314,6 +405,12 @@ impl Channel {
                     }
                 }
             }
+        }
+        if overflow {
+            // More live changes arrived during the replay's read than the
+            // queue holds: a slow consumer (its socket or stream leaves its
+            // groups when it sees the close).
+            self.close(CloseReason::SlowConsumer);
         }
         // The lock is released: the read is awaited, and shared through the
         // event by every channel of the process (the first one reads).

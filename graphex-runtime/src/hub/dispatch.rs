@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{CloseReason, Delivery, Hub, LAGGING_KEPT, RECENT_KEPT};
 use crate::change::codec::{Change, DecodeError, Event};
+use crate::layer::Position;
 
 impl Hub {
     /// Publishes a change to each of its groups, through the layer; then,
@@ -18,7 +19,8 @@ impl Hub {
     /// time ([`crate::Config::publish_backpressure`]).
     pub(crate) async fn publish(&self, groups: &[String], message: Bytes) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = self.inner.layer.publish_all(groups, message).await {
+        let stream = groups.first().map_or("", |group| crate::change::group::stream_of(group));
+        if let Err(error) = self.inner.layer.publish_change(stream, groups, message).await {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(?groups, %error, "change not published");
         }
@@ -52,18 +54,20 @@ impl Hub {
     /// The shared event of a decoded change: the one already made for
     /// another group of the same change (same nonce, same content), so that
     /// its frames are rendered and its row is read once per process; else a new one.
-    fn event(&self, change: Change) -> Arc<Event> {
+    fn event(&self, change: Change, position: Option<Position>) -> Arc<Event> {
         if change.nonce == 0 {
-            return Arc::new(Event::new(change));
+            return Arc::new(Event::new(change, position));
         }
         let recent = || self.inner.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let known = |event: &&Arc<Event>| event.change.nonce == change.nonce && event.change == change;
+        let known = |event: &&Arc<Event>| {
+            event.change.nonce == change.nonce && event.position == position && event.change == change
+        };
         if let Some(event) = recent().iter().find(known) {
             return event.clone();
         }
         // Rendered outside the lock; two groups of one change dispatched at
         // once may each make one (nothing is wrong, only shared less).
-        let event = Arc::new(Event::new(change));
+        let event = Arc::new(Event::new(change, position));
         let mut kept = recent();
         if kept.len() >= RECENT_KEPT {
             kept.pop_front();
@@ -73,7 +77,7 @@ impl Hub {
     }
 
     /// Fans a layer message out to the local members of `group`.
-    pub(super) fn dispatch(&self, group: &str, message: &[u8]) {
+    pub(super) fn dispatch(&self, group: &str, position: Option<Position>, message: &[u8]) {
         // Custom groups live in their own namespace and carry payloads, not changes.
         if crate::change::group::is_custom(group) {
             return self.inner.custom.dispatch(group, message, &self.inner.stats);
@@ -82,7 +86,7 @@ impl Hub {
         let Some(members) = groups.get(group) else { return };
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         let event = match Change::decode(message) {
-            Ok(change) => self.event(change),
+            Ok(change) => self.event(change, position),
             Err(error @ DecodeError::UnknownVersion(_)) => {
                 self.inner.stats.unreadable.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%group, %error, "change of a newer release not delivered");
@@ -104,7 +108,7 @@ impl Hub {
             if !channel.may_take(&group, &event) {
                 continue;
             }
-            let delivery = Delivery { group: group.clone(), event: event.clone(), queued_at };
+            let delivery = Delivery::Change { group: group.clone(), event: event.clone(), queued_at };
             match channel.tx.try_send(delivery) {
                 Ok(()) => {
                     delivered += 1;
@@ -143,6 +147,72 @@ impl Hub {
                     kept.push(channel);
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    /// Changes of `stream` this process should have received may be lost
+    /// (the layer could not repair a gap from history): every channel with
+    /// a subscription on the stream is closed as expired, so that its
+    /// client resumes from its last cursor or refetches, rather than miss
+    /// changes silently.
+    pub(super) fn lost(&self, stream: &str) {
+        let affected: Vec<Arc<super::Channel>> = {
+            let channels = self.inner.channels.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            channels
+                .values()
+                .filter(|channel| channel.lock().list.iter().any(|subscription| subscription.key.stream == stream))
+                .cloned()
+                .collect()
+        };
+        if affected.is_empty() {
+            return;
+        }
+        self.inner.stats.expired.fetch_add(affected.len() as u64, Ordering::Relaxed);
+        tracing::warn!(%stream, channels = affected.len(), "changes may be lost: closing the stream's subscribers (cursor expired)");
+        for channel in affected {
+            channel.close(CloseReason::Expired);
+            self.close_channel(&channel);
+        }
+    }
+}
+
+impl Hub {
+    /// A change kept in history, decoded for a replay; `None` (counted and
+    /// logged like a live message) when this process cannot read it.
+    pub(crate) fn decode_kept(&self, message: &[u8], position: Position) -> Option<Arc<Event>> {
+        match Change::decode(message) {
+            Ok(change) => Some(Arc::new(Event::new(change, Some(position)))),
+            Err(error) => {
+                let counter = match error {
+                    DecodeError::UnknownVersion(_) => &self.inner.stats.unreadable,
+                    DecodeError::Malformed(_) => &self.inner.stats.dropped,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "change kept in history not replayed");
+                None
+            }
+        }
+    }
+
+    /// Counts a resumed subscribe and the deliveries its replay makes.
+    pub(crate) fn count_resumed(&self, replayed: usize) {
+        self.inner.stats.resumed.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+    }
+
+    /// Queues `delivery` on `channel`; a full queue closes it as a slow consumer.
+    pub(crate) fn queue(&self, channel: &Arc<super::Channel>, delivery: Delivery) {
+        match channel.tx.try_send(delivery) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");
+                channel.close(CloseReason::SlowConsumer);
+                self.close_channel(channel);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

@@ -117,11 +117,19 @@ impl Hub {
             recent: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
-        inner.layer.start(Arc::new(move |group: &str, message: Bytes| {
-            if let Some(inner) = weak.upgrade() {
-                Hub { inner }.dispatch(group, &message);
-            }
-        }));
+        let lost = Arc::downgrade(&inner);
+        inner.layer.start(crate::layer::Inbound::new(
+            move |group: &str, position, message: Bytes| {
+                if let Some(inner) = weak.upgrade() {
+                    Hub { inner }.dispatch(group, position, &message);
+                }
+            },
+            move |stream: &str| {
+                if let Some(inner) = lost.upgrade() {
+                    Hub { inner }.lost(stream);
+                }
+            },
+        ));
         Hub { inner }
     }
 

@@ -23,6 +23,13 @@ pub struct Stats {
     pub unreadable: u64,
     /// Refusals at a per-client cap ([`crate::Config::max_channels_per_client`] and the like).
     pub client_limits: u64,
+    /// Channels closed because changes of their stream may have been lost
+    /// and history could not repair the gap (their clients get `CURSOR_EXPIRED`).
+    pub expired: u64,
+    /// Subscriptions resumed after a cursor (`after`).
+    pub resumed: u64,
+    /// Changes replayed from history to resumed subscriptions.
+    pub replayed: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -36,6 +43,9 @@ pub(crate) struct Counters {
     pub(crate) backpressure_waits: AtomicU64,
     pub(crate) client_limits: AtomicU64,
     pub(crate) unreadable: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) resumed: AtomicU64,
+    pub(crate) replayed: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +60,9 @@ impl Counters {
             backpressure_waits: read(&self.backpressure_waits),
             client_limits: read(&self.client_limits),
             unreadable: read(&self.unreadable),
+            expired: read(&self.expired),
+            resumed: read(&self.resumed),
+            replayed: read(&self.replayed),
         }
     }
 }

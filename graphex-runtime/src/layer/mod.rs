@@ -20,8 +20,120 @@ pub mod redis;
 pub use self::redis::{RedisLayer, RedisOptions, RedisStats, SigningKey};
 pub use memory::MemoryLayer;
 
-/// Where a layer delivers messages for the groups this process listens to.
-pub type Inbound = Arc<dyn Fn(&str, Bytes) + Send + Sync>;
+/// Where a change sits in its model's stream.
+///
+/// Offsets are dense and strictly increasing within an epoch (1 for the
+/// first change of an epoch). A stream moves to a new epoch whenever its
+/// history may have been lost (the broker restarted empty or from an older
+/// snapshot, an outbox overflowed): positions of different epochs are not
+/// comparable, and a cursor of an older epoch cannot be resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The stream's epoch: a random number, new whenever history may have been lost.
+    pub epoch: u64,
+    /// The change's offset within the epoch, from 1.
+    pub offset: u64,
+}
+
+/// One change kept in a stream's history.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    /// Its offset (in the epoch of the [`History`] it belongs to).
+    pub offset: u64,
+    /// The groups it was published to.
+    pub groups: Vec<String>,
+    /// The change message, as published.
+    pub message: Bytes,
+}
+
+/// What a layer's history says about the changes of a stream after a position.
+#[derive(Clone, Debug)]
+pub enum History {
+    /// Every change after the position, in order, up to `head`, the stream's
+    /// last change when the history was read (the position itself when
+    /// nothing came after it).
+    Since {
+        /// The changes after the position.
+        kept: Vec<Kept>,
+        /// The stream's last position when read.
+        head: Position,
+    },
+    /// The changes after the position cannot all be told.
+    Expired(Expiry),
+    /// This layer keeps no positions or history.
+    Unsupported,
+}
+
+/// Why a position can no longer be resumed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// The stream is in another epoch now: history may have been lost since.
+    Epoch,
+    /// The history no longer reaches back to the position (trimmed, or off).
+    Trimmed,
+    /// The position is ahead of the stream's head: the broker went back in
+    /// time (restored from an older snapshot). The layer has moved the
+    /// stream to a new epoch.
+    Ahead,
+}
+
+impl std::fmt::Display for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Expiry::Epoch => "the stream's history was lost since (new epoch)",
+            Expiry::Trimmed => "the stream's history no longer reaches back to it",
+            Expiry::Ahead => "it is ahead of the stream (the broker went back in time; new epoch)",
+        })
+    }
+}
+
+type Deliver = dyn Fn(&str, Option<Position>, Bytes) + Send + Sync;
+
+/// Where a layer delivers messages for the groups this process listens to,
+/// given to [`ChannelLayer::start`] by the hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Inbound {
+    deliver: Arc<Deliver>,
+    lost: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound").finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Where messages go (`deliver`), and streams whose changes may have
+    /// been lost (`lost`).
+    pub fn new(
+        deliver: impl Fn(&str, Option<Position>, Bytes) + Send + Sync + 'static,
+        lost: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Inbound {
+        Inbound { deliver: Arc::new(deliver), lost: Arc::new(lost) }
+    }
+
+    /// A message published to `group`, without a position (custom groups,
+    /// layers that keep none, messages of releases before positions).
+    pub fn deliver(&self, group: &str, message: Bytes) {
+        (self.deliver)(group, None, message);
+    }
+
+    /// A change of a stream at `position`, published to `group`. For each
+    /// stream, a layer delivers changes in offset order, each once per group.
+    pub fn deliver_at(&self, group: &str, position: Position, message: Bytes) {
+        (self.deliver)(group, Some(position), message);
+    }
+
+    /// Changes of `stream` this process should have received may be lost
+    /// and cannot be repaired from history (epoch changed, history
+    /// trimmed): the hub ends every subscription of that stream here, with
+    /// `CURSOR_EXPIRED`, so that clients resume or refetch.
+    pub fn lost(&self, stream: &str) {
+        (self.lost)(stream);
+    }
+}
 
 /// Answers a request another process sent to this one (see
 /// [`NodeRequests::request`]); the reply goes back to the sender.
@@ -85,7 +197,8 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Sends `message` to every process listening to `group`.
     async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError>;
     /// Sends `message` to each of `groups` (one publish per group). Layers
-    /// that can batch (Redis pipelines them) override this.
+    /// that can batch (Redis pipelines them) override this. Used for
+    /// messages that are not changes (custom groups).
     async fn publish_all(&self, groups: &[String], message: Bytes) -> Result<(), LayerError> {
         let mut outcome = Ok(());
         for group in groups {
@@ -94,6 +207,26 @@ pub trait ChannelLayer: Send + Sync + 'static {
             }
         }
         outcome
+    }
+    /// Sends the change `message` of `stream` to each of `groups`, at the
+    /// stream's next position, and keeps it in the stream's history.
+    ///
+    /// A layer that keeps positions assigns the offset where every process
+    /// agrees (the in-memory layer under the stream's lock, the Redis layer
+    /// in one script with the publishes) and delivers with
+    /// [`Inbound::deliver_at`]. The default keeps none: [`ChannelLayer::publish_all`].
+    async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        let _ = stream;
+        self.publish_all(groups, message).await
+    }
+    /// The changes of `stream` after `after`, as kept by the layer's
+    /// history, and the stream's head. Expired when `after` is of another
+    /// epoch, older than what the history keeps, or ahead of the head (the
+    /// layer then moves the stream to a new epoch). The default:
+    /// [`History::Unsupported`].
+    async fn history(&self, stream: &str, after: Position) -> Result<History, LayerError> {
+        let _ = (stream, after);
+        Ok(History::Unsupported)
     }
     /// This process now has members in `group`.
     ///

@@ -639,7 +639,7 @@ impl Subscriber {
         if group::is_node(group) {
             self.control(message.get_channel_name(), group, payload);
         } else if let Some(inbound) = self.inbound.get() {
-            inbound(group, Bytes::copy_from_slice(payload));
+            inbound.deliver(group, Bytes::copy_from_slice(payload));
         }
     }
 }

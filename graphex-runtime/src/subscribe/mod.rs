@@ -11,6 +11,7 @@
 pub(crate) mod custom;
 pub(crate) mod filter;
 pub(crate) mod native;
+pub(crate) mod resume;
 pub(crate) mod row;
 pub(crate) mod two_channel;
 

@@ -23,8 +23,13 @@ use crate::change::codec::Event;
 use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription};
 use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
+use crate::subscribe::resume::{ResumeError, add_resumed, parse_after};
 use crate::subscribe::two_channel::shared_projection;
-use crate::subscribe::{SubscribeError, add_all, build_subscriptions, canonical_id};
+use crate::subscribe::{SubscribeError, build_subscriptions, canonical_id};
+
+/// `extensions.code` of a subscription that cannot resume after its
+/// cursor, or whose stream lost changes history could not repair.
+pub(crate) const CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
 
 /// One change of a model row, as a native subscription event.
 #[derive(async_graphql::SimpleObject, Clone, Debug, PartialEq)]
@@ -41,6 +46,10 @@ pub struct ModelChange {
     /// The row, projected to the `data` argument (full-payload mode); null
     /// in id-only mode.
     pub data: Option<async_graphql::Json<Json>>,
+    /// Where this change sits in its stream: pass it as `after` to resume
+    /// after it (opaque; empty for a change without a position, from a
+    /// layer that keeps none or a release before positions).
+    pub cursor: String,
 }
 
 impl ModelChange {
@@ -61,6 +70,7 @@ impl ModelChange {
             stream: change.stream.clone(),
             id: async_graphql::Json(change.pk.clone()),
             data: data.map(async_graphql::Json),
+            cursor: event.position.map(crate::subscribe::resume::cursor).unwrap_or_default(),
         }
     }
 }
@@ -77,6 +87,8 @@ pub struct ChangesArgs {
     /// Requested fields (full-payload mode only), each once, in the order
     /// of its first occurrence.
     pub projection: Option<Arc<[&'static str]>>,
+    /// Resume after this cursor.
+    pub after: Option<String>,
 }
 
 impl ChangesArgs {
@@ -88,7 +100,13 @@ impl ChangesArgs {
         projection: Option<Vec<&'static str>>,
     ) -> Self {
         let projection = projection.map(shared_projection);
-        ChangesArgs { action, id, filters: filters.map(|json| json.0), projection }
+        ChangesArgs { action, id, filters: filters.map(|json| json.0), projection, after: None }
+    }
+
+    /// The cursor to resume after.
+    pub fn after(mut self, after: Option<String>) -> Self {
+        self.after = after;
+        self
     }
 }
 
@@ -105,7 +123,8 @@ impl SubscribeError {
             SubscribeError::Channel(_) => "CHANNEL_ERROR",
             SubscribeError::Denied(_) => "FORBIDDEN",
             SubscribeError::Filter(_) => "BAD_FILTER",
-            SubscribeError::InvalidId(_) => "BAD_USER_INPUT",
+            SubscribeError::InvalidId(_) | SubscribeError::Resume(ResumeError::Malformed) => "BAD_USER_INPUT",
+            SubscribeError::Resume(_) => CURSOR_EXPIRED,
         }
     }
 }
@@ -135,13 +154,14 @@ async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Res
     let hub = ctx.data_opt::<Hub>().ok_or(SubscribeError::NoHub)?;
     let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
     let filters = args.filters.map(Arc::new);
+    let after = args.after.as_deref().map(parse_after).transpose()?;
     let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, filters, args.projection)?;
     let principal = ctx.data_opt::<Principal>();
     let address = ctx.data_opt::<crate::hub::ClientAddress>().map(|address| address.0);
     let client = crate::hub::client_key(principal, address);
     let (channel, rx) = hub.open_channel_for(principal.map(|principal| principal.id.clone()), client)?;
     let guard = ChannelGuard { hub: hub.clone(), channel };
-    add_all(hub, &guard.channel, subscriptions).await?;
+    add_resumed(hub, &guard.channel, subscriptions, after).await?;
     Ok(ChangeStream::new(guard, rx))
 }
 
@@ -195,12 +215,16 @@ impl ChangeStream {
                     biased;
                     () = channel.closed().cancelled() => {
                         state.done = true;
-                        let message = match channel.close_reason() {
-                            Some(CloseReason::SlowConsumer) => "slow consumer: outgoing queue full",
-                            Some(CloseReason::Disconnected) => "disconnected by the server",
-                            _ => "server shutting down",
+                        let error = match channel.close_reason() {
+                            Some(CloseReason::SlowConsumer) => async_graphql::Error::new("slow consumer: outgoing queue full"),
+                            Some(CloseReason::Disconnected) => async_graphql::Error::new("disconnected by the server"),
+                            Some(CloseReason::Expired) => async_graphql::Error::new(
+                                "cursor expired: changes of this stream may have been lost; resume from the last cursor or refetch",
+                            )
+                            .extend_with(|_, extensions| extensions.set("code", CURSOR_EXPIRED)),
+                            _ => async_graphql::Error::new("server shutting down"),
                         };
-                        return Some((Err(async_graphql::Error::new(message)), state));
+                        return Some((Err(error), state));
                     }
                     delivery = state.rx.recv() => {
                         let delivery = delivery?;
@@ -237,8 +261,16 @@ mod tests {
     async fn stream(hub: &Hub, projection: Option<Vec<&'static str>>) -> ChangeStream {
         let (channel, rx) = hub.open_channel(Some("neo".into())).unwrap();
         let projection = projection.map(Arc::from);
-        let key = SubscriptionKey { stream: "users", action: Action::Create, id: None, filters: None, projection };
-        let subscription = Subscription { key, group: "users-create".into(), filter: Arc::default(), row: None };
+        let key = SubscriptionKey {
+            stream: "users",
+            action: Action::Create,
+            id: None,
+            filters: None,
+            projection,
+            cursors: false,
+        };
+        let subscription =
+            Subscription { key, group: "users-create".into(), filter: Arc::default(), row: None, resume: None };
         hub.add_subscription(&channel, subscription).await.unwrap();
         ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx)
     }
@@ -254,6 +286,8 @@ mod tests {
         let mut events = stream(&hub, Some(vec!["username"])).await;
         hub.publish(&["users-create".into()], change(7)).await;
         let event = events.next().await.unwrap().unwrap();
+        let position = crate::subscribe::resume::parse_cursor(&event.cursor).expect("a cursor");
+        assert_eq!(position.offset, 1, "the stream's first change");
         assert_eq!(
             event,
             ModelChange {
@@ -262,6 +296,7 @@ mod tests {
                 stream: "users".into(),
                 id: async_graphql::Json(json!(7)),
                 data: Some(async_graphql::Json(json!({"username": "neo"}))),
+                cursor: event.cursor.clone(),
             }
         );
         assert_eq!((hub.channel_count(), hub.group_count()), (1, 1));

@@ -156,7 +156,10 @@ mod tests {
         let update = Change { action: Action::Update, ..Change::user_created(4, None) };
         hub.publish(&[coarse.to_owned(), instance.to_owned()], update.encode()).await;
         let deliveries: Vec<Delivery> = channels.iter_mut().map(|(_, rx)| rx.try_recv().unwrap()).collect();
-        assert!(Arc::ptr_eq(&deliveries[0].event, &deliveries[1].event), "one event for both groups");
+        assert!(
+            Arc::ptr_eq(deliveries[0].event().unwrap(), deliveries[1].event().unwrap()),
+            "one event for both groups"
+        );
         for ((channel, _), delivery) in channels.iter().zip(&deliveries) {
             let mut frames = Vec::new();
             channel.frames(delivery, &mut frames).await;

@@ -32,6 +32,10 @@ pub struct SubscribeArgs {
     /// Requested fields (full-payload mode only), each once, in the order
     /// of its first occurrence.
     pub projection: Option<Arc<[&'static str]>>,
+    /// Frames carry each change's cursor (`cursors: true`, or `after`).
+    pub cursors: bool,
+    /// Resume after this cursor.
+    pub after: Option<String>,
 }
 
 /// Requested fields with each one once, in the order of its first
@@ -59,7 +63,23 @@ impl SubscribeArgs {
         projection: Option<Vec<&'static str>>,
     ) -> Self {
         let projection = projection.map(shared_projection);
-        SubscribeArgs { channel_id, action, operation, id, filters: filters.map(|json| json.0), projection }
+        SubscribeArgs {
+            channel_id,
+            action,
+            operation,
+            id,
+            filters: filters.map(|json| json.0),
+            projection,
+            cursors: false,
+            after: None,
+        }
+    }
+
+    /// Cursors in frames, and the cursor to resume after (which implies them).
+    pub fn resume(mut self, cursors: bool, after: Option<String>) -> Self {
+        self.cursors = cursors || after.is_some();
+        self.after = after;
+        self
     }
 }
 
@@ -100,6 +120,9 @@ pub enum SubscribeError {
     /// The filter needs a row check and the schema has no database.
     #[error("filters on fields other than the id need the server's database, which is not configured")]
     NoDatabase,
+    /// `after` is malformed, or the history cannot resume after it.
+    #[error(transparent)]
+    Resume(#[from] crate::subscribe::resume::ResumeError),
 }
 
 /// Runs a subscribe or unsubscribe for model `M` (called by generated code).
@@ -134,6 +157,7 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
             id: id.clone(),
             filters: filters.clone(),
             projection: args.projection.clone(),
+            cursors: args.cursors,
         });
         let mut removed = 0;
         for key in keys {
@@ -146,8 +170,12 @@ async fn apply<M: ModelSubscription>(ctx: &Context<'_>, args: &SubscribeArgs) ->
         return if removed == 0 { Err(ChannelError::NotSubscribed.into()) } else { Ok(()) };
     }
 
-    let subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, filters, args.projection.clone())?;
-    add_all(hub, &channel, subscriptions).await
+    let after = args.after.as_deref().map(crate::subscribe::resume::parse_after).transpose()?;
+    let mut subscriptions = build_subscriptions::<M>(ctx, hub, args.action, id, filters, args.projection.clone())?;
+    for subscription in &mut subscriptions {
+        subscription.key.cursors = args.cursors;
+    }
+    crate::subscribe::resume::add_resumed(hub, &channel, subscriptions, after).await
 }
 
 /// Checks authorization, scope and filters for model `M` and builds one
@@ -213,8 +241,9 @@ fn per_action(
                 id: id.clone(),
                 filters: shared.filters.clone(),
                 projection: shared.projection.clone(),
+                cursors: false,
             };
-            Subscription { key, group, filter: shared.filter.clone(), row: shared.row.clone() }
+            Subscription { key, group, filter: shared.filter.clone(), row: shared.row.clone(), resume: None }
         })
         .collect()
 }
@@ -295,6 +324,7 @@ mod tests {
             id: None,
             filters: Some(Arc::new(json!({"post": 7}))),
             projection: Some(Arc::from(["text", "id"])),
+            cursors: false,
         };
         assert_eq!(subscriptions[1].key, apart);
     }

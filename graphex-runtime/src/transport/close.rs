@@ -15,6 +15,9 @@ pub(crate) const CLOSE_POLICY_VIOLATION: u16 = 1008;
 pub(crate) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// The client's outgoing queue overflowed (it stopped reading).
 pub(crate) const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Changes of a subscribed stream may have been lost and history could not
+/// repair the gap (issue 16): resume from the last cursor, or refetch.
+pub(crate) const CLOSE_CURSOR_EXPIRED: u16 = 4010;
 
 /// Close code: a message that is not valid for the protocol.
 pub(crate) const CLOSE_BAD_REQUEST: u16 = 4400;

@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
 use crate::hub::{Channel, ClientKey, CloseReason, Delivery, Hub};
-use crate::transport::close::{CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER};
+use crate::transport::close::{
+    CLOSE_CURSOR_EXPIRED, CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER,
+};
 
 /// Most deliveries written to a socket before one flush.
 const WRITE_BATCH: usize = 256;
@@ -119,7 +121,7 @@ async fn pump<Si, St, E>(
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { return };
-                if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at.elapsed() > pacing.busy_after) {
+                if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at().is_some_and(|queued_at| queued_at.elapsed() > pacing.busy_after)) {
                     // The server is behind: let the changes arriving meanwhile
                     // share this write. A busy runtime fires timers late, so a
                     // queue past half full ends the hold at once.
@@ -163,6 +165,7 @@ async fn send_close<Si: Sink<Message> + Unpin>(channel: &Channel, sink: &mut Si)
     let (code, reason) = match channel.close_reason() {
         Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
         Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
+        Some(CloseReason::Expired) => (CLOSE_CURSOR_EXPIRED, "cursor expired: changes may be lost; resume or refetch"),
         _ => (CLOSE_GOING_AWAY, "server shutting down"),
     };
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };

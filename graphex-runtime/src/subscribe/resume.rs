@@ -1,0 +1,257 @@
+//! Resuming a subscription after a cursor (`after`): the changes the
+//! client missed are replayed from the layer's history, in order and once,
+//! then delivery continues live with no gap and no duplicate.
+//!
+//! The handoff, for the subscriptions of one subscribe (they share one
+//! [`Resume`]):
+//!
+//! 1. They are added *holding*: from then on the layer delivers their
+//!    groups here, and every live change the channel takes for them is kept
+//!    aside, in arrival order, instead of being rendered.
+//! 2. The history after the cursor is read: every change up to the stream's
+//!    head `H`, read after the groups were ready, so every later change
+//!    arrives live.
+//! 3. A [`Delivery::Resume`] is queued behind whatever the channel already
+//!    holds. When the socket (or native stream) reaches it, it renders the
+//!    replay, then the held changes after `H`, and switches the
+//!    subscriptions to live: from then on a change at `H` or before is a
+//!    duplicate and skipped (offsets of one stream arrive in order).
+//!
+//! The replay passes through the same filters, projections and row checks
+//! as live changes; an id-only row check runs against the row as it is now.
+
+use std::sync::{Arc, Mutex};
+
+use crate::change::codec::Event;
+use crate::hub::{Channel, Delivery, Hub, Subscription};
+use crate::layer::{Expiry, History, Position};
+use crate::subscribe::{SubscribeError, add_all};
+
+/// A cursor as clients see it: opaque, `<epoch as 16 hex digits>-<offset>`.
+pub(crate) fn cursor(position: Position) -> String {
+    format!("{:016x}-{}", position.epoch, position.offset)
+}
+
+/// Reads a cursor made by [`cursor`]; `None` when it is not one.
+pub(crate) fn parse_cursor(text: &str) -> Option<Position> {
+    let (epoch, offset) = text.split_once('-')?;
+    if epoch.len() != 16 || !epoch.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return None;
+    }
+    if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(Position { epoch: u64::from_str_radix(epoch, 16).ok()?, offset: offset.parse().ok()? })
+}
+
+/// Why a subscription cannot resume after its cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// `after` is not a cursor graphex made.
+    #[error("`after` is not a cursor")]
+    Malformed,
+    /// The history cannot tell every change after the cursor.
+    #[error("cursor expired: {0}; refetch, then subscribe without `after`")]
+    Expired(Expiry),
+    /// The channel layer keeps no history.
+    #[error("cursor expired: this server's channel layer keeps no history; refetch, then subscribe without `after`")]
+    Unsupported,
+}
+
+/// The handoff from replay to live delivery, shared by the subscriptions
+/// of one resumed subscribe.
+#[derive(Debug)]
+pub struct Resume {
+    /// The cursor's epoch: changes of another epoch are not compared.
+    epoch: u64,
+    state: Mutex<State>,
+}
+
+/// A change and the group it came through.
+type Routed = (Arc<str>, Arc<Event>);
+
+#[derive(Debug)]
+enum State {
+    /// Live changes taken meanwhile (group, event), and the replay once read.
+    Holding { held: Vec<Routed>, replay: Option<(Vec<Routed>, u64)> },
+    /// Live: a change at `floor` or before was replayed already.
+    Live { floor: u64 },
+}
+
+/// What a resumed subscription does with a live change.
+pub(crate) enum Admit {
+    /// Deliver it (after its filter).
+    Pass,
+    /// Replayed already: skip it.
+    Duplicate,
+    /// Kept aside until the replay is rendered.
+    Held,
+    /// Kept aside would exceed the bound: the channel must close.
+    Overflow,
+}
+
+impl Resume {
+    pub(crate) fn new(epoch: u64) -> Arc<Resume> {
+        Arc::new(Resume { epoch, state: Mutex::new(State::Holding { held: Vec::new(), replay: None }) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn duplicate(&self, floor: u64, event: &Event) -> bool {
+        event.position.is_some_and(|position| position.epoch == self.epoch && position.offset <= floor)
+    }
+
+    /// Whether the hub should queue a live change for this subscription
+    /// (never a replayed one); takes nothing.
+    pub(crate) fn wants(&self, event: &Event) -> bool {
+        match &*self.lock() {
+            State::Holding { .. } => true,
+            State::Live { floor } => !self.duplicate(*floor, event),
+        }
+    }
+
+    /// A live change reaching the socket for this subscription; `bound`:
+    /// most changes kept aside.
+    pub(crate) fn admit(&self, group: &Arc<str>, event: &Arc<Event>, bound: usize) -> Admit {
+        match &mut *self.lock() {
+            State::Holding { held, .. } if held.len() >= bound => Admit::Overflow,
+            State::Holding { held, .. } => {
+                held.push((group.clone(), event.clone()));
+                Admit::Held
+            }
+            State::Live { floor } if self.duplicate(*floor, event) => Admit::Duplicate,
+            State::Live { .. } => Admit::Pass,
+        }
+    }
+
+    /// The replay, read from history up to the stream's `head` offset.
+    fn install(&self, replay: Vec<Routed>, head: u64) {
+        if let State::Holding { replay: slot, .. } = &mut *self.lock() {
+            *slot = Some((replay, head));
+        }
+    }
+
+    /// Switches to live and returns what to render first, in order: the
+    /// replay, then the changes held meanwhile that came after it.
+    pub(crate) fn switch(&self) -> Vec<Routed> {
+        let mut state = self.lock();
+        let State::Holding { held, replay } = &mut *state else { return Vec::new() };
+        let (mut out, head) = replay.take().unwrap_or_default();
+        let held = std::mem::take(held);
+        out.extend(held.into_iter().filter(|(_, event)| !self.duplicate(head, event)));
+        *state = State::Live { floor: head };
+        out
+    }
+}
+
+/// Reads the history of `stream` after `after` for the subscriptions just
+/// added holding `resume` to `channel`, and queues the replay behind what
+/// the channel holds. Fails when the history cannot tell every change
+/// after the cursor: the caller removes the subscriptions.
+pub(crate) async fn replay(
+    hub: &Hub,
+    channel: &Arc<Channel>,
+    stream: &str,
+    after: Position,
+    resume: &Arc<Resume>,
+    subscriptions: &[String],
+) -> Result<(), ResumeError> {
+    let history = hub.layer().history(stream, after).await.map_err(|error| {
+        tracing::warn!(%error, %stream, "history could not be read");
+        ResumeError::Expired(Expiry::Trimmed)
+    })?;
+    let (kept, head) = match history {
+        History::Since { kept, head } => (kept, head),
+        History::Expired(why) => return Err(ResumeError::Expired(why)),
+        History::Unsupported => return Err(ResumeError::Unsupported),
+    };
+    let mut replay = Vec::new();
+    for kept in kept {
+        let wanted: Vec<&String> = kept.groups.iter().filter(|group| subscriptions.contains(group)).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let Some(event) = hub.decode_kept(&kept.message, Position { epoch: head.epoch, offset: kept.offset }) else {
+            continue;
+        };
+        for group in wanted {
+            replay.push((Arc::<str>::from(group.as_str()), event.clone()));
+        }
+    }
+    hub.count_resumed(replay.len());
+    resume.install(replay, head.offset);
+    hub.queue(channel, Delivery::Resume(resume.clone()));
+    Ok(())
+}
+
+/// Reads a client's `after`: a cursor, else `BAD_USER_INPUT`.
+pub(crate) fn parse_after(text: &str) -> Result<Position, ResumeError> {
+    parse_cursor(text).ok_or(ResumeError::Malformed)
+}
+
+/// Adds the subscriptions of one subscribe to `channel`; with `after`,
+/// holding, and queues their replay ([`replay`]). When the history cannot
+/// resume after the cursor, the subscriptions this call added are removed
+/// again and the subscribe fails.
+pub(crate) async fn add_resumed(
+    hub: &Hub,
+    channel: &Arc<Channel>,
+    mut subscriptions: Vec<Subscription>,
+    after: Option<Position>,
+) -> Result<(), SubscribeError> {
+    let Some(after) = after else { return add_all(hub, channel, subscriptions).await };
+    let Some(stream) = subscriptions.first().map(|subscription| subscription.key.stream) else { return Ok(()) };
+    let resume = Resume::new(after.epoch);
+    for subscription in &mut subscriptions {
+        subscription.resume = Some(resume.clone());
+    }
+    let groups: Vec<String> = subscriptions.iter().map(|subscription| subscription.group.clone()).collect();
+    add_all(hub, channel, subscriptions).await?;
+    if let Err(error) = replay(hub, channel, stream, after, &resume, &groups).await {
+        let added: Vec<_> = channel.inspect_subscriptions(|list| {
+            list.iter().filter(|subscription| belongs(subscription, &resume)).map(|s| s.key.clone()).collect()
+        });
+        for key in added {
+            let _ = hub.remove_subscription(channel, &key);
+        }
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Whether `subscription` belongs to the resumed subscribe `resume`.
+pub(crate) fn belongs(subscription: &Subscription, resume: &Arc<Resume>) -> bool {
+    subscription.resume.as_ref().is_some_and(|own| Arc::ptr_eq(own, resume))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_malformed() {
+        let position = Position { epoch: 0xdead_beef_0000_0001, offset: 42 };
+        assert_eq!(cursor(position), "deadbeef00000001-42");
+        assert_eq!(parse_cursor(&cursor(position)), Some(position));
+        assert_eq!(parse_cursor(&cursor(Position { epoch: u64::MAX, offset: u64::MAX })).unwrap().offset, u64::MAX);
+        for bad in [
+            "",
+            "-",
+            "42",
+            "deadbeef00000001",
+            "deadbeef00000001-",
+            "deadbeef0000001-4",
+            "xeadbeef00000001-4",
+            "deadbeef00000001-4a",
+            "deadbeef00000001--4",
+            "deadbeef00000001-+4",
+            "deadbeef00000001-99999999999999999999",
+            " deadbeef00000001-4",
+        ] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
+    }
+}
