@@ -157,7 +157,7 @@ impl Hub {
     /// a subscription on the stream is closed as expired, so that its
     /// client resumes from its last cursor or refetches, rather than miss
     /// changes silently.
-    pub(super) fn lost(&self, stream: &str) {
+    pub(crate) fn lost(&self, stream: &str) {
         let affected: Vec<Arc<super::Channel>> = {
             let channels = self.inner.channels.read().unwrap_or_else(|poisoned| poisoned.into_inner());
             channels

@@ -229,7 +229,120 @@ pub(crate) fn belongs(subscription: &Subscription, resume: &Arc<Resume>) -> bool
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value as Json, json};
+
     use super::*;
+    use crate::Config;
+    use crate::change::codec::Change;
+    use crate::model::Action;
+
+    const GROUP: &str = "users-create";
+
+    fn change(pk: i64) -> bytes::Bytes {
+        Change::user_created(pk, json!({"id": pk}).as_object().cloned()).encode()
+    }
+
+    async fn publish(hub: &Hub, pk: i64) {
+        hub.publish(&[GROUP.into()], change(pk)).await;
+    }
+
+    /// A subscription to `users-create` that asks for cursors (so that its
+    /// frames are told from the plain one's), resumed with `resume`.
+    fn resumed(resume: &Arc<Resume>) -> Subscription {
+        let mut subscription = Subscription::of_users(GROUP, Action::Create, None);
+        subscription.key.cursors = true;
+        subscription.resume = Some(resume.clone());
+        subscription
+    }
+
+    /// The frames of every queued delivery, in queue order: (pk, has a cursor).
+    async fn drain(channel: &Channel, rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Vec<(i64, bool)> {
+        let mut out = Vec::new();
+        while let Ok(delivery) = rx.try_recv() {
+            let mut frames = Vec::new();
+            channel.frames(&delivery, &mut frames).await;
+            for frame in frames {
+                let frame: Json = serde_json::from_slice(&frame).unwrap();
+                out.push((frame["payload"]["data"]["id"].as_i64().unwrap(), frame.get("cursor").is_some()));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_replay_comes_before_live_changes_held_meanwhile_and_each_change_once() {
+        let hub = Hub::default();
+        let (channel, mut rx) = hub.open_channel(None).unwrap();
+        hub.add_subscription(&channel, Subscription::of_users(GROUP, Action::Create, None)).await.unwrap();
+        for pk in 1..=3 {
+            publish(&hub, pk).await;
+        }
+        let first = rx.try_recv().unwrap().event().unwrap().position.expect("a position");
+        while rx.try_recv().is_ok() {}
+
+        // Resumed after change 1: added holding; change 4 arrives live
+        // before the history is read, change 5 after the replay is queued.
+        let resume = Resume::new(first.epoch);
+        hub.add_subscription(&channel, resumed(&resume)).await.unwrap();
+        publish(&hub, 4).await;
+        replay(&hub, &channel, "users", first, &resume, &[GROUP.to_owned()]).await.unwrap();
+        publish(&hub, 5).await;
+
+        let frames = drain(&channel, &mut rx).await;
+        let plain: Vec<i64> = frames.iter().filter(|(_, cursor)| !cursor).map(|(pk, _)| *pk).collect();
+        let resumed: Vec<i64> = frames.iter().filter(|(_, cursor)| *cursor).map(|(pk, _)| *pk).collect();
+        assert_eq!(plain, [4, 5], "the other subscription is not replayed to");
+        assert_eq!(resumed, [2, 3, 4, 5], "missed changes in order, then live, each once");
+        assert_eq!(frames.iter().position(|frame| *frame == (4, false)), Some(0), "live 4 was not held for others");
+        assert_eq!(hub.stats().resumed, 1);
+        assert_eq!(hub.stats().replayed, 3);
+    }
+
+    #[tokio::test]
+    async fn live_changes_held_beyond_the_queue_close_the_channel() {
+        let hub = Hub::new(Config { queue_capacity: 4, ..Config::default() });
+        let (channel, mut rx) = hub.open_channel(None).unwrap();
+        let resume = Resume::new(1);
+        hub.add_subscription(&channel, resumed(&resume)).await.unwrap();
+        for pk in 1..=3 {
+            publish(&hub, pk).await;
+            assert!(drain(&channel, &mut rx).await.is_empty(), "held, not rendered");
+        }
+        publish(&hub, 4).await;
+        assert!(drain(&channel, &mut rx).await.is_empty());
+        assert_eq!(channel.close_reason(), None);
+        publish(&hub, 5).await;
+        drain(&channel, &mut rx).await;
+        assert_eq!(channel.close_reason(), Some(crate::CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_cursor_history_cannot_serve_adds_nothing() {
+        let hub = Hub::new(Config::default());
+        let (channel, _rx) = hub.open_channel(None).unwrap();
+        publish(&hub, 1).await;
+        let foreign = Position { epoch: 7, offset: 1 };
+        let added = add_resumed(&hub, &channel, vec![resumed(&Resume::new(7))], Some(foreign)).await;
+        assert!(matches!(added, Err(SubscribeError::Resume(ResumeError::Expired(Expiry::Epoch)))), "{added:?}");
+        assert_eq!(channel.subscription_count(), 0, "the subscriptions it added are removed");
+        assert_eq!(hub.group_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_lost_changes_closes_its_subscribers_only() {
+        let hub = Hub::default();
+        let (users, _users_rx) = hub.open_channel(None).unwrap();
+        hub.add_subscription(&users, Subscription::of_users(GROUP, Action::Create, None)).await.unwrap();
+        let (other, _other_rx) = hub.open_channel(None).unwrap();
+        let mut notes = Subscription::of_users("notes-create", Action::Create, None);
+        notes.key.stream = "notes";
+        hub.add_subscription(&other, notes).await.unwrap();
+        hub.lost("users");
+        assert_eq!(users.close_reason(), Some(crate::CloseReason::Expired));
+        assert_eq!(other.close_reason(), None);
+        assert_eq!(hub.channel_count(), 1);
+        assert_eq!(hub.stats().expired, 1);
+    }
 
     #[test]
     fn cursors_round_trip_and_anything_else_is_malformed() {
