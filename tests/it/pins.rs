@@ -465,7 +465,9 @@ async fn cursors_on_the_wire_are_pinned() {
     let args = "action: CREATE, operation: SUBSCRIBE, data: [USERNAME], cursors: true";
     http.subscribe(None, &channel, "userSubscription", args, Json::Null).await;
     let create = |name: &str| {
-        format!(r#"mutation {{ createUser(username: "{name}", email: "{name}@example.com", tenant: "acme") {{ id }} }}"#)
+        format!(
+            r#"mutation {{ createUser(username: "{name}", email: "{name}@example.com", tenant: "acme") {{ id }} }}"#
+        )
     };
     http.graphql(None, &create("neo"), Json::Null).await;
     let frame: Json = serde_json::from_str(&ws1.recv().await).expect("a JSON frame");

@@ -422,10 +422,11 @@ async fn malformed_foreign_and_future_cursors_are_refused() {
     assert_expired(&server, &foreign_epoch(&head)).await;
     assert_expired(&server, &ahead_of(&head, 1)).await;
     assert_expired(&server, &ahead_of(&head, 1000)).await;
-    server.wait_for("refused resumes leave no channel or group behind", |hub| {
-        hub.channel_count() == 0 && hub.group_count() == 0
-    })
-    .await;
+    server
+        .wait_for("refused resumes leave no channel or group behind", |hub| {
+            hub.channel_count() == 0 && hub.group_count() == 0
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
