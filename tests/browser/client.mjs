@@ -4,6 +4,7 @@
 //   @@ channel <id>   -> the channel's subscription count on the server, or "none"
 //   @@ owner <id>     -> the principal owning the channel, "anonymous" or "none"
 //   @@ drop           -> the server closes every socket (as on a restart); "ok"
+//   @@ forget         -> the server's history starts a new epoch (old cursors expire); "ok"
 //
 // node client.mjs <base-url> <no-introspection-base-url> <output-dir> <available|refused>
 //
@@ -312,12 +313,34 @@ try {
     await page.emulateMedia({ colorScheme: "light" });
   });
 
-  await step("the page reconnects and re-subscribes when the socket drops", async () => {
+  await step("the page reconnects and resumes after its last cursor when the socket drops", async () => {
     phase = "reconnect";
+    // The page asked for cursors (`cursors: true`) and remembers the last one.
     equal(await ask("drop"), "ok", "sockets dropped");
+    // Made while the page is away (held until the reconnect if the page
+    // comes back first, in which case the change arrives live): once either way.
+    const missed = await createUser();
     const next = await channelShown(page, channel);
     await page.locator("#notifications li.system", { hasText: "re-subscribed 1 of 1" }).waitFor();
+    await page.locator("#notifications li.system", { hasText: "1 resumed after their last cursor" }).waitFor();
     equal(await ask(`channel ${next}`), "3", "the subscription is back on the new channel");
+    channel = next;
+    await page.locator("#notifications li.notification", { hasText: missed.username }).waitFor();
+    const user = await createUser();
+    await page.locator("#notifications li.notification", { hasText: user.username }).waitFor();
+    equal(await page.locator("#notifications li.notification", { hasText: `"${missed.username}"` }).count(), 1,
+      "the change made while disconnected, once");
+  });
+
+  await step("a cursor that expired falls back to a plain subscribe, with a note", async () => {
+    phase = "expired";
+    // The server forgets its history (as after a restart): the page's cursor is of another epoch.
+    equal(await ask("forget"), "ok", "history forgotten");
+    equal(await ask("drop"), "ok", "sockets dropped");
+    const next = await channelShown(page, channel);
+    await page.locator("#notifications li.system", { hasText: "cursor expired for" }).waitFor();
+    await page.locator("#notifications li.system", { hasText: "re-subscribed 1 of 1" }).nth(1).waitFor();
+    equal(await ask(`channel ${next}`), "3", "subscribed again on the new channel");
     channel = next;
     const user = await createUser();
     await page.locator("#notifications li.notification", { hasText: user.username }).waitFor();

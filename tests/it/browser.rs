@@ -3,13 +3,16 @@
 //! on port 0 (once as is, once with introspection disabled) and the script
 //! uses the page as a person would. It asks this test for the server's side
 //! of the story over its stdout/stdin (`@@ channel <id>`, `@@ owner <id>`,
-//! `@@ drop`).
+//! `@@ drop`, `@@ forget`).
 //!
 //! The standard-protocol switch streams a native field (`userChanges`) over
 //! graphql-transport-ws from the reference app's `ws://host/graphql`; the
 //! script's refusal branch (a server without it) stays for servers mounted
 //! without the standard protocols. `@@ drop` disconnects every socket
-//! (`Hub::disconnect_all`) while the server goes on.
+//! (`Hub::disconnect_all`) while the server goes on; the page resumes
+//! after its last cursor. `@@ forget` makes the server's history refuse
+//! every cursor from then on (as a restarted server would: another epoch),
+//! so the page's next resume falls back to a plain subscribe.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `GRAPHEX_CHROMIUM`) and
 //! `tests/browser/node_modules` (`npm ci` there). Without them the test
@@ -20,10 +23,14 @@ use graphex::__internals::HubInternals;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
 use graphex::Hub;
+use graphex::layer::{ChannelLayer, Expiry, History, Inbound, LayerError, MemoryLayer, Position};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -35,18 +42,65 @@ use crate::support::{http, standard};
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUIRED_ENV: &str = "GRAPHEX_TEST_BROWSER";
 
-/// An app served on port 0, with its hub.
+/// An app served on port 0, with its hub and layer.
 struct Served {
     addr: SocketAddr,
     hub: Hub,
+    layer: Arc<Forgetful>,
     _served: standard::Served,
 }
 
 async fn serve(make: fn(sea_orm::DatabaseConnection, Hub) -> Router) -> Served {
     let db = app::connect("sqlite::memory:", None).await;
-    let hub = Hub::default();
+    let layer = Arc::new(Forgetful { inner: MemoryLayer::new(), forgotten: AtomicBool::new(false) });
+    let hub = Hub::with_layer(graphex::Config::default(), layer.clone());
     let served = standard::serve(make(db, hub.clone())).await;
-    Served { addr: served.addr, hub, _served: served }
+    Served { addr: served.addr, hub, layer, _served: served }
+}
+
+/// The memory layer, whose history refuses every cursor once `forgotten`
+/// (another epoch, as after a restart).
+struct Forgetful {
+    inner: MemoryLayer,
+    forgotten: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ChannelLayer for Forgetful {
+    fn start(&self, inbound: Inbound) {
+        self.inner.start(inbound);
+    }
+
+    async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError> {
+        self.inner.publish(group, message).await
+    }
+
+    async fn publish_all(&self, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        self.inner.publish_all(groups, message).await
+    }
+
+    async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        self.inner.publish_change(stream, groups, message).await
+    }
+
+    async fn history(&self, stream: &str, after: Position) -> Result<History, LayerError> {
+        if self.forgotten.load(Ordering::SeqCst) {
+            return Ok(History::Expired(Expiry::Epoch));
+        }
+        self.inner.history(stream, after).await
+    }
+
+    fn listen(&self, group: &str) {
+        self.inner.listen(group);
+    }
+
+    fn unlisten(&self, group: &str) {
+        self.inner.unlisten(group);
+    }
+
+    async fn ready(&self, group: &str) -> Result<(), LayerError> {
+        self.inner.ready(group).await
+    }
 }
 
 struct Tools {
@@ -104,6 +158,10 @@ async fn answer(request: &str, main: &Served) -> String {
         },
         (Some("drop"), None) => {
             main.hub.disconnect_all();
+            "ok".into()
+        }
+        (Some("forget"), None) => {
+            main.layer.forgotten.store(true, Ordering::SeqCst);
             "ok".into()
         }
         _ => format!("unknown request {request:?}"),
@@ -223,4 +281,26 @@ async fn client_page_in_headless_chromium() {
     let standard = "available";
     let screenshots = ["client-light.png", "client-dark.png", "client-completion.png", "client-keywords.png"];
     run_script(&tools, &main, keywords.addr, standard, None, &output_dir("reference"), &screenshots).await;
+}
+
+/// Without Chromium the page's resume is not exercised; this checks only the
+/// text of the served script (a weak check, not a run): its two-channel
+/// subscribes ask for cursors, a re-subscribe passes the remembered cursor
+/// as `after`, a refused cursor falls back to a plain subscribe with a
+/// note, and graphql-transport-ws re-subscribes resume with `after` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_script_asks_for_cursors_and_resumes_with_after() {
+    let main = serve(app::app).await;
+    let body = http::get(main.addr, "/graphql/client/").await.text();
+    for needle in [
+        r#"missing.push(resume ? `after: ${JSON.stringify(after)}` : "cursors: true");"#,
+        r#"await sendPrepared(sub.doc, sub.variables, "SUBSCRIBE", false, sub.cursor);"#,
+        r#"if (after && outcome !== "ok" && cursorRefused(result.body)) return "expired";"#,
+        "cursor expired for ${sub.label}: subscribed again without after",
+        "if (sub.stream && sub.stream === frame.stream) sub.cursor = frame.cursor;",
+        r#"e.extensions.code === "CURSOR_EXPIRED""#,
+        "withArgument(doc, `after: ${JSON.stringify(cursor)}`",
+    ] {
+        assert!(body.contains(needle), "the page's script has {needle:?}");
+    }
 }

@@ -19,6 +19,7 @@
 //! - [`lifecycle`]: sockets closing, slow consumers.
 //! - [`protocols`]: `graphql-transport-ws` and the legacy `graphql-ws`.
 //! - [`streaming`]: subscriptions over SSE and `multipart/mixed`.
+//! - [`resume`]: resuming after a cursor (`after`) over every protocol.
 //! - [`custom_groups`]: `subscribe_groups` and `broadcast`.
 //! - [`examples`], [`node_clients`]: the chat and blog examples, over our
 //!   client and over the npm clients (`GRAPHEX_TEST_NODE=1`).
@@ -60,6 +61,7 @@ mod limits;
 mod node_clients;
 mod pins;
 mod protocols;
+mod resume;
 mod scope;
 mod streaming;
 mod transactions;

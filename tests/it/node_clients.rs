@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::standard::{serve, wait_for};
-use crate::{blog_app, chat_app};
+use crate::{app, blog_app, chat_app};
 use graphex::Hub;
 
 fn node_dir() -> PathBuf {
@@ -78,6 +78,22 @@ async fn graphql_ws_and_subscriptions_transport_ws_read_the_blog() {
         let db = blog_app::connect("sqlite::memory:").await;
         let server = serve(blog_app::app(db, hub.clone())).await;
         run("blog", protocol, &format!("ws://{}/graphql", server.addr)).await;
+        wait_for("the client's subscriptions freed", || hub.channel_count() == 0 && hub.group_count() == 0).await;
+    }
+}
+
+/// Each client disconnects, then resubscribes with `after` set to the last
+/// cursor it saw: the missed changes arrive exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_ws_and_subscriptions_transport_ws_resume_after_their_last_cursor() {
+    if !node_ready() {
+        return;
+    }
+    for protocol in ["transport", "legacy"] {
+        let hub = Hub::default();
+        let db = app::connect("sqlite::memory:", None).await;
+        let server = serve(app::app(db, hub.clone())).await;
+        run("resume", protocol, &format!("ws://{}/graphql", server.addr)).await;
         wait_for("the client's subscriptions freed", || hub.channel_count() == 0 && hub.group_count() == 0).await;
     }
 }

@@ -119,6 +119,7 @@ impl Log {
 impl Transcript {
     fn normalise(&mut self, text: &str) -> String {
         let text = text.replace('\r', "\\r").replace('\n', "\\n");
+        let text = cursors(&text);
         let text = self.hex_ids(&text);
         let text = text.replace(&self.node, "<node>");
         timestamps(&text)
@@ -160,6 +161,28 @@ impl Transcript {
         out.push_str(rest);
         out
     }
+}
+
+/// Replaces cursors (`<16 hex digits>-<offset>`: the epoch is random) by `<cursor>`.
+fn cursors(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |byte: &u8| byte.is_ascii_digit() || (b'a'..=b'f').contains(byte);
+    let mut out = String::with_capacity(text.len());
+    let (mut at, mut copied) = (0, 0);
+    while at + 18 <= bytes.len() {
+        let starts = at == 0 || !bytes[at - 1].is_ascii_alphanumeric();
+        let digits = bytes[at + 17..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+        if starts && bytes[at..at + 16].iter().all(hex) && bytes[at + 16] == b'-' && digits > 0 {
+            out.push_str(&text[copied..at]);
+            out.push_str("<cursor>");
+            at += 17 + digits;
+            copied = at;
+        } else {
+            at += 1;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Replaces RFC 3339 timestamps (`2024-05-01T12:30:00`, optional fraction
@@ -216,12 +239,14 @@ fn normalisation_replaces_random_values_only() {
     log.line("ws", '<', r#"{"node":"0badcafe","id":12345678901234567890,"word":"deadbeefdeadbeefx"}"#);
     log.line("sse", '<', "event: next\ndata: {\"at\":\"2024-05-01T12:30:00.250Z\",\"on\":\"2024-05-01T08:00:00\"}");
     log.line("x", '<', "0123456789abcdef0123 and 2024-05-01T12:30:00+02:00.");
+    log.line("c", '<', r#"{"cursor":"00000000deadbeef-42","after":"0123456789abcdef-7x"}"#);
     assert_eq!(
         log.text(),
         "ws < {\"channel_id\":\"<channel-1>\",\"again\":\"<channel-1>\",\"other\":\"<channel-2>\"}\n\
          ws < {\"node\":\"<node>\",\"id\":12345678901234567890,\"word\":\"deadbeefdeadbeefx\"}\n\
          sse < event: next\\ndata: {\"at\":\"<timestamp>\",\"on\":\"<timestamp>\"}\n\
-         x < <hex-1> and <timestamp>.\n"
+         x < <hex-1> and <timestamp>.\n\
+         c < {\"cursor\":\"<cursor>\",\"after\":\"<cursor>x\"}\n"
     );
 }
 
@@ -418,6 +443,65 @@ async fn reference_session_is_pinned() {
     drop(server);
 
     assert_pin("session.txt", &log.text());
+}
+
+/// Cursors on the wire (issue 16), their values masked: a two-channel
+/// frame asked for with `cursors: true` (its last key), a resumed subscribe
+/// and its replayed frame, and a native event's `cursor`. Frames of a
+/// subscribe without `cursors` / `after` are the session's, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_on_the_wire_are_pinned() {
+    let hub = Hub::default();
+    let db = app::connect("sqlite::memory:", None).await;
+    let server = serve(app::app(db, hub.clone())).await;
+    let log = Log::new(hub.node());
+    let http = Http { addr: server.addr, log: log.clone() };
+    let url = format!("ws://{}/ws/graphql/", http.addr);
+
+    log.step("two-channel: cursors: true");
+    let mut ws1 = Socket::open("ws1", url.clone(), None, &log).await;
+    let handshake: Json = serde_json::from_str(&ws1.recv().await).expect("JSON handshake");
+    let channel = handshake["channel_id"].as_str().expect("a channel id").to_owned();
+    let args = "action: CREATE, operation: SUBSCRIBE, data: [USERNAME], cursors: true";
+    http.subscribe(None, &channel, "userSubscription", args, Json::Null).await;
+    let create = |name: &str| {
+        format!(
+            r#"mutation {{ createUser(username: "{name}", email: "{name}@example.com", tenant: "acme") {{ id }} }}"#
+        )
+    };
+    http.graphql(None, &create("neo"), Json::Null).await;
+    let frame: Json = serde_json::from_str(&ws1.recv().await).expect("a JSON frame");
+    let cursor = frame["cursor"].as_str().expect("a cursor").to_owned();
+    http.graphql(None, &create("trinity"), Json::Null).await;
+    ws1.recv().await;
+
+    log.step("two-channel: resume after the first cursor");
+    let mut ws2 = Socket::open("ws2", url, None, &log).await;
+    let handshake: Json = serde_json::from_str(&ws2.recv().await).expect("JSON handshake");
+    let channel = handshake["channel_id"].as_str().expect("a channel id").to_owned();
+    let args = format!("action: CREATE, operation: SUBSCRIBE, after: \"{cursor}\"");
+    http.subscribe(None, &channel, "userSubscription", &args, Json::Null).await;
+    ws2.recv().await;
+
+    log.step("graphql-transport-ws: ModelChange.cursor");
+    let mut gql = Socket::open("gql", format!("ws://{}/graphql", http.addr), Some("graphql-transport-ws"), &log).await;
+    gql.send(json!({"type": "connection_init"})).await;
+    gql.recv().await;
+    let query = "subscription { userChanges(action: CREATE) { action id cursor } }";
+    gql.send(json!({"id": "1", "type": "subscribe", "payload": {"query": query}})).await;
+    channels(&hub, 3).await;
+    wait_for("the native subscription", || hub.group_size("users-create") == 3).await;
+    http.graphql(None, &create("morpheus"), Json::Null).await;
+    ws1.recv().await;
+    ws2.recv().await;
+    gql.recv().await;
+
+    for socket in [ws1, ws2, gql] {
+        socket.close().await;
+    }
+    channels(&hub, 0).await;
+    drop(server);
+    assert_pin("cursors.txt", &log.text());
 }
 
 /// The two-channel protocol: handshakes, confirmations, notifications.

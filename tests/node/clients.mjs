@@ -2,7 +2,9 @@
 // package (graphql-transport-ws) and `subscriptions-transport-ws` (legacy
 // graphql-ws). Run by tests/node_clients.rs:
 //
-//   node clients.mjs <chat|blog> <transport|legacy> ws://127.0.0.1:PORT/graphql
+//   node clients.mjs <chat|blog|resume> <transport|legacy> ws://127.0.0.1:PORT/graphql
+//
+// (`resume` runs against the reference app.)
 //
 // Prints one line per check and exits 0 when every check held.
 import { createClient } from 'graphql-ws';
@@ -165,10 +167,57 @@ async function blog(api) {
   readers.stop();
 }
 
-const api = connect();
+/** A cursor's offset in its stream (`<epoch>-<offset>`). */
+function offset(cursor) {
+  const match = /^[0-9a-f]{16}-(\d+)$/.exec(cursor);
+  if (!match) fail(`not a cursor: ${JSON.stringify(cursor)}`);
+  return BigInt(match[1]);
+}
+
+/**
+ * Subscribes, disconnects, misses two changes, then reconnects with a new
+ * client and resubscribes with `after` set to the last cursor it saw: the
+ * missed changes arrive once and in order, then the live ones.
+ */
+async function resume(first) {
+  const createUser = (api, name) =>
+    api.execute(`mutation { createUser(username: "${name}", email: "${name}@example.com", tenant: "acme") { id } }`);
+  const query = (after) =>
+    `subscription { userChanges(action: CREATE, data: [USERNAME]${after ? `, after: "${after}"` : ''}) { id data cursor } }`;
+  const name = (event) => event.value && event.value.data && event.value.data.userChanges.data.username;
+  const users = first.subscribe(query(null));
+  let event = await firstEvent(users.results, (n) => createUser(first, `warmup${n}`));
+  await createUser(first, 'seen');
+  while (name(event) !== 'seen') {
+    event = await users.results.next();
+    check(/^(warmup\d+|seen)$/.test(name(event)), `${first.name}: before the disconnect, ${name(event)}`);
+  }
+  let last = event.value.data.userChanges.cursor;
+  offset(last);
+  users.stop();
+  first.close();
+
+  const api = connect();
+  await createUser(api, 'missed1');
+  await createUser(api, 'missed2');
+  const resumed = api.subscribe(query(last));
+  for (const expected of ['missed1', 'missed2', 'live1', 'live2']) {
+    if (expected.startsWith('live')) await createUser(api, expected);
+    const got = await resumed.results.next();
+    check(name(got) === expected, `${api.name}: ${expected} once, in order (got ${JSON.stringify(got)})`);
+    const cursor = got.value.data.userChanges.cursor;
+    check(offset(cursor) > offset(last), `${api.name}: ${expected}'s cursor is after the previous one`);
+    last = cursor;
+  }
+  resumed.stop();
+  return api;
+}
+
+let api = connect();
 try {
   if (scenario === 'chat') await chat(api);
   else if (scenario === 'blog') await blog(api);
+  else if (scenario === 'resume') api = await resume(api);
   else fail(`unknown scenario ${scenario}`);
   // Let the client's complete/stop reach the server before closing.
   await new Promise((resolve) => setTimeout(resolve, 100));
