@@ -39,23 +39,40 @@
 //!   [`RedisOptions::subscribe_timeout`], so a confirmation given to a
 //!   client means a change published after it reaches this process. During
 //!   an outage joins wait for the resubscription, then fail clearly.
-//! - `publish` retries once when it finds its connection dead (the usual
-//!   sign of a Redis restart), then fails with [`LayerError::Unavailable`],
-//!   at the latest once `publish_timeout` has passed; the hub logs it and counts it in [`crate::Stats::dropped`]
-//!   (the change is already committed to the database, so failing the
-//!   mutation that caused it would misreport a write that happened). The
-//!   layer's own [`RedisStats::publish_failures`] counts it too.
-//! - Redis pub/sub keeps nothing: changes published while a process was
-//!   disconnected are not replayed to it, and nothing delivered before the
-//!   outage is delivered again after it.
+//! - A change ([`ChannelLayer::publish_change`]) that cannot reach Redis
+//!   (connection refused or dropped, or no answer within `publish_timeout`, after one
+//!   retry on a dead connection) waits in a bounded, in-order outbox
+//!   ([`RedisOptions::outbox`]) and the publish returns; while the outbox
+//!   holds anything, later changes queue behind it, and a task publishes
+//!   them when Redis answers again. A change that does not fit is dropped,
+//!   counted (the hub's [`crate::Stats::dropped`], [`RedisStats::outbox_overflows`]),
+//!   and its stream's next change starts a new epoch, so every subscriber
+//!   of that stream learns that something was lost. The outbox lives in
+//!   the process: a crash loses it. Other messages (custom groups, node
+//!   requests: [`ChannelLayer::publish`]) fail with
+//!   [`LayerError::Unavailable`] instead, counted in
+//!   [`RedisStats::publish_failures`].
+//! - Redis pub/sub keeps nothing, so the layer keeps a history itself:
+//!   each change is numbered in its stream (epoch, offset) and kept in a
+//!   Redis stream by the same script that publishes it (see
+//!   `redis/positions.rs` for the keys, the script and the message
+//!   header). After reconnecting, the subscriber reads what it missed from
+//!   that history and delivers it before anything newer; what cannot be
+//!   repaired (Redis restarted empty or from an older snapshot, history
+//!   trimmed) closes the stream's subscribers in this process with
+//!   `CURSOR_EXPIRED` ([`Inbound::lost`]), never a silent gap
+//!   (`redis/changes.rs`).
 //!
 //! The publisher, the subscriber task and its interest table share the
 //! connection handling in this file; node requests and their envelope have
 //! files of their own.
 
+mod changes;
 mod envelope;
+mod positions;
 mod requests;
 
+use changes::{Changes, SeenStreams};
 pub use envelope::SigningKey;
 use requests::Requests;
 
@@ -68,7 +85,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 
-use super::{ChannelLayer, Inbound, LayerError, NodeRequests};
+use super::{ChannelLayer, History, Inbound, LayerError, NodeRequests, Position};
 use crate::change::group;
 
 /// Settings of the Redis layer, with documented defaults.
@@ -103,6 +120,19 @@ pub struct RedisOptions {
     /// clients less trusted than the servers can publish to this Redis;
     /// see [`SigningKey`].
     pub signing_key: Option<SigningKey>,
+    /// Changes kept per stream in Redis for resuming and for repairing
+    /// what a process missed while disconnected (0: none; then only a
+    /// stream's head can be resumed from, and any change published while a
+    /// process was disconnected closes that stream's subscribers there).
+    /// Each kept change costs its message plus about 100 bytes in Redis.
+    /// Default 1 000.
+    pub history: usize,
+    /// Changes kept in this process, in order, while Redis cannot be
+    /// reached, published when it answers again. When full, a change is
+    /// dropped and its stream moves to a new epoch with its next change
+    /// (subscribers everywhere are closed with `CURSOR_EXPIRED`). A crash
+    /// of the process loses what it holds. Default 10 000.
+    pub outbox: usize,
 }
 
 impl Default for RedisOptions {
@@ -117,6 +147,8 @@ impl Default for RedisOptions {
             request_timeout: Duration::from_secs(5),
             subscribe_timeout: Duration::from_secs(5),
             signing_key: None,
+            history: 1000,
+            outbox: 10_000,
         }
     }
 }
@@ -130,6 +162,8 @@ crate::config::setters!(RedisOptions {
     health_check_interval: Duration => with_health_check_interval,
     request_timeout: Duration => with_request_timeout,
     subscribe_timeout: Duration => with_subscribe_timeout,
+    history: usize => with_history,
+    outbox: usize => with_outbox,
 });
 
 impl RedisOptions {
@@ -177,6 +211,24 @@ pub struct RedisStats {
     /// ahead of this process's clock), or requests already executed once,
     /// dropped.
     pub envelopes_stale: u64,
+    /// Changes delivered from Redis's history after a reconnection (missed
+    /// while disconnected, repaired).
+    pub repaired: u64,
+    /// Streams declared lost: changes this process should have received
+    /// could not be repaired (new epoch, history trimmed); their
+    /// subscribers here were closed with `CURSOR_EXPIRED`.
+    pub lost: u64,
+    /// Streams this process moved to a new epoch (Redis went back in time,
+    /// or an outbox overflowed).
+    pub epochs: u64,
+    /// Changes put in the outbox because Redis could not be reached.
+    pub outboxed: u64,
+    /// Changes dropped because the outbox was full.
+    pub outbox_overflows: u64,
+    /// Changes in the outbox now, waiting for Redis.
+    pub outbox_waiting: u64,
+    /// Live changes dropped because a repair had delivered them already.
+    pub duplicates: u64,
 }
 
 /// The live counters behind [`RedisStats`].
@@ -194,6 +246,12 @@ struct Counters {
     envelopes_malformed: AtomicU64,
     envelopes_unverified: AtomicU64,
     envelopes_stale: AtomicU64,
+    repaired: AtomicU64,
+    lost: AtomicU64,
+    epochs: AtomicU64,
+    outboxed: AtomicU64,
+    outbox_overflows: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 impl Counters {
@@ -216,6 +274,13 @@ impl Counters {
             envelopes_malformed: read(&self.envelopes_malformed),
             envelopes_unverified: read(&self.envelopes_unverified),
             envelopes_stale: read(&self.envelopes_stale),
+            repaired: read(&self.repaired),
+            lost: read(&self.lost),
+            epochs: read(&self.epochs),
+            outboxed: read(&self.outboxed),
+            outbox_overflows: read(&self.outbox_overflows),
+            duplicates: read(&self.duplicates),
+            outbox_waiting: 0,
         }
     }
 }
@@ -285,6 +350,7 @@ impl Shared {
 /// A channel layer on Redis pub/sub. See the [module documentation](self).
 pub struct RedisLayer {
     publisher: ConnectionManager,
+    changes: Arc<Changes>,
     shared: Arc<Shared>,
     /// Stops the subscriber task when the layer is dropped.
     _stop: tokio_util::sync::DropGuard,
@@ -333,7 +399,11 @@ impl RedisLayer {
         let requests = Requests::new(options.signing_key.clone());
         let shared = Arc::new(Shared::default());
         let stop = tokio_util::sync::CancellationToken::new();
+        let changes = Changes::new(publisher.clone(), options.clone(), stats.clone());
+        tokio::spawn(changes.clone().flush(stop.clone()));
         let subscriber = Subscriber {
+            changes: changes.clone(),
+            seen: SeenStreams::default(),
             client,
             options: options.clone(),
             inbound: inbound.clone(),
@@ -344,12 +414,12 @@ impl RedisLayer {
             stop: stop.clone(),
         };
         tokio::spawn(subscriber.run(first));
-        Ok(RedisLayer { publisher, shared, _stop: stop.drop_guard(), inbound, requests, stats, options })
+        Ok(RedisLayer { publisher, changes, shared, _stop: stop.drop_guard(), inbound, requests, stats, options })
     }
 
     /// The counters.
     pub fn stats(&self) -> RedisStats {
-        self.stats.snapshot()
+        RedisStats { outbox_waiting: self.changes.waiting() as u64, ..self.stats.snapshot() }
     }
 
     /// The settings.
@@ -392,6 +462,14 @@ impl ChannelLayer for RedisLayer {
         let counter = if outcome.is_ok() { &self.stats.published } else { &self.stats.publish_failures };
         counter.fetch_add(groups.len() as u64, Ordering::Relaxed);
         outcome
+    }
+
+    async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        self.changes.publish(stream, groups, message).await
+    }
+
+    async fn history(&self, stream: &str, after: Position) -> Result<History, LayerError> {
+        self.changes.history(stream, after).await
     }
 
     fn listen(&self, group: &str) {
@@ -442,6 +520,10 @@ struct Subscriber {
     requests: Requests,
     /// Sends the replies to requests.
     publisher: ConnectionManager,
+    /// Reads the history to repair what a reconnection missed.
+    changes: Arc<Changes>,
+    /// What this process has seen of each stream (the subscriber's only).
+    seen: SeenStreams,
     stats: Arc<Counters>,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
@@ -531,6 +613,12 @@ impl Subscriber {
                 return Ended::Lost;
             }
         };
+        // Before any further live message: what was missed meanwhile.
+        if let Err(error) = self.catch_up(&restored, reconnected).await {
+            tracing::warn!(%error, "redis layer could not read the history after (re)subscribing");
+            return Ended::Lost;
+        }
+        let restored = restored.len();
         if reconnected && restored > 0 {
             self.stats.resubscribed.fetch_add(restored as u64, Ordering::Relaxed);
             tracing::info!(groups = restored, "redis layer resubscribed");
@@ -545,9 +633,16 @@ impl Subscriber {
                     None => return Ended::Lost,
                 },
                 () = self.shared.changed.notified() => {
-                    if let Err(error) = self.reconcile(&mut sink).await {
-                        // The wishes stay in the table: the next connection applies them.
-                        tracing::warn!(%error, "redis layer (un)subscribe failed");
+                    let subscribed = match self.reconcile(&mut sink).await {
+                        Ok(subscribed) => subscribed,
+                        Err(error) => {
+                            // The wishes stay in the table: the next connection applies them.
+                            tracing::warn!(%error, "redis layer (un)subscribe failed");
+                            return Ended::Lost;
+                        }
+                    };
+                    if let Err(error) = self.catch_up(&subscribed, false).await {
+                        tracing::warn!(%error, "redis layer could not read a stream's head after subscribing");
                         return Ended::Lost;
                     }
                 },
@@ -570,9 +665,9 @@ impl Subscriber {
     /// Acting on the latest wish (read when the command is about to be
     /// sent, and again once Redis answered) is what keeps the order: a
     /// leave followed by a re-join leaves the group subscribed, however
-    /// late the subscriber looks. Returns the number of groups subscribed.
-    async fn reconcile(&self, sink: &mut PubSubSink) -> redis::RedisResult<usize> {
-        let mut subscribed = 0;
+    /// late the subscriber looks. Returns the groups subscribed.
+    async fn reconcile(&self, sink: &mut PubSubSink) -> redis::RedisResult<Vec<String>> {
+        let mut subscribed = Vec::new();
         loop {
             let (to_subscribe, to_unsubscribe) = {
                 let mut interest = lock(&self.shared.interest);
@@ -602,7 +697,7 @@ impl Subscriber {
             for batch in to_subscribe.chunks(CHANNELS_PER_COMMAND) {
                 let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
                 sink.subscribe(&channels).await?;
-                subscribed += batch.len();
+                subscribed.extend_from_slice(batch);
                 self.settle(batch, true);
             }
         }
@@ -639,7 +734,10 @@ impl Subscriber {
         if group::is_node(group) {
             self.control(message.get_channel_name(), group, payload);
         } else if let Some(inbound) = self.inbound.get() {
-            inbound.deliver(group, Bytes::copy_from_slice(payload));
+            match positions::parse(payload) {
+                Some((position, body)) => self.deliver_change(inbound, group, position, body),
+                None => inbound.deliver(group, Bytes::copy_from_slice(payload)),
+            }
         }
     }
 }
