@@ -590,6 +590,7 @@ impl Subscriber {
     /// wanted group must be subscribed on the next one (joins wait for it).
     /// Returns the number of wanted groups.
     fn forget_connection(&self) -> usize {
+        self.forget_subscribed();
         let mut interest = lock(&self.shared.interest);
         interest.online = false;
         interest.groups.retain(|_, state| {
@@ -693,12 +694,14 @@ impl Subscriber {
                 let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
                 sink.unsubscribe(&channels).await?;
                 self.settle(batch, false);
+                self.count_subscribed(batch, false);
             }
             for batch in to_subscribe.chunks(CHANNELS_PER_COMMAND) {
                 let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
                 sink.subscribe(&channels).await?;
                 subscribed.extend_from_slice(batch);
                 self.settle(batch, true);
+                self.count_subscribed(batch, true);
             }
         }
     }

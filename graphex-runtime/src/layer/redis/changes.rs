@@ -286,11 +286,15 @@ impl Subscriber {
     pub(super) fn deliver_change(&self, inbound: &Inbound, group: &str, position: Position, message: &[u8]) {
         let stream = group::stream_of(group);
         let rule = {
-            let mut seen = lock(&self.seen);
-            let mut known = seen.get(stream).copied();
+            let mut streams = lock(&self.seen);
+            if !streams.subscribed.contains_key(stream) {
+                // In flight when its last group was unsubscribed: the hub drops it.
+                return;
+            }
+            let mut known = streams.seen.get(stream).copied();
             let rule = Seen::live(&mut known, position);
             if let Some(known) = known {
-                seen.insert(stream.to_owned(), known);
+                streams.seen.insert(stream.to_owned(), known);
             }
             rule
         };
@@ -317,8 +321,11 @@ impl Subscriber {
     pub(super) async fn catch_up(&self, groups: &[String], all: bool) -> Result<(), LayerError> {
         let mut streams: Vec<String> = Vec::new();
         {
-            let seen = lock(&self.seen);
+            let mut known = lock(&self.seen);
+            let Streams { seen, subscribed } = &mut *known;
             if all {
+                // Streams no group of which is subscribed any more are forgotten.
+                seen.retain(|stream, _| subscribed.contains_key(stream));
                 streams.extend(seen.keys().cloned());
             }
             for group in groups {
@@ -337,12 +344,12 @@ impl Subscriber {
     }
 
     async fn catch_up_stream(&self, stream: &str) -> Result<(), LayerError> {
-        let known = lock(&self.seen).get(stream).copied();
+        let known = lock(&self.seen).seen.get(stream).copied();
         let Some(known) = known else {
             // First subscription to the stream: what came before is not ours.
             let read = self.changes.read(stream, None).await?;
             let head = read.map_or(Position { epoch: 0, offset: 0 }, |read| read.head);
-            lock(&self.seen).insert(stream.to_owned(), Seen { epoch: head.epoch, last: head.offset, floor: 0 });
+            lock(&self.seen).seen.insert(stream.to_owned(), Seen { epoch: head.epoch, last: head.offset, floor: 0 });
             return Ok(());
         };
         let last = if known.epoch == 0 { 0 } else { known.last };
@@ -394,10 +401,44 @@ impl Subscriber {
                 settled(head)
             }
         };
-        lock(&self.seen).insert(stream.to_owned(), now);
+        lock(&self.seen).seen.insert(stream.to_owned(), now);
         Ok(())
+    }
+
+    /// Counts the groups of each stream subscribed on the live connection
+    /// (Redis acknowledged `groups`' SUBSCRIBE, or UNSUBSCRIBE when not
+    /// `subscribed`); a stream none of whose groups is subscribed any more is
+    /// forgotten, so a later subscription starts from its head again.
+    pub(super) fn count_subscribed(&self, groups: &[String], subscribed: bool) {
+        let mut streams = lock(&self.seen);
+        for stream in groups.iter().filter_map(|group| stream_of(group)) {
+            if subscribed {
+                *streams.subscribed.entry(stream.to_owned()).or_default() += 1;
+            } else if let Some(count) = streams.subscribed.get_mut(stream) {
+                *count -= 1;
+                if *count == 0 {
+                    streams.subscribed.remove(stream);
+                    streams.seen.remove(stream);
+                }
+            }
+        }
+    }
+
+    /// The connection is gone: nothing is subscribed; what was seen is kept
+    /// for the repair.
+    pub(super) fn forget_subscribed(&self) {
+        lock(&self.seen).subscribed.clear();
     }
 }
 
-/// What the subscriber knows of each stream it has seen.
-pub(super) type SeenStreams = Mutex<HashMap<String, Seen>>;
+/// What the subscriber knows of the streams it listens to.
+#[derive(Default)]
+pub(super) struct Streams {
+    /// What it has seen of each stream.
+    seen: HashMap<String, Seen>,
+    /// How many groups of each stream are subscribed on the live connection.
+    subscribed: HashMap<String, usize>,
+}
+
+/// [`Streams`], the subscriber's only (a lock so its methods take `&self`).
+pub(super) type SeenStreams = Mutex<Streams>;
