@@ -445,3 +445,41 @@ pub async fn history_across_processes() -> Option<()> {
     assert!(matches!(history, History::Expired(Expiry::Trimmed)), "{history:?}");
     Some(())
 }
+
+/// End to end over the two-channel protocol: a cursor a client got from
+/// process A resumes on process B, which replays the changes after it
+/// from Redis's history (with the same cursors), then goes on live.
+pub async fn a_cursor_from_one_process_resumes_on_another() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&url, quick(&prefix)).await, Node::start(&url, quick(&prefix)).await);
+    let server_a = Server::start(app::connect("sqlite::memory:", None).await, a.hub.clone()).await;
+    let server_b = Server::start(app::connect("sqlite::memory:", None).await, b.hub.clone()).await;
+    let mut on_a = server_a.ws().await;
+    let args = "action: CREATE, operation: SUBSCRIBE, cursors: true";
+    on_a.subscribe_ok(&server_a, "userSubscription", args, None).await;
+    let mut users = Vec::new();
+    let mut cursors = Vec::new();
+    for n in 0..3 {
+        let user = server_a.create_user(&format!("r{n}"), "r@example.com", "t1").await;
+        let mut frame = on_a.next_json().await;
+        let cursor = frame.as_object_mut().and_then(|frame| frame.remove("cursor")).expect("a cursor");
+        assert_eq!(frame, user_frame("create", &user));
+        users.push(user);
+        cursors.push(cursor.as_str().expect("a string").to_owned());
+    }
+
+    let mut on_b = server_b.ws().await;
+    let args = format!("action: CREATE, operation: SUBSCRIBE, after: \"{}\"", cursors[0]);
+    on_b.subscribe_ok(&server_b, "userSubscription", &args, None).await;
+    let live = server_a.create_user("r3", "r@example.com", "t1").await;
+    for (user, cursor) in users[1..].iter().zip(&cursors[1..]) {
+        let mut frame = on_b.next_json().await;
+        assert_eq!(frame.as_object_mut().and_then(|frame| frame.remove("cursor")), Some(json!(cursor)));
+        assert_eq!(frame, user_frame("create", user), "replayed from history");
+    }
+    let mut frame = on_b.next_json().await;
+    assert!(frame.as_object_mut().and_then(|frame| frame.remove("cursor")).is_some());
+    assert_eq!(frame, user_frame("create", &live), "then live, once");
+    Some(())
+}
