@@ -558,6 +558,7 @@ impl Subscriber {
                         Ok(connection) => {
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!("redis layer reconnected");
+                            self.changes.redis_is_back();
                             backoff = self.options.min_backoff;
                             reconnected = true;
                             connection

@@ -52,6 +52,14 @@ impl Changes {
         Arc::new(Changes { connection, options, stats, outbox: Mutex::default(), wake: tokio::sync::Notify::new() })
     }
 
+    /// Redis answers again (the subscriber reconnected): the flusher
+    /// tries at once instead of at the end of its backoff.
+    pub(super) fn redis_is_back(&self) {
+        if self.waiting() > 0 {
+            self.wake.notify_one();
+        }
+    }
+
     /// Changes in the outbox now.
     pub(super) fn waiting(&self) -> usize {
         lock(&self.outbox).queue.len()
@@ -179,9 +187,11 @@ impl Changes {
                 }
                 Err(Failure::Unreachable(error)) => {
                     tracing::debug!(%error, retry_in = ?backoff, "Redis outbox: still unreachable");
+                    // Woken early when the subscriber reconnects (Redis is back).
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
+                        () = self.wake.notified() => {}
                     }
                     backoff = (backoff * 2).min(self.options.max_backoff);
                 }
