@@ -310,6 +310,10 @@ struct GroupState {
     /// Redis acknowledged SUBSCRIBE on the live connection (and no
     /// UNSUBSCRIBE since).
     subscribed: bool,
+    /// An UNSUBSCRIBE is on its way: Redis may stop sending the group's
+    /// messages any moment, so a join made meanwhile is not ready (it
+    /// waits for the SUBSCRIBE that follows).
+    leaving: bool,
 }
 
 /// What `listen` / `unlisten`, `ready` and the subscriber task share.
@@ -343,7 +347,8 @@ impl Shared {
 
     /// Whether messages of `group` reach this process (or nobody wants them any more).
     fn is_ready(&self, group: &str) -> bool {
-        lock(&self.interest).groups.get(group).is_none_or(|state| !state.wanted || state.subscribed)
+        let interest = lock(&self.interest);
+        interest.groups.get(group).is_none_or(|state| !state.wanted || (state.subscribed && !state.leaving))
     }
 }
 
@@ -596,6 +601,7 @@ impl Subscriber {
         interest.online = false;
         interest.groups.retain(|_, state| {
             state.subscribed = false;
+            state.leaving = false;
             state.wanted
         });
         let wanted: HashSet<String> = interest.groups.keys().cloned().collect();
@@ -676,10 +682,13 @@ impl Subscriber {
                 let dirty = std::mem::take(&mut interest.dirty);
                 let (mut to_subscribe, mut to_unsubscribe) = (Vec::new(), Vec::new());
                 for group in dirty {
-                    let Some(state) = interest.groups.get(&group) else { continue };
+                    let Some(state) = interest.groups.get_mut(&group) else { continue };
                     match (state.wanted, state.subscribed) {
                         (true, false) => to_subscribe.push(group),
-                        (false, true) => to_unsubscribe.push(group),
+                        (false, true) => {
+                            state.leaving = true;
+                            to_unsubscribe.push(group);
+                        }
                         (false, false) => {
                             interest.groups.remove(&group);
                         }
@@ -715,6 +724,7 @@ impl Subscriber {
             for group in groups {
                 let Some(state) = interest.groups.get_mut(group) else { continue };
                 state.subscribed = subscribed;
+                state.leaving = false;
                 if state.wanted != subscribed {
                     interest.dirty.insert(group.clone());
                 } else if !state.wanted {
@@ -780,6 +790,22 @@ mod tests {
         assert_eq!(interest.groups.len(), 1);
         assert_eq!(interest.dirty.len(), 1);
         assert!(interest.groups["users-create"].wanted);
+    }
+
+    #[test]
+    fn a_join_during_an_unsubscribe_in_flight_is_not_ready() {
+        let shared = Shared::default();
+        {
+            let mut interest = lock(&shared.interest);
+            interest.online = true;
+            // The subscriber took the group's UNSUBSCRIBE and sent it.
+            interest
+                .groups
+                .insert("users-create".into(), GroupState { wanted: false, subscribed: true, leaving: true });
+        }
+        shared.wish("users-create", true);
+        // Redis may already have stopped sending the group: wait for the SUBSCRIBE that follows.
+        assert!(!shared.is_ready("users-create"));
     }
 
     #[test]
