@@ -46,8 +46,10 @@
 //!   holds anything, later changes queue behind it, and a task publishes
 //!   them when Redis answers again. A change that does not fit is dropped,
 //!   counted (the hub's [`crate::Stats::dropped`], [`RedisStats::outbox_overflows`]),
-//!   and its stream's next change starts a new epoch, so every subscriber
-//!   of that stream learns that something was lost. The outbox lives in
+//!   and its stream moves to a new epoch once the outbox is drained (or
+//!   with its next change, whichever comes first), so no cursor resumes
+//!   past the gap and every subscriber of that stream learns, with the
+//!   stream's next change, that something was lost. The outbox lives in
 //!   the process: a crash loses it. Other messages (custom groups, node
 //!   requests: [`ChannelLayer::publish`]) fail with
 //!   [`LayerError::Unavailable`] instead, counted in
@@ -129,9 +131,9 @@ pub struct RedisOptions {
     pub history: usize,
     /// Changes kept in this process, in order, while Redis cannot be
     /// reached, published when it answers again. When full, a change is
-    /// dropped and its stream moves to a new epoch with its next change
-    /// (subscribers everywhere are closed with `CURSOR_EXPIRED`). A crash
-    /// of the process loses what it holds. Default 10 000.
+    /// dropped and its stream moves to a new epoch once Redis answers
+    /// (subscribers everywhere are closed with `CURSOR_EXPIRED` at its next
+    /// change). A crash of the process loses what it holds. Default 10 000.
     pub outbox: usize,
 }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 
-use super::positions::{self, MOVE, Outbox, PUBLISH, Pending, READ, Read, Seen};
+use super::positions::{self, MOVE, Outbox, PUBLISH, Pending, READ, RENEW, Read, Seen};
 use super::{Counters, RedisOptions, Subscriber, lock, unavailable};
 use crate::change::group;
 use crate::layer::memory::new_epoch;
@@ -77,27 +77,36 @@ impl Changes {
     /// or behind the outbox while it holds anything (order), or into it
     /// when Redis cannot be reached.
     pub(super) async fn publish(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
-        let new_epoch = {
+        {
             let mut outbox = lock(&self.outbox);
-            let new_epoch = outbox.take_renew(stream);
-            if !outbox.queue.is_empty() {
-                let pending = Pending { stream: stream.to_owned(), groups: groups.to_vec(), message, new_epoch };
-                return self.keep(&mut outbox, pending);
+            // Behind what waits (order), and through the flusher while the
+            // stream must start a new epoch (it alone starts them, in order).
+            if !outbox.queue.is_empty() || outbox.uncovered(stream) {
+                let after_drops = outbox.drops(stream);
+                let pending = Pending { stream: stream.to_owned(), groups: groups.to_vec(), message, after_drops };
+                let kept = self.keep(&mut outbox, pending);
+                drop(outbox);
+                self.wake.notify_one();
+                return kept;
             }
-            new_epoch
-        };
-        match self.send(stream, groups, &message, new_epoch).await {
+        }
+        match self.send(stream, groups, &message, false).await {
             Ok(_) => Ok(()),
             Err(Failure::Unreachable(error)) => {
                 tracing::warn!(%stream, %error, "Redis unreachable: change kept in the outbox");
-                let pending = Pending { stream: stream.to_owned(), groups: groups.to_vec(), message, new_epoch };
-                let kept = self.keep(&mut lock(&self.outbox), pending);
+                let kept = {
+                    let mut outbox = lock(&self.outbox);
+                    let after_drops = outbox.drops(stream);
+                    let pending = Pending { stream: stream.to_owned(), groups: groups.to_vec(), message, after_drops };
+                    self.keep(&mut outbox, pending)
+                };
                 self.wake.notify_one();
                 kept
             }
             Err(Failure::Refused(error)) => {
                 // Dropped: its stream's subscribers must learn it.
-                lock(&self.outbox).renew.insert(stream.to_owned());
+                lock(&self.outbox).dropped(stream);
+                self.wake.notify_one();
                 self.stats.publish_failures.fetch_add(groups.len() as u64, Ordering::Relaxed);
                 Err(error)
             }
@@ -173,16 +182,42 @@ impl Changes {
     pub(super) async fn flush(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut backoff = self.options.min_backoff;
         loop {
-            let front = lock(&self.outbox).queue.front().cloned();
-            let Some(pending) = front else {
+            let front = {
+                let outbox = lock(&self.outbox);
+                outbox.queue.front().cloned().map(|pending| {
+                    let new_epoch = outbox.needs_new_epoch(&pending);
+                    (pending, new_epoch)
+                })
+            };
+            let Some((pending, new_epoch)) = front else {
+                // Drained: streams that dropped changes start a new epoch
+                // now, so that no cursor of the old one resumes past the gap.
+                let renew = lock(&self.outbox).to_renew();
+                let mut unreachable = false;
+                for (stream, drops) in renew {
+                    if self.renew(&stream).await {
+                        lock(&self.outbox).covered(&stream, drops);
+                    } else {
+                        unreachable = true;
+                        break;
+                    }
+                }
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = self.wake.notified() => continue,
+                    () = tokio::time::sleep(backoff), if unreachable => {
+                        backoff = (backoff * 2).min(self.options.max_backoff);
+                        continue;
+                    }
                 }
             };
-            match self.send(&pending.stream, &pending.groups, &pending.message, pending.new_epoch).await {
+            match self.send(&pending.stream, &pending.groups, &pending.message, new_epoch).await {
                 Ok(_) => {
-                    lock(&self.outbox).queue.pop_front();
+                    let mut outbox = lock(&self.outbox);
+                    outbox.queue.pop_front();
+                    if new_epoch {
+                        outbox.covered(&pending.stream, pending.after_drops);
+                    }
                     backoff = self.options.min_backoff;
                 }
                 Err(Failure::Unreachable(error)) => {
@@ -199,9 +234,27 @@ impl Changes {
                     tracing::error!(stream = %pending.stream, %error, "Redis refused an outboxed change: dropped; the stream moves to a new epoch");
                     let mut outbox = lock(&self.outbox);
                     outbox.queue.pop_front();
-                    outbox.renew.insert(pending.stream);
+                    outbox.dropped(&pending.stream);
                     self.stats.publish_failures.fetch_add(pending.groups.len() as u64, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+
+    /// Moves `stream` to a new epoch; `false` when Redis did not do it.
+    async fn renew(&self, stream: &str) -> bool {
+        let mut invocation = RENEW.prepare_invoke();
+        invocation.key(self.meta(stream)).key(self.hist(stream));
+        invocation.arg(positions::epoch_text(new_epoch()));
+        match self.run(&invocation, "Redis epoch renewal").await {
+            Ok(_) => {
+                self.stats.epochs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%stream, "stream moved to a new epoch: changes of it were dropped");
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%stream, %error, "Redis epoch renewal failed; retried");
+                false
             }
         }
     }

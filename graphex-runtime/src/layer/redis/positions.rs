@@ -16,7 +16,7 @@
 //! without the header (a custom group's, or a change published by a release
 //! before positions) is told apart and delivered without a position.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::LazyLock;
 
 use bytes::Bytes;
@@ -128,6 +128,18 @@ if meta[1] ~= ARGV[1] then return {meta[1], meta[2] or '0'} end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0)
 return {ARGV[2], '0'}
+",
+    )
+});
+
+/// Moves a stream to a new epoch unconditionally (changes of it were
+/// dropped). KEYS: meta, history. ARGV: the new epoch.
+pub(super) static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0)
+return 1
 ",
     )
 });
@@ -256,30 +268,66 @@ pub(super) struct Pending {
     pub(super) stream: String,
     pub(super) groups: Vec<String>,
     pub(super) message: Bytes,
-    /// Publish it in a new epoch (changes of its stream were dropped before it).
-    pub(super) new_epoch: bool,
+    /// How many changes of its stream had been dropped when it was queued:
+    /// it starts a new epoch unless one was started since those drops.
+    pub(super) after_drops: u64,
 }
 
 /// Changes that could not reach Redis, in order, bounded.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
     pub(super) queue: VecDeque<Pending>,
-    /// Streams that dropped a change: their next change starts a new epoch.
-    pub(super) renew: HashSet<String>,
+    /// Streams that dropped changes: (changes dropped, drops covered by the
+    /// last new epoch). A stream whose drops are not all covered must move
+    /// to a new epoch before (or with) its next change.
+    pub(super) drops: HashMap<String, (u64, u64)>,
 }
 
 impl Outbox {
-    /// Whether the next change of `stream` must start a new epoch (and
-    /// forgets it: that change carries the flag).
-    pub(super) fn take_renew(&mut self, stream: &str) -> bool {
-        self.renew.remove(stream)
+    /// Changes of `stream` dropped so far (0 when all are covered by a new epoch).
+    pub(super) fn drops(&self, stream: &str) -> u64 {
+        self.drops.get(stream).map_or(0, |&(dropped, _)| dropped)
     }
 
-    /// Queues a change; `false` (and the stream marked) when the outbox is
+    /// Whether `stream` dropped changes that no new epoch covers yet.
+    pub(super) fn uncovered(&self, stream: &str) -> bool {
+        self.drops.get(stream).is_some_and(|&(dropped, covered)| dropped > covered)
+    }
+
+    /// Whether a queued change must start a new epoch when it is published.
+    pub(super) fn needs_new_epoch(&self, pending: &Pending) -> bool {
+        self.drops.get(&pending.stream).is_some_and(|&(_, covered)| pending.after_drops > covered)
+    }
+
+    /// A new epoch of `stream` started that covers `drops` drops.
+    pub(super) fn covered(&mut self, stream: &str, drops: u64) {
+        if let Some((dropped, covered)) = self.drops.get_mut(stream) {
+            *covered = (*covered).max(drops);
+            if *covered >= *dropped {
+                self.drops.remove(stream);
+            }
+        }
+    }
+
+    /// A change of `stream` was dropped.
+    pub(super) fn dropped(&mut self, stream: &str) {
+        self.drops.entry(stream.to_owned()).or_default().0 += 1;
+    }
+
+    /// Streams with drops no new epoch covers yet, and how many.
+    pub(super) fn to_renew(&self) -> Vec<(String, u64)> {
+        self.drops
+            .iter()
+            .filter(|(_, (dropped, covered))| dropped > covered)
+            .map(|(stream, &(dropped, _))| (stream.clone(), dropped))
+            .collect()
+    }
+
+    /// Queues a change; `false` (and the drop counted) when the outbox is
     /// full and the change was dropped.
     pub(super) fn push(&mut self, pending: Pending, bound: usize) -> bool {
         if self.queue.len() >= bound {
-            self.renew.insert(pending.stream);
+            self.dropped(&pending.stream);
             return false;
         }
         self.queue.push_back(pending);
@@ -333,17 +381,29 @@ mod tests {
     }
 
     #[test]
-    fn a_full_outbox_drops_and_renews_the_stream() {
-        let pending = |stream: &str| Pending {
-            stream: stream.into(),
-            groups: vec![format!("{stream}-create")],
-            message: Bytes::new(),
-            new_epoch: false,
-        };
+    fn a_full_outbox_drops_and_a_new_epoch_covers_the_drops() {
         let mut outbox = Outbox::default();
-        assert!(outbox.push(pending("users"), 1));
-        assert!(!outbox.push(pending("users"), 1));
-        assert!(outbox.take_renew("users"));
-        assert!(!outbox.take_renew("users"), "one change carries the flag");
+        let pending = |outbox: &Outbox| Pending {
+            stream: "users".into(),
+            groups: vec!["users-create".into()],
+            message: Bytes::new(),
+            after_drops: outbox.drops("users"),
+        };
+        let before = pending(&outbox);
+        assert!(outbox.push(before, 1));
+        assert!(!outbox.push(pending(&outbox), 1), "full: dropped");
+        assert!(outbox.uncovered("users"));
+        let first = outbox.queue.pop_front().unwrap();
+        assert!(!outbox.needs_new_epoch(&first), "queued before the drop: the old epoch");
+        let after = pending(&outbox);
+        assert!(outbox.push(after.clone(), 1));
+        assert!(!outbox.push(pending(&outbox), 1), "a second drop");
+        let later = Pending { after_drops: outbox.drops("users"), ..after.clone() };
+        assert!(outbox.needs_new_epoch(&after));
+        outbox.covered("users", after.after_drops);
+        assert!(outbox.needs_new_epoch(&later), "the second drop is not covered by the first new epoch");
+        outbox.covered("users", later.after_drops);
+        assert!(!outbox.uncovered("users"));
+        assert!(outbox.drops.is_empty());
     }
 }
