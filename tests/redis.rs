@@ -25,6 +25,9 @@ mod support;
 // The Redis trust model (issue 15): forwarded requests, signing, TLS and ACL URLs.
 #[path = "redis/trust.rs"]
 mod trust;
+// Positions, history, repair and the outbox (issue 16).
+#[path = "redis/positions.rs"]
+mod positions;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,7 +62,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 16] = [
+    let cases: [(&str, Case); 23] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
@@ -80,6 +83,21 @@ fn main() {
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
         ("leave_and_rejoin_over_graphql_transport_ws", || Box::pin(leave_and_rejoin_over_graphql_transport_ws())),
         ("leave_and_rejoin_over_two_channel", || Box::pin(leave_and_rejoin_over_two_channel())),
+        ("outbox_and_history_bridge_a_redis_restart", || {
+            Box::pin(positions::outbox_and_history_bridge_a_redis_restart())
+        }),
+        ("redis_restarted_empty_expires_subscribers", || {
+            Box::pin(positions::redis_restarted_empty_expires_subscribers())
+        }),
+        ("redis_restored_from_an_older_snapshot", || Box::pin(positions::redis_restored_from_an_older_snapshot())),
+        ("a_change_published_during_an_outage_arrives", || {
+            Box::pin(positions::a_change_published_during_an_outage_arrives())
+        }),
+        ("outbox_overflow_moves_the_epoch", || Box::pin(positions::outbox_overflow_moves_the_epoch())),
+        ("history_across_processes", || Box::pin(positions::history_across_processes())),
+        ("a_cursor_from_one_process_resumes_on_another", || {
+            Box::pin(positions::a_cursor_from_one_process_resumes_on_another())
+        }),
     ];
     let (mut passed, mut skipped, mut failed) = (0, 0, Vec::new());
     for (name, case) in cases {
@@ -326,9 +344,11 @@ async fn health_pings_keep_a_healthy_connection() -> Option<()> {
     Some(())
 }
 
-/// Kills and restarts a Redis of the test's own: the layer reconnects and
-/// resubscribes, delivery resumes with no client action, the outage's
-/// publish is a counted drop, and nothing is delivered twice.
+/// Kills and restarts a Redis of the test's own (empty: no persistence):
+/// the layer reconnects and resubscribes; the outage's publish waits in
+/// the outbox; the stream's history is gone, so the socket that was
+/// subscribed is closed with CURSOR_EXPIRED (4010) rather than left with a
+/// possible gap, and a new one receives what follows.
 async fn redis_restart_resumes_delivery() -> Option<()> {
     let mut redis = OwnRedis::start().await?;
     let options = RedisOptions::default()
@@ -351,15 +371,15 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     assert_eq!(layer.stats().published, 2, "two groups, one publish each");
 
     redis.stop().await;
-    // HTTP keeps working; the change is committed, its announcement is a counted drop.
-    let during = server.create_user("during", "d@example.com", "t1").await;
-    assert_eq!(hub.stats().dropped, 1, "the outage's change is counted as dropped");
-    assert!(layer.stats().publish_failures >= 1);
+    // HTTP keeps working; the change is committed, its announcement waits in the outbox.
+    server.create_user("during", "d@example.com", "t1").await;
+    assert_eq!(hub.stats().dropped, 0, "the outage's change is kept, not dropped");
+    assert_eq!(layer.stats().outboxed, 1);
     wait_until("the layer notices the outage", || !layer.stats().connected).await;
     // A subscribe during the outage is not confirmed while Redis cannot
     // deliver: past `subscribe_timeout` it is refused, saying why, and the
     // refused subscription is not left behind.
-    let mut late = server.ws().await;
+    let late = server.ws().await;
     let update = "action: UPDATE, operation: SUBSCRIBE";
     let refused = server.subscribe(None, &late.channel_id, "userSubscription", update, None).await;
     assert_eq!(refused["ok"], json!(false), "{refused}");
@@ -381,14 +401,32 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     wait_until("the layer reconnects and resubscribes", || layer.stats().connected && layer.stats().resubscribed >= 2)
         .await;
     assert!(layer.stats().reconnects >= 1);
+    // Redis lost the stream's history: the subscribed socket is closed
+    // (CURSOR_EXPIRED), never left with a gap.
+    expect_close(&mut ws, 4010).await;
+    assert!(layer.stats().lost >= 1);
+    drop(late);
+    let mut fresh = server.ws().await;
+    fresh.arm_user_sentinel(&server).await;
     let after = server.create_user("after", "a@example.com", "t1").await;
-    // Neither `before` again nor `during`: the next frame is `after`.
-    ws.expect(&user_frame("create", &after)).await;
-    let updated = server.update_user(&after["id"], "new@example.com").await;
-    late.expect(&user_frame("update", &updated)).await;
-    assert_ne!(during, after);
-    assert_eq!(hub.stats().dropped, 1);
+    fresh.expect(&user_frame("create", &after)).await;
+    assert_eq!(hub.stats().dropped, 0);
     Some(())
+}
+
+/// Skips the socket's frames until it is closed; asserts the close code.
+async fn expect_close(ws: &mut support::two_channel::Ws, code: u16) {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next_message().await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), code, "{frame:?}");
+                return;
+            }
+            Some(Message::Text(_)) => continue,
+            other => panic!("expected a close frame with code {code}, got {other:?}"),
+        }
+    }
 }
 
 /// Leave and re-join trials per protocol.

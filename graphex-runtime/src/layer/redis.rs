@@ -39,23 +39,42 @@
 //!   [`RedisOptions::subscribe_timeout`], so a confirmation given to a
 //!   client means a change published after it reaches this process. During
 //!   an outage joins wait for the resubscription, then fail clearly.
-//! - `publish` retries once when it finds its connection dead (the usual
-//!   sign of a Redis restart), then fails with [`LayerError::Unavailable`],
-//!   at the latest once `publish_timeout` has passed; the hub logs it and counts it in [`crate::Stats::dropped`]
-//!   (the change is already committed to the database, so failing the
-//!   mutation that caused it would misreport a write that happened). The
-//!   layer's own [`RedisStats::publish_failures`] counts it too.
-//! - Redis pub/sub keeps nothing: changes published while a process was
-//!   disconnected are not replayed to it, and nothing delivered before the
-//!   outage is delivered again after it.
+//! - A change ([`ChannelLayer::publish_change`]) that cannot reach Redis
+//!   (connection refused or dropped, or no answer within `publish_timeout`, after one
+//!   retry on a dead connection) waits in a bounded, in-order outbox
+//!   ([`RedisOptions::outbox`]) and the publish returns; while the outbox
+//!   holds anything, later changes queue behind it, and a task publishes
+//!   them when Redis answers again. A change that does not fit is dropped,
+//!   counted (the hub's [`crate::Stats::dropped`], [`RedisStats::outbox_overflows`]),
+//!   and its stream moves to a new epoch once the outbox is drained (or
+//!   with its next change, whichever comes first), so no cursor resumes
+//!   past the gap and every subscriber of that stream learns, with the
+//!   stream's next change, that something was lost. The outbox lives in
+//!   the process: a crash loses it. Other messages (custom groups, node
+//!   requests: [`ChannelLayer::publish`]) fail with
+//!   [`LayerError::Unavailable`] instead, counted in
+//!   [`RedisStats::publish_failures`].
+//! - Redis pub/sub keeps nothing, so the layer keeps a history itself:
+//!   each change is numbered in its stream (epoch, offset) and kept in a
+//!   Redis stream by the same script that publishes it (see
+//!   `redis/positions.rs` for the keys, the script and the message
+//!   header). After reconnecting, the subscriber reads what it missed from
+//!   that history and delivers it before anything newer; what cannot be
+//!   repaired (Redis restarted empty or from an older snapshot, history
+//!   trimmed) closes the stream's subscribers in this process with
+//!   `CURSOR_EXPIRED` ([`Inbound::lost`]), never a silent gap
+//!   (`redis/changes.rs`).
 //!
 //! The publisher, the subscriber task and its interest table share the
 //! connection handling in this file; node requests and their envelope have
 //! files of their own.
 
+mod changes;
 mod envelope;
+mod positions;
 mod requests;
 
+use changes::{Changes, SeenStreams};
 pub use envelope::SigningKey;
 use requests::Requests;
 
@@ -68,7 +87,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 
-use super::{ChannelLayer, Inbound, LayerError, NodeRequests};
+use super::{ChannelLayer, History, Inbound, LayerError, NodeRequests, Position};
 use crate::change::group;
 
 /// Settings of the Redis layer, with documented defaults.
@@ -103,6 +122,19 @@ pub struct RedisOptions {
     /// clients less trusted than the servers can publish to this Redis;
     /// see [`SigningKey`].
     pub signing_key: Option<SigningKey>,
+    /// Changes kept per stream in Redis for resuming and for repairing
+    /// what a process missed while disconnected (0: none; then only a
+    /// stream's head can be resumed from, and any change published while a
+    /// process was disconnected closes that stream's subscribers there).
+    /// Each kept change costs its message plus about 100 bytes in Redis.
+    /// Default 1 000.
+    pub history: usize,
+    /// Changes kept in this process, in order, while Redis cannot be
+    /// reached, published when it answers again. When full, a change is
+    /// dropped and its stream moves to a new epoch once Redis answers
+    /// (subscribers everywhere are closed with `CURSOR_EXPIRED` at its next
+    /// change). A crash of the process loses what it holds. Default 10 000.
+    pub outbox: usize,
 }
 
 impl Default for RedisOptions {
@@ -117,6 +149,8 @@ impl Default for RedisOptions {
             request_timeout: Duration::from_secs(5),
             subscribe_timeout: Duration::from_secs(5),
             signing_key: None,
+            history: 1000,
+            outbox: 10_000,
         }
     }
 }
@@ -130,6 +164,8 @@ crate::config::setters!(RedisOptions {
     health_check_interval: Duration => with_health_check_interval,
     request_timeout: Duration => with_request_timeout,
     subscribe_timeout: Duration => with_subscribe_timeout,
+    history: usize => with_history,
+    outbox: usize => with_outbox,
 });
 
 impl RedisOptions {
@@ -177,6 +213,24 @@ pub struct RedisStats {
     /// ahead of this process's clock), or requests already executed once,
     /// dropped.
     pub envelopes_stale: u64,
+    /// Changes delivered from Redis's history after a reconnection (missed
+    /// while disconnected, repaired).
+    pub repaired: u64,
+    /// Streams declared lost: changes this process should have received
+    /// could not be repaired (new epoch, history trimmed); their
+    /// subscribers here were closed with `CURSOR_EXPIRED`.
+    pub lost: u64,
+    /// Streams this process moved to a new epoch (Redis went back in time,
+    /// or an outbox overflowed).
+    pub epochs: u64,
+    /// Changes put in the outbox because Redis could not be reached.
+    pub outboxed: u64,
+    /// Changes dropped because the outbox was full.
+    pub outbox_overflows: u64,
+    /// Changes in the outbox now, waiting for Redis.
+    pub outbox_waiting: u64,
+    /// Live changes dropped because a repair had delivered them already.
+    pub duplicates: u64,
 }
 
 /// The live counters behind [`RedisStats`].
@@ -194,6 +248,12 @@ struct Counters {
     envelopes_malformed: AtomicU64,
     envelopes_unverified: AtomicU64,
     envelopes_stale: AtomicU64,
+    repaired: AtomicU64,
+    lost: AtomicU64,
+    epochs: AtomicU64,
+    outboxed: AtomicU64,
+    outbox_overflows: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 impl Counters {
@@ -216,6 +276,13 @@ impl Counters {
             envelopes_malformed: read(&self.envelopes_malformed),
             envelopes_unverified: read(&self.envelopes_unverified),
             envelopes_stale: read(&self.envelopes_stale),
+            repaired: read(&self.repaired),
+            lost: read(&self.lost),
+            epochs: read(&self.epochs),
+            outboxed: read(&self.outboxed),
+            outbox_overflows: read(&self.outbox_overflows),
+            duplicates: read(&self.duplicates),
+            outbox_waiting: 0,
         }
     }
 }
@@ -245,6 +312,10 @@ struct GroupState {
     /// Redis acknowledged SUBSCRIBE on the live connection (and no
     /// UNSUBSCRIBE since).
     subscribed: bool,
+    /// An UNSUBSCRIBE is on its way: Redis may stop sending the group's
+    /// messages any moment, so a join made meanwhile is not ready (it
+    /// waits for the SUBSCRIBE that follows).
+    leaving: bool,
 }
 
 /// What `listen` / `unlisten`, `ready` and the subscriber task share.
@@ -278,13 +349,15 @@ impl Shared {
 
     /// Whether messages of `group` reach this process (or nobody wants them any more).
     fn is_ready(&self, group: &str) -> bool {
-        lock(&self.interest).groups.get(group).is_none_or(|state| !state.wanted || state.subscribed)
+        let interest = lock(&self.interest);
+        interest.groups.get(group).is_none_or(|state| !state.wanted || (state.subscribed && !state.leaving))
     }
 }
 
 /// A channel layer on Redis pub/sub. See the [module documentation](self).
 pub struct RedisLayer {
     publisher: ConnectionManager,
+    changes: Arc<Changes>,
     shared: Arc<Shared>,
     /// Stops the subscriber task when the layer is dropped.
     _stop: tokio_util::sync::DropGuard,
@@ -333,7 +406,11 @@ impl RedisLayer {
         let requests = Requests::new(options.signing_key.clone());
         let shared = Arc::new(Shared::default());
         let stop = tokio_util::sync::CancellationToken::new();
+        let changes = Changes::new(publisher.clone(), options.clone(), stats.clone());
+        tokio::spawn(changes.clone().flush(stop.clone()));
         let subscriber = Subscriber {
+            changes: changes.clone(),
+            seen: SeenStreams::default(),
             client,
             options: options.clone(),
             inbound: inbound.clone(),
@@ -344,12 +421,12 @@ impl RedisLayer {
             stop: stop.clone(),
         };
         tokio::spawn(subscriber.run(first));
-        Ok(RedisLayer { publisher, shared, _stop: stop.drop_guard(), inbound, requests, stats, options })
+        Ok(RedisLayer { publisher, changes, shared, _stop: stop.drop_guard(), inbound, requests, stats, options })
     }
 
     /// The counters.
     pub fn stats(&self) -> RedisStats {
-        self.stats.snapshot()
+        RedisStats { outbox_waiting: self.changes.waiting() as u64, ..self.stats.snapshot() }
     }
 
     /// The settings.
@@ -392,6 +469,14 @@ impl ChannelLayer for RedisLayer {
         let counter = if outcome.is_ok() { &self.stats.published } else { &self.stats.publish_failures };
         counter.fetch_add(groups.len() as u64, Ordering::Relaxed);
         outcome
+    }
+
+    async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        self.changes.publish(stream, groups, message).await
+    }
+
+    async fn history(&self, stream: &str, after: Position) -> Result<History, LayerError> {
+        self.changes.history(stream, after).await
     }
 
     fn listen(&self, group: &str) {
@@ -442,6 +527,10 @@ struct Subscriber {
     requests: Requests,
     /// Sends the replies to requests.
     publisher: ConnectionManager,
+    /// Reads the history to repair what a reconnection missed.
+    changes: Arc<Changes>,
+    /// What this process has seen of each stream (the subscriber's only).
+    seen: SeenStreams,
     stats: Arc<Counters>,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
@@ -476,6 +565,7 @@ impl Subscriber {
                         Ok(connection) => {
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!("redis layer reconnected");
+                            self.changes.redis_is_back();
                             backoff = self.options.min_backoff;
                             reconnected = true;
                             connection
@@ -508,10 +598,12 @@ impl Subscriber {
     /// wanted group must be subscribed on the next one (joins wait for it).
     /// Returns the number of wanted groups.
     fn forget_connection(&self) -> usize {
+        self.forget_subscribed();
         let mut interest = lock(&self.shared.interest);
         interest.online = false;
         interest.groups.retain(|_, state| {
             state.subscribed = false;
+            state.leaving = false;
             state.wanted
         });
         let wanted: HashSet<String> = interest.groups.keys().cloned().collect();
@@ -531,6 +623,12 @@ impl Subscriber {
                 return Ended::Lost;
             }
         };
+        // Before any further live message: what was missed meanwhile.
+        if let Err(error) = self.catch_up(&restored, reconnected).await {
+            tracing::warn!(%error, "redis layer could not read the history after (re)subscribing");
+            return Ended::Lost;
+        }
+        let restored = restored.len();
         if reconnected && restored > 0 {
             self.stats.resubscribed.fetch_add(restored as u64, Ordering::Relaxed);
             tracing::info!(groups = restored, "redis layer resubscribed");
@@ -545,9 +643,16 @@ impl Subscriber {
                     None => return Ended::Lost,
                 },
                 () = self.shared.changed.notified() => {
-                    if let Err(error) = self.reconcile(&mut sink).await {
-                        // The wishes stay in the table: the next connection applies them.
-                        tracing::warn!(%error, "redis layer (un)subscribe failed");
+                    let subscribed = match self.reconcile(&mut sink).await {
+                        Ok(subscribed) => subscribed,
+                        Err(error) => {
+                            // The wishes stay in the table: the next connection applies them.
+                            tracing::warn!(%error, "redis layer (un)subscribe failed");
+                            return Ended::Lost;
+                        }
+                    };
+                    if let Err(error) = self.catch_up(&subscribed, false).await {
+                        tracing::warn!(%error, "redis layer could not read a stream's head after subscribing");
                         return Ended::Lost;
                     }
                 },
@@ -570,19 +675,22 @@ impl Subscriber {
     /// Acting on the latest wish (read when the command is about to be
     /// sent, and again once Redis answered) is what keeps the order: a
     /// leave followed by a re-join leaves the group subscribed, however
-    /// late the subscriber looks. Returns the number of groups subscribed.
-    async fn reconcile(&self, sink: &mut PubSubSink) -> redis::RedisResult<usize> {
-        let mut subscribed = 0;
+    /// late the subscriber looks. Returns the groups subscribed.
+    async fn reconcile(&self, sink: &mut PubSubSink) -> redis::RedisResult<Vec<String>> {
+        let mut subscribed = Vec::new();
         loop {
             let (to_subscribe, to_unsubscribe) = {
                 let mut interest = lock(&self.shared.interest);
                 let dirty = std::mem::take(&mut interest.dirty);
                 let (mut to_subscribe, mut to_unsubscribe) = (Vec::new(), Vec::new());
                 for group in dirty {
-                    let Some(state) = interest.groups.get(&group) else { continue };
+                    let Some(state) = interest.groups.get_mut(&group) else { continue };
                     match (state.wanted, state.subscribed) {
                         (true, false) => to_subscribe.push(group),
-                        (false, true) => to_unsubscribe.push(group),
+                        (false, true) => {
+                            state.leaving = true;
+                            to_unsubscribe.push(group);
+                        }
                         (false, false) => {
                             interest.groups.remove(&group);
                         }
@@ -598,12 +706,14 @@ impl Subscriber {
                 let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
                 sink.unsubscribe(&channels).await?;
                 self.settle(batch, false);
+                self.count_subscribed(batch, false);
             }
             for batch in to_subscribe.chunks(CHANNELS_PER_COMMAND) {
                 let channels: Vec<String> = batch.iter().map(|group| self.channel(group)).collect();
                 sink.subscribe(&channels).await?;
-                subscribed += batch.len();
+                subscribed.extend_from_slice(batch);
                 self.settle(batch, true);
+                self.count_subscribed(batch, true);
             }
         }
     }
@@ -616,6 +726,7 @@ impl Subscriber {
             for group in groups {
                 let Some(state) = interest.groups.get_mut(group) else { continue };
                 state.subscribed = subscribed;
+                state.leaving = false;
                 if state.wanted != subscribed {
                     interest.dirty.insert(group.clone());
                 } else if !state.wanted {
@@ -639,7 +750,10 @@ impl Subscriber {
         if group::is_node(group) {
             self.control(message.get_channel_name(), group, payload);
         } else if let Some(inbound) = self.inbound.get() {
-            inbound.deliver(group, Bytes::copy_from_slice(payload));
+            match positions::parse(payload) {
+                Some((position, body)) => self.deliver_change(inbound, group, position, body),
+                None => inbound.deliver(group, Bytes::copy_from_slice(payload)),
+            }
         }
     }
 }
@@ -678,6 +792,22 @@ mod tests {
         assert_eq!(interest.groups.len(), 1);
         assert_eq!(interest.dirty.len(), 1);
         assert!(interest.groups["users-create"].wanted);
+    }
+
+    #[test]
+    fn a_join_during_an_unsubscribe_in_flight_is_not_ready() {
+        let shared = Shared::default();
+        {
+            let mut interest = lock(&shared.interest);
+            interest.online = true;
+            // The subscriber took the group's UNSUBSCRIBE and sent it.
+            interest
+                .groups
+                .insert("users-create".into(), GroupState { wanted: false, subscribed: true, leaving: true });
+        }
+        shared.wish("users-create", true);
+        // Redis may already have stopped sending the group: wait for the SUBSCRIBE that follows.
+        assert!(!shared.is_ready("users-create"));
     }
 
     #[test]

@@ -1,0 +1,491 @@
+//! Positions, history, repair and the outbox of the Redis layer (issue 16,
+//! "nothing lost"): two hubs in this process, each with its own
+//! `RedisLayer`, are the two processes; changes carry sequence numbers in
+//! their primary key, and every subscriber either receives each change
+//! exactly once and in order, or is closed with `CloseReason::Expired`.
+
+use graphex::__internals::{Channel, Delivery, HubInternals, Subscription, SubscriptionKey};
+use graphex::layer::{Expiry, History, Position};
+use graphex::{Action, CloseReason};
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// Short timeouts and backoffs: outages in these cases last a moment.
+fn quick(prefix: &str) -> RedisOptions {
+    RedisOptions::default()
+        .with_prefix(prefix.to_owned())
+        .with_publish_timeout(Duration::from_millis(500))
+        .with_subscribe_timeout(Duration::from_secs(5))
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_min_backoff(Duration::from_millis(20))
+        .with_max_backoff(Duration::from_millis(200))
+        .with_health_check_interval(Duration::from_millis(300))
+}
+
+/// A "process": a hub on its own Redis layer.
+struct Node {
+    hub: Hub,
+    layer: Arc<RedisLayer>,
+}
+
+impl Node {
+    async fn start(url: &str, options: RedisOptions) -> Node {
+        let layer = Arc::new(RedisLayer::connect_with(url, options).await.expect("Redis answers"));
+        let hub = Hub::with_layer(Config::default(), layer.clone() as Arc<dyn ChannelLayer>);
+        Node { hub, layer }
+    }
+
+    /// Publishes the creation of user `seq` (its primary key).
+    async fn publish(&self, seq: i64) {
+        let row = app::user::Model {
+            id: seq as i32,
+            username: format!("u{seq}"),
+            email: "u@example.com".into(),
+            tenant: "t1".into(),
+        };
+        let prepared = graphex::__internals::prepare(&row, Action::Create);
+        self.hub.publish(&prepared.groups, prepared.message).await;
+    }
+
+    async fn publish_all(&self, seqs: std::ops::RangeInclusive<i64>) {
+        for seq in seqs {
+            self.publish(seq).await;
+        }
+    }
+
+    /// A subscriber to every user creation.
+    async fn watch(&self) -> Watcher {
+        let (channel, rx) = self.hub.open_channel(None).expect("channel");
+        let subscription = Subscription {
+            key: SubscriptionKey {
+                stream: "users",
+                action: Action::Create,
+                id: None,
+                filters: None,
+                projection: None,
+                cursors: false,
+            },
+            group: graphex::__internals::group::coarse("users", Action::Create),
+            filter: Default::default(),
+            row: None,
+            resume: None,
+        };
+        self.hub.add_subscription(&channel, subscription).await.expect("subscribed");
+        Watcher { channel, rx, last: None }
+    }
+}
+
+/// How a watcher's sequence ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Every change up to the last one expected, once, in order.
+    Complete,
+    /// Closed with `CloseReason::Expired` (after an unbroken prefix).
+    Expired,
+}
+
+struct Watcher {
+    channel: Arc<Channel>,
+    rx: mpsc::Receiver<Delivery>,
+    /// The position of the last change received.
+    last: Option<Position>,
+}
+
+impl Watcher {
+    /// The next change's sequence number, or `None` once the channel is closed.
+    async fn next(&mut self) -> Option<i64> {
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                delivery = self.rx.recv() => delivery,
+                () = self.channel.closed().cancelled() => self.rx.try_recv().ok(),
+                () = tokio::time::sleep(TIMEOUT * 2) => panic!("neither a change nor a close in time"),
+            };
+            match delivery {
+                Some(Delivery::Change { event, .. }) => {
+                    self.last = event.position.or(self.last);
+                    return Some(event.change.pk.as_i64().expect("numeric pk"));
+                }
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    }
+
+    /// Changes `from..=to`: each once, in order, or a close with
+    /// `Expired` after an unbroken prefix of them. Never a gap, never a duplicate.
+    async fn check(&mut self, label: &str, from: i64, to: i64) -> Ended {
+        let mut expected = from;
+        while expected <= to {
+            match self.next().await {
+                Some(seq) => {
+                    assert_eq!(seq, expected, "{label}: change {seq} where {expected} was due (a gap or a duplicate)");
+                    expected += 1;
+                }
+                None => {
+                    let reason = self.channel.close_reason();
+                    assert_eq!(reason, Some(CloseReason::Expired), "{label}: closed for another reason");
+                    return Ended::Expired;
+                }
+            }
+        }
+        Ended::Complete
+    }
+
+    /// Waits until the channel is closed, every change before the close
+    /// being `from`, `from + 1`, ...; returns how many came.
+    async fn expect_expired(&mut self, label: &str, from: i64) -> i64 {
+        let mut expected = from;
+        while let Some(seq) = self.next().await {
+            assert_eq!(seq, expected, "{label}: change {seq} where {expected} was due");
+            expected += 1;
+        }
+        assert_eq!(self.channel.close_reason(), Some(CloseReason::Expired), "{label}");
+        expected - from
+    }
+}
+
+/// A `redis-server` of the test's own, with a data directory: it can be
+/// stopped with its data saved, or restored from an older snapshot.
+struct Durable {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Durable {
+    async fn start() -> Option<Durable> {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+            assert!(std::env::var_os(REDIS_ENV).is_none(), "redis-server must be installed when {REDIS_ENV} is set");
+            println!("skipped: needs the redis-server binary");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+        let mut redis = Durable { port, dir: TempDir::new(), child: None };
+        redis.start_again().await;
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("url");
+        wait_for_async("the test's redis-server answers", || {
+            let client = client.clone();
+            async move {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut connection) => redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn command(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).expect("url");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query_async(&mut connection).await.expect("command answered")
+    }
+
+    /// Saves the data (`dump.rdb`) and keeps a copy aside.
+    async fn snapshot(&self) {
+        self.command(&["SAVE"]).await;
+        std::fs::copy(self.dir.0.join("dump.rdb"), self.dir.0.join("snapshot.rdb")).expect("copy the snapshot");
+    }
+
+    /// Stops Redis, its data saved (it starts again with it).
+    async fn stop_saving(&mut self) {
+        self.command(&["SAVE"]).await;
+        self.kill().await;
+    }
+
+    /// Stops Redis; the next start has no data.
+    async fn stop_empty(&mut self) {
+        self.kill().await;
+        let _ = std::fs::remove_file(self.dir.0.join("dump.rdb"));
+    }
+
+    /// Stops Redis; the next start has the snapshot's data.
+    async fn stop_to_snapshot(&mut self) {
+        self.kill().await;
+        std::fs::copy(self.dir.0.join("snapshot.rdb"), self.dir.0.join("dump.rdb")).expect("restore the snapshot");
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("redis-server killed");
+        }
+    }
+}
+
+/// Waits until every subscriber connection of these layers is back.
+async fn reconnected(layers: &[&RedisLayer]) {
+    wait_until("the layers reconnect", || layers.iter().all(|layer| layer.stats().connected)).await;
+}
+
+/// Waits until the layer's outbox is empty (everything published).
+async fn flushed(layer: &RedisLayer) {
+    wait_until("the outbox is flushed", || layer.stats().outbox_waiting == 0).await;
+}
+
+/// Redis stops (data saved) while a publisher keeps publishing, and comes
+/// back: the outbox publishes what waited, the subscribers' history
+/// repairs what they missed; every change arrives once, in order.
+pub async fn outbox_and_history_bridge_a_redis_restart() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
+    let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
+    a.publish_all(1..=10).await;
+    assert_eq!(on_a.check("A before", 1, 10).await, Ended::Complete);
+    assert_eq!(on_b.check("B before", 1, 10).await, Ended::Complete);
+
+    redis.stop_saving().await;
+    // The publisher keeps going: each publish returns, its change waits.
+    a.publish_all(11..=30).await;
+    assert_eq!(a.hub.stats().dropped, 0, "nothing dropped: outboxed");
+    assert!(a.layer.stats().outboxed >= 20, "{:?}", a.layer.stats());
+    redis.start_again().await;
+    a.publish_all(31..=40).await;
+    assert_eq!(on_a.check("A across", 11, 40).await, Ended::Complete);
+    assert_eq!(on_b.check("B across", 11, 40).await, Ended::Complete);
+    reconnected(&[&a.layer, &b.layer]).await;
+    assert_eq!(a.hub.stats().dropped, 0);
+    let lost = a.layer.stats().lost + b.layer.stats().lost;
+    assert_eq!(lost, 0, "nothing lost: the same epoch, history kept");
+    Some(())
+}
+
+/// Redis restarts empty: its history is gone, so subscribers cannot be
+/// told what they missed; they are closed (Expired) rather than left with
+/// a gap. New subscribers then receive everything.
+pub async fn redis_restarted_empty_expires_subscribers() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
+    let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
+    a.publish_all(1..=5).await;
+    assert_eq!(on_a.check("A before", 1, 5).await, Ended::Complete);
+    assert_eq!(on_b.check("B before", 1, 5).await, Ended::Complete);
+
+    redis.stop_empty().await;
+    a.publish_all(6..=8).await;
+    redis.start_again().await;
+    a.publish_all(9..=12).await;
+    // The epoch changed: nobody can be sure to have everything.
+    on_a.expect_expired("A", 6).await;
+    on_b.expect_expired("B", 6).await;
+    assert!(a.layer.stats().lost >= 1 && b.layer.stats().lost >= 1);
+
+    reconnected(&[&a.layer, &b.layer]).await;
+    // Subscribers made from now on see every change published after them.
+    flushed(&a.layer).await;
+    let (mut again_a, mut again_b) = (a.watch().await, b.watch().await);
+    a.publish_all(13..=20).await;
+    assert_eq!(again_a.check("A after", 13, 20).await, Ended::Complete);
+    assert_eq!(again_b.check("B after", 13, 20).await, Ended::Complete);
+    Some(())
+}
+
+/// Redis restored from an older snapshot gives offsets again: the
+/// regression is detected, the stream moved to a new epoch, subscribers
+/// closed; a cursor ahead of the head is refused (`Ahead`) and moves the epoch.
+pub async fn redis_restored_from_an_older_snapshot() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
+    let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
+    a.publish_all(1..=3).await;
+    assert_eq!(on_b.check("B", 1, 3).await, Ended::Complete);
+    redis.snapshot().await;
+    a.publish_all(4..=8).await;
+    assert_eq!(on_a.check("A", 1, 8).await, Ended::Complete);
+    assert_eq!(on_b.check("B", 4, 8).await, Ended::Complete);
+    let seen = on_b.last.expect("positions");
+    assert_eq!(seen.offset, 8);
+
+    redis.stop_to_snapshot().await;
+    redis.start_again().await;
+    // Both processes look when they reconnect, before anything else is published.
+    on_a.expect_expired("A", 9).await;
+    on_b.expect_expired("B", 9).await;
+    let moved = a.layer.stats().epochs + b.layer.stats().epochs;
+    assert!(moved >= 1, "one of them moved the epoch");
+    reconnected(&[&a.layer, &b.layer]).await;
+    let mut again = b.watch().await;
+    a.publish_all(9..=12).await;
+    assert_eq!(again.check("B after", 9, 12).await, Ended::Complete);
+    assert_ne!(again.last.expect("positions").epoch, seen.epoch, "a new epoch");
+    drop((a, b));
+
+    // Back to the snapshot once more, with no process looking: a cursor
+    // ahead of the head is refused and moves the epoch.
+    redis.stop_to_snapshot().await;
+    redis.start_again().await;
+    let c = Node::start(&redis.url(), quick(&prefix)).await;
+    let history = c.layer.history("users", seen).await.expect("history read");
+    assert!(matches!(history, History::Expired(Expiry::Ahead)), "{history:?}");
+    assert_eq!(c.layer.stats().epochs, 1);
+    let within = Position { epoch: seen.epoch, offset: 2 };
+    let history = c.layer.history("users", within).await.expect("history read");
+    assert!(matches!(history, History::Expired(Expiry::Epoch)), "the old epoch is over: {history:?}");
+    Some(())
+}
+
+/// A change published while Redis is down: `publish` returns, and the
+/// change reaches every subscriber once Redis is back.
+pub async fn a_change_published_during_an_outage_arrives() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
+    let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
+    a.publish(1).await;
+    assert_eq!(on_b.check("B", 1, 1).await, Ended::Complete);
+    redis.stop_saving().await;
+    a.publish(2).await;
+    assert_eq!(a.layer.stats().outboxed, 1);
+    redis.start_again().await;
+    assert_eq!(on_a.check("A", 1, 2).await, Ended::Complete);
+    assert_eq!(on_b.check("B", 2, 2).await, Ended::Complete);
+    Some(())
+}
+
+/// An outbox that overflows drops changes: their stream moves to a new
+/// epoch with its next change, and subscribers are closed (Expired).
+pub async fn outbox_overflow_moves_the_epoch() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    let a = Node::start(&redis.url(), quick(&prefix).with_outbox(2)).await;
+    let b = Node::start(&redis.url(), quick(&prefix)).await;
+    let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
+    a.publish_all(1..=2).await;
+    assert_eq!(on_a.check("A", 1, 2).await, Ended::Complete);
+    assert_eq!(on_b.check("B", 1, 2).await, Ended::Complete);
+    redis.stop_saving().await;
+    a.publish_all(3..=6).await; // 5 and 6 do not fit
+    assert_eq!(a.layer.stats().outbox_overflows, 2);
+    assert_eq!(a.hub.stats().dropped, 2, "dropped changes are counted by the hub");
+    redis.start_again().await;
+    flushed(&a.layer).await;
+    // Once the outbox is drained the stream starts a new epoch: no cursor
+    // of the old one resumes past the dropped changes.
+    wait_until("the stream moves to a new epoch", || a.layer.stats().epochs == 1).await;
+    let before_the_drop = Position { epoch: on_a.last.expect("positions").epoch, offset: 2 };
+    let history = b.layer.history("users", before_the_drop).await.expect("history read");
+    assert!(matches!(history, History::Expired(Expiry::Epoch)), "{history:?}");
+    a.publish(7).await;
+    on_a.expect_expired("A", 3).await;
+    on_b.expect_expired("B", 3).await;
+    assert_eq!(a.layer.stats().epochs, 1, "one new epoch");
+    Some(())
+}
+
+/// A position seen on one process resumes on another (the same changes,
+/// from Redis's history); a small history expires old positions
+/// (`Trimmed`); without history only the head resumes.
+pub async fn history_across_processes() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&url, quick(&prefix)).await, Node::start(&url, quick(&prefix)).await);
+    let mut on_a = a.watch().await;
+    a.publish_all(1..=5).await;
+    assert_eq!(on_a.check("A", 1, 2).await, Ended::Complete);
+    let second = on_a.last.expect("positions");
+    assert_eq!(on_a.check("A", 3, 5).await, Ended::Complete);
+    let head = on_a.last.expect("positions");
+    assert_eq!((second.epoch, second.offset + 3), (head.epoch, head.offset));
+    match b.layer.history("users", second).await.expect("history") {
+        History::Since { kept, head: read } => {
+            assert_eq!(read, head);
+            assert_eq!(kept.iter().map(|kept| kept.offset).collect::<Vec<_>>(), [3, 4, 5]);
+            assert_eq!(kept[0].groups, ["users-create", "users-create-3"]);
+            let change: Json = serde_json::from_slice(&kept[2].message).expect("the change message");
+            assert_eq!(change["pk"], json!(5), "{change}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(b.layer.history("users", head).await, Ok(History::Since { kept, .. }) if kept.is_empty()));
+
+    // A history of 3 changes.
+    let prefix = unique_prefix();
+    let small = Node::start(&url, quick(&prefix).with_history(3)).await;
+    let mut watcher = small.watch().await;
+    small.publish_all(1..=10).await;
+    assert_eq!(watcher.check("small", 1, 10).await, Ended::Complete);
+    let head = watcher.last.expect("positions");
+    let at = |offset| Position { epoch: head.epoch, offset };
+    let history = small.layer.history("users", at(2)).await.expect("history");
+    assert!(matches!(history, History::Expired(Expiry::Trimmed)), "{history:?}");
+    match small.layer.history("users", at(7)).await.expect("history") {
+        History::Since { kept, .. } => assert_eq!(kept.iter().map(|kept| kept.offset).collect::<Vec<_>>(), [8, 9, 10]),
+        other => panic!("{other:?}"),
+    }
+
+    // No history.
+    let prefix = unique_prefix();
+    let none = Node::start(&url, quick(&prefix).with_history(0)).await;
+    let mut watcher = none.watch().await;
+    none.publish_all(1..=3).await;
+    assert_eq!(watcher.check("none", 1, 3).await, Ended::Complete);
+    let head = watcher.last.expect("positions");
+    assert!(matches!(none.layer.history("users", head).await, Ok(History::Since { kept, .. }) if kept.is_empty()));
+    let before = Position { epoch: head.epoch, offset: 2 };
+    let history = none.layer.history("users", before).await.expect("history");
+    assert!(matches!(history, History::Expired(Expiry::Trimmed)), "{history:?}");
+    Some(())
+}
+
+/// End to end over the two-channel protocol: a cursor a client got from
+/// process A resumes on process B, which replays the changes after it
+/// from Redis's history (with the same cursors), then goes on live.
+pub async fn a_cursor_from_one_process_resumes_on_another() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&url, quick(&prefix)).await, Node::start(&url, quick(&prefix)).await);
+    let server_a = Server::start(app::connect("sqlite::memory:", None).await, a.hub.clone()).await;
+    let server_b = Server::start(app::connect("sqlite::memory:", None).await, b.hub.clone()).await;
+    let mut on_a = server_a.ws().await;
+    let args = "action: CREATE, operation: SUBSCRIBE, cursors: true";
+    on_a.subscribe_ok(&server_a, "userSubscription", args, None).await;
+    let mut users = Vec::new();
+    let mut cursors = Vec::new();
+    for n in 0..3 {
+        let user = server_a.create_user(&format!("r{n}"), "r@example.com", "t1").await;
+        let mut frame = on_a.next_json().await;
+        let cursor = frame.as_object_mut().and_then(|frame| frame.remove("cursor")).expect("a cursor");
+        assert_eq!(frame, user_frame("create", &user));
+        users.push(user);
+        cursors.push(cursor.as_str().expect("a string").to_owned());
+    }
+
+    let mut on_b = server_b.ws().await;
+    let args = format!("action: CREATE, operation: SUBSCRIBE, after: \"{}\"", cursors[0]);
+    on_b.subscribe_ok(&server_b, "userSubscription", &args, None).await;
+    let live = server_a.create_user("r3", "r@example.com", "t1").await;
+    for (user, cursor) in users[1..].iter().zip(&cursors[1..]) {
+        let mut frame = on_b.next_json().await;
+        assert_eq!(frame.as_object_mut().and_then(|frame| frame.remove("cursor")), Some(json!(cursor)));
+        assert_eq!(frame, user_frame("create", user), "replayed from history");
+    }
+    let mut frame = on_b.next_json().await;
+    assert!(frame.as_object_mut().and_then(|frame| frame.remove("cursor")).is_some());
+    assert_eq!(frame, user_frame("create", &live), "then live, once");
+    Some(())
+}
