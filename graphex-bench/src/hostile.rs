@@ -34,7 +34,7 @@ use crate::entities::now_us;
 use crate::load::{self, Socket};
 use crate::remote::RemoteServer;
 use crate::scenarios::{Check, Options, Outcome, Run, lossless_check};
-use crate::systems::{Limits, Model, Plan, System};
+use crate::systems::{Limits, Model, Plan, Serve, System};
 use crate::{BenchError, raise_open_files_limit};
 
 /// Every input, by key (`--hostile-inputs` takes a comma-separated subset).
@@ -299,8 +299,15 @@ pub async fn run(options: &Options) -> Outcome {
     let exe = options.server_exe.clone().ok_or_else(|| BenchError::new("the hostile scenario needs server_exe"))?;
     let inputs = inputs(options)?;
     raise_open_files_limit()?;
-    let server =
-        Arc::new(RemoteServer::spawn_with(&exe, System::Graphex, Model::Indexed, true, Limits::Default).await?);
+    let server = Arc::new(
+        RemoteServer::spawn_with(
+            &exe,
+            System::Graphex,
+            Model::Indexed,
+            Serve { limits: Limits::Default, ..Serve::default() },
+        )
+        .await?,
+    );
     let addr = server.addr;
     let window = Duration::from_secs_f64(options.hostile_secs);
     let settle = Duration::from_secs_f64(options.settle_secs);

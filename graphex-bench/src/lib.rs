@@ -1,6 +1,7 @@
 //! graphex benchmarks: fan-out throughput and latency, partitioned
 //! delivery, payload modes and memory per connection, each measured against
-//! a raw WebSocket ceiling and an async-graphql alternative in the same run.
+//! a raw WebSocket ceiling and an async-graphql alternative in the same run;
+//! hostile inputs (issue 15) and resuming after a cursor (issue 16).
 //!
 //! The binary (`cargo run --release -p graphex-bench -- <scenario>`) prints a
 //! table and writes `target/bench/<scenario>.json`; the smoke tests run every
@@ -11,6 +12,7 @@ pub mod hostile;
 pub mod load;
 pub mod redis_scenario;
 pub mod remote;
+pub mod resume;
 pub mod scenarios;
 pub mod systems;
 

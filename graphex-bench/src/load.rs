@@ -2,11 +2,14 @@
 //! subscribed as its [`Plan`] says, counting every notification it receives
 //! by the id of the change, so that missing and duplicate deliveries are
 //! known exactly, and (optionally) recording the latency from the row's
-//! `created_us` to receipt.
+//! `created_us` to receipt. graphex clients may also ask for cursors and
+//! resume after one ([`Resume`]): they then check that the offsets of the
+//! cursors they receive only grow, and note when they have caught up.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::stream::{self, SplitStream};
@@ -52,10 +55,38 @@ pub struct ClientRecord {
     pub latencies: Vec<u32>,
     /// The server closed the socket before the end (close code, if any).
     pub closed_early: Option<u16>,
+    /// The cursor of the latest change received (graphex with cursors).
+    pub last_cursor: Option<String>,
+    /// Notifications whose cursor's offset was not above the previous one's
+    /// (or above the offset of the cursor the client resumed after).
+    pub out_of_order: u64,
+    /// When the client began to connect.
+    pub started: Option<Instant>,
+    /// When it had received [`Resume::catch_up`] distinct changes.
+    pub caught_up: Option<Instant>,
+}
+
+/// How a graphex client subscribes beyond its [`Plan`] (issue 16), and what
+/// it watches for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Subscribe with `cursors: true`: every frame ends with its cursor.
+    pub cursors: bool,
+    /// Subscribe with `after: <cursor>`: the changes after it first.
+    pub after: Option<String>,
+    /// Note the moment this many distinct changes have arrived
+    /// ([`ClientRecord::caught_up`]).
+    pub catch_up: Option<u64>,
+}
+
+/// The offset of a cursor `<16 hex digits>-<offset>`.
+pub fn cursor_offset(cursor: &str) -> Option<u64> {
+    cursor.split_once('-').and_then(|(_, offset)| offset.parse().ok())
 }
 
 impl ClientRecord {
-    fn has(&self, seq: usize) -> bool {
+    /// Whether change `seq` arrived.
+    pub fn has(&self, seq: usize) -> bool {
         self.seen.get(seq / 64).is_some_and(|word| word & (1 << (seq % 64)) != 0)
     }
 }
@@ -107,6 +138,24 @@ impl Fleet {
         changes: usize,
         latency: bool,
     ) -> Result<Fleet, BenchError> {
+        let resumes = vec![Resume::default(); plans.len()];
+        Fleet::connect_resuming(system, model, addr, plans, resumes, changes, latency).await
+    }
+
+    /// As [`Fleet::connect`], graphex client `i` subscribing as `resumes[i]`
+    /// says. Each client reads from the moment its subscribe is answered.
+    pub async fn connect_resuming(
+        system: System,
+        model: Model,
+        addr: SocketAddr,
+        plans: Vec<Plan>,
+        resumes: Vec<Resume>,
+        changes: usize,
+        latency: bool,
+    ) -> Result<Fleet, BenchError> {
+        if resumes.len() != plans.len() {
+            return Err(BenchError::new("one Resume per plan"));
+        }
         let http = match system {
             System::Graphex => {
                 let mut pool = Vec::new();
@@ -117,41 +166,71 @@ impl Fleet {
             }
             _ => Vec::new(),
         };
-        let http = &http;
-        let sockets: Vec<Result<(usize, Socket), BenchError>> = stream::iter(plans.iter().copied().enumerate())
-            .map(|(index, plan)| async move {
-                let http = http.get(index % HTTP_CONNECTIONS.max(1));
-                open(system, model, addr, plan, http)
-                    .await
-                    .map(|socket| (index, socket))
-                    .map_err(|error| BenchError::new(format!("{} client {index}: {error}", system.name())))
-            })
-            .buffer_unordered(CONNECT_CONCURRENCY)
-            .collect()
-            .await;
+        let (http, resumes) = (&http, &resumes);
         let delivered = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let mut tasks = Vec::with_capacity(plans.len());
-        let mut ordered: Vec<(usize, Socket)> = sockets.into_iter().collect::<Result<_, _>>()?;
-        ordered.sort_by_key(|(index, _)| *index);
-        for (index, socket) in ordered {
-            let (_, incoming) = socket.split();
-            let reader =
-                Reader { protocol: system, plan: plans[index], changes, latency, delivered: delivered.clone() };
-            tasks.push(tokio::spawn(reader.run(incoming, stop.clone())));
+        let (delivered_ref, stop_ref) = (&delivered, &stop);
+        let started: Vec<Result<(usize, JoinHandle<ClientRecord>), BenchError>> =
+            stream::iter(plans.iter().copied().enumerate())
+                .map(|(index, plan)| async move {
+                    let http = http.get(index % HTTP_CONNECTIONS.max(1));
+                    let resume = &resumes[index];
+                    let started = Instant::now();
+                    let socket = open(system, model, addr, plan, resume, http)
+                        .await
+                        .map_err(|error| BenchError::new(format!("{} client {index}: {error}", system.name())))?;
+                    let (_, incoming) = socket.split();
+                    let reader = Reader {
+                        protocol: system,
+                        plan,
+                        changes,
+                        latency,
+                        delivered: delivered_ref.clone(),
+                        after: resume.after.as_deref().and_then(cursor_offset),
+                        catch_up: resume.catch_up,
+                        started,
+                    };
+                    Ok((index, tokio::spawn(reader.run(incoming, stop_ref.clone()))))
+                })
+                .buffer_unordered(CONNECT_CONCURRENCY)
+                .collect()
+                .await;
+        let mut ordered = Vec::with_capacity(started.len());
+        let mut failure = None;
+        for outcome in started {
+            match outcome {
+                Ok(task) => ordered.push(task),
+                Err(error) => failure = failure.or(Some(error)),
+            }
         }
+        if let Some(error) = failure {
+            stop.cancel();
+            return Err(error);
+        }
+        ordered.sort_by_key(|(index, _)| *index);
+        let tasks = ordered.into_iter().map(|(_, task)| task).collect();
         Ok(Fleet { plans, delivered, stop, tasks })
+    }
+
+    /// Stops every client (each drops its socket) and returns what each saw, in order.
+    pub async fn records(self) -> Result<Vec<ClientRecord>, BenchError> {
+        self.stop.cancel();
+        let mut records = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            records.push(task.await.map_err(|error| BenchError::new(format!("client task failed: {error}")))?);
+        }
+        Ok(records)
     }
 
     /// Stops every client and sums what they saw, given that `changes`
     /// changes were sent round-robin over `rooms` rooms.
     pub async fn finish(self, changes: usize, rooms: usize) -> Result<Tally, BenchError> {
-        self.stop.cancel();
+        let plans = self.plans.clone();
+        let records = self.records().await?;
         let mut tally = Tally::default();
         let mut bytes = 0;
         let mut received = 0;
-        for (plan, task) in self.plans.iter().zip(self.tasks) {
-            let record = task.await.map_err(|error| BenchError::new(format!("client task failed: {error}")))?;
+        for (plan, record) in plans.iter().zip(records) {
             for seq in 0..changes {
                 if plan.room.is_none_or(|room| room == room_of(seq, rooms)) {
                     tally.expected += 1;
@@ -192,6 +271,10 @@ struct Reader {
     changes: usize,
     latency: bool,
     delivered: Arc<AtomicU64>,
+    /// The offset of the cursor resumed after.
+    after: Option<u64>,
+    catch_up: Option<u64>,
+    started: Instant,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +289,8 @@ struct Row {
 #[derive(Deserialize)]
 struct TwoChannelFrame {
     payload: TwoChannelPayload,
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +318,13 @@ struct TransportWsData {
 
 impl Reader {
     async fn run(self, mut incoming: SplitStream<Socket>, stop: CancellationToken) -> ClientRecord {
-        let mut record = ClientRecord { seen: vec![0; self.changes.div_ceil(64)], ..ClientRecord::default() };
+        let mut record = ClientRecord {
+            seen: vec![0; self.changes.div_ceil(64)],
+            started: Some(self.started),
+            ..ClientRecord::default()
+        };
+        let mut last_offset = self.after;
+        let mut distinct = 0u64;
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         loop {
@@ -243,7 +334,14 @@ impl Reader {
                 () = &mut stopped => break,
             };
             match message {
-                Some(Ok(Message::Text(text))) => self.take(text.as_str(), &mut record),
+                Some(Ok(Message::Text(text))) => {
+                    if self.take(text.as_str(), &mut record, &mut last_offset) {
+                        distinct += 1;
+                        if Some(distinct) == self.catch_up {
+                            record.caught_up = Some(Instant::now());
+                        }
+                    }
+                }
                 Some(Ok(Message::Close(frame))) => {
                     record.closed_early = Some(frame.map_or(1005, |frame| u16::from(frame.code)));
                     break;
@@ -258,10 +356,22 @@ impl Reader {
         record
     }
 
-    fn take(&self, text: &str, record: &mut ClientRecord) {
+    /// Counts one notification; true if it was a change not seen before.
+    fn take(&self, text: &str, record: &mut ClientRecord, last_offset: &mut Option<u64>) -> bool {
         let row = match self.protocol {
             System::Graphex | System::Ceiling | System::CeilingUnpaced => {
-                serde_json::from_str::<TwoChannelFrame>(text).ok().map(|f| f.payload.data)
+                serde_json::from_str::<TwoChannelFrame>(text).ok().map(|frame| {
+                    if let Some(cursor) = frame.cursor {
+                        let offset = cursor_offset(&cursor);
+                        if offset.is_none() || last_offset.is_some_and(|last| offset <= Some(last)) {
+                            record.out_of_order += 1;
+                        } else {
+                            *last_offset = offset;
+                            record.last_cursor = Some(cursor);
+                        }
+                    }
+                    frame.payload.data
+                })
             }
             System::Alternative => match serde_json::from_str::<TransportWsFrame>(text) {
                 Ok(frame) if frame.kind == "next" => frame.payload.map(|payload| payload.data.message),
@@ -270,7 +380,7 @@ impl Reader {
         };
         let Some(row) = row else {
             record.unexpected += 1;
-            return;
+            return false;
         };
         let received_us = now_us();
         record.received += 1;
@@ -283,12 +393,12 @@ impl Reader {
         let seq = usize::try_from(row.id - 1).ok().filter(|seq| *seq < self.changes);
         let Some(seq) = seq.filter(|_| in_room) else {
             record.unexpected += 1;
-            return;
+            return false;
         };
         let (word, bit) = (seq / 64, 1u64 << (seq % 64));
         if record.seen[word] & bit != 0 {
             record.duplicates += 1;
-            return;
+            return false;
         }
         record.seen[word] |= bit;
         if self.latency
@@ -296,6 +406,7 @@ impl Reader {
         {
             record.latencies.push(u32::try_from((received_us - created_us).max(0)).unwrap_or(u32::MAX));
         }
+        true
     }
 }
 
@@ -357,6 +468,7 @@ async fn open(
     model: Model,
     addr: SocketAddr,
     plan: Plan,
+    resume: &Resume,
     http: Option<&AsyncMutex<HttpConnection>>,
 ) -> Result<Socket, BenchError> {
     match system {
@@ -365,7 +477,8 @@ async fn open(
             let handshake: Json = serde_json::from_str(&next_text(&mut socket).await?)?;
             let channel = handshake["channel_id"].as_str().ok_or_else(|| BenchError::new("no channel_id"))?;
             let http = http.ok_or_else(|| BenchError::new("no HTTP connection"))?;
-            let answer = http.lock().await.post(addr, "/graphql", &subscribe_request(model, channel, plan)).await?;
+            let request = subscribe_request_resuming(model, channel, plan, resume);
+            let answer = http.lock().await.post(addr, "/graphql", &request).await?;
             let confirmation = answer["data"].as_object().and_then(|data| data.values().next());
             if confirmation.and_then(|c| c["ok"].as_bool()) != Some(true) {
                 return Err(BenchError::new(format!("subscribe refused: {answer}")));
@@ -409,26 +522,41 @@ async fn open(
 
 /// The graphex two-channel subscribe for `plan` on `channel`.
 pub(crate) fn subscribe_request(model: Model, channel: &str, plan: Plan) -> Json {
+    subscribe_request_resuming(model, channel, plan, &Resume::default())
+}
+
+/// As [`subscribe_request`], with `cursors: true` and `after` if `resume` asks.
+pub(crate) fn subscribe_request_resuming(model: Model, channel: &str, plan: Plan, resume: &Resume) -> Json {
     let filters = plan.room.map(|room| json!({"room_id": room}));
     let (field, fields_type) = match model {
         Model::Indexed => ("messageSubscription", Some("MessageFields")),
         Model::Plain => ("plainMessageSubscription", Some("PlainMessageFields")),
         Model::IdOnly => ("idMessageSubscription", None),
     };
+    // Only when asked: the other scenarios send the subscribe they always sent.
+    let (resume_vars, resume_args) = match (resume.cursors, &resume.after) {
+        (_, Some(_)) => (", $after: String", ", cursors: true, after: $after"),
+        (true, None) => ("", ", cursors: true"),
+        (false, None) => ("", ""),
+    };
     let query = match fields_type {
         Some(fields_type) => format!(
-            "subscription($ch: String!, $f: JSON, $d: [{fields_type}!]) {{ {field}(channelId: $ch, action: CREATE, \
-             operation: SUBSCRIBE, filters: $f, data: $d) {{ ok error }} }}"
+            "subscription($ch: String!, $f: JSON, $d: [{fields_type}!]{resume_vars}) {{ {field}(channelId: $ch, \
+             action: CREATE, operation: SUBSCRIBE, filters: $f, data: $d{resume_args}) {{ ok error }} }}"
         ),
         None => format!(
-            "subscription($ch: String!, $f: JSON) {{ {field}(channelId: $ch, action: CREATE, operation: SUBSCRIBE, \
-             filters: $f) {{ ok error }} }}"
+            "subscription($ch: String!, $f: JSON{resume_vars}) {{ {field}(channelId: $ch, action: CREATE, \
+             operation: SUBSCRIBE, filters: $f{resume_args}) {{ ok error }} }}"
         ),
     };
     let data = plan
         .projection
         .map(|projection| PROJECTIONS[projection].iter().map(|field| field.to_uppercase()).collect::<Vec<_>>());
-    json!({"query": query, "variables": {"ch": channel, "f": filters, "d": data}})
+    let mut variables = json!({"ch": channel, "f": filters, "d": data});
+    if let Some(after) = &resume.after {
+        variables["after"] = json!(after);
+    }
+    json!({"query": query, "variables": variables})
 }
 
 /// One keep-alive HTTP/1.1 connection (hyper's low-level client).

@@ -1,16 +1,16 @@
 //! `graphex-bench <scenario|all> [options]`: runs scenarios, prints tables,
 //! writes `target/bench/<scenario>.json`. `graphex-bench serve <system>
-//! <model> [no-db]` is the server process every run starts.
+//! <model> [no-db] [no-history]` is the server process every run starts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use graphex_bench::remote;
 use graphex_bench::scenarios::{self, Options, Scenario};
-use graphex_bench::systems::Limits;
+use graphex_bench::systems::{Limits, Serve};
 use graphex_bench::{BenchError, raise_open_files_limit};
 
-const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|hostile|all> [options]
+const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|hostile|resume|all> [options]
        graphex-bench redis [options]   (scenario 5; `graphex-bench redis --help` lists its options)
 options (defaults are the issue's numbers):
   --fanout-n 1000,10000      subscribers of the fan-out series
@@ -36,6 +36,9 @@ options (defaults are the issue's numbers):
                              body-announced,body-chunked,text-plain,operation-id,subscribe-aliases,
                              typename-aliases,enum-strings,nesting,sockets,fragment-bomb
   --hostile-timeout-secs 30  bound on one hostile input's wall time
+  --resume-n 1000            clients that drop their sockets and resume after their last cursor
+  --resume-changes 100       changes made while they are away (the history keeps 1 000)
+  --resume-live 10           live changes sent after the replay
   --repeat 1                 runs of each scenario; above 1, a table of medians follows
   --out target/bench         where the JSON goes";
 
@@ -67,19 +70,21 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: &[String]) -> Result<(), BenchError> {
-    const SERVE_USAGE: &str = "usage: graphex-bench serve <system> <model> [no-db] [raised-limits|default-limits]";
+    const SERVE_USAGE: &str =
+        "usage: graphex-bench serve <system> <model> [no-db] [no-history] [raised-limits|default-limits]";
     let [system, model, flags @ ..] = args else { return Err(BenchError::new(SERVE_USAGE)) };
-    let (mut save, mut limits) = (true, Limits::Raised);
+    let mut serve = Serve::default();
     for flag in flags {
         match flag.as_str() {
-            "no-db" => save = false,
-            "raised-limits" => limits = Limits::Raised,
-            "default-limits" => limits = Limits::Default,
+            "no-db" => serve.save = false,
+            "no-history" => serve.history = false,
+            "raised-limits" => serve.limits = Limits::Raised,
+            "default-limits" => serve.limits = Limits::Default,
             _ => return Err(BenchError::new(SERVE_USAGE)),
         }
     }
     raise_open_files_limit()?;
-    remote::serve(system.parse()?, remote::parse_model(model)?, save, limits).await
+    remote::serve(system.parse()?, remote::parse_model(model)?, serve).await
 }
 
 const REDIS_USAGE: &str = "usage: graphex-bench redis [options]
@@ -194,6 +199,9 @@ fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
             "--hostile-secs" => options.hostile_secs = float()?,
             "--hostile-scale" => options.hostile_scale = float()?,
             "--hostile-timeout-secs" => options.hostile_timeout_secs = float()?,
+            "--resume-n" => options.resume_n = value.parse().map_err(bad)?,
+            "--resume-changes" => options.resume_changes = value.parse().map_err(bad)?,
+            "--resume-live" => options.resume_live = value.parse().map_err(bad)?,
             "--hostile-inputs" => {
                 options.hostile_inputs = value.split(',').filter(|key| !key.is_empty()).map(str::to_owned).collect();
             }

@@ -1,5 +1,5 @@
 //! The server under test runs in a child process (`graphex-bench serve
-//! <system> <model> [no-db] [raised-limits|default-limits]`): 10 000 clients and their 10 000 server sockets
+//! <system> <model> [no-db] [no-history] [raised-limits|default-limits]`): 10 000 clients and their 10 000 server sockets
 //! would not fit one process's open-files limit, and the server's resident
 //! memory must be its own, not the load generator's.
 //!
@@ -26,12 +26,12 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
-use crate::systems::{self, Limits, Model, System, Target};
+use crate::systems::{self, Model, Serve, System, Target};
 use crate::{BenchError, peak_resident_kib, reset_peak_resident, resident_kib};
 
 /// The child side: serves `system` and obeys commands until stdin closes.
-pub async fn serve(system: System, model: Model, save: bool, limits: Limits) -> Result<(), BenchError> {
-    let server = systems::start_with(system, model, save, limits).await?;
+pub async fn serve(system: System, model: Model, serve: Serve) -> Result<(), BenchError> {
+    let server = systems::start_with(system, model, serve).await?;
     let target = server.target.clone();
     // The parent's pipes, read and written through the reactor: tokio's
     // `stdin()`/`stdout()` hand every read and write to a blocking thread,
@@ -101,26 +101,22 @@ pub struct RemoteServer {
 
 impl RemoteServer {
     /// Starts `exe serve <system> <model> [no-db]` and waits for its address
-    /// (graphex with [`Limits::Raised`]).
+    /// (graphex with [`crate::systems::Limits::Raised`] and its history).
     pub async fn spawn(exe: &Path, system: System, model: Model, save: bool) -> Result<RemoteServer, BenchError> {
-        RemoteServer::spawn_with(exe, system, model, save, Limits::Raised).await
+        RemoteServer::spawn_with(exe, system, model, Serve { save, ..Serve::default() }).await
     }
 
-    /// As [`RemoteServer::spawn`], graphex with `limits`.
+    /// As [`RemoteServer::spawn`], graphex as `serve` says.
     pub async fn spawn_with(
         exe: &Path,
         system: System,
         model: Model,
-        save: bool,
-        limits: Limits,
+        serve: Serve,
     ) -> Result<RemoteServer, BenchError> {
         let model = serde_json::to_value(model)?.as_str().unwrap_or_default().to_owned();
         let mut command = Command::new(exe);
         command.args(["serve", system.name(), &model]);
-        if !save {
-            command.arg("no-db");
-        }
-        command.arg(limits.name());
+        command.args(serve.flags());
         let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
         let stdin = child.stdin.take().ok_or_else(|| BenchError::new("no child stdin"))?;
         let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| BenchError::new("no child stdout"))?).lines();

@@ -1,5 +1,6 @@
 //! The scenarios of issue 7 (1-4), each run against graphex and both
-//! baselines with the same clients, the same N and the same rows.
+//! baselines with the same clients, the same N and the same rows; issue 15's
+//! hostile inputs and issue 16's resume, against graphex alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use serde::Serialize;
 use crate::BenchError;
 use crate::load::{Fleet, Tally, room_of};
 use crate::remote::RemoteServer;
-use crate::systems::{Model, Plan, System, Target};
+use crate::systems::{Model, Plan, Serve, System, Target};
 
 /// A benchmark scenario (the numbers of issue 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -29,6 +30,10 @@ pub enum Scenario {
     /// default limits while one legitimate client receives a steady rate
     /// (`crate::hostile`).
     Hostile,
+    /// Issue 16: N clients drop their sockets, M changes happen, the clients
+    /// resume after their last cursor; the replay's rate and each client's
+    /// time to catch up (`crate::resume`).
+    Resume,
     // 5. Redis (two processes through the Redis layer vs raw redis-rs
     //    pub/sub) has options of its own and runs separately:
     //    `graphex-bench redis` (`crate::redis_scenario`).
@@ -36,8 +41,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Fanout, Scenario::Partitioned, Scenario::Payload, Scenario::Memory, Scenario::Hostile];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Fanout,
+        Scenario::Partitioned,
+        Scenario::Payload,
+        Scenario::Memory,
+        Scenario::Hostile,
+        Scenario::Resume,
+    ];
 
     /// Its name on the command line and in file names.
     pub fn name(self) -> &'static str {
@@ -47,6 +58,7 @@ impl Scenario {
             Scenario::Payload => "payload",
             Scenario::Memory => "memory",
             Scenario::Hostile => "hostile",
+            Scenario::Resume => "resume",
         }
     }
 
@@ -104,6 +116,13 @@ pub struct Options {
     pub hostile_inputs: Vec<String>,
     /// Hostile scenario: bound on the wall time of one input.
     pub hostile_timeout_secs: f64,
+    /// Resume scenario: clients that drop their sockets and resume.
+    pub resume_n: usize,
+    /// Resume scenario: changes made while they are away (within the
+    /// in-memory layer's history of 1 000).
+    pub resume_changes: usize,
+    /// Resume scenario: live changes sent after the replay.
+    pub resume_live: usize,
     /// Times each scenario is run; above 1, a summary of the medians
     /// ([`median`]) follows the runs.
     pub repeat: usize,
@@ -136,6 +155,9 @@ impl Default for Options {
             hostile_scale: 1.0,
             hostile_inputs: Vec::new(),
             hostile_timeout_secs: 30.0,
+            resume_n: 1_000,
+            resume_changes: 100,
+            resume_live: 10,
             repeat: 1,
             server_exe: None,
         }
@@ -165,6 +187,10 @@ pub struct Run {
     pub unexpected: u64,
     /// Clients closed by the server.
     pub closed_early: u64,
+    /// Resume scenario: changes whose cursor's offset was not above the
+    /// previous one's, summed over the clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_order: Option<u64>,
     /// Changes the server dropped on its own side.
     pub server_dropped: u64,
     /// From the first change sent to the last delivery received.
@@ -229,6 +255,7 @@ impl Run {
             && self.duplicates == 0
             && self.unexpected == 0
             && self.closed_early == 0
+            && self.out_of_order.unwrap_or(0) == 0
             && self.server_dropped == 0
             && self.delivered == self.expected
     }
@@ -268,6 +295,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> Result<Report, BenchE
         Scenario::Payload => payload(options).await?,
         Scenario::Memory => memory(options).await?,
         Scenario::Hostile => crate::hostile::run(options).await?,
+        Scenario::Resume => crate::resume::run(options).await?,
     };
     Ok(Report { scenario, options: options.clone(), runs, checks })
 }
@@ -279,8 +307,8 @@ struct Pace {
     /// Changes per second; `None`: as fast as the window allows.
     rate: Option<f64>,
     latency: bool,
-    /// graphex only: announce without saving (see [`crate::systems::start_with`]).
-    announce_only: bool,
+    /// How graphex runs (saving or not, with or without history).
+    serve: Serve,
 }
 
 /// Starts `system`, connects the clients, sends the changes, counts.
@@ -293,7 +321,7 @@ async fn measure(
     options: &Options,
 ) -> Result<Run, BenchError> {
     let exe = options.server_exe.as_deref().ok_or_else(|| BenchError::new("no server_exe given"))?;
-    let server = Arc::new(RemoteServer::spawn(exe, system, model, !pace.announce_only).await?);
+    let server = Arc::new(RemoteServer::spawn_with(exe, system, model, pace.serve).await?);
     let n = plans.len();
     let fleet = Fleet::connect(system, model, server.addr, plans, pace.changes, pace.latency).await?;
     wait_for_subscribers(server.as_ref(), n).await?;
@@ -451,7 +479,7 @@ const LOSSLESS: &str = "deliveries lost (+ duplicated or unexpected) over every 
 
 pub(crate) fn lossless_check(runs: &[Run]) -> Check {
     let lost: u64 = runs.iter().map(|run| run.missing + run.closed_early + run.server_dropped).sum();
-    let wrong: u64 = runs.iter().map(|run| run.duplicates + run.unexpected).sum();
+    let wrong: u64 = runs.iter().map(|run| run.duplicates + run.unexpected + run.out_of_order.unwrap_or(0)).sum();
     Check {
         name: LOSSLESS.into(),
         value: (lost + wrong) as f64,
@@ -476,10 +504,22 @@ async fn fanout(options: &Options) -> Outcome {
         let changes = (options.fanout_deliveries / n.max(1)).max(1);
         let latency_changes = ((options.latency_rate * options.latency_secs).round() as usize).max(1);
         for &system in &options.systems {
-            let pace = Pace { changes, rooms: 1, rate: None, latency: false, announce_only: false };
+            let pace = Pace { changes, rooms: 1, rate: None, latency: false, serve: Serve::default() };
             runs.push(measure(system, Model::Indexed, plans.clone(), pace, "throughput", options).await?);
             if system == System::Graphex {
-                let pace = Pace { changes, rooms: 1, rate: None, latency: false, announce_only: true };
+                // Right after "throughput", so that the machine's drift
+                // between the two runs is as small as it can be.
+                let serve = Serve { history: false, ..Serve::default() };
+                let pace = Pace { changes, rooms: 1, rate: None, latency: false, serve };
+                let variant = "throughput, no history";
+                runs.push(measure(system, Model::Indexed, plans.clone(), pace, variant, options).await?);
+                let pace = Pace {
+                    changes,
+                    rooms: 1,
+                    rate: None,
+                    latency: false,
+                    serve: Serve { save: false, ..Serve::default() },
+                };
                 let variant = "throughput, no DB";
                 runs.push(measure(system, Model::Indexed, plans.clone(), pace, variant, options).await?);
             }
@@ -491,7 +531,7 @@ async fn fanout(options: &Options) -> Outcome {
                 rooms: 1,
                 rate: Some(options.latency_rate),
                 latency: true,
-                announce_only: false,
+                serve: Serve::default(),
             };
             let variant = format!("latency {}/s", options.latency_rate);
             runs.push(measure(system, Model::Indexed, plans.clone(), pace, &variant, options).await?);
@@ -500,6 +540,13 @@ async fn fanout(options: &Options) -> Outcome {
         let ceiling = rate_of(&runs, System::Ceiling, "throughput", n);
         let alternative = rate_of(&runs, System::Alternative, "throughput", n);
         checks.extend(ratio_check(format!("fan-out N={n}: graphex / ceiling"), graphex, ceiling, 0.5));
+        // Issue 16: the history costs at most 10% of deliveries/s at N = 1 000.
+        checks.extend(ratio_check(
+            format!("fan-out N={n}: history on / off{}", if n == 1_000 { "" } else { " (info)" }),
+            graphex,
+            rate_of(&runs, System::Graphex, "throughput, no history", n),
+            if n == 1_000 { 0.9 } else { 0.0 },
+        ));
         checks.extend(ratio_check(
             format!("fan-out N={n}: graphex / unpaced ceiling (info)"),
             graphex,
@@ -545,7 +592,7 @@ async fn partitioned(options: &Options) -> Outcome {
             System::Alternative => &[(Model::Indexed, "broadcast + filter", options.broadcast_changes)],
         };
         for &(model, variant, changes) in variants {
-            let pace = Pace { changes, rooms, rate: None, latency: false, announce_only: false };
+            let pace = Pace { changes, rooms, rate: None, latency: false, serve: Serve::default() };
             runs.push(measure(system, model, plans.clone(), pace, variant, options).await?);
         }
     }
@@ -581,11 +628,11 @@ async fn payload(options: &Options) -> Outcome {
     for &system in &options.systems {
         let id_only = vec![Plan { room: None, projection: None }; n];
         let pace =
-            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, announce_only: false };
+            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, serve: Serve::default() };
         runs.push(measure(system, Model::IdOnly, id_only, pace, "id-only", options).await?);
         let projected: Vec<Plan> = (0..n).map(|index| Plan { room: None, projection: Some(index % 3) }).collect();
         let pace =
-            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, announce_only: false };
+            Pace { changes: options.payload_changes, rooms: 1, rate: None, latency: false, serve: Serve::default() };
         runs.push(measure(system, Model::Indexed, projected, pace, "3 projections", options).await?);
     }
     let mut checks = Vec::new();
@@ -623,7 +670,7 @@ async fn memory(options: &Options) -> Outcome {
         wait_for_subscribers(server.as_ref(), n).await?;
         tokio::time::sleep(Duration::from_secs_f64(options.settle_secs)).await;
         let after = server.resident_kib().await?;
-        let pace = Pace { changes: 1, rooms: 1, rate: None, latency: false, announce_only: false };
+        let pace = Pace { changes: 1, rooms: 1, rate: None, latency: false, serve: Serve::default() };
         let seconds = drive(server.clone(), &fleet, &pace, options).await?;
         let tally = fleet.finish(1, 1).await?;
         let dropped = server.dropped().await?;
@@ -683,6 +730,7 @@ pub fn median(reports: &[Report]) -> Option<Report> {
             duplicates: sum(|run| run.duplicates),
             unexpected: sum(|run| run.unexpected),
             closed_early: sum(|run| run.closed_early),
+            out_of_order: run.out_of_order.map(|_| same.iter().filter_map(|run| run.out_of_order).sum()),
             server_dropped: sum(|run| run.server_dropped),
             seconds: med(|run| run.seconds),
             rate: med(|run| run.rate),
@@ -777,7 +825,7 @@ pub fn table(report: &Report) -> String {
             run.delivered,
             run.missing + run.server_dropped,
             run.closed_early,
-            run.duplicates + run.unexpected,
+            run.duplicates + run.unexpected + run.out_of_order.unwrap_or(0),
             run.seconds,
             run.rate,
             run.frame_bytes,
@@ -785,6 +833,13 @@ pub fn table(report: &Report) -> String {
             opt(run.p99_us),
             opt(run.max_us),
             run.kib_per_connection.map_or_else(|| "-".to_owned(), |kib| format!("{kib:.2}")),
+        );
+    }
+    if report.scenario == Scenario::Resume {
+        let _ = writeln!(
+            out,
+            "  resume: p50/p99/max are each client's time to catch up, from its reconnect to its last missed change; \
+             seconds until the last client caught up; deliveries/s = N x M / seconds; dup includes out of order"
         );
     }
     for run in &report.runs {

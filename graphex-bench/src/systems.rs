@@ -162,23 +162,60 @@ impl Drop for Server {
     }
 }
 
-/// Starts a server of `system` for `model` on `127.0.0.1:0`.
-pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
-    start_with(system, model, true, Limits::Raised).await
+/// How a graphex server runs (the other systems ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serve {
+    /// Rows are saved through SeaORM; false: announced as the hooks would
+    /// after saving them, without the database (a diagnostic: the runtime's
+    /// own fan-out, apart from the pace at which SQLite produces changes).
+    pub save: bool,
+    /// The per-client limits.
+    pub limits: Limits,
+    /// The in-memory layer keeps its history (the default, 1 000 changes
+    /// per stream); false: `MemoryLayer::with_history(0)`.
+    pub history: bool,
 }
 
-/// As [`start`]; with `save` false, graphex announces each row as its hooks
-/// would after saving it, without the database (a diagnostic: the runtime's
-/// own fan-out, apart from the pace at which SQLite produces changes).
-/// graphex runs with `limits` and is served with connect info, so that its
-/// per-client caps count anonymous clients by address.
-pub async fn start_with(system: System, model: Model, save: bool, limits: Limits) -> Result<Server, BenchError> {
+impl Default for Serve {
+    fn default() -> Self {
+        Serve { save: true, limits: Limits::Raised, history: true }
+    }
+}
+
+impl Serve {
+    /// Its `graphex-bench serve` flags.
+    pub fn flags(self) -> Vec<&'static str> {
+        let mut flags = Vec::new();
+        if !self.save {
+            flags.push("no-db");
+        }
+        if !self.history {
+            flags.push("no-history");
+        }
+        flags.push(self.limits.name());
+        flags
+    }
+}
+
+/// Starts a server of `system` for `model` on `127.0.0.1:0`.
+pub async fn start(system: System, model: Model) -> Result<Server, BenchError> {
+    start_with(system, model, Serve::default()).await
+}
+
+/// As [`start`], graphex as `serve` says. graphex is served with connect
+/// info, so that its per-client caps count anonymous clients by address.
+pub async fn start_with(system: System, model: Model, serve: Serve) -> Result<Server, BenchError> {
+    let Serve { save, limits, history } = serve;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (target, task): (Arc<dyn Target>, JoinHandle<()>) = match system {
         System::Graphex => {
             let db = entities::database().await?;
-            let hub = graphex::Hub::new(limits.config());
+            let hub = if history {
+                graphex::Hub::new(limits.config())
+            } else {
+                graphex::Hub::with_layer(limits.config(), Arc::new(graphex::layer::MemoryLayer::with_history(0)))
+            };
             let schema =
                 Schema::build(BenchQuery, EmptyMutation, GraphexSubscription::default()).data(db.clone()).finish();
             let app = graphex::router(schema, hub.clone(), graphex::Anonymous)

@@ -39,8 +39,9 @@ fn assert_lossless(report: &Report, runs: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout() {
     let report = scenarios::run(Scenario::Fanout, &tiny()).await.unwrap();
-    // Ceiling and unpaced ceiling: throughput and latency each; graphex: also no DB; alternative: two.
-    assert_lossless(&report, 9);
+    // Ceiling and unpaced ceiling: throughput and latency each; graphex: also no history and no DB;
+    // alternative: two.
+    assert_lossless(&report, 10);
     let latency = report.runs.iter().find(|run| run.system == "graphex" && run.variant.starts_with("latency")).unwrap();
     assert_eq!(latency.expected, 20 * 12, "rate x seconds changes, each to every client");
     assert!(latency.p99_us.is_some(), "latencies recorded from the row timestamp");
@@ -76,4 +77,18 @@ async fn memory() {
     for run in &report.runs {
         assert!(run.rss_after_kib.is_some_and(|kib| kib > 0), "{}: resident memory read", run.system);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume() {
+    let options = Options { resume_n: 20, resume_changes: 30, resume_live: 4, ..tiny() };
+    let report = scenarios::run(Scenario::Resume, &options).await.unwrap();
+    // Before the drop, then the resume (graphex only).
+    assert_lossless(&report, 2);
+    let [before, resumed] = report.runs.as_slice() else { unreachable!() };
+    assert_eq!(before.expected, 20 * 5, "every client hears the changes before the drop");
+    assert_eq!(resumed.expected, 20 * (30 + 4), "the missed changes, then the live ones, each once");
+    assert_eq!(resumed.out_of_order, Some(0), "cursors' offsets only grow");
+    assert!(resumed.p99_us.is_some(), "every client's time to catch up recorded");
+    assert!(report.checks.iter().any(|check| check.name.starts_with("changes out of order") && check.met));
 }
