@@ -489,3 +489,30 @@ pub async fn a_cursor_from_one_process_resumes_on_another() -> Option<()> {
     assert_eq!(frame, user_frame("create", &live), "then live, once");
     Some(())
 }
+
+/// A publish whose answer comes too late may still have run: Redis, paused
+/// for writes, runs it after the publisher timed out and kept the change in
+/// its outbox. The retry finds the change's token in the history and does
+/// not publish it again: subscribers get it once.
+pub async fn a_publish_that_timed_out_but_ran_is_not_published_twice() -> Option<()> {
+    let redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    let options = quick(&prefix).with_publish_timeout(Duration::from_millis(150));
+    let (a, b) = (Node::start(&redis.url(), options.clone()).await, Node::start(&redis.url(), options).await);
+    let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
+    a.publish_all(1..=3).await;
+    assert_eq!(on_b.check("B before", 1, 3).await, Ended::Complete);
+    // Writes wait 600 ms: the script sent now runs after the publisher gave up.
+    redis.command(&["CLIENT", "PAUSE", "600", "WRITE"]).await;
+    a.publish(4).await;
+    assert!(a.layer.stats().outboxed >= 1, "timed out, kept: {:?}", a.layer.stats());
+    flushed(&a.layer).await;
+    a.publish_all(5..=6).await;
+    assert_eq!(on_a.check("A", 1, 6).await, Ended::Complete);
+    assert_eq!(on_b.check("B", 4, 6).await, Ended::Complete);
+    let history = b.layer.history("users", Position { offset: 3, ..on_b.last.expect("positions") }).await.unwrap();
+    let History::Since { kept, head } = history else { panic!("{history:?}") };
+    assert_eq!(kept.len(), 3, "change 4 kept once: {kept:?}");
+    assert_eq!(head.offset, 6);
+    Some(())
+}

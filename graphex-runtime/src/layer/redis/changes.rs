@@ -83,21 +83,41 @@ impl Changes {
             // stream must start a new epoch (it alone starts them, in order).
             if !outbox.queue.is_empty() || outbox.uncovered(stream) {
                 let after_drops = outbox.drops(stream);
-                let pending = Pending { stream: stream.to_owned(), groups: groups.to_vec(), message, after_drops };
+                let pending = Pending {
+                    stream: stream.to_owned(),
+                    groups: groups.to_vec(),
+                    message,
+                    after_drops,
+                    token: token(),
+                    tried: false,
+                };
                 let kept = self.keep(&mut outbox, pending);
                 drop(outbox);
                 self.wake.notify_one();
                 return kept;
             }
         }
-        match self.send(stream, groups, &message, false).await {
+        let token = token();
+        match self.send(stream, groups, &message, false, &token, false).await {
             Ok(_) => Ok(()),
             Err(Failure::Unreachable(error)) => {
                 tracing::warn!(%stream, %error, "Redis unreachable: change kept in the outbox");
                 let kept = {
                     let mut outbox = lock(&self.outbox);
+                    if self.options.history == 0 {
+                        // The attempt may have run, and without history its
+                        // retry cannot tell: a new epoch tells subscribers.
+                        outbox.dropped(stream);
+                    }
                     let after_drops = outbox.drops(stream);
-                    let pending = Pending { stream: stream.to_owned(), groups: groups.to_vec(), message, after_drops };
+                    let pending = Pending {
+                        stream: stream.to_owned(),
+                        groups: groups.to_vec(),
+                        message,
+                        after_drops,
+                        token,
+                        tried: true,
+                    };
                     self.keep(&mut outbox, pending)
                 };
                 self.wake.notify_one();
@@ -137,22 +157,31 @@ impl Changes {
         groups: &[String],
         message: &[u8],
         new_epoch: bool,
+        token: &str,
+        tried: bool,
     ) -> Result<Position, Failure> {
-        let mut invocation = PUBLISH.prepare_invoke();
-        invocation
-            .key(self.meta(stream))
-            .key(self.hist(stream))
-            .arg(message)
-            .arg(self.options.history)
-            .arg(positions::epoch_text(crate::layer::memory::new_epoch()))
-            .arg(if new_epoch { "1" } else { "0" })
-            .arg(&self.options.prefix)
-            .arg(groups);
+        let invocation = |retry: bool| {
+            let mut invocation = PUBLISH.prepare_invoke();
+            invocation
+                .key(self.meta(stream))
+                .key(self.hist(stream))
+                .arg(message)
+                .arg(self.options.history)
+                .arg(positions::epoch_text(crate::layer::memory::new_epoch()))
+                .arg(if new_epoch { "1" } else { "0" })
+                .arg(&self.options.prefix)
+                .arg(token)
+                .arg(if retry { "1" } else { "0" })
+                .arg(groups);
+            invocation
+        };
         let mut connection = self.connection.clone();
         let attempt = async {
-            match invocation.invoke_async::<(String, String)>(&mut connection).await {
+            match invocation(tried).invoke_async::<(String, String)>(&mut connection).await {
+                // The connection was found dead: the manager reconnects; try
+                // once more, checking the token (the first may have run).
                 Err(error) if error.is_connection_dropped() || error.is_connection_refusal() => {
-                    invocation.invoke_async::<(String, String)>(&mut connection).await
+                    invocation(true).invoke_async::<(String, String)>(&mut connection).await
                 }
                 outcome => outcome,
             }
@@ -211,7 +240,9 @@ impl Changes {
                     }
                 }
             };
-            match self.send(&pending.stream, &pending.groups, &pending.message, new_epoch).await {
+            let sent =
+                self.send(&pending.stream, &pending.groups, &pending.message, new_epoch, &pending.token, pending.tried);
+            match sent.await {
                 Ok(_) => {
                     let mut outbox = lock(&self.outbox);
                     outbox.queue.pop_front();
@@ -222,6 +253,22 @@ impl Changes {
                 }
                 Err(Failure::Unreachable(error)) => {
                     tracing::debug!(%error, retry_in = ?backoff, "Redis outbox: still unreachable");
+                    if !pending.tried {
+                        // Its retries check the token; without history they
+                        // cannot, and a new epoch tells subscribers instead.
+                        let mut outbox = lock(&self.outbox);
+                        let unknowable = self.options.history == 0;
+                        if unknowable {
+                            outbox.dropped(&pending.stream);
+                        }
+                        let drops = outbox.drops(&pending.stream);
+                        if let Some(front) = outbox.queue.front_mut() {
+                            front.tried = true;
+                            if unknowable {
+                                front.after_drops = drops;
+                            }
+                        }
+                    }
                     // Woken early when the subscriber reconnects (Redis is back).
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -336,6 +383,12 @@ fn unreachable(error: &redis::RedisError) -> bool {
         ),
         _ => error.is_connection_dropped() || error.is_connection_refusal() || error.is_timeout(),
     }
+}
+
+/// A change's token: tells its retry from a new change (the publish script
+/// looks for it in the history before publishing a retry again).
+fn token() -> String {
+    positions::epoch_text(crate::layer::memory::new_epoch())
 }
 
 /// The stream of a group whose changes carry positions; `None` for custom

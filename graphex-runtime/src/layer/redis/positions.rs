@@ -68,13 +68,28 @@ pub(super) fn epoch_text(epoch: u64) -> String {
 ///
 /// KEYS: meta, history. ARGV: message, history length N, epoch candidate,
 /// "1" when a new epoch is required (an outbox overflowed), the channel
-/// prefix, then the groups. A stream without an epoch (its first change,
-/// or Redis lost its data) or with the flag starts the candidate epoch,
-/// offsets from 1, history emptied. Returns `{epoch, offset}`.
+/// prefix, the change's token (unique per change, kept in its history
+/// entry as `t`), "1" when this is a retry of an attempt whose outcome is
+/// unknown (a timeout, a connection lost after sending), then the groups.
+/// A stream without an epoch (its first change, or Redis lost its data) or
+/// with the flag starts the candidate epoch, offsets from 1, history
+/// emptied. A retry whose token is in the history already ran: it is not
+/// published again. Returns `{epoch, offset}`.
 pub(super) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local n = tonumber(ARGV[2])
+if epoch and ARGV[4] ~= '1' and ARGV[7] == '1' and n > 0 then
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', n)) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' and fields[i + 1] == ARGV[6] then
+        return {epoch, string.match(entry[1], '^(%d+)')}
+      end
+    end
+  end
+end
 if (not epoch) or ARGV[4] == '1' then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -82,14 +97,13 @@ if (not epoch) or ARGV[4] == '1' then
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local text = string.format('%d', offset)
-local n = tonumber(ARGV[2])
 local groups = {}
-for i = 6, #ARGV do groups[#groups + 1] = ARGV[i] end
+for i = 8, #ARGV do groups[#groups + 1] = ARGV[i] end
 if n > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', n, text .. '-1', 'g', table.concat(groups, '\n'), 'm', ARGV[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', n, text .. '-1', 'g', table.concat(groups, '\n'), 'm', ARGV[1], 't', ARGV[6])
 end
 local framed = '\30P1 ' .. epoch .. ' ' .. text .. '\n' .. ARGV[1]
-for i = 6, #ARGV do redis.call('PUBLISH', ARGV[5] .. ARGV[i], framed) end
+for i = 8, #ARGV do redis.call('PUBLISH', ARGV[5] .. ARGV[i], framed) end
 return {epoch, text}
 ",
     )
@@ -271,6 +285,10 @@ pub(super) struct Pending {
     /// How many changes of its stream had been dropped when it was queued:
     /// it starts a new epoch unless one was started since those drops.
     pub(super) after_drops: u64,
+    /// Tells a retry from a new change ([`PUBLISH`]).
+    pub(super) token: String,
+    /// An attempt may have run: the retry checks the token first.
+    pub(super) tried: bool,
 }
 
 /// Changes that could not reach Redis, in order, bounded.
@@ -388,6 +406,8 @@ mod tests {
             groups: vec!["users-create".into()],
             message: Bytes::new(),
             after_drops: outbox.drops("users"),
+            token: "t".into(),
+            tried: false,
         };
         let before = pending(&outbox);
         assert!(outbox.push(before, 1));
