@@ -516,3 +516,36 @@ pub async fn a_publish_that_timed_out_but_ran_is_not_published_twice() -> Option
     assert_eq!(head.offset, 6);
     Some(())
 }
+
+/// Redis restored from an older snapshot, and before the watching process
+/// reconnects another one publishes enough to push the head past the last
+/// offset it saw: the offsets are given again, to other changes. The
+/// watcher notices that the change at its last offset is not the one it
+/// saw (its token differs), moves the epoch and closes its subscriber,
+/// instead of "repairing" with changes that skip the reused offsets.
+pub async fn reused_offsets_after_a_restore_are_noticed() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let prefix = unique_prefix();
+    // The watcher comes back late (its reconnection backs off 2 s).
+    let slow = quick(&prefix).with_min_backoff(Duration::from_secs(2)).with_max_backoff(Duration::from_secs(2));
+    let b = Node::start(&redis.url(), slow).await;
+    let mut on_b = b.watch().await;
+    let a = Node::start(&redis.url(), quick(&prefix)).await;
+    a.publish_all(1..=3).await;
+    assert_eq!(on_b.check("B", 1, 3).await, Ended::Complete);
+    redis.snapshot().await;
+    a.publish_all(4..=8).await;
+    assert_eq!(on_b.check("B", 4, 8).await, Ended::Complete);
+    drop(a);
+
+    redis.stop_to_snapshot().await;
+    redis.start_again().await;
+    // A process that knew nothing of the old offsets publishes 9..20 at
+    // offsets 4..15 while the watcher is still away.
+    let c = Node::start(&redis.url(), quick(&prefix)).await;
+    c.publish_all(9..=20).await;
+    assert_eq!(c.layer.stats().outbox_waiting, 0, "published before the watcher is back");
+    on_b.expect_expired("B", 9).await;
+    assert!(b.layer.stats().epochs >= 1, "the watcher moved the epoch: {:?}", b.layer.stats());
+    Some(())
+}

@@ -751,7 +751,7 @@ impl Subscriber {
             self.control(message.get_channel_name(), group, payload);
         } else if let Some(inbound) = self.inbound.get() {
             match positions::parse(payload) {
-                Some((position, body)) => self.deliver_change(inbound, group, position, body),
+                Some((position, token, body)) => self.deliver_change(inbound, group, position, token, body),
                 None => inbound.deliver(group, Bytes::copy_from_slice(payload)),
             }
         }

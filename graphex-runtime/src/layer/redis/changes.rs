@@ -399,7 +399,14 @@ fn stream_of(group: &str) -> Option<&str> {
 
 impl Subscriber {
     /// A live change at `position`: the continuity rule ([`Seen::live`]).
-    pub(super) fn deliver_change(&self, inbound: &Inbound, group: &str, position: Position, message: &[u8]) {
+    pub(super) fn deliver_change(
+        &self,
+        inbound: &Inbound,
+        group: &str,
+        position: Position,
+        token: u64,
+        message: &[u8],
+    ) {
         let stream = group::stream_of(group);
         let rule = {
             let mut streams = lock(&self.seen);
@@ -408,7 +415,7 @@ impl Subscriber {
                 return;
             }
             let mut known = streams.seen.get(stream).copied();
-            let rule = Seen::live(&mut known, position);
+            let rule = Seen::live(&mut known, position, token);
             if let Some(known) = known {
                 streams.seen.insert(stream.to_owned(), known);
             }
@@ -465,11 +472,15 @@ impl Subscriber {
             // First subscription to the stream: what came before is not ours.
             let read = self.changes.read(stream, None).await?;
             let head = read.map_or(Position { epoch: 0, offset: 0 }, |read| read.head);
-            lock(&self.seen).seen.insert(stream.to_owned(), Seen { epoch: head.epoch, last: head.offset, floor: 0 });
+            let seen = Seen { epoch: head.epoch, last: head.offset, floor: 0, token: 0 };
+            lock(&self.seen).seen.insert(stream.to_owned(), seen);
             return Ok(());
         };
         let last = if known.epoch == 0 { 0 } else { known.last };
-        let read = self.changes.read(stream, Some(last + 1)).await?;
+        // From the last change seen, when its token is known: the entry at
+        // that offset must still be that change.
+        let verify = known.token != 0 && last > 0;
+        let read = self.changes.read(stream, Some(if verify { last } else { last + 1 })).await?;
         let inbound = self.inbound.get();
         let lost = |why: &str| {
             if let Some(inbound) = inbound {
@@ -478,28 +489,42 @@ impl Subscriber {
                 self.stats.lost.fetch_add(1, Ordering::Relaxed);
             }
         };
-        let settled = |head: Position| Seen { epoch: head.epoch, last: head.offset, floor: head.offset };
+        let settled =
+            |head: Position, token: u64| Seen { epoch: head.epoch, last: head.offset, floor: head.offset, token };
+        let unknown = Seen { epoch: 0, last: 0, floor: 0, token: 0 };
         let now = match read {
             None if known.epoch == 0 => known,
             None => {
                 lost("Redis lost the stream (restarted empty?)");
-                Seen { epoch: 0, last: 0, floor: 0 }
+                unknown
             }
             Some(read) if known.epoch != 0 && read.head.epoch != known.epoch => {
                 lost("the stream changed epoch");
-                settled(read.head)
+                settled(read.head, 0)
             }
-            Some(read) if read.head.offset < last => {
-                // Redis went back in time: its next offsets would name other changes.
+            Some(read)
+                if read.head.offset < last
+                    || (verify
+                        && read.kept.first().is_some_and(|kept| kept.offset == last)
+                        && read.tokens.first() != Some(&known.token)) =>
+            {
+                // Redis went back in time: its offsets name other changes
+                // (the head is behind, or the last change seen was replaced).
                 let moved = self.changes.move_epoch(stream, read.head.epoch).await?;
                 lost("Redis went back in time (restored from an older snapshot?)");
-                moved.map_or(Seen { epoch: 0, last: 0, floor: 0 }, settled)
+                moved.map_or(unknown, |head| settled(head, 0))
             }
-            Some(read) if read.head.offset == last => Seen { epoch: read.head.epoch, last, floor: last },
-            Some(read) => {
+            Some(read) if read.head.offset == last => Seen { epoch: read.head.epoch, last, floor: last, ..known },
+            Some(mut read) => {
                 let head = read.head;
+                if read.kept.first().is_some_and(|kept| kept.offset == last) {
+                    // The last change seen, verified: not delivered again.
+                    read.kept.remove(0);
+                    read.tokens.remove(0);
+                }
                 let reaches = read.kept.first().map(|kept| kept.offset) == Some(last + 1)
                     && read.kept.last().map(|kept| kept.offset) == Some(head.offset);
+                let token = if reaches { read.tokens.last().copied().unwrap_or(0) } else { 0 };
                 if reaches {
                     if let Some(inbound) = inbound {
                         for kept in &read.kept {
@@ -514,7 +539,7 @@ impl Subscriber {
                 } else {
                     lost("the history no longer reaches back to the last change seen");
                 }
-                settled(head)
+                settled(head, token)
             }
         };
         lock(&self.seen).seen.insert(stream.to_owned(), now);

@@ -10,8 +10,12 @@
 //! the history holds exactly what was published.
 //!
 //! A published change carries its position in a header before the message:
-//! `\x1eP1 <epoch as 16 hex digits> <offset>\n` (ASCII record separator,
-//! `P1`, a space, the epoch, a space, the decimal offset, a newline). A
+//! `\x1eP1 <epoch as 16 hex digits> <offset> <token as 16 hex digits>\n`
+//! (ASCII record separator, `P1`, then space-separated the epoch, the
+//! decimal offset and the change's token, a newline). The token, also kept
+//! in the change's history entry, lets a process check after a reconnection
+//! that the offset it saw last still names the same change (a Redis restored
+//! from an older snapshot gives offsets again, to other changes). A
 //! change message is JSON and never starts with `\x1e`, so a message
 //! without the header (a custom group's, or a change published by a release
 //! before positions) is told apart and delivered without a position.
@@ -29,19 +33,21 @@ pub(super) const MAGIC: &[u8] = b"\x1eP1 ";
 /// The header of a change at `position` (the publish script writes the
 /// same bytes; this is for tests and documentation).
 #[cfg(test)]
-pub(super) fn header(position: Position) -> Vec<u8> {
-    format!("\x1eP1 {:016x} {}\n", position.epoch, position.offset).into_bytes()
+pub(super) fn header(position: Position, token: u64) -> Vec<u8> {
+    format!("\x1eP1 {:016x} {} {token:016x}\n", position.epoch, position.offset).into_bytes()
 }
 
-/// The position and the message of a published payload; `None` when it has
-/// no (valid) header.
-pub(super) fn parse(payload: &[u8]) -> Option<(Position, &[u8])> {
+/// The position, the token and the message of a published payload; `None`
+/// when it has no (valid) header.
+pub(super) fn parse(payload: &[u8]) -> Option<(Position, u64, &[u8])> {
     let rest = payload.strip_prefix(MAGIC)?;
     let (epoch, rest) = rest.split_at_checked(16)?;
     let rest = rest.strip_prefix(b" ")?;
-    let newline = rest.iter().take(21).position(|&byte| byte == b'\n')?;
-    let (offset, body) = (&rest[..newline], &rest[newline + 1..]);
-    Some((Position { epoch: parse_epoch(epoch)?, offset: parse_offset(offset)? }, body))
+    let space = rest.iter().take(21).position(|&byte| byte == b' ')?;
+    let (offset, rest) = (&rest[..space], &rest[space + 1..]);
+    let (token, rest) = rest.split_at_checked(16)?;
+    let body = rest.strip_prefix(b"\n")?;
+    Some((Position { epoch: parse_epoch(epoch)?, offset: parse_offset(offset)? }, parse_epoch(token)?, body))
 }
 
 /// An epoch as the scripts keep it: exactly 16 hex digits.
@@ -102,7 +108,7 @@ for i = 8, #ARGV do groups[#groups + 1] = ARGV[i] end
 if n > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', n, text .. '-1', 'g', table.concat(groups, '\n'), 'm', ARGV[1], 't', ARGV[6])
 end
-local framed = '\30P1 ' .. epoch .. ' ' .. text .. '\n' .. ARGV[1]
+local framed = '\30P1 ' .. epoch .. ' ' .. text .. ' ' .. ARGV[6] .. '\n' .. ARGV[1]
 for i = 8, #ARGV do redis.call('PUBLISH', ARGV[5] .. ARGV[i], framed) end
 return {epoch, text}
 ",
@@ -165,6 +171,8 @@ pub(super) struct Read {
     pub(super) head: Position,
     /// The history entries asked for, in order.
     pub(super) kept: Vec<Kept>,
+    /// Each entry's token (0 when it has none), in the same order.
+    pub(super) tokens: Vec<u64>,
 }
 
 /// Decodes [`READ`]'s (or [`MOVE`]'s) answer; `Ok(None)` when the stream
@@ -180,23 +188,25 @@ pub(super) fn decode_read(value: redis::Value) -> redis::RedisResult<Option<Read
     let epoch = parse_epoch(&bytes_of(epoch)?).ok_or_else(|| malformed("epoch".into()))?;
     let head = items.next().map(bytes_of).transpose()?.unwrap_or_default();
     let head = parse_offset(&head).ok_or_else(|| malformed("head offset".into()))?;
-    let mut kept = Vec::new();
+    let (mut kept, mut tokens) = (Vec::new(), Vec::new());
     if let Some(redis::Value::Array(entries)) = items.next() {
         for entry in entries {
-            kept.push(decode_entry(entry)?);
+            let (entry, token) = decode_entry(entry)?;
+            kept.push(entry);
+            tokens.push(token);
         }
     }
-    Ok(Some(Read { head: Position { epoch, offset: head }, kept }))
+    Ok(Some(Read { head: Position { epoch, offset: head }, kept, tokens }))
 }
 
-fn decode_entry(entry: redis::Value) -> redis::RedisResult<Kept> {
+fn decode_entry(entry: redis::Value) -> redis::RedisResult<(Kept, u64)> {
     let redis::Value::Array(parts) = entry else { return Err(malformed("history entry".into())) };
     let mut parts = parts.into_iter();
     let id = bytes_of(parts.next().ok_or_else(|| malformed("entry id".into()))?)?;
     let offset = id.split(|&byte| byte == b'-').next().and_then(parse_offset);
     let offset = offset.ok_or_else(|| malformed("entry id".into()))?;
     let Some(redis::Value::Array(fields)) = parts.next() else { return Err(malformed("entry fields".into())) };
-    let (mut groups, mut message) = (Vec::new(), Bytes::new());
+    let (mut groups, mut message, mut token) = (Vec::new(), Bytes::new(), 0);
     let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         match bytes_of(name)?.as_slice() {
@@ -205,10 +215,11 @@ fn decode_entry(entry: redis::Value) -> redis::RedisResult<Kept> {
                 groups = joined.split('\n').filter(|group| !group.is_empty()).map(str::to_owned).collect();
             }
             b"m" => message = Bytes::from(bytes_of(value)?),
+            b"t" => token = parse_epoch(&bytes_of(value)?).unwrap_or(0),
             _ => {}
         }
     }
-    Ok(Kept { offset, groups, message })
+    Ok((Kept { offset, groups, message }, token))
 }
 
 fn bytes_of(value: redis::Value) -> redis::RedisResult<Vec<u8>> {
@@ -240,6 +251,9 @@ pub(super) struct Seen {
     pub(super) last: u64,
     /// Offsets up to this one were delivered by a repair: live copies are duplicates.
     pub(super) floor: u64,
+    /// The token of the change at `last` (0: unknown): after a
+    /// reconnection, the history entry at `last` must still carry it.
+    pub(super) token: u64,
 }
 
 /// What the subscriber does with a live change at `position`.
@@ -256,8 +270,8 @@ pub(super) enum Live {
 
 impl Seen {
     /// The rule for a live change; updates what is known.
-    pub(super) fn live(seen: &mut Option<Seen>, position: Position) -> Live {
-        let adopt = Seen { epoch: position.epoch, last: position.offset, floor: 0 };
+    pub(super) fn live(seen: &mut Option<Seen>, position: Position, token: u64) -> Live {
+        let adopt = Seen { epoch: position.epoch, last: position.offset, floor: 0, token };
         let Some(known) = seen else {
             *seen = Some(adopt);
             return Live::Deliver;
@@ -271,7 +285,10 @@ impl Seen {
             return Live::Duplicate;
         }
         // Two groups of one change share its offset: both are delivered.
-        known.last = known.last.max(position.offset);
+        if position.offset > known.last {
+            known.last = position.offset;
+            known.token = token;
+        }
         Live::Deliver
     }
 }
@@ -360,42 +377,50 @@ mod tests {
     #[test]
     fn headers_round_trip_and_plain_messages_have_none() {
         let position = Position { epoch: 0x0123_4567_89ab_cdef, offset: 42 };
-        let mut payload = header(position);
-        assert_eq!(payload, b"\x1eP1 0123456789abcdef 42\n");
+        let mut payload = header(position, 0xfeed);
+        assert_eq!(payload, b"\x1eP1 0123456789abcdef 42 000000000000feed\n");
         payload.extend_from_slice(br#"{"v":2}"#);
-        assert_eq!(parse(&payload), Some((position, &br#"{"v":2}"#[..])));
+        assert_eq!(parse(&payload), Some((position, 0xfeed, &br#"{"v":2}"#[..])));
         let max = Position { epoch: u64::MAX, offset: u64::MAX };
-        let payload = header(max);
-        assert_eq!(parse(&payload), Some((max, &b""[..])));
+        let payload = header(max, u64::MAX);
+        assert_eq!(parse(&payload), Some((max, u64::MAX, &b""[..])));
         // Messages without a header: JSON change messages, custom payloads.
         assert_eq!(parse(br#"{"stream":"users"}"#), None);
         assert_eq!(parse(b""), None);
         // Damaged headers are not positions.
-        assert_eq!(parse(b"\x1eP1 0123 42\n{}"), None);
-        assert_eq!(parse(b"\x1eP1 0123456789abcdeg 42\n{}"), None);
-        assert_eq!(parse(b"\x1eP1 0123456789abcdef x\n{}"), None);
-        assert_eq!(parse(b"\x1eP1 0123456789abcdef 42"), None);
-        assert_eq!(parse(b"\x1eP2 0123456789abcdef 42\n{}"), None);
+        let token = "000000000000feed";
+        for damaged in [
+            format!("\x1eP1 0123 42 {token}\n{{}}"),
+            format!("\x1eP1 0123456789abcdeg 42 {token}\n{{}}"),
+            format!("\x1eP1 0123456789abcdef x {token}\n{{}}"),
+            format!("\x1eP1 0123456789abcdef 42 {token}"),
+            "\x1eP1 0123456789abcdef 42\n{}".to_owned(),
+            "\x1eP1 0123456789abcdef 42 feed\n{}".to_owned(),
+            format!("\x1eP2 0123456789abcdef 42 {token}\n{{}}"),
+        ] {
+            assert_eq!(parse(damaged.as_bytes()), None, "{damaged:?}");
+        }
     }
 
     #[test]
     fn live_changes_follow_the_continuity_rule() {
         let at = |epoch, offset| Position { epoch, offset };
         let mut seen = None;
-        assert_eq!(Seen::live(&mut seen, at(7, 3)), Live::Deliver, "first seen: adopted");
-        assert_eq!(Seen::live(&mut seen, at(7, 3)), Live::Deliver, "another group of the same change");
-        assert_eq!(Seen::live(&mut seen, at(7, 4)), Live::Deliver);
-        assert_eq!(seen.unwrap().last, 4);
-        assert_eq!(Seen::live(&mut seen, at(9, 1)), Live::LostThenDeliver, "a new epoch");
-        assert_eq!(seen, Some(Seen { epoch: 9, last: 1, floor: 0 }));
+        assert_eq!(Seen::live(&mut seen, at(7, 3), 30), Live::Deliver, "first seen: adopted");
+        assert_eq!(Seen::live(&mut seen, at(7, 3), 30), Live::Deliver, "another group of the same change");
+        assert_eq!(Seen::live(&mut seen, at(7, 4), 40), Live::Deliver);
+        assert_eq!((seen.unwrap().last, seen.unwrap().token), (4, 40));
+        assert_eq!(Seen::live(&mut seen, at(9, 1), 10), Live::LostThenDeliver, "a new epoch");
+        assert_eq!(seen, Some(Seen { epoch: 9, last: 1, floor: 0, token: 10 }));
         // After a repair up to 5, live copies up to 5 are duplicates.
-        seen = Some(Seen { epoch: 9, last: 5, floor: 5 });
-        assert_eq!(Seen::live(&mut seen, at(9, 4)), Live::Duplicate);
-        assert_eq!(Seen::live(&mut seen, at(9, 5)), Live::Duplicate);
-        assert_eq!(Seen::live(&mut seen, at(9, 6)), Live::Deliver);
+        seen = Some(Seen { epoch: 9, last: 5, floor: 5, token: 50 });
+        assert_eq!(Seen::live(&mut seen, at(9, 4), 40), Live::Duplicate);
+        assert_eq!(Seen::live(&mut seen, at(9, 5), 50), Live::Duplicate);
+        assert_eq!(Seen::live(&mut seen, at(9, 6), 60), Live::Deliver);
+        assert_eq!(seen.unwrap().token, 60);
         // Nothing had been published when this process looked: any epoch is adopted.
-        let mut empty = Some(Seen { epoch: 0, last: 0, floor: 0 });
-        assert_eq!(Seen::live(&mut empty, at(3, 1)), Live::Deliver);
+        let mut empty = Some(Seen { epoch: 0, last: 0, floor: 0, token: 0 });
+        assert_eq!(Seen::live(&mut empty, at(3, 1), 10), Live::Deliver);
     }
 
     #[test]
