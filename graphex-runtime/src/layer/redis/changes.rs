@@ -125,7 +125,7 @@ impl Changes {
             }
             Err(Failure::Refused(error)) => {
                 // Dropped: its stream's subscribers must learn it.
-                lock(&self.outbox).dropped(stream);
+                lock(&self.outbox).dropped_on(stream, groups);
                 self.wake.notify_one();
                 self.stats.publish_failures.fetch_add(groups.len() as u64, Ordering::Relaxed);
                 Err(error)
@@ -224,8 +224,9 @@ impl Changes {
                 let renew = lock(&self.outbox).to_renew();
                 let mut unreachable = false;
                 for (stream, drops) in renew {
-                    if self.renew(&stream).await {
-                        lock(&self.outbox).covered(&stream, drops);
+                    if let Some(epoch) = self.renew(&stream).await {
+                        let groups = lock(&self.outbox).covered(&stream, drops);
+                        self.notify(epoch, &groups).await;
                     } else {
                         unreachable = true;
                         break;
@@ -243,12 +244,13 @@ impl Changes {
             let sent =
                 self.send(&pending.stream, &pending.groups, &pending.message, new_epoch, &pending.token, pending.tried);
             match sent.await {
-                Ok(_) => {
-                    let mut outbox = lock(&self.outbox);
-                    outbox.queue.pop_front();
-                    if new_epoch {
-                        outbox.covered(&pending.stream, pending.after_drops);
-                    }
+                Ok(position) => {
+                    let groups = {
+                        let mut outbox = lock(&self.outbox);
+                        outbox.queue.pop_front();
+                        if new_epoch { outbox.covered(&pending.stream, pending.after_drops) } else { Vec::new() }
+                    };
+                    self.notify(position.epoch, &groups).await;
                     backoff = self.options.min_backoff;
                 }
                 Err(Failure::Unreachable(error)) => {
@@ -281,7 +283,7 @@ impl Changes {
                     tracing::error!(stream = %pending.stream, %error, "Redis refused an outboxed change: dropped; the stream moves to a new epoch");
                     let mut outbox = lock(&self.outbox);
                     outbox.queue.pop_front();
-                    outbox.dropped(&pending.stream);
+                    outbox.dropped_on(&pending.stream, &pending.groups);
                     self.stats.publish_failures.fetch_add(pending.groups.len() as u64, Ordering::Relaxed);
                 }
             }
@@ -289,20 +291,42 @@ impl Changes {
     }
 
     /// Moves `stream` to a new epoch; `false` when Redis did not do it.
-    async fn renew(&self, stream: &str) -> bool {
+    async fn renew(&self, stream: &str) -> Option<u64> {
+        let epoch = new_epoch();
         let mut invocation = RENEW.prepare_invoke();
         invocation.key(self.meta(stream)).key(self.hist(stream));
-        invocation.arg(positions::epoch_text(new_epoch()));
+        invocation.arg(positions::epoch_text(epoch));
         match self.run(&invocation, "Redis epoch renewal").await {
             Ok(_) => {
                 self.stats.epochs.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%stream, "stream moved to a new epoch: changes of it were dropped");
-                true
+                Some(epoch)
             }
             Err(error) => {
                 tracing::debug!(%stream, %error, "Redis epoch renewal failed; retried");
-                false
+                None
             }
+        }
+    }
+
+    /// Tells the processes listening to the groups of dropped changes that
+    /// their stream is in `epoch` now ([`positions::notice`]), so that they
+    /// close its subscribers at once, not with the group's next change. A
+    /// failure is logged: they learn it with that next change.
+    async fn notify(&self, epoch: u64, groups: &[String]) {
+        if groups.is_empty() {
+            return;
+        }
+        let notice = positions::notice(epoch);
+        let mut pipe = redis::pipe();
+        for group in groups {
+            pipe.publish(format!("{}{group}", self.options.prefix), notice.as_slice()).ignore();
+        }
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.options.publish_timeout, pipe.exec_async(&mut connection)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Redis: the new epoch's notice was not published"),
+            Err(_) => tracing::warn!("Redis: the new epoch's notice timed out"),
         }
     }
 
@@ -423,11 +447,17 @@ impl Subscriber {
         };
         match rule {
             positions::Live::Duplicate => {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                if position.offset != 0 {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
             positions::Live::LostThenDeliver => self.declare_lost(inbound, stream, "the stream changed epoch"),
             positions::Live::Deliver => {}
+        }
+        if position.offset == 0 {
+            // A new epoch's notice (changes of the stream were dropped): no change.
+            return;
         }
         inbound.deliver_at(group, position, Bytes::copy_from_slice(message));
     }

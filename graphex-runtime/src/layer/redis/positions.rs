@@ -316,6 +316,20 @@ pub(super) struct Outbox {
     /// last new epoch). A stream whose drops are not all covered must move
     /// to a new epoch before (or with) its next change.
     pub(super) drops: HashMap<String, (u64, u64)>,
+    /// The groups of each stream's dropped changes, told of the new epoch
+    /// once it covers them (at most [`NOTIFIED_GROUPS`] per stream).
+    pub(super) notify: HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// Groups of dropped changes kept per stream for the new epoch's notice;
+/// the subscribers of further ones learn of the new epoch with the next
+/// change of their group.
+pub(super) const NOTIFIED_GROUPS: usize = 10_000;
+
+/// The notice of a new epoch, published to the groups of dropped changes:
+/// a header at offset 0 with token 0 and no message.
+pub(super) fn notice(epoch: u64) -> Vec<u8> {
+    format!("\x1eP1 {epoch:016x} 0 {:016x}\n", 0).into_bytes()
 }
 
 impl Outbox {
@@ -334,14 +348,28 @@ impl Outbox {
         self.drops.get(&pending.stream).is_some_and(|&(_, covered)| pending.after_drops > covered)
     }
 
-    /// A new epoch of `stream` started that covers `drops` drops.
-    pub(super) fn covered(&mut self, stream: &str, drops: u64) {
+    /// A new epoch of `stream` started that covers `drops` drops; returns
+    /// the groups of the dropped changes to tell, once all are covered.
+    pub(super) fn covered(&mut self, stream: &str, drops: u64) -> Vec<String> {
         if let Some((dropped, covered)) = self.drops.get_mut(stream) {
             *covered = (*covered).max(drops);
             if *covered >= *dropped {
                 self.drops.remove(stream);
+                return self.notify.remove(stream).map(|groups| groups.into_iter().collect()).unwrap_or_default();
             }
         }
+        Vec::new()
+    }
+
+    /// A change of `stream` on `groups` was dropped.
+    pub(super) fn dropped_on(&mut self, stream: &str, groups: &[String]) {
+        let notify = self.notify.entry(stream.to_owned()).or_default();
+        for group in groups {
+            if notify.len() < NOTIFIED_GROUPS {
+                notify.insert(group.clone());
+            }
+        }
+        self.dropped(stream);
     }
 
     /// A change of `stream` was dropped.
@@ -362,7 +390,7 @@ impl Outbox {
     /// full and the change was dropped.
     pub(super) fn push(&mut self, pending: Pending, bound: usize) -> bool {
         if self.queue.len() >= bound {
-            self.dropped(&pending.stream);
+            self.dropped_on(&pending.stream, &pending.groups);
             return false;
         }
         self.queue.push_back(pending);
