@@ -101,12 +101,39 @@ async fn next_sse(stream: &mut Streamed) -> Json {
     }
 }
 
+/// The next part of a `multipart/mixed` response that carries a result
+/// (heartbeat parts, `{}`, skipped).
+async fn next_part(stream: &mut Streamed) -> Json {
+    const PART: &str = "Content-Type: application/json\r\n\r\n";
+    loop {
+        let text = stream.text();
+        if let Some(start) = text.find(PART) {
+            // A part ends where its JSON does (the next delimiter comes
+            // with the next part).
+            let body = start + PART.len();
+            let mut values = serde_json::Deserializer::from_str(&text[body..]).into_iter::<Json>();
+            if let Some(Ok(value)) = values.next() {
+                stream.take(body + values.byte_offset());
+                if value.as_object().is_some_and(|object| object.is_empty()) {
+                    continue;
+                }
+                return value;
+            }
+        }
+        assert!(stream.read_more().await, "the stream ended: {}", stream.text());
+    }
+}
+
+/// `Accept` of a multipart subscription (Apollo's HTTP subscriptions).
+const MULTIPART: &str = r#"multipart/mixed; boundary="graphql"; subscriptionSpec="1.0", application/json"#;
+
 /// The protocols a user-creation subscription runs over here.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     TwoChannel,
     Native(Proto),
     Sse,
+    Multipart,
 }
 
 /// One open subscription to user creations (native ones projected to the
@@ -115,6 +142,7 @@ enum Sub {
     TwoChannel(Ws),
     Native(Client),
     Sse(Streamed),
+    Multipart(Streamed),
 }
 
 /// What every protocol tells of a user creation.
@@ -142,6 +170,7 @@ impl Sub {
                 Sub::Native(client)
             }
             Kind::Sse => Sub::Sse(Streamed::post(server.addr, "text/event-stream", &user_changes("", after)).await),
+            Kind::Multipart => Sub::Multipart(Streamed::post(server.addr, MULTIPART, &user_changes("", after)).await),
         };
         server.wait_for("the subscription", |hub| hub.group_size("users-create") == 1).await;
         sub
@@ -164,6 +193,10 @@ impl Sub {
                 let (change, cursor) = split_cursor(next_sse(stream).await["data"]["userChanges"].clone());
                 (json!({"id": change["id"], "username": change["data"]["username"]}), cursor)
             }
+            Sub::Multipart(stream) => {
+                let (change, cursor) = split_cursor(next_part(stream).await["data"]["userChanges"].clone());
+                (json!({"id": change["id"], "username": change["data"]["username"]}), cursor)
+            }
         };
         Seen { id: value["id"].clone(), username: value["username"].clone(), cursor }
     }
@@ -173,7 +206,7 @@ impl Sub {
         match self {
             Sub::TwoChannel(ws) => drop(ws.into_inner()),
             Sub::Native(client) => drop(client),
-            Sub::Sse(stream) => drop(stream),
+            Sub::Sse(stream) | Sub::Multipart(stream) => drop(stream),
         }
         server.wait_for("the connection's channel freed", |hub| hub.channel_count() == 0).await;
     }
@@ -237,6 +270,11 @@ async fn legacy_graphql_ws_resumes_after_a_dropped_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_resume_after_a_dropped_stream() {
     resume_over(Kind::Sse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_responses_resume_after_a_dropped_stream() {
+    resume_over(Kind::Multipart).await;
 }
 
 // ---------------------------------------------------------------------------
