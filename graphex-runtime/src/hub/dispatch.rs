@@ -181,9 +181,29 @@ impl Hub {
 impl Hub {
     /// A change kept in history, decoded for a replay; `None` (counted and
     /// logged like a live message) when this process cannot read it.
-    pub(crate) fn decode_kept(&self, message: &[u8], position: Position) -> Option<Arc<Event>> {
+    /// Clients resuming after the same outage share the decode (and the
+    /// frames rendered on it) of each change.
+    pub(crate) fn decode_kept(&self, stream: &str, message: &[u8], position: Position) -> Option<Arc<Event>> {
+        let replayed = || self.inner.replayed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(event) = replayed().events.get(&position)
+            && event.change.stream == stream
+        {
+            return Some(event.clone());
+        }
         match Change::decode(message) {
-            Ok(change) => Some(Arc::new(Event::new(change, Some(position)))),
+            Ok(change) => {
+                let event = Arc::new(Event::new(change, Some(position)));
+                let mut kept = replayed();
+                if kept.events.insert(position, event.clone()).is_none() {
+                    kept.order.push_back(position);
+                }
+                if kept.order.len() > super::REPLAYED_KEPT
+                    && let Some(oldest) = kept.order.pop_front()
+                {
+                    kept.events.remove(&oldest);
+                }
+                Some(event)
+            }
             Err(error) => {
                 let counter = match error {
                     DecodeError::UnknownVersion(_) => &self.inner.stats.unreadable,

@@ -65,7 +65,21 @@ struct Inner {
     /// The last changes dispatched here (at most [`RECENT_KEPT`]): a change
     /// sent to several groups is decoded once, and its row read once.
     recent: Mutex<std::collections::VecDeque<Arc<crate::change::codec::Event>>>,
+    /// Changes decoded for replays, by position (at most [`REPLAYED_KEPT`]):
+    /// clients resuming after the same outage share each decode.
+    replayed: Mutex<Replayed>,
 }
+
+/// Decoded changes kept for replays.
+#[derive(Default)]
+struct Replayed {
+    events: HashMap<crate::layer::Position, Arc<crate::change::codec::Event>>,
+    order: std::collections::VecDeque<crate::layer::Position>,
+}
+
+/// Changes decoded for replays kept for the next resuming client: about
+/// two streams' default history.
+const REPLAYED_KEPT: usize = 2048;
 
 /// Changes kept for their next groups: a change reaches at most its coarse,
 /// instance and index groups, in a row (in memory) or nearly (Redis).
@@ -115,6 +129,7 @@ impl Hub {
             lagging: Mutex::default(),
             clients: clients::Clients::default(),
             recent: Mutex::default(),
+            replayed: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
         let lost = Arc::downgrade(&inner);

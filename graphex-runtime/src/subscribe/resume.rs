@@ -174,7 +174,8 @@ pub(crate) async fn replay(
         if wanted.is_empty() {
             continue;
         }
-        let Some(event) = hub.decode_kept(&kept.message, Position { epoch: head.epoch, offset: kept.offset }) else {
+        let Some(event) = hub.decode_kept(stream, &kept.message, Position { epoch: head.epoch, offset: kept.offset })
+        else {
             continue;
         };
         for group in wanted {
@@ -296,6 +297,23 @@ mod tests {
         assert_eq!(frames.iter().position(|frame| *frame == (4, false)), Some(0), "live 4 was not held for others");
         assert_eq!(hub.stats().resumed, 1);
         assert_eq!(hub.stats().replayed, 3);
+    }
+
+    #[test]
+    fn clients_resuming_after_the_same_changes_share_their_decode() {
+        let hub = Hub::default();
+        let position = Position { epoch: 9, offset: 4 };
+        let first = hub.decode_kept("users", &change(4), position).unwrap();
+        let again = hub.decode_kept("users", &change(4), position).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "decoded once");
+        let next = hub.decode_kept("users", &change(5), Position { offset: 5, ..position }).unwrap();
+        assert!(!Arc::ptr_eq(&first, &next));
+        // Another stream at the same position (epochs are random: never in
+        // practice) is decoded for itself.
+        let mut note = Change::user_created(4, None);
+        note.stream = "notes".into();
+        let other = hub.decode_kept("notes", &note.encode(), position).unwrap();
+        assert_eq!(other.change.stream, "notes");
     }
 
     #[tokio::test]
