@@ -37,6 +37,28 @@ where
     }
 }
 
+/// Runs `body` on a fresh PostgreSQL schema (dropped afterwards) when
+/// `GRAPHEX_TEST_POSTGRES_URL` is set; says `skipped:` otherwise. For what
+/// only PostgreSQL has.
+pub async fn on_postgres<F, Fut>(what: &str, body: F)
+where
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Ok(url) = std::env::var(POSTGRES_ENV) else {
+        println!("skipped: {what} (PostgreSQL only; set {POSTGRES_ENV})");
+        return;
+    };
+    let schema = unique_schema();
+    let db = app::connect(&url, Some(&schema)).await;
+    let outcome = tokio::spawn(body(db)).await;
+    drop_schema(&url, &schema).await;
+    if let Err(error) = outcome {
+        eprintln!("failed (schema {schema})");
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
 async fn run_variant(name: &str, body: impl Future<Output = ()> + Send + 'static) {
     if let Err(error) = tokio::spawn(body).await {
         eprintln!("failed on the {name} variant");
