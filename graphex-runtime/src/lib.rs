@@ -66,7 +66,7 @@ pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, Protoco
 #[doc(hidden)]
 pub mod __internals {
     pub use crate::capture::{CaptureError, values_from_text};
-    pub use crate::change::announce::{Prepared, prepare};
+    pub use crate::change::announce::{Prepared, prepare, prepare_values};
     pub use crate::change::codec::Fetched;
     pub use crate::change::group;
     pub use crate::hub::{Added, Channel, Delivery, Subscription, SubscriptionKey};

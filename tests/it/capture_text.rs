@@ -9,14 +9,15 @@ use sea_orm::{ConnectionTrait, EntityTrait, Schema, Statement, TransactionTrait}
 use serde_json::json;
 
 use crate::support::databases::on_postgres;
-use graphex::ModelSubscription;
+use graphex::{Action, ModelSubscription};
+use serde_json::Value as Json;
 
 mod sample {
     use sea_orm::entity::prelude::*;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, graphex::ModelSubscription)]
     #[sea_orm(table_name = "samples")]
-    #[graphex(stream = "samples", serialize_data = true)]
+    #[graphex(stream = "samples", serialize_data = true, index_fields(flag, renamed))]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: i64,
@@ -149,8 +150,26 @@ async fn text_values_read_as_the_hooks_serialize_them() {
             };
             let captured = graphex::__internals::values_from_text::<sample::Model>("samples", column)
                 .unwrap_or_else(|error| panic!("row {id}: {error}"));
-            assert_eq!(captured, saved(id).values(), "row {id}: captured = the hooks' payload");
+            let row = saved(id);
+            assert_eq!(captured, row.values(), "row {id}: captured = the hooks' payload");
+            assert!(
+                captured.keys().eq(row.values().keys()),
+                "row {id}: in the same order (frames are rendered from it)"
+            );
             assert!(!captured.contains_key("secret"), "skipped fields are not sent");
+            // The change made from those values is the hooks' change: same
+            // groups, same message (but for the nonce), same frame.
+            for action in [Action::Create, Action::Update, Action::Delete] {
+                let hooks = graphex::__internals::prepare(row, action);
+                let captured = graphex::__internals::prepare_values::<sample::Model>(action, captured.clone());
+                assert_eq!(captured.groups, hooks.groups);
+                let decode = |bytes: &[u8]| {
+                    let mut change: Json = serde_json::from_slice(bytes).unwrap();
+                    change.as_object_mut().unwrap().remove("nonce");
+                    serde_json::to_vec(&change).unwrap()
+                };
+                assert_eq!(decode(&captured.message), decode(&hooks.message), "row {id}, {action:?}");
+            }
         }
     })
     .await;

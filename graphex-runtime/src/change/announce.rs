@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait, TryIntoModel};
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
 
 use crate::change::codec::Change;
 use crate::change::group;
@@ -61,6 +61,31 @@ pub fn prepare<M: ModelSubscription>(row: &M, action: Action) -> Prepared {
         let pairs: Vec<(&str, &Json)> = values.iter().map(|(name, value)| (*name, value)).collect();
         groups.push(group::indexed(M::STREAM, action, &pairs));
     }
+    Prepared { groups, message: change.encode() }
+}
+
+/// As [`prepare`], for a row known only by its payload values, as
+/// `values()` gives them (a change captured from the database's log,
+/// `capture::values_from_text`): the same groups and the same message.
+pub fn prepare_values<M: ModelSubscription>(action: Action, values: Map<String, Json>) -> Prepared {
+    let pk_field = M::FIELDS[M::PRIMARY_KEY].name;
+    let pk = values.get(pk_field).cloned().unwrap_or(Json::Null);
+    let mut groups = key_groups::<M>(action, &pk);
+    if !M::INDEX_FIELDS.is_empty() {
+        let pairs: Vec<(&str, &Json)> =
+            M::INDEX_FIELDS.iter().map(|name| (*name, values.get(*name).unwrap_or(&Json::Null))).collect();
+        groups.push(group::indexed(M::STREAM, action, &pairs));
+    }
+    let change = Change {
+        version: Change::VERSION,
+        stream: M::STREAM.to_owned(),
+        model: M::LABEL.to_owned(),
+        action,
+        pk,
+        pk_field: pk_field.to_owned(),
+        values: M::FULL_PAYLOAD.then_some(values),
+        nonce: Change::nonce(),
+    };
     Prepared { groups, message: change.encode() }
 }
 
