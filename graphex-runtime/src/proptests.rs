@@ -15,7 +15,7 @@ use crate::model::{
 };
 use crate::subscribe::filter::{Filter, FilterError, FilterLimits};
 
-mod person {
+pub(crate) mod person {
     #![allow(unreachable_pub, missing_docs)]
     use sea_orm::entity::prelude::*;
 

@@ -8,11 +8,16 @@
 //! with their unchanged TOAST markers and old rows, deletes, truncates);
 //! `text.rs`, the values of a row as pgoutput sends them (PostgreSQL's text
 //! form, with each column's type OID) turned into the model's payload
-//! values, through each field's own Rust type. Not built yet: the replication connection, slot and publication, transactions,
+//! values, through each field's own Rust type; `assemble.rs`, decoded
+//! messages into each committed transaction's changes, in order, exactly
+//! the changes the hooks would have made (rows made whole from the old row
+//! under `REPLICA IDENTITY FULL`, or refused). Not built yet: the replication connection, slot and publication, transactions,
 //! confirmed positions, leader election (see `docs/spikes/pg-capture/`).
 
-// Decoded and tested here; the capture connection that consumes it is not
-// built yet (issue 17).
+// Decoded, assembled and tested here; the capture connection that feeds
+// them is not built yet (issue 17).
+#[allow(dead_code)]
+pub(crate) mod assemble;
 #[allow(dead_code)]
 pub(crate) mod pgoutput;
 pub(crate) mod text;

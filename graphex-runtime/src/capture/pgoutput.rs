@@ -70,6 +70,9 @@ pub(crate) struct Relation {
     pub(crate) namespace: String,
     /// Its name.
     pub(crate) name: String,
+    /// Its replica identity: `d` default (the primary key), `n` nothing,
+    /// `f` full (deletes and updates carry the whole old row), `i` an index.
+    pub(crate) identity: u8,
     /// Its columns, in the order of tuple values.
     pub(crate) columns: Vec<Column>,
 }
@@ -107,10 +110,25 @@ impl Relation {
     /// relation through: `(type OID, text or None for NULL)`, `None` when
     /// the column was not sent (absent, unchanged, or binary).
     pub(crate) fn lookup<'a>(&'a self, tuple: &'a Tuple) -> impl Fn(&str) -> Option<(u32, Option<&'a str>)> + 'a {
+        self.merged(tuple, None)
+    }
+
+    /// As [`Relation::lookup`], a value `tuple` does not carry (an
+    /// unchanged TOASTed value) taken from `old`, the old row an update
+    /// sends under `REPLICA IDENTITY FULL`.
+    pub(crate) fn merged<'a>(
+        &'a self,
+        tuple: &'a Tuple,
+        old: Option<&'a Tuple>,
+    ) -> impl Fn(&str) -> Option<(u32, Option<&'a str>)> + 'a {
         move |name| {
             let at = self.columns.iter().position(|column| column.name == name)?;
             let type_oid = self.columns[at].type_oid;
-            match tuple.0.get(at)? {
+            let value = match tuple.0.get(at)? {
+                Value::Unchanged => old?.0.get(at)?,
+                value => value,
+            };
+            match value {
                 Value::Null => Some((type_oid, None)),
                 Value::Text(text) => Some((type_oid, Some(text.as_str()))),
                 Value::Unchanged | Value::Binary(_) => None,
@@ -227,7 +245,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
             let id = reader.u32()?;
             let namespace = reader.string()?;
             let name = reader.string()?;
-            let _replica_identity = reader.u8()?;
+            let identity = reader.u8()?;
             let count = reader.u16()?;
             let mut columns = Vec::with_capacity(usize::from(count).min(reader.bytes.len()));
             for _ in 0..count {
@@ -237,7 +255,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
                 let _type_modifier = reader.u32()?;
                 columns.push(Column { key: flags & 1 == 1, name, type_oid });
             }
-            Message::Relation(Relation { id, namespace, name, columns })
+            Message::Relation(Relation { id, namespace, name, identity, columns })
         }
         b'I' => {
             let relation = reader.u32()?;

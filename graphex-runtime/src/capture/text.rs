@@ -36,6 +36,9 @@ mod oid {
     pub(super) const JSONB: u32 = 3802;
 }
 
+/// [`CaptureError::reason`] of a column the change did not carry.
+pub(crate) const NOT_SENT: &str = "the column was not sent";
+
 /// A captured value that does not fit its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("captured change of table `{table}`: column `{column}` value {value:?} does not fit its field: {reason}")]
@@ -136,7 +139,7 @@ pub fn values_from_text<'a, M: ModelSubscription>(
             value: value.map(str::to_owned),
             reason,
         };
-        let (type_oid, text) = column(name).ok_or_else(|| refuse(None, "the column was not sent".into()))?;
+        let (type_oid, text) = column(name).ok_or_else(|| refuse(None, NOT_SENT.into()))?;
         let json = match text {
             None => Json::Null,
             Some(text) => text_to_json(type_oid, text).map_err(|reason| refuse(Some(text), reason))?,
