@@ -552,3 +552,50 @@ pub async fn reused_offsets_after_a_restore_are_noticed() -> Option<()> {
     assert!(b.layer.stats().epochs >= 1, "the watcher moved the epoch: {:?}", b.layer.stats());
     Some(())
 }
+
+/// Users `from..=to` created on `process` (usernames `s<n>`).
+async fn create_users(process: &Process, from: u32, to: u32) {
+    for n in from..=to {
+        process.http.create_user(&format!("s{n}"), "s@example.com", "t1").await;
+    }
+}
+
+/// Two reference processes (real OS processes) on a Redis of the test's
+/// own: a two-channel client on A, users created on B while Redis stops
+/// (its data saved) and starts again. The client receives every user once
+/// and in order, with cursors. Then Redis restarts empty: A closes the
+/// socket with 4010, and the last cursor no longer resumes on B.
+pub async fn two_processes_across_redis_restarts() -> Option<()> {
+    let mut redis = Durable::start().await?;
+    let cluster = Cluster::start(&redis.url()).await;
+    let mut on_a = cluster.a.http.ws().await;
+    let args = "action: CREATE, operation: SUBSCRIBE, cursors: true";
+    on_a.subscribe_ok(&cluster.a.http, "userSubscription", args, None).await;
+
+    create_users(&cluster.b, 1, 5).await;
+    redis.stop_saving().await;
+    create_users(&cluster.b, 6, 10).await; // committed; waiting in B's outbox
+    redis.start_again().await;
+    create_users(&cluster.b, 11, 15).await;
+    let mut last = None;
+    for n in 1..=15 {
+        let frame = on_a.next_json().await;
+        assert_eq!(frame["payload"]["data"]["username"], json!(format!("s{n}")), "{frame}: a gap or a duplicate");
+        let cursor = frame["cursor"].as_str().expect("a cursor").to_owned();
+        if let Some(previous) = &last {
+            assert_ne!(&cursor, previous);
+        }
+        last = Some(cursor);
+    }
+
+    redis.stop_empty().await;
+    redis.start_again().await;
+    create_users(&cluster.b, 16, 16).await;
+    expect_close(&mut on_a, 4010).await;
+    let fresh = cluster.b.http.ws().await;
+    let resume = format!("action: CREATE, operation: SUBSCRIBE, after: \"{}\"", last.expect("a cursor"));
+    let answer = cluster.b.http.subscribe(None, &fresh.channel_id, "userSubscription", &resume, None).await;
+    assert_eq!(answer["ok"], json!(false), "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|error| error.starts_with("cursor expired")), "{answer}");
+    Some(())
+}
