@@ -66,6 +66,8 @@ pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, Protoco
 #[doc(hidden)]
 pub mod __internals {
     pub use crate::capture::{CaptureError, values_from_text};
+    #[cfg(feature = "postgres-capture")]
+    pub use crate::capture::{CaptureRunError, PostgresCapture, ReplicationTarget};
     pub use crate::change::announce::{Prepared, prepare, prepare_values};
     pub use crate::change::codec::Fetched;
     pub use crate::change::group;

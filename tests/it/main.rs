@@ -47,6 +47,7 @@ mod support;
 mod actions;
 mod bounds;
 mod browser;
+mod capture;
 mod capture_text;
 mod conditions;
 mod custom_groups;

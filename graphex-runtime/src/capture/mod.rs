@@ -20,6 +20,10 @@
 pub(crate) mod assemble;
 #[allow(dead_code)]
 pub(crate) mod pgoutput;
+#[cfg(feature = "postgres-capture")]
+pub(crate) mod postgres;
 pub(crate) mod text;
 
+#[cfg(feature = "postgres-capture")]
+pub use postgres::{CaptureRunError, PostgresCapture, ReplicationTarget};
 pub use text::{CaptureError, values_from_text};

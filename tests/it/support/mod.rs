@@ -17,6 +17,7 @@ use std::time::Duration;
 pub mod databases;
 pub mod entities;
 pub mod http;
+pub mod logical;
 pub mod reference;
 pub mod standard;
 pub mod two_channel;

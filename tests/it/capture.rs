@@ -1,0 +1,162 @@
+//! Change capture from PostgreSQL's log (issue 17, in progress): writes
+//! that never pass through SeaORM's hooks (raw SQL, a bulk statement)
+//! reach subscribers after their commit, in commit order, each row as the
+//! hooks would have announced it; a rolled-back transaction sends nothing;
+//! the slot's position is confirmed once published, so a new capture
+//! session starts after it. On a cluster of the test's own with
+//! `wal_level=logical` (`support::logical`).
+
+use std::time::Duration;
+
+use graphex::__internals::{Delivery, HubInternals, PostgresCapture, ReplicationTarget, Subscription, SubscriptionKey};
+use graphex::{Action, Hub};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema, Statement, TransactionTrait};
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::TIMEOUT;
+use crate::support::logical::Cluster;
+
+mod item {
+    use sea_orm::entity::prelude::*;
+
+    /// Full payload with an index field: its table gets REPLICA IDENTITY FULL.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, graphex::ModelSubscription)]
+    #[sea_orm(table_name = "items")]
+    #[graphex(stream = "items", serialize_data = true, index_fields(tenant))]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        pub name: String,
+        pub big: String,
+        pub tenant: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A subscriber to every action of `items`, through the coarse groups.
+async fn watch(hub: &Hub) -> mpsc::Receiver<Delivery> {
+    let (channel, rx) = hub.open_channel(None).expect("channel");
+    for action in Action::ALL {
+        let key =
+            SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None, cursors: false };
+        let group = graphex::__internals::group::coarse("items", action);
+        let subscription = Subscription { key, group, filter: Default::default(), row: None, resume: None };
+        hub.add_subscription(&channel, subscription).await.expect("subscribed");
+    }
+    std::mem::forget(channel); // kept open for the test's length
+    rx
+}
+
+/// The next change: (action, id, values).
+async fn next(rx: &mut mpsc::Receiver<Delivery>) -> (Action, Json, Json) {
+    let delivery = tokio::time::timeout(TIMEOUT * 2, rx.recv()).await.expect("a change in time").expect("open");
+    let event = delivery.event().expect("a change").clone();
+    let values = event.change.values.clone().map(Json::Object).unwrap_or(Json::Null);
+    (event.change.action, event.change.pk.clone(), values)
+}
+
+fn start(hub: &Hub, cluster: &Cluster) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let target = ReplicationTarget {
+        host: "127.0.0.1".into(),
+        port: cluster.port,
+        user: "postgres".into(),
+        password: String::new(),
+        database: "postgres".into(),
+    };
+    let capture = PostgresCapture::new(hub.clone(), target).table::<item::Model>();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { capture.run(stop).await.expect("capture runs") }
+    });
+    (stop, task)
+}
+
+async fn sql(db: &DatabaseConnection, statement: &str) {
+    db.execute_unprepared(statement).await.unwrap_or_else(|error| panic!("{statement}: {error}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
+    let Some(cluster) = Cluster::start("change capture") else { return };
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    let builder = Schema::new(db.get_database_backend());
+    db.execute(&builder.create_table_from_entity(item::Entity)).await.expect("table created");
+    let hub = Hub::default();
+    let mut rx = watch(&hub).await;
+    let target = ReplicationTarget {
+        host: "127.0.0.1".into(),
+        port: cluster.port,
+        user: "postgres".into(),
+        password: String::new(),
+        database: "postgres".into(),
+    };
+    PostgresCapture::new(hub.clone(), target).table::<item::Model>().prepare(&db).await.expect("prepared");
+    let (stop, task) = start(&hub, &cluster);
+
+    // No hooks anywhere: raw SQL, as another service or a migration writes.
+    sql(&db, "INSERT INTO items VALUES (1, 'one', repeat('x', 100000), 't1'), (2, 'two', '', 't2')").await;
+    sql(&db, "BEGIN; INSERT INTO items VALUES (3, 'rolled back', '', 't1'); ROLLBACK").await;
+    // Leaves the TOASTed `big` alone: pgoutput sends it only in the old row.
+    sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
+    sql(&db, "DELETE FROM items WHERE id = 2").await;
+    let txn = db.begin().await.unwrap();
+    sql_txn(&txn, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 399) g").await;
+    let before_commit: String = txn
+        .query_one_raw(Statement::from_string(
+            txn.get_database_backend(),
+            "SELECT pg_current_wal_insert_lsn()::text AS lsn",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "lsn")
+        .unwrap();
+    txn.commit().await.unwrap();
+
+    let big = "x".repeat(100_000);
+    let (action, id, values) = next(&mut rx).await;
+    assert_eq!((action, id), (Action::Create, json!(1)));
+    assert_eq!(values, json!({"id": 1, "name": "one", "big": big, "tenant": "t1"}));
+    assert_eq!(next(&mut rx).await.1, json!(2));
+    let (action, _, values) = next(&mut rx).await;
+    assert_eq!(action, Action::Update, "the rolled-back insert sent nothing");
+    assert_eq!(values, json!({"id": 1, "name": "uno", "big": big, "tenant": "t1"}), "a whole row");
+    let (action, id, values) = next(&mut rx).await;
+    assert_eq!((action, id), (Action::Delete, json!(2)));
+    assert_eq!(values["name"], json!("two"), "a delete carries the whole old row");
+    for expected in 100..400 {
+        let (action, id, _) = next(&mut rx).await;
+        assert_eq!((action, id), (Action::Create, json!(expected)), "one statement, 300 changes, in order");
+    }
+
+    // Confirmed once published: a new session starts after the bulk insert.
+    let confirmed = format!(
+        "SELECT confirmed_flush_lsn > '{before_commit}'::pg_lsn AS done FROM pg_replication_slots \
+         WHERE slot_name = 'graphex_capture'"
+    );
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    loop {
+        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), confirmed.clone())).await;
+        if row.unwrap().unwrap().try_get::<bool>("", "done").unwrap() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot's position was not confirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.expect("capture stopped");
+    sql(&db, "INSERT INTO items VALUES (500, 'after', '', 't1')").await;
+    let (_stop, _task) = start(&hub, &cluster);
+    assert_eq!(next(&mut rx).await.1, json!(500), "nothing confirmed is sent again");
+}
+
+async fn sql_txn(txn: &sea_orm::DatabaseTransaction, statement: &str) {
+    txn.execute_unprepared(statement).await.unwrap_or_else(|error| panic!("{statement}: {error}"));
+}

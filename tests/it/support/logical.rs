@@ -1,0 +1,116 @@
+//! A PostgreSQL cluster of the test's own with `wal_level=logical` (change
+//! capture needs it; the machine's shared cluster runs `replica`, and
+//! changing it needs a restart). `initdb` and `pg_ctl` from
+//! `/usr/lib/postgresql/<version>/bin`, run as a non-root user (PostgreSQL
+//! refuses root: as root, the user `graphex-pg` is made if missing). Port
+//! chosen free; stopped and removed on drop. Without the binaries the test
+//! says `skipped:`, unless `GRAPHEX_TEST_POSTGRES_URL` is set (then CI has
+//! PostgreSQL installed and a missing binary is a failure).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use super::databases::POSTGRES_ENV;
+
+/// The user the cluster runs as when the tests run as root.
+const USER: &str = "graphex-pg";
+
+pub struct Cluster {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    as_user: Option<&'static str>,
+}
+
+fn bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.starts_with(b"0\n"))
+}
+
+impl Cluster {
+    /// Starts one; `None` (after saying `skipped:`) without PostgreSQL's binaries.
+    pub fn start(what: &str) -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var_os(POSTGRES_ENV).is_none(),
+                "PostgreSQL's initdb is missing but {POSTGRES_ENV} is set"
+            );
+            println!("skipped: {what} (needs PostgreSQL's initdb)");
+            return None;
+        };
+        let as_user = is_root().then_some(USER);
+        if as_user.is_some() {
+            // Made once; a concurrent test making it too is fine.
+            let _ = Command::new("useradd").args(["--system", "--no-create-home", USER]).stderr(Stdio::null()).status();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("graphex-pg-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        if as_user.is_some() {
+            let status = Command::new("chown").arg(USER).arg(&dir).status().expect("chown");
+            assert!(status.success(), "chown {USER} {}", dir.display());
+        }
+        let cluster = Cluster { port, dir, bin, as_user };
+        cluster.run("initdb", &["-D", &cluster.data(), "-U", "postgres", "--auth=trust", "--no-sync"]);
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=4 \
+             -c max_replication_slots=4 -c fsync=off",
+            cluster.dir.display()
+        );
+        let log = cluster.dir.join("postgres.log");
+        cluster
+            .run("pg_ctl", &["-D", &cluster.data(), "-l", &log.display().to_string(), "-w", "-o", &options, "start"]);
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let mut command = match self.as_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(&program);
+                command
+            }
+            None => Command::new(&program),
+        };
+        let output = command.args(args).output().expect("PostgreSQL's tools run");
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let program = self.bin.join("pg_ctl");
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
+        let _ = match self.as_user {
+            Some(user) => Command::new("runuser").args(["-u", user, "--"]).arg(&program).args(args).output(),
+            None => Command::new(&program).args(args).output(),
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
