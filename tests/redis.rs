@@ -62,7 +62,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 26] = [
+    let cases: [(&str, Case); 27] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
@@ -96,6 +96,9 @@ fn main() {
         ("outbox_overflow_moves_the_epoch", || Box::pin(positions::outbox_overflow_moves_the_epoch())),
         ("history_across_processes", || Box::pin(positions::history_across_processes())),
         ("two_processes_across_redis_restarts", || Box::pin(positions::two_processes_across_redis_restarts())),
+        ("captured_changes_sent_again_are_published_once", || {
+            Box::pin(positions::captured_changes_sent_again_are_published_once())
+        }),
         ("reused_offsets_after_a_restore_are_noticed", || {
             Box::pin(positions::reused_offsets_after_a_restore_are_noticed())
         }),

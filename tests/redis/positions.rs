@@ -599,3 +599,35 @@ pub async fn two_processes_across_redis_restarts() -> Option<()> {
     assert!(answer["error"].as_str().is_some_and(|error| error.starts_with("cursor expired")), "{answer}");
     Some(())
 }
+
+/// A captured transaction sent again (its confirmation to PostgreSQL was
+/// lost) is recognised by its changes' log positions, kept in Redis beside
+/// the stream's offsets, across processes: published once.
+pub async fn captured_changes_sent_again_are_published_once() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&url, quick(&prefix)).await, Node::start(&url, quick(&prefix)).await);
+    let mut on_b = b.watch().await;
+    let captured = |node: &Node, seq: i64, lsn: u64, index: u32| {
+        let row = app::user::Model {
+            id: seq as i32,
+            username: format!("u{seq}"),
+            email: "u@example.com".into(),
+            tenant: "t1".into(),
+        };
+        let prepared = graphex::__internals::prepare(&row, Action::Create);
+        let layer = node.layer.clone();
+        async move {
+            let source = graphex::layer::LogPosition { lsn, index };
+            layer.publish_captured("users", &prepared.groups, prepared.message, source).await.expect("published");
+        }
+    };
+    captured(&a, 1, 10, 0).await;
+    captured(&a, 2, 10, 1).await;
+    // The capture restarted (on process B, the new leader): the transaction again.
+    captured(&b, 1, 10, 0).await;
+    captured(&b, 2, 10, 1).await;
+    captured(&b, 3, 20, 0).await;
+    assert_eq!(on_b.check("B", 1, 3).await, Ended::Complete);
+    Some(())
+}

@@ -5,9 +5,11 @@
 //! then is the transaction's end confirmed to PostgreSQL, so a crash or a
 //! restart sends unconfirmed transactions again rather than losing them.
 //!
-//! Not built yet: recognising a transaction sent again after a restart
-//! (its changes are published twice: they are not yet kept with their log
-//! position), leader election among processes (one capture per slot:
+//! A transaction sent again (its confirmation was lost in a crash or a
+//! reconnect) is recognised by each change's log position, which the layer
+//! keeps per stream beside the stream's offsets, and not published twice.
+//!
+//! Not built yet: leader election among processes (one capture per slot:
 //! PostgreSQL refuses a second reader of an active slot), TLS (see the
 //! dependency's note in `Cargo.toml`), turning the hooks off for captured
 //! models.
@@ -223,8 +225,11 @@ impl PostgresCapture {
             for error in &committed.errors {
                 tracing::error!(%error, "captured row not published");
             }
-            for prepared in committed.changes {
-                self.hub.publish(&prepared.groups, prepared.message).await;
+            for (index, prepared) in committed.changes.into_iter().enumerate() {
+                // A transaction sent again (not confirmed before a restart)
+                // is recognised by its log position and not published twice.
+                let source = crate::layer::LogPosition { lsn: committed.end_lsn, index: index as u32 };
+                self.hub.publish_captured(&prepared.groups, prepared.message, source).await;
             }
             // Published (into the layer's history where it keeps one): now
             // PostgreSQL may forget it.

@@ -18,9 +18,24 @@ impl Hub {
     /// if local sockets are close to overflowing, waits for them a bounded
     /// time ([`crate::Config::publish_backpressure`]).
     pub(crate) async fn publish(&self, groups: &[String], message: Bytes) {
+        self.publish_from(groups, message, None).await;
+    }
+
+    /// As [`Hub::publish`], for a change captured from the database's log
+    /// at `source` (a resent one is dropped by a layer that keeps positions).
+    pub(crate) async fn publish_captured(&self, groups: &[String], message: Bytes, source: crate::layer::LogPosition) {
+        self.publish_from(groups, message, Some(source)).await;
+    }
+
+    async fn publish_from(&self, groups: &[String], message: Bytes, source: Option<crate::layer::LogPosition>) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         let stream = groups.first().map_or("", |group| crate::change::group::stream_of(group));
-        if let Err(error) = self.inner.layer.publish_change(stream, groups, message).await {
+        let layer = &self.inner.layer;
+        let published = match source {
+            Some(source) => layer.publish_captured(stream, groups, message, source).await,
+            None => layer.publish_change(stream, groups, message).await,
+        };
+        if let Err(error) = published {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(?groups, %error, "change not published");
         }

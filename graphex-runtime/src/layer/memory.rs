@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::{ChannelLayer, Expiry, History, Inbound, Kept, LayerError, Position};
+use super::{ChannelLayer, Expiry, History, Inbound, Kept, LayerError, LogPosition, Position};
 
 /// Delivers every publish straight to this process's hub, in the
 /// publisher's task. The hub drops messages for groups without members, so
@@ -30,6 +30,8 @@ struct Stream {
     /// The last offset given (0 before the first change).
     head: u64,
     kept: VecDeque<Kept>,
+    /// The last captured change published (a resent one is dropped).
+    captured: Option<LogPosition>,
 }
 
 impl Default for MemoryLayer {
@@ -65,12 +67,41 @@ impl MemoryLayer {
         MemoryLayer { inbound: OnceLock::new(), history, streams: Mutex::default() }
     }
 
+    /// Numbers, keeps and delivers a change, under its stream's lock; a
+    /// captured change at or before the last one published is dropped.
+    fn publish_at(&self, stream: &str, groups: &[String], message: Bytes, source: Option<LogPosition>) {
+        let stream = self.stream(stream);
+        // Held while delivering (the hub's dispatch never waits), so the
+        // offsets of one stream reach every subscriber in order.
+        let mut stream = lock(&stream);
+        if let Some(source) = source {
+            if stream.captured.is_some_and(|last| source <= last) {
+                return;
+            }
+            stream.captured = Some(source);
+        }
+        stream.head += 1;
+        let position = Position { epoch: stream.epoch, offset: stream.head };
+        if self.history > 0 {
+            if stream.kept.len() == self.history {
+                stream.kept.pop_front();
+            }
+            stream.kept.push_back(Kept { offset: position.offset, groups: groups.to_vec(), message: message.clone() });
+        }
+        if let Some(inbound) = self.inbound.get() {
+            for group in groups {
+                inbound.deliver_at(group, position, message.clone());
+            }
+        }
+    }
+
     fn stream(&self, name: &str) -> Arc<Mutex<Stream>> {
         let mut streams = lock(&self.streams);
         if let Some(stream) = streams.get(name) {
             return stream.clone();
         }
-        let stream = Arc::new(Mutex::new(Stream { epoch: new_epoch(), head: 0, kept: VecDeque::new() }));
+        let stream =
+            Arc::new(Mutex::new(Stream { epoch: new_epoch(), head: 0, kept: VecDeque::new(), captured: None }));
         streams.insert(name.to_owned(), stream.clone());
         stream
     }
@@ -106,23 +137,18 @@ impl ChannelLayer for MemoryLayer {
     }
 
     async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
-        let stream = self.stream(stream);
-        // Held while delivering (the hub's dispatch never waits), so the
-        // offsets of one stream reach every subscriber in order.
-        let mut stream = lock(&stream);
-        stream.head += 1;
-        let position = Position { epoch: stream.epoch, offset: stream.head };
-        if self.history > 0 {
-            if stream.kept.len() == self.history {
-                stream.kept.pop_front();
-            }
-            stream.kept.push_back(Kept { offset: position.offset, groups: groups.to_vec(), message: message.clone() });
-        }
-        if let Some(inbound) = self.inbound.get() {
-            for group in groups {
-                inbound.deliver_at(group, position, message.clone());
-            }
-        }
+        self.publish_at(stream, groups, message, None);
+        Ok(())
+    }
+
+    async fn publish_captured(
+        &self,
+        stream: &str,
+        groups: &[String],
+        message: Bytes,
+        source: LogPosition,
+    ) -> Result<(), LayerError> {
+        self.publish_at(stream, groups, message, Some(source));
         Ok(())
     }
 
@@ -200,6 +226,22 @@ mod tests {
 
     async fn offsets_of(layer: &MemoryLayer, after: Position) -> Vec<u64> {
         offsets(&layer.history("users", after).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_captured_change_sent_again_is_published_once() {
+        let layer = MemoryLayer::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        layer.start(Inbound::new(move |_, position, _| lock(&into).push(position.unwrap().offset), |_| {}));
+        let groups = ["users-create".to_owned()];
+        let at = |lsn, index| LogPosition { lsn, index };
+        for source in [at(10, 0), at(10, 1), at(10, 0), at(10, 1), at(9, 5), at(20, 0)] {
+            layer.publish_captured("users", &groups, Bytes::new(), source).await.unwrap();
+        }
+        assert_eq!(*lock(&seen), [1, 2, 3], "the resent transaction (and anything before it) is dropped");
+        layer.publish_change("users", &groups, Bytes::new()).await.unwrap();
+        assert_eq!(lock(&seen).len(), 4, "changes announced by hooks are not affected");
     }
 
     #[tokio::test]

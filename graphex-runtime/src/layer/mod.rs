@@ -35,6 +35,24 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// Where a captured change sits in the database's log: its transaction's
+/// commit end (PostgreSQL LSN) and its index in the transaction. Ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    /// The end of the transaction's commit record.
+    pub lsn: u64,
+    /// The change's index in its transaction.
+    pub index: u32,
+}
+
+impl LogPosition {
+    /// As the Redis layer keeps it: fixed-width hex, so that text order is
+    /// log order.
+    pub fn text(self) -> String {
+        format!("{:016x}{:08x}", self.lsn, self.index)
+    }
+}
+
 /// One change kept in a stream's history.
 #[derive(Clone, Debug)]
 pub struct Kept {
@@ -218,6 +236,21 @@ pub trait ChannelLayer: Send + Sync + 'static {
     async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
         let _ = stream;
         self.publish_all(groups, message).await
+    }
+    /// As [`ChannelLayer::publish_change`], for a change captured from the
+    /// database's log at `source`: a layer that keeps positions publishes
+    /// it only if `source` is after the last captured change it published
+    /// on `stream` (a transaction sent again after a capture restart is
+    /// recognised and dropped). The default publishes it.
+    async fn publish_captured(
+        &self,
+        stream: &str,
+        groups: &[String],
+        message: Bytes,
+        source: LogPosition,
+    ) -> Result<(), LayerError> {
+        let _ = source;
+        self.publish_change(stream, groups, message).await
     }
     /// The changes of `stream` after `after`, as kept by the layer's
     /// history, and the stream's head. Expired when `after` is of another

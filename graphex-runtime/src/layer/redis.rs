@@ -472,7 +472,17 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
-        self.changes.publish(stream, groups, message).await
+        self.changes.publish(stream, groups, message, None).await
+    }
+
+    async fn publish_captured(
+        &self,
+        stream: &str,
+        groups: &[String],
+        message: Bytes,
+        source: crate::layer::LogPosition,
+    ) -> Result<(), LayerError> {
+        self.changes.publish(stream, groups, message, Some(source.text())).await
     }
 
     async fn history(&self, stream: &str, after: Position) -> Result<History, LayerError> {

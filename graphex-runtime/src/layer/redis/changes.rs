@@ -76,7 +76,13 @@ impl Changes {
     /// [`crate::layer::ChannelLayer::publish_change`]: straight to Redis,
     /// or behind the outbox while it holds anything (order), or into it
     /// when Redis cannot be reached.
-    pub(super) async fn publish(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+    pub(super) async fn publish(
+        &self,
+        stream: &str,
+        groups: &[String],
+        message: Bytes,
+        source: Option<String>,
+    ) -> Result<(), LayerError> {
         {
             let mut outbox = lock(&self.outbox);
             // Behind what waits (order), and through the flusher while the
@@ -90,6 +96,7 @@ impl Changes {
                     after_drops,
                     token: token(),
                     tried: false,
+                    source,
                 };
                 let kept = self.keep(&mut outbox, pending);
                 drop(outbox);
@@ -98,7 +105,7 @@ impl Changes {
             }
         }
         let token = token();
-        match self.send(stream, groups, &message, false, &token, false).await {
+        match self.send(stream, groups, &message, false, &token, false, source.as_deref()).await {
             Ok(_) => Ok(()),
             Err(Failure::Unreachable(error)) => {
                 tracing::warn!(%stream, %error, "Redis unreachable: change kept in the outbox");
@@ -117,6 +124,7 @@ impl Changes {
                         after_drops,
                         token,
                         tried: true,
+                        source,
                     };
                     self.keep(&mut outbox, pending)
                 };
@@ -159,6 +167,7 @@ impl Changes {
         new_epoch: bool,
         token: &str,
         tried: bool,
+        source: Option<&str>,
     ) -> Result<Position, Failure> {
         let invocation = |retry: bool| {
             let mut invocation = PUBLISH.prepare_invoke();
@@ -172,6 +181,7 @@ impl Changes {
                 .arg(&self.options.prefix)
                 .arg(token)
                 .arg(if retry { "1" } else { "0" })
+                .arg(source.unwrap_or(""))
                 .arg(groups);
             invocation
         };
@@ -241,8 +251,15 @@ impl Changes {
                     }
                 }
             };
-            let sent =
-                self.send(&pending.stream, &pending.groups, &pending.message, new_epoch, &pending.token, pending.tried);
+            let sent = self.send(
+                &pending.stream,
+                &pending.groups,
+                &pending.message,
+                new_epoch,
+                &pending.token,
+                pending.tried,
+                pending.source.as_deref(),
+            );
             match sent.await {
                 Ok(position) => {
                     let groups = {

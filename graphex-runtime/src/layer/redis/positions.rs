@@ -76,7 +76,10 @@ pub(super) fn epoch_text(epoch: u64) -> String {
 /// "1" when a new epoch is required (an outbox overflowed), the channel
 /// prefix, the change's token (unique per change, kept in its history
 /// entry as `t`), "1" when this is a retry of an attempt whose outcome is
-/// unknown (a timeout, a connection lost after sending), then the groups.
+/// unknown (a timeout, a connection lost after sending), the captured
+/// change's log position as [`crate::layer::LogPosition::text`] or empty,
+/// then the groups. A captured change at or before the stream's last one
+/// (`captured` in the meta) is not published again.
 /// A stream without an epoch (its first change, or Redis lost its data) or
 /// with the flag starts the candidate epoch, offsets from 1, history
 /// emptied. A retry whose token is in the history already ran: it is not
@@ -96,6 +99,12 @@ if epoch and ARGV[4] ~= '1' and ARGV[7] == '1' and n > 0 then
     end
   end
 end
+if epoch and ARGV[8] ~= '' and ARGV[4] ~= '1' then
+  local captured = redis.call('HGET', KEYS[1], 'captured')
+  if captured and ARGV[8] <= captured then
+    return {epoch, tostring(redis.call('HGET', KEYS[1], 'offset') or '0')}
+  end
+end
 if (not epoch) or ARGV[4] == '1' then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -104,12 +113,13 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local text = string.format('%d', offset)
 local groups = {}
-for i = 8, #ARGV do groups[#groups + 1] = ARGV[i] end
+for i = 9, #ARGV do groups[#groups + 1] = ARGV[i] end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'captured', ARGV[8]) end
 if n > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', n, text .. '-1', 'g', table.concat(groups, '\n'), 'm', ARGV[1], 't', ARGV[6])
 end
 local framed = '\30P1 ' .. epoch .. ' ' .. text .. ' ' .. ARGV[6] .. '\n' .. ARGV[1]
-for i = 8, #ARGV do redis.call('PUBLISH', ARGV[5] .. ARGV[i], framed) end
+for i = 9, #ARGV do redis.call('PUBLISH', ARGV[5] .. ARGV[i], framed) end
 return {epoch, text}
 ",
     )
@@ -306,6 +316,8 @@ pub(super) struct Pending {
     pub(super) token: String,
     /// An attempt may have run: the retry checks the token first.
     pub(super) tried: bool,
+    /// A captured change's log position ([`crate::layer::LogPosition::text`]).
+    pub(super) source: Option<String>,
 }
 
 /// Changes that could not reach Redis, in order, bounded.
@@ -461,6 +473,7 @@ mod tests {
             after_drops: outbox.drops("users"),
             token: "t".into(),
             tried: false,
+            source: None,
         };
         let before = pending(&outbox);
         assert!(outbox.push(before, 1));
