@@ -23,6 +23,7 @@ impl Hub {
 
     /// As [`Hub::publish`], for a change captured from the database's log
     /// at `source` (a resent one is dropped by a layer that keeps positions).
+    #[cfg(feature = "postgres-capture")]
     pub(crate) async fn publish_captured(&self, groups: &[String], message: Bytes, source: crate::layer::LogPosition) {
         self.publish_from(groups, message, Some(source)).await;
     }

@@ -83,29 +83,28 @@ impl Changes {
         message: Bytes,
         source: Option<String>,
     ) -> Result<(), LayerError> {
+        let mut pending = Pending {
+            stream: stream.to_owned(),
+            groups: groups.to_vec(),
+            message,
+            after_drops: 0,
+            token: token(),
+            tried: false,
+            source,
+        };
         {
             let mut outbox = lock(&self.outbox);
             // Behind what waits (order), and through the flusher while the
             // stream must start a new epoch (it alone starts them, in order).
             if !outbox.queue.is_empty() || outbox.uncovered(stream) {
-                let after_drops = outbox.drops(stream);
-                let pending = Pending {
-                    stream: stream.to_owned(),
-                    groups: groups.to_vec(),
-                    message,
-                    after_drops,
-                    token: token(),
-                    tried: false,
-                    source,
-                };
+                pending.after_drops = outbox.drops(stream);
                 let kept = self.keep(&mut outbox, pending);
                 drop(outbox);
                 self.wake.notify_one();
                 return kept;
             }
         }
-        let token = token();
-        match self.send(stream, groups, &message, false, &token, false, source.as_deref()).await {
+        match self.send(&pending, false).await {
             Ok(_) => Ok(()),
             Err(Failure::Unreachable(error)) => {
                 tracing::warn!(%stream, %error, "Redis unreachable: change kept in the outbox");
@@ -116,16 +115,8 @@ impl Changes {
                         // retry cannot tell: a new epoch tells subscribers.
                         outbox.dropped(stream);
                     }
-                    let after_drops = outbox.drops(stream);
-                    let pending = Pending {
-                        stream: stream.to_owned(),
-                        groups: groups.to_vec(),
-                        message,
-                        after_drops,
-                        token,
-                        tried: true,
-                        source,
-                    };
+                    pending.after_drops = outbox.drops(stream);
+                    pending.tried = true;
                     self.keep(&mut outbox, pending)
                 };
                 self.wake.notify_one();
@@ -159,22 +150,15 @@ impl Changes {
 
     /// Runs the publish script once (again once if the connection was
     /// found dead), within `publish_timeout`.
-    async fn send(
-        &self,
-        stream: &str,
-        groups: &[String],
-        message: &[u8],
-        new_epoch: bool,
-        token: &str,
-        tried: bool,
-        source: Option<&str>,
-    ) -> Result<Position, Failure> {
+    async fn send(&self, pending: &Pending, new_epoch: bool) -> Result<Position, Failure> {
+        let Pending { stream, groups, message, token, tried, source, .. } = pending;
+        let (stream, tried, source) = (stream.as_str(), *tried, source.as_deref());
         let invocation = |retry: bool| {
             let mut invocation = PUBLISH.prepare_invoke();
             invocation
                 .key(self.meta(stream))
                 .key(self.hist(stream))
-                .arg(message)
+                .arg(message.as_ref())
                 .arg(self.options.history)
                 .arg(positions::epoch_text(crate::layer::memory::new_epoch()))
                 .arg(if new_epoch { "1" } else { "0" })
@@ -251,16 +235,7 @@ impl Changes {
                     }
                 }
             };
-            let sent = self.send(
-                &pending.stream,
-                &pending.groups,
-                &pending.message,
-                new_epoch,
-                &pending.token,
-                pending.tried,
-                pending.source.as_deref(),
-            );
-            match sent.await {
+            match self.send(&pending, new_epoch).await {
                 Ok(position) => {
                     let groups = {
                         let mut outbox = lock(&self.outbox);
