@@ -61,15 +61,18 @@ async fn next(rx: &mut mpsc::Receiver<Delivery>) -> (Action, Json, Json) {
     (event.change.action, event.change.pk.clone(), values)
 }
 
-fn start(hub: &Hub, cluster: &Cluster) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let target = ReplicationTarget {
+fn target(cluster: &Cluster) -> ReplicationTarget {
+    ReplicationTarget {
         host: "127.0.0.1".into(),
         port: cluster.port,
         user: "postgres".into(),
         password: String::new(),
         database: "postgres".into(),
-    };
-    let capture = PostgresCapture::new(hub.clone(), target).table::<item::Model>();
+    }
+}
+
+fn start(hub: &Hub, cluster: &Cluster) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let capture = PostgresCapture::new(hub.clone(), target(cluster)).table::<item::Model>();
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();
@@ -90,14 +93,7 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     db.execute(&builder.create_table_from_entity(item::Entity)).await.expect("table created");
     let hub = Hub::default();
     let mut rx = watch(&hub).await;
-    let target = ReplicationTarget {
-        host: "127.0.0.1".into(),
-        port: cluster.port,
-        user: "postgres".into(),
-        password: String::new(),
-        database: "postgres".into(),
-    };
-    PostgresCapture::new(hub.clone(), target).table::<item::Model>().prepare(&db).await.expect("prepared");
+    PostgresCapture::new(hub.clone(), target(&cluster)).table::<item::Model>().prepare(&db).await.expect("prepared");
     let (stop, task) = start(&hub, &cluster);
 
     // No hooks anywhere: raw SQL, as another service or a migration writes.
@@ -106,19 +102,8 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     // Leaves the TOASTed `big` alone: pgoutput sends it only in the old row.
     sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
     sql(&db, "DELETE FROM items WHERE id = 2").await;
-    let txn = db.begin().await.unwrap();
-    sql_txn(&txn, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 399) g").await;
-    let before_commit: String = txn
-        .query_one_raw(Statement::from_string(
-            txn.get_database_backend(),
-            "SELECT pg_current_wal_insert_lsn()::text AS lsn",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "lsn")
-        .unwrap();
-    txn.commit().await.unwrap();
+    let before_commit =
+        committed(&db, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 399) g").await;
 
     let big = "x".repeat(100_000);
     let (action, id, values) = next(&mut rx).await;
@@ -137,19 +122,7 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     }
 
     // Confirmed once published: a new session starts after the bulk insert.
-    let confirmed = format!(
-        "SELECT confirmed_flush_lsn > '{before_commit}'::pg_lsn AS done FROM pg_replication_slots \
-         WHERE slot_name = 'graphex_capture'"
-    );
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
-    loop {
-        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), confirmed.clone())).await;
-        if row.unwrap().unwrap().try_get::<bool>("", "done").unwrap() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the slot's position was not confirmed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    confirmed_past(&db, &before_commit).await;
     stop.cancel();
     task.await.expect("capture stopped");
     sql(&db, "INSERT INTO items VALUES (500, 'after', '', 't1')").await;
@@ -157,6 +130,63 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     assert_eq!(next(&mut rx).await.1, json!(500), "nothing confirmed is sent again");
 }
 
-async fn sql_txn(txn: &sea_orm::DatabaseTransaction, statement: &str) {
+/// Runs `statement` in a transaction; returns a log position before its
+/// commit (its commit ends after it).
+async fn committed(db: &DatabaseConnection, statement: &str) -> String {
+    let txn = db.begin().await.unwrap();
     txn.execute_unprepared(statement).await.unwrap_or_else(|error| panic!("{statement}: {error}"));
+    let lsn = txn
+        .query_one_raw(Statement::from_string(
+            txn.get_database_backend(),
+            "SELECT pg_current_wal_insert_lsn()::text AS lsn",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "lsn")
+        .unwrap();
+    txn.commit().await.unwrap();
+    lsn
+}
+
+/// Waits until the slot's confirmed position is past `lsn`.
+async fn confirmed_past(db: &DatabaseConnection, lsn: &str) {
+    let confirmed = format!(
+        "SELECT confirmed_flush_lsn > '{lsn}'::pg_lsn AS done FROM pg_replication_slots WHERE slot_name = 'graphex_capture'"
+    );
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    loop {
+        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), confirmed.clone())).await;
+        if row.unwrap().unwrap().try_get::<bool>("", "done").unwrap() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot's position was not confirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two processes capture (each its own hub and in-memory layer): one reads
+/// the slot, the other stands by; when the reader stops, the other takes
+/// over from the confirmed position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_reads_the_slot_and_another_takes_over() {
+    let Some(cluster) = Cluster::start("capture leader election") else { return };
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    let builder = Schema::new(db.get_database_backend());
+    db.execute(&builder.create_table_from_entity(item::Entity)).await.expect("table created");
+    let (hub_a, hub_b) = (Hub::default(), Hub::default());
+    let (mut on_a, mut on_b) = (watch(&hub_a).await, watch(&hub_b).await);
+    PostgresCapture::new(hub_a.clone(), target(&cluster)).table::<item::Model>().prepare(&db).await.unwrap();
+    let (stop_a, task_a) = start(&hub_a, &cluster);
+    sql(&db, "INSERT INTO items VALUES (1, 'one', '', 't1')").await;
+    assert_eq!(next(&mut on_a).await.1, json!(1), "A reads the slot");
+    let (_stop_b, _task_b) = start(&hub_b, &cluster);
+    let lsn = committed(&db, "INSERT INTO items VALUES (2, 'two', '', 't1')").await;
+    assert_eq!(next(&mut on_a).await.1, json!(2));
+    confirmed_past(&db, &lsn).await;
+    stop_a.cancel();
+    task_a.await.expect("A stopped");
+    sql(&db, "INSERT INTO items VALUES (3, 'three', '', 't1')").await;
+    // B never read while A did: its first change is the first after A's last.
+    assert_eq!(next(&mut on_b).await.1, json!(3), "B took over from the confirmed position");
 }

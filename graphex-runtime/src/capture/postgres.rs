@@ -9,8 +9,14 @@
 //! reconnect) is recognised by each change's log position, which the layer
 //! keeps per stream beside the stream's offsets, and not published twice.
 //!
-//! Not built yet: leader election among processes (one capture per slot:
-//! PostgreSQL refuses a second reader of an active slot), TLS (see the
+//! One reader per slot among many processes: each capture opens a
+//! replication session and takes the slot's advisory lock on it before
+//! streaming (`pg_try_advisory_lock`); the others stand by and try again
+//! every second, so when the leader's session ends (it stopped, or died
+//! and PostgreSQL noticed) another takes over, from the slot's confirmed
+//! position.
+//!
+//! Not built yet: TLS (see the
 //! dependency's note in `Cargo.toml`), turning the hooks off for captured
 //! models.
 
@@ -187,14 +193,45 @@ impl PostgresCapture {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
+                Err(Session::Standby) => {
+                    tracing::debug!(slot = %self.slot, "capture: another process reads the slot; standing by");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(STANDBY_RETRY) => {}
+                    }
+                }
                 Err(Session::Fatal(error)) => return Err(error),
             }
         }
     }
 
+    /// Opens a replication session and, if this process wins the slot's
+    /// advisory lock on it, starts streaming; `None` when another process
+    /// holds the lock (this one stands by).
+    async fn lead(&self) -> Result<Option<ReplicationClient>, Session> {
+        let lost = |error: pgwire_replication::PgWireError| Session::Lost(error.to_string());
+        let mut client = ReplicationClient::connect_gated(self.config()).await.map_err(lost)?;
+        // Held by the replication session itself: it ends with the session,
+        // so a leader that dies frees it as PostgreSQL notices.
+        let key = literal(&format!("graphex capture: {}", self.slot));
+        let rows = client.simple_query(&format!("SELECT pg_try_advisory_lock(hashtext({key}))")).await.map_err(lost)?;
+        let leader = rows.first().and_then(|row| row.first()).is_some_and(|value| value.as_deref() == Some(&b"t"[..]));
+        if !leader {
+            // Dropping a session that has not started ends it (`shutdown`
+            // would wait for a start that never comes).
+            drop(client);
+            return Ok(None);
+        }
+        client.start().await.map_err(lost)?;
+        client.wait_started().await.map_err(lost)?;
+        Ok(Some(client))
+    }
+
     async fn session(&self, stop: &CancellationToken) -> Result<(), Session> {
-        let mut client =
-            ReplicationClient::connect(self.config()).await.map_err(|error| Session::Lost(error.to_string()))?;
+        let Some(mut client) = self.lead().await? else {
+            return Err(Session::Standby);
+        };
+        tracing::info!(slot = %self.slot, "capture: this process reads the slot");
         // Table descriptions are per connection.
         let mut assembler = Assembler::new(self.tables.clone());
         loop {
@@ -238,8 +275,13 @@ impl PostgresCapture {
     }
 }
 
+/// How often a standing-by process tries to become the reader.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
+
 /// How a replication session ended.
 enum Session {
+    /// Another process holds the slot's lock: try again later.
+    Standby,
     /// The connection: open another.
     Lost(String),
     /// The stream itself: stop.
