@@ -36,6 +36,7 @@ mod item {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
+    #[graphex::hooks]
     impl ActiveModelBehavior for ActiveModel {}
 }
 
@@ -102,8 +103,7 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     // Leaves the TOASTed `big` alone: pgoutput sends it only in the old row.
     sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
     sql(&db, "DELETE FROM items WHERE id = 2").await;
-    let before_commit =
-        committed(&db, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 399) g").await;
+    sql(&db, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 399) g").await;
 
     let big = "x".repeat(100_000);
     let (action, id, values) = next(&mut rx).await;
@@ -121,7 +121,22 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
         assert_eq!((action, id), (Action::Create, json!(expected)), "one statement, 300 changes, in order");
     }
 
-    // Confirmed once published: a new session starts after the bulk insert.
+    // Saved through SeaORM with hooks, in the hub's scope: the hooks do not
+    // announce a captured model, the log brings it once.
+    let saved = item::ActiveModel {
+        id: sea_orm::Set(450),
+        name: sea_orm::Set("hooked".into()),
+        big: sea_orm::Set(String::new()),
+        tenant: sea_orm::Set("t1".into()),
+    };
+    hub.scope(async { sea_orm::ActiveModelTrait::insert(saved, &db).await.expect("saved") }).await;
+    sql(&db, "INSERT INTO items VALUES (451, 'sentinel', '', 't1')").await;
+    assert_eq!(next(&mut rx).await.1, json!(450));
+    assert_eq!(next(&mut rx).await.1, json!(451), "the hooks announced nothing more");
+    let before_commit = committed(&db, "INSERT INTO items VALUES (452, 'last', '', 't1')").await;
+    assert_eq!(next(&mut rx).await.1, json!(452));
+
+    // Confirmed once published: a new session starts after the last insert.
     confirmed_past(&db, &before_commit).await;
     stop.cancel();
     task.await.expect("capture stopped");

@@ -16,9 +16,11 @@
 //! and PostgreSQL noticed) another takes over, from the slot's confirmed
 //! position.
 //!
-//! Not built yet: TLS (see the
-//! dependency's note in `Cargo.toml`), turning the hooks off for captured
-//! models.
+//! A model registered for capture on a hub is no longer announced from its
+//! hooks through that hub (no double delivery); `announce` and
+//! `announce_many` still publish.
+//!
+//! Not built yet: TLS (see the dependency's note in `Cargo.toml`).
 
 use std::time::Duration;
 
@@ -120,8 +122,13 @@ impl PostgresCapture {
     /// Captures the changes of `M`'s table. A full-payload model, or one with
     /// index fields, needs whole old rows: [`PostgresCapture::prepare`] sets
     /// its table's `REPLICA IDENTITY FULL`.
+    ///
+    /// From now on the hub no longer announces `M`'s changes from its
+    /// hooks (the log brings each committed change once);
+    /// [`crate::announce`] and [`crate::announce_many`] still publish.
     pub fn table<M: ModelSubscription>(mut self) -> PostgresCapture {
         self.tables.register::<M>();
+        self.hub.capture_stream(M::STREAM);
         let entity = <M::Entity as Default>::default();
         let table = quote(sea_orm::EntityName::table_name(&entity));
         let sql = match sea_orm::EntityName::schema_name(&entity) {

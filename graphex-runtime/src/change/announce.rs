@@ -116,6 +116,12 @@ async fn publish_now(prepared: Prepared) {
 
 /// Sends a change a hook announced for a statement that ran on `db`: now,
 /// buffered, or refused, as [`transaction::buffer_on`] decides.
+/// Whether the hub in scope captures `stream` from the database's log: its
+/// hooks then announce nothing (the log brings every committed change once).
+fn captured(stream: &str) -> bool {
+    current_hub().is_some_and(|hub| hub.is_captured(stream))
+}
+
 async fn send_on<C: ConnectionTrait>(db: &C, prepared: Prepared) -> Result<(), DbErr> {
     if let Some(prepared) = transaction::buffer_on(db, prepared)? {
         publish_now(prepared).await;
@@ -146,6 +152,9 @@ pub async fn announce_saved<M: ModelSubscription, C: ConnectionTrait>(
     db: &C,
     insert: bool,
 ) -> Result<(), DbErr> {
+    if captured(M::STREAM) {
+        return Ok(());
+    }
     send_on(db, prepare(row, if insert { Action::Create } else { Action::Update })).await
 }
 
@@ -159,6 +168,9 @@ where
     <A::Entity as EntityTrait>::Model: ModelSubscription<Entity = A::Entity>,
     C: ConnectionTrait,
 {
+    if captured(<<A::Entity as EntityTrait>::Model as ModelSubscription>::STREAM) {
+        return Ok(());
+    }
     let prepared = match deleted.clone().try_into_model() {
         Ok(row) => prepare(&row, Action::Delete),
         Err(_) => {

@@ -68,6 +68,9 @@ struct Inner {
     /// Changes decoded for replays, by position (at most [`REPLAYED_KEPT`]):
     /// clients resuming after the same outage share each decode.
     replayed: Mutex<Replayed>,
+    /// Streams whose changes a capture from the database's log publishes:
+    /// their hooks do not announce them too.
+    captured: RwLock<std::collections::HashSet<&'static str>>,
 }
 
 /// Decoded changes kept for replays.
@@ -129,6 +132,7 @@ impl Hub {
             lagging: Mutex::default(),
             clients: clients::Clients::default(),
             recent: Mutex::default(),
+            captured: RwLock::default(),
             replayed: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
@@ -146,6 +150,18 @@ impl Hub {
             },
         ));
         Hub { inner }
+    }
+
+    /// The changes of `stream` are captured from the database's log: its
+    /// models' hooks no longer announce them through this hub.
+    #[cfg_attr(not(feature = "postgres-capture"), allow(dead_code))]
+    pub(crate) fn capture_stream(&self, stream: &'static str) {
+        write(&self.inner.captured).insert(stream);
+    }
+
+    /// Whether the changes of `stream` are captured from the database's log.
+    pub(crate) fn is_captured(&self, stream: &str) -> bool {
+        read(&self.inner.captured).contains(stream)
     }
 
     /// This hub's node id, which starts each of its channel ids, so another
