@@ -1,6 +1,7 @@
 //! Change capture from PostgreSQL's log (issue 17, in progress): writes
 //! that never pass through SeaORM's hooks (raw SQL, a bulk statement)
-//! reach subscribers after their commit, in commit order, each row as the
+//! reach subscribers after their commit, in commit order (a 1 000-row
+//! statement as 1 000 changes), each row as the
 //! hooks would have announced it; a rolled-back transaction sends nothing;
 //! the slot's position is confirmed once published, so a new capture
 //! session starts after it. On a cluster of the test's own with
@@ -92,7 +93,8 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
     let builder = Schema::new(db.get_database_backend());
     db.execute(&builder.create_table_from_entity(item::Entity)).await.expect("table created");
-    let hub = Hub::default();
+    // Room for the 1 000-row statement's changes, read after it.
+    let hub = Hub::new(graphex::Config::default().with_queue_capacity(4096));
     let mut rx = watch(&hub).await;
     PostgresCapture::new(hub.clone(), target(&cluster)).table::<item::Model>().prepare(&db).await.expect("prepared");
     let (stop, task) = start(&hub, &cluster);
@@ -103,7 +105,7 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     // Leaves the TOASTed `big` alone: pgoutput sends it only in the old row.
     sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
     sql(&db, "DELETE FROM items WHERE id = 2").await;
-    sql(&db, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 399) g").await;
+    sql(&db, "INSERT INTO items SELECT g, 'bulk', '', 't3' FROM generate_series(100, 1099) g").await;
 
     let big = "x".repeat(100_000);
     let (action, id, values) = next(&mut rx).await;
@@ -116,33 +118,33 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     let (action, id, values) = next(&mut rx).await;
     assert_eq!((action, id), (Action::Delete, json!(2)));
     assert_eq!(values["name"], json!("two"), "a delete carries the whole old row");
-    for expected in 100..400 {
+    for expected in 100..1100 {
         let (action, id, _) = next(&mut rx).await;
-        assert_eq!((action, id), (Action::Create, json!(expected)), "one statement, 300 changes, in order");
+        assert_eq!((action, id), (Action::Create, json!(expected)), "one statement, 1 000 changes, in order");
     }
 
     // Saved through SeaORM with hooks, in the hub's scope: the hooks do not
     // announce a captured model, the log brings it once.
     let saved = item::ActiveModel {
-        id: sea_orm::Set(450),
+        id: sea_orm::Set(2450),
         name: sea_orm::Set("hooked".into()),
         big: sea_orm::Set(String::new()),
         tenant: sea_orm::Set("t1".into()),
     };
     hub.scope(async { sea_orm::ActiveModelTrait::insert(saved, &db).await.expect("saved") }).await;
-    sql(&db, "INSERT INTO items VALUES (451, 'sentinel', '', 't1')").await;
-    assert_eq!(next(&mut rx).await.1, json!(450));
-    assert_eq!(next(&mut rx).await.1, json!(451), "the hooks announced nothing more");
-    let before_commit = committed(&db, "INSERT INTO items VALUES (452, 'last', '', 't1')").await;
-    assert_eq!(next(&mut rx).await.1, json!(452));
+    sql(&db, "INSERT INTO items VALUES (2451, 'sentinel', '', 't1')").await;
+    assert_eq!(next(&mut rx).await.1, json!(2450));
+    assert_eq!(next(&mut rx).await.1, json!(2451), "the hooks announced nothing more");
+    let before_commit = committed(&db, "INSERT INTO items VALUES (2452, 'last', '', 't1')").await;
+    assert_eq!(next(&mut rx).await.1, json!(2452));
 
     // Confirmed once published: a new session starts after the last insert.
     confirmed_past(&db, &before_commit).await;
     stop.cancel();
     task.await.expect("capture stopped");
-    sql(&db, "INSERT INTO items VALUES (500, 'after', '', 't1')").await;
+    sql(&db, "INSERT INTO items VALUES (2500, 'after', '', 't1')").await;
     let (_stop, _task) = start(&hub, &cluster);
-    assert_eq!(next(&mut rx).await.1, json!(500), "nothing confirmed is sent again");
+    assert_eq!(next(&mut rx).await.1, json!(2500), "nothing confirmed is sent again");
 }
 
 /// Runs `statement` in a transaction; returns a log position before its
