@@ -207,3 +207,46 @@ async fn one_process_reads_the_slot_and_another_takes_over() {
     // B never read while A did: its first change is the first after A's last.
     assert_eq!(next(&mut on_b).await.1, json!(3), "B took over from the confirmed position");
 }
+
+/// The reference app on the test's cluster, users and comments captured:
+/// one transaction of raw SQL on two models reaches a two-channel client
+/// through its filters (a full-payload user by tenant, an id-only comment
+/// by post, decided on the row read back), in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sql_on_two_models_reaches_a_socket_through_its_filters() {
+    let Some(cluster) = Cluster::start("capture over a socket") else { return };
+    let db = crate::app::connect(&cluster.url(), None).await;
+    let hub = Hub::default();
+    let capture = PostgresCapture::new(hub.clone(), target(&cluster))
+        .table::<crate::app::user::Model>()
+        .table::<crate::app::comment::Model>();
+    capture.prepare(&db).await.expect("prepared");
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { capture.run(stop).await.expect("capture runs") }
+    });
+    let server = crate::support::Server::start(db.clone(), hub.clone()).await;
+    let mut ws = server.ws().await;
+    let create = "action: CREATE, operation: SUBSCRIBE";
+    ws.subscribe_ok(&server.http, "userSubscription", create, Some(json!({"tenant": "t1"}))).await;
+    ws.subscribe_ok(&server.http, "commentSubscription", create, Some(json!({"post": 7}))).await;
+
+    sql(
+        &db,
+        "BEGIN; \
+         INSERT INTO users (id, username, email, tenant) VALUES (1, 'ann', 'a@example.com', 't1'), \
+             (2, 'bob', 'b@example.com', 't2'); \
+         INSERT INTO comments (id, post, text) VALUES (10, 7, 'hi'), (11, 8, 'elsewhere'); \
+         COMMIT",
+    )
+    .await;
+    let ann = json!({"id": 1, "username": "ann", "email": "a@example.com", "tenant": "t1"});
+    ws.expect(&crate::support::user_frame("create", &ann)).await;
+    ws.expect(&crate::support::comment_frame("create", &json!(10))).await;
+    // Bob (t2) and comment 11 (post 8) are filtered out: the next frame is this one.
+    sql(&db, "INSERT INTO users (id, username, email, tenant) VALUES (3, 'cy', 'c@example.com', 't1')").await;
+    let cy = json!({"id": 3, "username": "cy", "email": "c@example.com", "tenant": "t1"});
+    ws.expect(&crate::support::user_frame("create", &cy)).await;
+    stop.cancel();
+}
