@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::TIMEOUT;
 use crate::support::logical::Cluster;
+use crate::support::standard::{Client, Proto};
 
 mod item {
     use sea_orm::entity::prelude::*;
@@ -210,7 +211,7 @@ async fn one_process_reads_the_slot_and_another_takes_over() {
 
 /// The reference app on the test's cluster, users and comments captured:
 /// one transaction of raw SQL on two models reaches a two-channel client
-/// through its filters (a full-payload user by tenant, an id-only comment
+/// (and a native graphql-transport-ws subscriber) through its filters (a full-payload user by tenant, an id-only comment
 /// by post, decided on the row read back), in commit order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_sql_on_two_models_reaches_a_socket_through_its_filters() {
@@ -231,6 +232,14 @@ async fn raw_sql_on_two_models_reaches_a_socket_through_its_filters() {
     let create = "action: CREATE, operation: SUBSCRIBE";
     ws.subscribe_ok(&server.http, "userSubscription", create, Some(json!({"tenant": "t1"}))).await;
     ws.subscribe_ok(&server.http, "commentSubscription", create, Some(json!({"post": 7}))).await;
+    // And a native subscriber over graphql-transport-ws.
+    let mut native = Client::connected(server.http.addr, Proto::Transport, json!({})).await;
+    native.start("1", r#"subscription { userChanges(action: CREATE, filters: {tenant: "t1"}) { id data } }"#).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while hub.channel_count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the native subscription in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     sql(
         &db,
@@ -248,5 +257,10 @@ async fn raw_sql_on_two_models_reaches_a_socket_through_its_filters() {
     sql(&db, "INSERT INTO users (id, username, email, tenant) VALUES (3, 'cy', 'c@example.com', 't1')").await;
     let cy = json!({"id": 3, "username": "cy", "email": "c@example.com", "tenant": "t1"});
     ws.expect(&crate::support::user_frame("create", &cy)).await;
+    for (id, user) in [(1, ann), (3, cy)] {
+        let message = native.json().await;
+        assert_eq!(message["id"], "1", "{message}");
+        assert_eq!(message["payload"]["data"]["userChanges"], json!({"id": id, "data": user}), "{message}");
+    }
     stop.cancel();
 }
