@@ -380,7 +380,7 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     ws.expect(&user_frame("create", &before)).await;
     assert_eq!(layer.stats().published, 2, "two groups, one publish each");
 
-    redis.stop().await;
+    redis.stop_empty().await;
     // HTTP keeps working; the change is committed, its announcement waits in the outbox.
     server.create_user("during", "d@example.com", "t1").await;
     assert_eq!(hub.stats().dropped, 0, "the outage's change is kept, not dropped");
@@ -684,23 +684,24 @@ impl Spy {
     }
 }
 
-/// A `redis-server` of the test's own, on a free port, that can be killed
-/// and started again on the same port.
+/// A `redis-server` of the test's own, on a free port, with a data
+/// directory: stopped empty or with its data saved, started again on the
+/// same port, or restored from an older snapshot.
 struct OwnRedis {
     port: u16,
+    dir: TempDir,
     child: Option<Child>,
 }
 
 impl OwnRedis {
     async fn start() -> Option<OwnRedis> {
-        let found = std::process::Command::new("redis-server").arg("--version").output().is_ok();
-        if !found {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
             assert!(std::env::var_os(REDIS_ENV).is_none(), "redis-server must be installed when {REDIS_ENV} is set");
             println!("skipped: needs the redis-server binary");
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
-        let mut redis = OwnRedis { port, child: None };
+        let mut redis = OwnRedis { port, dir: TempDir::new(), child: None };
         redis.start_again().await;
         Some(redis)
     }
@@ -712,6 +713,8 @@ impl OwnRedis {
     async fn start_again(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -730,7 +733,41 @@ impl OwnRedis {
         .await;
     }
 
-    async fn stop(&mut self) {
+    async fn command(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).expect("url");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query_async(&mut connection).await.expect("command answered")
+    }
+
+    /// Saves the data (`dump.rdb`) and keeps a copy aside.
+    async fn snapshot(&self) {
+        self.command(&["SAVE"]).await;
+        std::fs::copy(self.dir.0.join("dump.rdb"), self.dir.0.join("snapshot.rdb")).expect("copy the snapshot");
+    }
+
+    /// Stops Redis, its data saved (it starts again with it).
+    async fn stop_saving(&mut self) {
+        self.command(&["SAVE"]).await;
+        self.kill().await;
+    }
+
+    /// Stops Redis; the next start has no data.
+    async fn stop_empty(&mut self) {
+        self.kill().await;
+        let _ = std::fs::remove_file(self.dir.0.join("dump.rdb"));
+    }
+
+    /// Stops Redis; the next start has the snapshot's data.
+    async fn stop_to_snapshot(&mut self) {
+        self.kill().await;
+        std::fs::copy(self.dir.0.join("snapshot.rdb"), self.dir.0.join("dump.rdb")).expect("restore the snapshot");
+    }
+
+    async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("redis-server killed");
         }

@@ -97,7 +97,7 @@ fn rows() -> Vec<sample::Model> {
 
 #[tokio::test]
 async fn text_values_read_as_the_hooks_serialize_them() {
-    on_postgres("captured text values", |db| async move {
+    on_postgres("captured text values (PostgreSQL only)", |db| async move {
         let builder = Schema::new(db.get_database_backend());
         db.execute(&builder.create_table_from_entity(sample::Entity)).await.expect("table created");
         for row in rows() {

@@ -146,95 +146,6 @@ impl Watcher {
     }
 }
 
-/// A `redis-server` of the test's own, with a data directory: it can be
-/// stopped with its data saved, or restored from an older snapshot.
-struct Durable {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl Durable {
-    async fn start() -> Option<Durable> {
-        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
-            assert!(std::env::var_os(REDIS_ENV).is_none(), "redis-server must be installed when {REDIS_ENV} is set");
-            println!("skipped: needs the redis-server binary");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
-        let mut redis = Durable { port, dir: TempDir::new(), child: None };
-        redis.start_again().await;
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn start_again(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir.0)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("url");
-        wait_for_async("the test's redis-server answers", || {
-            let client = client.clone();
-            async move {
-                match client.get_multiplexed_async_connection().await {
-                    Ok(mut connection) => redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-    }
-
-    async fn command(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).expect("url");
-        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
-        let mut command = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query_async(&mut connection).await.expect("command answered")
-    }
-
-    /// Saves the data (`dump.rdb`) and keeps a copy aside.
-    async fn snapshot(&self) {
-        self.command(&["SAVE"]).await;
-        std::fs::copy(self.dir.0.join("dump.rdb"), self.dir.0.join("snapshot.rdb")).expect("copy the snapshot");
-    }
-
-    /// Stops Redis, its data saved (it starts again with it).
-    async fn stop_saving(&mut self) {
-        self.command(&["SAVE"]).await;
-        self.kill().await;
-    }
-
-    /// Stops Redis; the next start has no data.
-    async fn stop_empty(&mut self) {
-        self.kill().await;
-        let _ = std::fs::remove_file(self.dir.0.join("dump.rdb"));
-    }
-
-    /// Stops Redis; the next start has the snapshot's data.
-    async fn stop_to_snapshot(&mut self) {
-        self.kill().await;
-        std::fs::copy(self.dir.0.join("snapshot.rdb"), self.dir.0.join("dump.rdb")).expect("restore the snapshot");
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("redis-server killed");
-        }
-    }
-}
-
 /// Waits until every subscriber connection of these layers is back.
 async fn reconnected(layers: &[&RedisLayer]) {
     wait_until("the layers reconnect", || layers.iter().all(|layer| layer.stats().connected)).await;
@@ -249,7 +160,7 @@ async fn flushed(layer: &RedisLayer) {
 /// back: the outbox publishes what waited, the subscribers' history
 /// repairs what they missed; every change arrives once, in order.
 pub async fn outbox_and_history_bridge_a_redis_restart() -> Option<()> {
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
     let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
@@ -277,7 +188,7 @@ pub async fn outbox_and_history_bridge_a_redis_restart() -> Option<()> {
 /// told what they missed; they are closed (Expired) rather than left with
 /// a gap. New subscribers then receive everything.
 pub async fn redis_restarted_empty_expires_subscribers() -> Option<()> {
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
     let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
@@ -308,7 +219,7 @@ pub async fn redis_restarted_empty_expires_subscribers() -> Option<()> {
 /// regression is detected, the stream moved to a new epoch, subscribers
 /// closed; a cursor ahead of the head is refused (`Ahead`) and moves the epoch.
 pub async fn redis_restored_from_an_older_snapshot() -> Option<()> {
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
     let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
@@ -352,7 +263,7 @@ pub async fn redis_restored_from_an_older_snapshot() -> Option<()> {
 /// A change published while Redis is down: `publish` returns, and the
 /// change reaches every subscriber once Redis is back.
 pub async fn a_change_published_during_an_outage_arrives() -> Option<()> {
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
     let (mut on_a, mut on_b) = (a.watch().await, b.watch().await);
@@ -371,7 +282,7 @@ pub async fn a_change_published_during_an_outage_arrives() -> Option<()> {
 /// epoch with its next change, and subscribers are closed (Expired).
 pub async fn outbox_overflow_moves_the_epoch() -> Option<()> {
     // (Subscribers are told by a notice to the dropped changes' groups.)
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     let a = Node::start(&redis.url(), quick(&prefix).with_outbox(2)).await;
     let b = Node::start(&redis.url(), quick(&prefix)).await;
@@ -498,7 +409,7 @@ pub async fn a_cursor_from_one_process_resumes_on_another() -> Option<()> {
 /// its outbox. The retry finds the change's token in the history and does
 /// not publish it again: subscribers get it once.
 pub async fn a_publish_that_timed_out_but_ran_is_not_published_twice() -> Option<()> {
-    let redis = Durable::start().await?;
+    let redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     let options = quick(&prefix).with_publish_timeout(Duration::from_millis(150));
     let (a, b) = (Node::start(&redis.url(), options.clone()).await, Node::start(&redis.url(), options).await);
@@ -527,7 +438,7 @@ pub async fn a_publish_that_timed_out_but_ran_is_not_published_twice() -> Option
 /// saw (its token differs), moves the epoch and closes its subscriber,
 /// instead of "repairing" with changes that skip the reused offsets.
 pub async fn reused_offsets_after_a_restore_are_noticed() -> Option<()> {
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let prefix = unique_prefix();
     // The watcher comes back late (its reconnection backs off 2 s).
     let slow = quick(&prefix).with_min_backoff(Duration::from_secs(2)).with_max_backoff(Duration::from_secs(2));
@@ -566,7 +477,7 @@ async fn create_users(process: &Process, from: u32, to: u32) {
 /// and in order, with cursors. Then Redis restarts empty: A closes the
 /// socket with 4010, and the last cursor no longer resumes on B.
 pub async fn two_processes_across_redis_restarts() -> Option<()> {
-    let mut redis = Durable::start().await?;
+    let mut redis = OwnRedis::start().await?;
     let cluster = Cluster::start(&redis.url()).await;
     let mut on_a = cluster.a.http.ws().await;
     let args = "action: CREATE, operation: SUBSCRIBE, cursors: true";

@@ -105,17 +105,12 @@ fn key_only<M: ModelSubscription>(
 ) -> Result<Map<String, serde_json::Value>, CaptureError> {
     let field = &M::FIELDS[M::PRIMARY_KEY];
     let column = sea_orm::IdenStatic::as_str(&field.column);
-    let lookup = relation.lookup(row);
-    let refuse = |value: Option<&str>, reason: String| CaptureError {
-        table: table.to_owned(),
-        column: column.to_owned(),
-        value: value.map(str::to_owned),
-        reason,
-    };
-    let (type_oid, text) = lookup(column).ok_or_else(|| refuse(None, super::text::NOT_SENT.into()))?;
-    let text = text.ok_or_else(|| refuse(None, "the key is null".into()))?;
-    let json = super::text::text_to_json(type_oid, text).map_err(|reason| refuse(Some(text), reason))?;
-    let key = (field.canonical)(json).map_err(|error| refuse(Some(text), error.to_string()))?;
+    let sent = relation.lookup(row)(column);
+    if let Some((_, None)) = sent {
+        let reason = "the key is null".to_owned();
+        return Err(CaptureError { table: table.to_owned(), column: column.to_owned(), value: None, reason });
+    }
+    let key = super::text::field_from_text(table, field, sent)?;
     Ok(Map::from_iter([(field.name.to_owned(), key)]))
 }
 

@@ -17,7 +17,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::model::ModelSubscription;
+use crate::model::{Field, ModelSubscription};
 
 /// PostgreSQL type OIDs read specially (`pg_type.oid`, fixed for built-in types).
 mod oid {
@@ -132,28 +132,36 @@ pub fn values_from_text<'a, M: ModelSubscription>(
 ) -> Result<Map<String, Json>, CaptureError> {
     let mut values = Map::new();
     for field in M::FIELDS {
-        let name = sea_orm::IdenStatic::as_str(&field.column);
-        let refuse = |value: Option<&str>, reason: String| CaptureError {
-            table: table.to_owned(),
-            column: name.to_owned(),
-            value: value.map(str::to_owned),
-            reason,
-        };
-        let (type_oid, text) = column(name).ok_or_else(|| refuse(None, NOT_SENT.into()))?;
-        let json = match text {
-            None => Json::Null,
-            Some(text) => text_to_json(type_oid, text).map_err(|reason| refuse(Some(text), reason))?,
-        };
-        let value = if json.is_null() && text.is_some() {
-            // A non-finite float: `values()` sends it as null too (JSON has
-            // no NaN), which the field's type would not read back.
-            Json::Null
-        } else {
-            (field.canonical)(json).map_err(|error| refuse(text, error.to_string()))?
-        };
-        values.insert(field.name.to_owned(), value);
+        let sent = column(sea_orm::IdenStatic::as_str(&field.column));
+        values.insert(field.name.to_owned(), field_from_text(table, field, sent)?);
     }
     Ok(values)
+}
+
+/// One field's payload value from its column as captured (`sent`: its type
+/// OID and text, `None` for NULL; `None` when the column was not sent).
+pub(crate) fn field_from_text<E: sea_orm::EntityTrait>(
+    table: &str,
+    field: &Field<E>,
+    sent: Option<(u32, Option<&str>)>,
+) -> Result<Json, CaptureError> {
+    let refuse = |value: Option<&str>, reason: String| CaptureError {
+        table: table.to_owned(),
+        column: sea_orm::IdenStatic::as_str(&field.column).to_owned(),
+        value: value.map(str::to_owned),
+        reason,
+    };
+    let (type_oid, text) = sent.ok_or_else(|| refuse(None, NOT_SENT.into()))?;
+    let json = match text {
+        None => Json::Null,
+        Some(text) => text_to_json(type_oid, text).map_err(|reason| refuse(Some(text), reason))?,
+    };
+    if json.is_null() && text.is_some() {
+        // A non-finite float: `values()` sends it as null too (JSON has no
+        // NaN), which the field's type would not read back.
+        return Ok(Json::Null);
+    }
+    (field.canonical)(json).map_err(|error| refuse(text, error.to_string()))
 }
 
 #[cfg(test)]

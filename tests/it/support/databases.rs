@@ -22,19 +22,7 @@ where
 {
     let db = app::connect("sqlite::memory:", None).await;
     run_variant("sqlite", body(db)).await;
-
-    let Ok(url) = std::env::var(POSTGRES_ENV) else {
-        println!("skipped: PostgreSQL variant (set {POSTGRES_ENV})");
-        return;
-    };
-    let schema = unique_schema();
-    let db = app::connect(&url, Some(&schema)).await;
-    let outcome = tokio::spawn(body(db)).await;
-    drop_schema(&url, &schema).await;
-    if let Err(error) = outcome {
-        eprintln!("failed on the postgres variant (schema {schema})");
-        std::panic::resume_unwind(error.into_panic());
-    }
+    on_postgres("PostgreSQL variant", body).await;
 }
 
 /// Runs `body` on a fresh PostgreSQL schema (dropped afterwards) when
@@ -46,7 +34,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Ok(url) = std::env::var(POSTGRES_ENV) else {
-        println!("skipped: {what} (PostgreSQL only; set {POSTGRES_ENV})");
+        println!("skipped: {what} (set {POSTGRES_ENV})");
         return;
     };
     let schema = unique_schema();
@@ -54,7 +42,7 @@ where
     let outcome = tokio::spawn(body(db)).await;
     drop_schema(&url, &schema).await;
     if let Err(error) = outcome {
-        eprintln!("failed (schema {schema})");
+        eprintln!("failed on PostgreSQL (schema {schema})");
         std::panic::resume_unwind(error.into_panic());
     }
 }

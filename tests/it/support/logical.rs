@@ -76,21 +76,24 @@ impl Cluster {
         self.dir.join("data").display().to_string()
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of PostgreSQL's binaries, as the cluster's user.
+    fn command(&self, program: &str) -> Command {
         let program = self.bin.join(program);
-        let mut command = match self.as_user {
+        match self.as_user {
             Some(user) => {
                 let mut command = Command::new("runuser");
-                command.args(["-u", user, "--"]).arg(&program);
+                command.args(["-u", user, "--"]).arg(program);
                 command
             }
-            None => Command::new(&program),
-        };
-        let output = command.args(args).output().expect("PostgreSQL's tools run");
+            None => Command::new(program),
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self.command(program).args(args).output().expect("PostgreSQL's tools run");
         assert!(
             output.status.success(),
-            "{} {args:?} failed: {}{}",
-            program.display(),
+            "{program} {args:?} failed: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -104,13 +107,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let program = self.bin.join("pg_ctl");
         let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = match self.as_user {
-            Some(user) => Command::new("runuser").args(["-u", user, "--"]).arg(&program).args(args).output(),
-            None => Command::new(&program).args(args).output(),
-        };
+        let _ = self.command("pg_ctl").args(["-D", data.as_str(), "-m", "immediate", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
