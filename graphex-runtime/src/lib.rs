@@ -22,15 +22,15 @@
 //!    SSE and multipart, the two-channel socket loop, the standard GraphQL
 //!    WebSocket protocols ([`ConnectionHooks`]), the client page.
 //!
-//! Beside them, `capture/` (issue 17, in progress) reads changes from the
-//! database's log instead of the hooks.
+//! Beside them, [`capture`] reads changes from the database's log instead
+//! of the hooks (PostgreSQL, feature `postgres-capture`).
 //!
 //! Each folder's module documentation says what it owns and which others it
 //! calls. Generated code reaches the runtime through `__private`.
 
 #![warn(missing_debug_implementations)]
 
-mod capture;
+pub mod capture;
 mod change;
 mod config;
 mod hub;
@@ -65,9 +65,7 @@ pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, Protoco
 /// directly. Not part of the API: they change without notice.
 #[doc(hidden)]
 pub mod __internals {
-    pub use crate::capture::{CaptureError, values_from_text};
-    #[cfg(feature = "postgres-capture")]
-    pub use crate::capture::{CaptureRunError, PostgresCapture, ReplicationTarget};
+    pub use crate::capture::text::{CaptureError, values_from_text};
     pub use crate::change::announce::{Prepared, prepare, prepare_values};
     pub use crate::change::codec::Fetched;
     pub use crate::change::group;

@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
-use graphex::__internals::{Delivery, HubInternals, PostgresCapture, ReplicationTarget, Subscription, SubscriptionKey};
+use graphex::__internals::{Delivery, HubInternals, Subscription, SubscriptionKey};
+use graphex::capture::{PostgresCapture, ReplicationTarget};
 use graphex::{Action, Hub};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema, Statement};
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -136,11 +137,11 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     sql(&db, "INSERT INTO items VALUES (2451, 'sentinel', '', 't1')").await;
     assert_eq!(next(&mut rx).await.1, json!(2450));
     assert_eq!(next(&mut rx).await.1, json!(2451), "the hooks announced nothing more");
-    let before_commit = committed(&db, "INSERT INTO items VALUES (2452, 'last', '', 't1')").await;
+    let after_commit = committed(&db, "INSERT INTO items VALUES (2452, 'last', '', 't1')").await;
     assert_eq!(next(&mut rx).await.1, json!(2452));
 
     // Confirmed once published: a new session starts after the last insert.
-    confirmed_past(&db, &before_commit).await;
+    confirmed_past(&db, &after_commit).await;
     stop.cancel();
     task.await.expect("capture stopped");
     sql(&db, "INSERT INTO items VALUES (2500, 'after', '', 't1')").await;
@@ -148,29 +149,21 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     assert_eq!(next(&mut rx).await.1, json!(2500), "nothing confirmed is sent again");
 }
 
-/// Runs `statement` in a transaction; returns a log position before its
-/// commit (its commit ends after it).
+/// Runs `statement`; returns the log's end just after its commit.
 async fn committed(db: &DatabaseConnection, statement: &str) -> String {
-    let txn = db.begin().await.unwrap();
-    txn.execute_unprepared(statement).await.unwrap_or_else(|error| panic!("{statement}: {error}"));
-    let lsn = txn
-        .query_one_raw(Statement::from_string(
-            txn.get_database_backend(),
-            "SELECT pg_current_wal_insert_lsn()::text AS lsn",
-        ))
+    sql(db, statement).await;
+    db.query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT pg_current_wal_lsn()::text AS lsn"))
         .await
         .unwrap()
         .unwrap()
         .try_get("", "lsn")
-        .unwrap();
-    txn.commit().await.unwrap();
-    lsn
+        .unwrap()
 }
 
-/// Waits until the slot's confirmed position is past `lsn`.
+/// Waits until the slot's confirmed position is at `lsn` or past it.
 async fn confirmed_past(db: &DatabaseConnection, lsn: &str) {
     let confirmed = format!(
-        "SELECT confirmed_flush_lsn > '{lsn}'::pg_lsn AS done FROM pg_replication_slots WHERE slot_name = 'graphex_capture'"
+        "SELECT confirmed_flush_lsn >= '{lsn}'::pg_lsn AS done FROM pg_replication_slots WHERE slot_name = 'graphex_capture'"
     );
     let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
     loop {
@@ -262,5 +255,247 @@ async fn raw_sql_on_two_models_reaches_a_socket_through_its_filters() {
         assert_eq!(message["id"], "1", "{message}");
         assert_eq!(message["payload"]["data"]["userChanges"], json!({"id": id, "data": user}), "{message}");
     }
+    stop.cancel();
+}
+
+/// One write of the parity scenario, as the hooks see it (SeaORM, in the
+/// hub's scope) and as capture sees it (raw SQL).
+enum Write {
+    Note(i32, &'static str, &'static str),
+    Message(i32, &'static str, i32, &'static str),
+    MessageText(i32, &'static str),
+    MessageRoom(i32, i32),
+    DeleteMessage(i32),
+}
+
+impl Write {
+    fn sql(&self) -> String {
+        match self {
+            Write::Note(id, owner, text) => {
+                format!("INSERT INTO notes (id, owner, text) VALUES ({id}, '{owner}', '{text}')")
+            }
+            Write::Message(id, tenant, room, text) => {
+                format!("INSERT INTO messages (id, tenant, room, text) VALUES ({id}, '{tenant}', {room}, '{text}')")
+            }
+            Write::MessageText(id, text) => format!("UPDATE messages SET text = '{text}' WHERE id = {id}"),
+            Write::MessageRoom(id, room) => format!("UPDATE messages SET room = {room} WHERE id = {id}"),
+            Write::DeleteMessage(id) => format!("DELETE FROM messages WHERE id = {id}"),
+        }
+    }
+
+    async fn save(&self, db: &DatabaseConnection) {
+        use crate::app::{message, note};
+        use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, ModelTrait, Set};
+        let message = |id: i32| async move { message::Entity::find_by_id(id).one(db).await.unwrap().expect("row") };
+        match *self {
+            Write::Note(id, owner, text) => {
+                let row = note::ActiveModel { id: Set(id), owner: Set(owner.into()), text: Set(text.into()) };
+                row.insert(db).await.expect("saved");
+            }
+            Write::Message(id, tenant, room, text) => {
+                let row = message::ActiveModel {
+                    id: Set(id),
+                    tenant: Set(tenant.into()),
+                    room: Set(room),
+                    text: Set(text.into()),
+                };
+                row.insert(db).await.expect("saved");
+            }
+            Write::MessageText(id, text) => {
+                let mut row = message(id).await.into_active_model();
+                row.text = Set(text.into());
+                row.update(db).await.expect("saved");
+            }
+            Write::MessageRoom(id, room) => {
+                let mut row = message(id).await.into_active_model();
+                row.room = Set(room);
+                row.update(db).await.expect("saved");
+            }
+            Write::DeleteMessage(id) => {
+                message(id).await.delete(db).await.expect("deleted");
+            }
+        }
+    }
+}
+
+/// What each subscriber of the parity scenario receives, up to its frame
+/// carrying the text "last": alice's notes (scoped to their owner), alice's
+/// messages of room 1 (indexed by tenant and room, every action), bob's
+/// messages without a room (the coarse group, scoped to his tenant), eve's
+/// room 1 (another tenant).
+async fn parity_scenario(cluster: &Cluster, database: &str, capture: bool) -> Vec<Vec<Json>> {
+    let admin = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    sql(&admin, &format!("CREATE DATABASE {database}")).await;
+    let url = format!("{}/{database}", cluster.url().rsplit_once('/').expect("a path").0);
+    let db = crate::app::connect(&url, None).await;
+    sql(
+        &db,
+        "INSERT INTO users (id, username, email, tenant) VALUES (1, 'alice', 'a@x', 'acme'), (2, 'bob', 'b@x', 'acme'), \
+         (3, 'eve', 'e@x', 'globex')",
+    )
+    .await;
+    let hub = Hub::default();
+    let stop = CancellationToken::new();
+    if capture {
+        let target = ReplicationTarget::from_url(&url).expect("a target");
+        let capture = PostgresCapture::new(hub.clone(), target)
+            .slot(database)
+            .publication(database)
+            .table::<crate::app::note::Model>()
+            .table::<crate::app::message::Model>();
+        capture.prepare(&db).await.expect("prepared");
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { capture.run(stop).await.expect("capture runs") }
+        });
+    }
+    let server = crate::support::Server::start(db.clone(), hub.clone()).await;
+    let all = ["CREATE", "UPDATE", "DELETE"].map(|action| format!("action: {action}, operation: SUBSCRIBE"));
+    let alice_notes = server.ws_as("alice").await;
+    alice_notes.subscribe_ok(&server, "noteSubscription", &all[0], None).await;
+    let alice_room = server.ws_as("alice").await;
+    let bob_all = server.ws_as("bob").await;
+    let eve_room = server.ws_as("eve").await;
+    for args in &all {
+        alice_room.subscribe_ok(&server, "messageSubscription", args, Some(json!({"room": 1}))).await;
+        bob_all.subscribe_ok(&server, "messageSubscription", args, None).await;
+        eve_room.subscribe_ok(&server, "messageSubscription", args, Some(json!({"room": 1}))).await;
+    }
+    let writes = [
+        Write::Note(1, "alice", "a1"),
+        Write::Note(2, "bob", "b1"),
+        Write::Message(1, "acme", 1, "m1"),
+        Write::Message(2, "acme", 2, "m2"),
+        Write::Message(3, "globex", 1, "g1"),
+        Write::MessageText(1, "m1 edited"),
+        Write::MessageRoom(2, 1),
+        Write::DeleteMessage(1),
+        Write::Note(3, "alice", "last"),
+        Write::Message(4, "acme", 1, "last"),
+        Write::Message(5, "globex", 1, "last"),
+    ];
+    for write in &writes {
+        if capture {
+            sql(&db, &write.sql()).await;
+        } else {
+            hub.scope(write.save(&db)).await;
+        }
+    }
+    let mut received = Vec::new();
+    for mut ws in [alice_notes, alice_room, bob_all, eve_room] {
+        let mut frames = Vec::new();
+        loop {
+            let frame = ws.next_json().await;
+            let last = frame.to_string().contains("\"last\"");
+            frames.push(frame);
+            if last {
+                break;
+            }
+        }
+        received.push(frames);
+    }
+    stop.cancel();
+    received
+}
+
+/// Exactly the changes the hooks would have produced: the same writes made
+/// through SeaORM's hooks and made as raw SQL under capture reach each
+/// subscriber as the same frames, through scopes, indexed groups (a row
+/// moving into a room, a delete reaching its room's group from the whole
+/// old row) and the coarse group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_raw_sql_gives_the_frames_hooked_saves_give() {
+    let Some(cluster) = Cluster::start("capture parity with hooks") else { return };
+    let hooked = parity_scenario(&cluster, "hooked", false).await;
+    let captured = parity_scenario(&cluster, "captured", true).await;
+    let texts = |frames: &Vec<Json>| -> Vec<String> {
+        frames
+            .iter()
+            .map(|frame| format!("{} {}", frame["payload"]["action"], frame["payload"]["data"]["text"]))
+            .collect()
+    };
+    // The hooks' own behaviour, so that two equal wrong answers fail too.
+    assert_eq!(texts(&hooked[0]), ["\"create\" \"a1\"", "\"create\" \"last\""], "{:?}", hooked[0]);
+    assert_eq!(hooked[3].len(), 2, "eve: globex room 1 only: {:?}", hooked[3]);
+    for (who, (hooked, captured)) in
+        ["alice's notes", "alice's room 1", "bob's tenant", "eve's room 1"].iter().zip(hooked.iter().zip(&captured))
+    {
+        assert_eq!(captured, hooked, "{who}");
+    }
+}
+
+/// A server or role that cannot be captured is refused at once with what
+/// to do, never retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfit_server_or_role_is_refused_with_what_to_do() {
+    let Some(replica) = Cluster::start_with("capture refusals", "replica") else { return };
+    let db = Database::connect(replica.url()).await.expect("the test's cluster answers");
+    let hub = Hub::default();
+    let error = PostgresCapture::new(hub.clone(), target(&replica)).prepare(&db).await.expect_err("refused");
+    assert!(
+        matches!(error, graphex::capture::CaptureRunError::WalLevel { ref found } if found == "replica"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("ALTER SYSTEM SET wal_level = logical"), "{error}");
+    drop(replica);
+
+    let Some(cluster) = Cluster::start("capture refusals") else { return };
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    sql(&db, "CREATE ROLE plain LOGIN").await;
+    let plain = ReplicationTarget { user: "plain".into(), ..target(&cluster) };
+    let capture = PostgresCapture::new(hub.clone(), plain.clone()).table::<item::Model>();
+    let error = capture.prepare(&db).await.expect_err("refused");
+    assert!(matches!(error, graphex::capture::CaptureRunError::Privilege { ref role } if role == "plain"), "{error}");
+    assert!(error.to_string().contains("ALTER ROLE plain REPLICATION"), "{error}");
+    // Run without the check: the server's refusal stops it.
+    let run = |capture: PostgresCapture| async move {
+        tokio::time::timeout(TIMEOUT, capture.run(CancellationToken::new())).await.expect("stopped in time")
+    };
+    let error = run(capture).await.expect_err("refused");
+    assert!(error.to_string().contains("replication"), "{error}");
+    // A slot nobody prepared.
+    let error = run(PostgresCapture::new(hub.clone(), target(&cluster)).slot("never_made")).await.expect_err("refused");
+    assert!(error.to_string().contains("never_made"), "{error}");
+    // A role with the REPLICATION attribute passes the check.
+    sql(&db, "ALTER ROLE plain REPLICATION").await;
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    PostgresCapture::new(hub, plain).table::<item::Model>().prepare(&db).await.expect("a replication role may");
+}
+
+/// The monitor counts what capture did; a slot whose tables are quiet
+/// still follows the log other tables fill (confirmed on keep-alives), so
+/// it holds no WAL back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_counted_and_a_quiet_slot_follows_the_log() {
+    let Some(cluster) = Cluster::start("capture progress") else { return };
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    let hub = Hub::default();
+    let mut rx = watch(&hub).await;
+    let capture = PostgresCapture::new(hub.clone(), target(&cluster)).table::<item::Model>();
+    capture.prepare(&db).await.expect("prepared");
+    let monitor = capture.monitor();
+    assert_eq!(monitor.stats(), graphex::capture::CaptureStats::default());
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { capture.run(stop).await.expect("capture runs") }
+    });
+    sql(&db, "INSERT INTO items VALUES (1, 'one', '', 't1'), (2, 'two', '', 't1')").await;
+    sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
+    for _ in 0..3 {
+        next(&mut rx).await;
+    }
+    // Counted once published and confirmed, just after the delivery.
+    crate::support::standard::wait_for("the second transaction counted", || monitor.stats().transactions == 2).await;
+    let stats = monitor.stats();
+    assert!(stats.leader, "{stats:?}");
+    assert_eq!((stats.sessions, stats.transactions, stats.changes, stats.refused), (1, 2, 3, 0), "{stats:?}");
+    assert!(stats.confirmed_lsn > 0 && stats.server_lsn >= stats.confirmed_lsn, "{stats:?}");
+
+    sql(&db, "CREATE TABLE noise (n int); INSERT INTO noise SELECT generate_series(1, 1000)").await;
+    let lsn = committed(&db, "INSERT INTO noise VALUES (0)").await;
+    confirmed_past(&db, &lsn).await;
+    assert_eq!(monitor.stats().transactions, 2, "the other table's writes are not changes");
     stop.cancel();
 }

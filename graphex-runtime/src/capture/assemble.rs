@@ -154,6 +154,11 @@ impl Assembler {
         Assembler { tables, relations: HashMap::new(), open: None, truncates: 0 }
     }
 
+    /// Inside a transaction (between its begin and its commit).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Takes the next message; a commit returns its transaction's changes.
     pub(crate) fn feed(&mut self, message: Message) -> Result<Option<Committed>, StreamError> {
         match message {

@@ -1,29 +1,33 @@
-//! Change capture from the database's log (issue 17, in progress): the
-//! changes that never pass through SeaORM's hooks, read from PostgreSQL's
-//! logical replication stream (pgoutput) and turned into exactly the change
-//! the hooks would have produced.
+//! Change capture from the database's log: every committed write of a
+//! model's table reaches its subscribers, including the writes that never
+//! pass through SeaORM's hooks (`insert_many`, `update_many`,
+//! `delete_many`, raw SQL, migrations, other services), each as exactly the
+//! change the hooks would have produced, after its commit, in commit order.
 //!
-//! Built so far: `pgoutput.rs`, the decoder of pgoutput's messages
-//! (protocol version 1: transactions, table descriptions, inserts, updates
-//! with their unchanged TOAST markers and old rows, deletes, truncates);
-//! `text.rs`, the values of a row as pgoutput sends them (PostgreSQL's text
-//! form, with each column's type OID) turned into the model's payload
-//! values, through each field's own Rust type; `assemble.rs`, decoded
-//! messages into each committed transaction's changes, in order, exactly
-//! the changes the hooks would have made (rows made whole from the old row
-//! under `REPLICA IDENTITY FULL`, or refused). Not built yet: the replication connection, slot and publication, transactions,
-//! confirmed positions, leader election (see `docs/spikes/pg-capture/`).
+//! PostgreSQL only, with the cargo feature `postgres-capture`:
+//! [`PostgresCapture`] reads the server's logical replication stream with
+//! its built-in `pgoutput` plugin (no server extension), through a
+//! persistent slot and a publication of the registered tables. The
+//! README's "Change capture from PostgreSQL's log" section is the guide;
+//! ARCHITECTURE.md has the design.
+//!
+//! Inside: `pgoutput.rs` decodes the stream's messages (protocol version
+//! 1); `text.rs` turns a row's values, in PostgreSQL's text form with each
+//! column's type, into the model's payload values through each field's own
+//! Rust type; `assemble.rs` makes each committed transaction's changes, in
+//! order, rows made whole from the old row under `REPLICA IDENTITY FULL`
+//! (or refused); `postgres.rs` is the connection: slot, publication, leader
+//! election, publishing, then confirming.
 
-// Decoded, assembled and tested here; the capture connection that feeds
-// them is not built yet (issue 17).
-#[allow(dead_code)]
+// The decoder and assembler are only driven by the connection, which needs
+// the feature; without it they are still compiled and unit-tested.
+#[cfg_attr(not(feature = "postgres-capture"), allow(dead_code))]
 pub(crate) mod assemble;
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "postgres-capture"), allow(dead_code))]
 pub(crate) mod pgoutput;
 #[cfg(feature = "postgres-capture")]
-pub(crate) mod postgres;
+mod postgres;
 pub(crate) mod text;
 
 #[cfg(feature = "postgres-capture")]
-pub use postgres::{CaptureRunError, PostgresCapture, ReplicationTarget};
-pub use text::{CaptureError, values_from_text};
+pub use postgres::{CaptureMonitor, CaptureRunError, CaptureStats, PostgresCapture, ReplicationTarget};

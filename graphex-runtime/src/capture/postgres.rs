@@ -20,8 +20,12 @@
 //! hooks through that hub (no double delivery); `announce` and
 //! `announce_many` still publish.
 //!
-//! Not built yet: TLS (see the dependency's note in `Cargo.toml`).
+//! The replication connection is plain TCP: TLS is not built yet (see the
+//! dependency's note in `Cargo.toml`); a target that asks for it is
+//! refused, never silently downgraded.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -49,6 +53,113 @@ pub struct ReplicationTarget {
     pub database: String,
 }
 
+impl ReplicationTarget {
+    /// Reads a target from a `postgres://user:password@host:port/database`
+    /// URL, the form SeaORM connects with. The role needs the `REPLICATION`
+    /// attribute (or superuser, or `rds_replication` on Amazon RDS). Port
+    /// 5432, user `postgres` and database `postgres` when missing; user and
+    /// password may be percent-encoded. `sslmode=require`, `verify-ca` or
+    /// `verify-full` is refused (TLS is not built yet); other parameters are
+    /// ignored.
+    pub fn from_url(url: &str) -> Result<ReplicationTarget, CaptureRunError> {
+        let bad = |why: &str| CaptureRunError::Url(format!("{why} (in a postgres:// URL)"));
+        let parsed = url::Url::parse(url).map_err(|error| bad(&error.to_string()))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(bad(&format!("the scheme is {:?}, not postgres", parsed.scheme())));
+        }
+        let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+        for (name, value) in parsed.query_pairs() {
+            if name == "sslmode" && matches!(&*value, "require" | "verify-ca" | "verify-full") {
+                return Err(bad(&format!("sslmode={value}: capture's replication connection has no TLS yet")));
+            }
+        }
+        let host = parsed.host_str().filter(|host| !host.is_empty()).ok_or_else(|| bad("no host"))?;
+        let user = match parsed.username() {
+            "" => "postgres".to_owned(),
+            user => decode(user),
+        };
+        let database = match parsed.path().trim_start_matches('/') {
+            "" => "postgres".to_owned(),
+            database => decode(database),
+        };
+        Ok(ReplicationTarget {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port: parsed.port().unwrap_or(5432),
+            user,
+            password: parsed.password().map(decode).unwrap_or_default(),
+            database,
+        })
+    }
+}
+
+/// What a capture has done so far, from [`CaptureMonitor::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CaptureStats {
+    /// This process reads the slot now (the others stand by).
+    pub leader: bool,
+    /// Replication sessions this process has led.
+    pub sessions: u64,
+    /// Committed transactions read (each confirmed once its changes were
+    /// published).
+    pub transactions: u64,
+    /// Changes published.
+    pub changes: u64,
+    /// Rows not published because a value did not parse or a row could not
+    /// be made whole (each logged with its table, column and value).
+    pub refused: u64,
+    /// `TRUNCATE`s of a captured table (no change is sent for their rows).
+    pub truncates: u64,
+    /// The log position last confirmed to PostgreSQL (the slot's
+    /// `confirmed_flush_lsn` once the server has it), as a number.
+    pub confirmed_lsn: u64,
+    /// The server's log end as it last reported it.
+    pub server_lsn: u64,
+    /// `server_lsn - confirmed_lsn`: how far capture is behind what the
+    /// server has told it about, in bytes of log (0 while caught up; this
+    /// process's view only, and 0 while it stands by: the README has the
+    /// query for the slot's own lag).
+    pub lag_bytes: u64,
+}
+
+/// Reads a capture's [`CaptureStats`] while it runs (from
+/// [`PostgresCapture::monitor`]).
+#[derive(Clone, Debug, Default)]
+pub struct CaptureMonitor(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    leader: AtomicBool,
+    sessions: AtomicU64,
+    transactions: AtomicU64,
+    changes: AtomicU64,
+    refused: AtomicU64,
+    truncates: AtomicU64,
+    confirmed: AtomicU64,
+    server: AtomicU64,
+}
+
+impl CaptureMonitor {
+    /// The counts now.
+    pub fn stats(&self) -> CaptureStats {
+        let counters = &self.0;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let leader = counters.leader.load(Ordering::Relaxed);
+        let (confirmed, server) = (load(&counters.confirmed), load(&counters.server));
+        CaptureStats {
+            leader,
+            sessions: load(&counters.sessions),
+            transactions: load(&counters.transactions),
+            changes: load(&counters.changes),
+            refused: load(&counters.refused),
+            truncates: load(&counters.truncates),
+            confirmed_lsn: confirmed,
+            server_lsn: server,
+            lag_bytes: if leader { server.saturating_sub(confirmed) } else { 0 },
+        }
+    }
+}
+
 /// A table of the publication.
 #[derive(Clone, Debug)]
 struct Table {
@@ -68,12 +179,39 @@ pub struct PostgresCapture {
     publication: String,
     tables: Tables,
     sql_tables: Vec<Table>,
+    monitor: CaptureMonitor,
 }
 
 /// Why capture stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CaptureRunError {
+    /// The server cannot decode its log for capture.
+    #[error(
+        "PostgreSQL runs with wal_level = {found}; capture needs wal_level = logical \
+         (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
+    )]
+    WalLevel {
+        /// The server's setting.
+        found: String,
+    },
+    /// The replication connection's role may not read the log.
+    #[error(
+        "role {role:?} may not open a replication connection: give it the REPLICATION attribute \
+         (ALTER ROLE {role} REPLICATION), or rds_replication on Amazon RDS"
+    )]
+    Privilege {
+        /// The role of the [`ReplicationTarget`].
+        role: String,
+    },
+    /// The target's URL could not be read.
+    #[error("capture target: {0}")]
+    Url(String),
+    /// The server refused the replication connection for a reason that
+    /// trying again will not change (authentication, a missing database,
+    /// slot or publication: [`PostgresCapture::prepare`] makes the last two).
+    #[error("capture refused by PostgreSQL: {0}")]
+    Refused(String),
     /// Setting up the publication, the slot or a replica identity failed.
     #[error("capture setup failed: {0}")]
     Setup(#[from] DbErr),
@@ -104,6 +242,7 @@ impl PostgresCapture {
             publication: "graphex_capture".into(),
             tables: Tables::default(),
             sql_tables: Vec::new(),
+            monitor: CaptureMonitor::default(),
         }
     }
 
@@ -139,10 +278,44 @@ impl PostgresCapture {
         self
     }
 
-    /// Creates (or updates) the publication of the registered tables and
-    /// the slot, and sets `REPLICA IDENTITY FULL` where changes need whole
-    /// rows. Runs on `db` (a role that may do so). Idempotent.
-    pub async fn prepare(&self, db: &DatabaseConnection) -> Result<(), DbErr> {
+    /// Reads this capture's counts while it runs; take it before
+    /// [`PostgresCapture::run`].
+    pub fn monitor(&self) -> CaptureMonitor {
+        self.monitor.clone()
+    }
+
+    /// Checks that the server can be captured (`wal_level = logical`, a
+    /// replication role), then creates (or updates) the publication of the
+    /// registered tables and the slot, and sets `REPLICA IDENTITY FULL`
+    /// where changes need whole rows. Runs on `db` (a role that may alter
+    /// the tables and create publications). Idempotent: every process may
+    /// call it at start.
+    pub async fn prepare(&self, db: &DatabaseConnection) -> Result<(), CaptureRunError> {
+        let one = |sql: String| async move {
+            let statement = sea_orm::Statement::from_string(db.get_database_backend(), sql);
+            db.query_one_raw(statement).await
+        };
+        let wal_level: String = match one("SELECT current_setting('wal_level') AS wal_level".into()).await? {
+            Some(row) => row.try_get("", "wal_level")?,
+            None => String::new(),
+        };
+        if wal_level != "logical" {
+            return Err(CaptureRunError::WalLevel { found: wal_level });
+        }
+        // A superuser, the REPLICATION attribute, or Amazon RDS's
+        // rds_replication role.
+        let may = one(format!(
+            "SELECT (rolsuper OR rolreplication OR (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') \
+             AND pg_has_role(rolname, 'rds_replication', 'member'))) AS may FROM pg_roles WHERE rolname = {}",
+            literal(&self.target.user)
+        ))
+        .await?
+        .map(|row| row.try_get::<bool>("", "may"))
+        .transpose()?
+        .unwrap_or(false);
+        if !may {
+            return Err(CaptureRunError::Privilege { role: self.target.user.clone() });
+        }
         for table in self.sql_tables.iter().filter(|table| table.full) {
             db.execute_unprepared(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.sql)).await?;
         }
@@ -163,6 +336,19 @@ impl PostgresCapture {
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})"
         ))
         .await?;
+        Ok(())
+    }
+
+    /// Drops the slot and the publication: run it when a deployment stops
+    /// capturing for good (an abandoned slot keeps the server's log from
+    /// being recycled). Fails while a capture reads the slot.
+    pub async fn remove(&self, db: &DatabaseConnection) -> Result<(), CaptureRunError> {
+        let slot = literal(&self.slot);
+        db.execute_unprepared(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {slot}"
+        ))
+        .await?;
+        db.execute_unprepared(&format!("DROP PUBLICATION IF EXISTS {}", quote(&self.publication))).await?;
         Ok(())
     }
 
@@ -216,7 +402,7 @@ impl PostgresCapture {
     /// advisory lock on it, starts streaming; `None` when another process
     /// holds the lock (this one stands by).
     async fn lead(&self) -> Result<Option<ReplicationClient>, Session> {
-        let lost = |error: pgwire_replication::PgWireError| Session::Lost(error.to_string());
+        let lost = classify;
         let mut client = ReplicationClient::connect_gated(self.config()).await.map_err(lost)?;
         // Held by the replication session itself: it ends with the session,
         // so a leader that dies frees it as PostgreSQL notices.
@@ -239,14 +425,25 @@ impl PostgresCapture {
             return Err(Session::Standby);
         };
         tracing::info!(slot = %self.slot, "capture: this process reads the slot");
+        let counters = &self.monitor.0;
+        counters.sessions.fetch_add(1, Ordering::Relaxed);
+        counters.leader.store(true, Ordering::Relaxed);
+        let ended = self.stream(&mut client, stop).await;
+        counters.leader.store(false, Ordering::Relaxed);
+        if ended.is_ok() {
+            let _ = client.shutdown().await;
+        }
+        ended
+    }
+
+    async fn stream(&self, client: &mut ReplicationClient, stop: &CancellationToken) -> Result<(), Session> {
+        let counters = &self.monitor.0;
+        let server = |lsn: Lsn| counters.server.fetch_max(lsn.as_u64(), Ordering::Relaxed);
         // Table descriptions are per connection.
         let mut assembler = Assembler::new(self.tables.clone());
         loop {
             let event = tokio::select! {
-                () = stop.cancelled() => {
-                    let _ = client.shutdown().await;
-                    return Ok(());
-                }
+                () = stop.cancelled() => return Ok(()),
                 event = client.recv() => event.map_err(|error| Session::Lost(error.to_string()))?,
             };
             let message = match event {
@@ -257,18 +454,38 @@ impl PostgresCapture {
                 Some(ReplicationEvent::Commit { lsn, end_lsn, .. }) => {
                     Message::Commit { commit_lsn: lsn.as_u64(), end_lsn: end_lsn.as_u64() }
                 }
-                Some(ReplicationEvent::XLogData { data, .. }) => pgoutput::decode(&data)
-                    .map_err(|error| Session::Fatal(CaptureRunError::Stream(error.to_string())))?,
+                Some(ReplicationEvent::XLogData { data, wal_end, .. }) => {
+                    server(wal_end);
+                    pgoutput::decode(&data)
+                        .map_err(|error| Session::Fatal(CaptureRunError::Stream(error.to_string())))?
+                }
+                Some(ReplicationEvent::KeepAlive { wal_end, .. }) => {
+                    server(wal_end);
+                    // Between transactions everything the server sent is
+                    // published: confirm up to its log end, so a slot whose
+                    // tables are quiet does not hold back the log that
+                    // other tables' writes fill.
+                    if !assembler.in_transaction() && wal_end.as_u64() > counters.confirmed.load(Ordering::Relaxed) {
+                        client.update_applied_lsn(wal_end);
+                        counters.confirmed.store(wal_end.as_u64(), Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 Some(_) => continue,
             };
             let fatal =
                 |error: super::assemble::StreamError| Session::Fatal(CaptureRunError::Stream(error.to_string()));
-            let Some(committed) = assembler.feed(message).map_err(fatal)? else {
+            let truncates = assembler.truncates;
+            let step = assembler.feed(message).map_err(fatal)?;
+            counters.truncates.fetch_add(assembler.truncates - truncates, Ordering::Relaxed);
+            let Some(committed) = step else {
                 continue;
             };
             for error in &committed.errors {
                 tracing::error!(%error, "captured row not published");
             }
+            counters.refused.fetch_add(committed.errors.len() as u64, Ordering::Relaxed);
+            let changes = committed.changes.len() as u64;
             for (index, prepared) in committed.changes.into_iter().enumerate() {
                 // A transaction sent again (not confirmed before a restart)
                 // is recognised by its log position and not published twice.
@@ -278,7 +495,28 @@ impl PostgresCapture {
             // Published (into the layer's history where it keeps one): now
             // PostgreSQL may forget it.
             client.update_applied_lsn(Lsn::from_u64(committed.end_lsn));
+            counters.confirmed.fetch_max(committed.end_lsn, Ordering::Relaxed);
+            counters.changes.fetch_add(changes, Ordering::Relaxed);
+            counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Sorts a replication connection's error: what trying again will not
+/// change (authentication, privilege, a missing database, slot or
+/// publication) stops capture; the rest is a lost connection.
+fn classify(error: pgwire_replication::PgWireError) -> Session {
+    use pgwire_replication::PgWireError;
+    let text = error.to_string();
+    // 28xxx: authorization; 42501: insufficient privilege; 42704:
+    // undefined object (slot, publication); 3D000: no such database.
+    let lasting = ["SQLSTATE 28", "SQLSTATE 42501", "SQLSTATE 42704", "SQLSTATE 3D000"];
+    match error {
+        PgWireError::Auth(_) => Session::Fatal(CaptureRunError::Refused(text)),
+        PgWireError::Server(ref message) if lasting.iter().any(|code| message.contains(code)) => {
+            Session::Fatal(CaptureRunError::Refused(text))
+        }
+        _ => Session::Lost(text),
     }
 }
 
@@ -293,4 +531,53 @@ enum Session {
     Lost(String),
     /// The stream itself: stop.
     Fatal(CaptureRunError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_read_from_the_database_url() {
+        let target = ReplicationTarget::from_url("postgres://app%40corp:p%2Fss@db.example:6432/shop?sslmode=prefer")
+            .expect("read");
+        assert_eq!(
+            (target.host.as_str(), target.port, target.user.as_str(), target.password.as_str()),
+            ("db.example", 6432, "app@corp", "p/ss")
+        );
+        assert_eq!(target.database, "shop");
+        let defaults = ReplicationTarget::from_url("postgresql://[::1]").expect("read");
+        assert_eq!(
+            (defaults.host.as_str(), defaults.port, defaults.user.as_str(), defaults.database.as_str()),
+            ("::1", 5432, "postgres", "postgres")
+        );
+    }
+
+    #[test]
+    fn a_target_that_cannot_be_honoured_is_refused() {
+        for (url, says) in [
+            ("mysql://root@localhost/test", "scheme"),
+            ("postgres:///db", "no host"),
+            ("postgres://u@h/db?sslmode=require", "no TLS"),
+            ("postgres://u@h/db?sslmode=verify-full", "no TLS"),
+            ("not a url", "relative URL"),
+        ] {
+            let error = ReplicationTarget::from_url(url).expect_err(url).to_string();
+            assert!(error.contains(says), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn lasting_refusals_stop_capture_and_the_rest_reconnect() {
+        use pgwire_replication::PgWireError;
+        let fatal = |error| matches!(classify(error), Session::Fatal(CaptureRunError::Refused(_)));
+        assert!(fatal(PgWireError::Auth("password authentication failed".into())));
+        assert!(fatal(PgWireError::Server(
+            "must be superuser or replication role to start walsender (SQLSTATE 42501)".into()
+        )));
+        assert!(fatal(PgWireError::Server("replication slot \"x\" does not exist (SQLSTATE 42704)".into())));
+        assert!(!fatal(PgWireError::Server("replication slot \"x\" is active for PID 7 (SQLSTATE 55006)".into())));
+        assert!(!fatal(PgWireError::Server("the database system is starting up (SQLSTATE 57P03)".into())));
+        assert!(!fatal(PgWireError::Io(std::sync::Arc::new(std::io::ErrorKind::ConnectionReset.into()))));
+    }
 }

@@ -39,6 +39,12 @@ fn is_root() -> bool {
 impl Cluster {
     /// Starts one; `None` (after saying `skipped:`) without PostgreSQL's binaries.
     pub fn start(what: &str) -> Option<Cluster> {
+        Cluster::start_with(what, "logical")
+    }
+
+    /// Starts one with `wal_level` (`logical` or `replica`). Its walsenders
+    /// time out after 4 s, so an idle stream gets a keep-alive every 2 s.
+    pub fn start_with(what: &str, wal_level: &str) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os(POSTGRES_ENV).is_none(),
@@ -62,8 +68,8 @@ impl Cluster {
         let cluster = Cluster { port, dir, bin, as_user };
         cluster.run("initdb", &["-D", &cluster.data(), "-U", "postgres", "--auth=trust", "--no-sync"]);
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=4 \
-             -c max_replication_slots=4 -c fsync=off",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=4 \
+             -c max_replication_slots=4 -c fsync=off -c wal_sender_timeout=4s",
             cluster.dir.display()
         );
         let log = cluster.dir.join("postgres.log");
