@@ -28,6 +28,9 @@ mod trust;
 // Positions, history, repair and the outbox (issue 16).
 #[path = "redis/positions.rs"]
 mod positions;
+// Change capture from PostgreSQL's log across processes (issue 17).
+#[path = "redis/capture.rs"]
+mod capture;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,7 +65,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 27] = [
+    let cases: [(&str, Case); 29] = [
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
@@ -107,6 +110,12 @@ fn main() {
         }),
         ("a_cursor_from_one_process_resumes_on_another", || {
             Box::pin(positions::a_cursor_from_one_process_resumes_on_another())
+        }),
+        ("capture_survives_its_reader_dying_mid_stream", || {
+            Box::pin(capture::capture_survives_its_reader_dying_mid_stream())
+        }),
+        ("a_client_resumes_across_a_capturing_server_restart", || {
+            Box::pin(capture::a_client_resumes_across_a_capturing_server_restart())
         }),
     ];
     let (mut passed, mut skipped, mut failed) = (0, 0, Vec::new());
@@ -597,12 +606,24 @@ impl Drop for TempDir {
 /// This binary, started as the reference example's server.
 struct Process {
     http: Http,
-    _child: Child,
+    child: Child,
 }
 
 impl Process {
     async fn start(database: &str, redis_url: &str, prefix: &str, signing_key: Option<&str>) -> Process {
+        Process::start_with(database, redis_url, prefix, signing_key, &[]).await
+    }
+
+    /// With more environment (`GRAPHEX_CAPTURE`, ...).
+    async fn start_with(
+        database: &str,
+        redis_url: &str,
+        prefix: &str,
+        signing_key: Option<&str>,
+        more: &[(&str, &str)],
+    ) -> Process {
         let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .envs(more.iter().copied())
             .env(CHILD_ENV, "1")
             .env("GRAPHEX_SIGNING_KEY", signing_key.unwrap_or_default())
             .env("DATABASE_URL", database)
@@ -627,7 +648,12 @@ impl Process {
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
         // Keep reading so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { http: Http { addr }, _child: child }
+        Process { http: Http { addr }, child }
+    }
+
+    /// Kills it at once (SIGKILL: no shutdown runs).
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("killed");
     }
 }
 
