@@ -1,5 +1,9 @@
 //! A test body run on a fresh in-memory SQLite database and, when
-//! `GRAPHEX_TEST_POSTGRES_URL` is set, again on a PostgreSQL schema of its own.
+//! `GRAPHEX_TEST_POSTGRES_URL` is set, again on a PostgreSQL schema of its
+//! own; then in capture mode: on a database of its own in a `wal_level =
+//! logical` cluster, where every [`crate::support::Server`] the body starts
+//! captures the reference app's tables from the log instead of announcing
+//! from the hooks (so a change announced twice, or not at all, fails).
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -22,7 +26,62 @@ where
 {
     let db = app::connect("sqlite::memory:", None).await;
     run_variant("sqlite", body(db)).await;
-    on_postgres("PostgreSQL variant", body).await;
+    on_postgres("PostgreSQL variant", &body).await;
+    in_capture_mode(body).await;
+}
+
+/// What a [`crate::support::Server`] started in capture mode captures from.
+#[derive(Clone, Debug)]
+pub struct CaptureMode {
+    /// The test's database.
+    pub url: String,
+    /// Its slot and publication.
+    pub slot: String,
+}
+
+tokio::task_local! {
+    /// Set while a body runs in capture mode.
+    pub static CAPTURE_MODE: CaptureMode;
+}
+
+/// Whether the body runs in capture mode (for the few tests whose subject
+/// is what the hooks do not see).
+pub fn capturing() -> bool {
+    CAPTURE_MODE.try_with(|_| ()).is_ok()
+}
+
+/// The capture variant: a database of its own on the process's shared
+/// logical cluster, a slot of its own; both dropped afterwards.
+async fn in_capture_mode<F, Fut>(body: F)
+where
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(cluster) = crate::support::logical::Cluster::shared("the capture variant") else { return };
+    let name = unique_schema();
+    let admin = Database::connect(cluster.url()).await.expect("the shared cluster answers");
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("database created");
+    let url = format!("{}/{name}", cluster.url().rsplit_once('/').expect("a path").0);
+    let db = app::connect(&url, None).await;
+    let mode = CaptureMode { url, slot: name.clone() };
+    let outcome = tokio::spawn(CAPTURE_MODE.scope(mode, body(db))).await;
+    // The slot first (a database with one cannot be dropped); its session
+    // may take a moment to end after the body's servers are gone.
+    let drop_slot =
+        format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{name}'");
+    for _ in 0..100 {
+        if admin.execute_unprepared(&drop_slot).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if let Err(error) = admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await {
+        eprintln!("could not drop database {name}: {error}");
+    }
+    if let Err(error) = outcome {
+        eprintln!("failed in capture mode (database {name})");
+        std::panic::resume_unwind(error.into_panic());
+    }
 }
 
 /// Runs `body` on a fresh PostgreSQL schema (dropped afterwards) when

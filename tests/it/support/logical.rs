@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use super::databases::POSTGRES_ENV;
 
@@ -68,14 +69,56 @@ impl Cluster {
         let cluster = Cluster { port, dir, bin, as_user };
         cluster.run("initdb", &["-D", &cluster.data(), "-U", "postgres", "--auth=trust", "--no-sync"]);
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=4 \
-             -c max_replication_slots=4 -c fsync=off -c wal_sender_timeout=4s",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=32 \
+             -c max_replication_slots=32 -c fsync=off -c wal_sender_timeout=4s",
             cluster.dir.display()
         );
         let log = cluster.dir.join("postgres.log");
         cluster
             .run("pg_ctl", &["-D", &cluster.data(), "-l", &log.display().to_string(), "-w", "-o", &options, "start"]);
         Some(cluster)
+    }
+
+    /// One cluster for the whole test process (the capture variant of
+    /// `each_database`, a database and a slot per test): started on first
+    /// use, stopped and removed by a watchdog once this process has exited
+    /// (a static is never dropped). `None` (after saying `skipped:`)
+    /// without PostgreSQL's binaries.
+    pub fn shared(what: &str) -> Option<&'static Cluster> {
+        static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
+        let cluster = SHARED
+            .get_or_init(|| {
+                let cluster = Cluster::start_with("the shared capture cluster", "logical")?;
+                cluster.stop_after(std::process::id());
+                Some(cluster)
+            })
+            .as_ref();
+        if cluster.is_none() {
+            println!("skipped: {what} (needs PostgreSQL's initdb)");
+        }
+        cluster
+    }
+
+    /// A detached shell that waits for process `pid` to end, then stops the
+    /// cluster and removes its directory.
+    fn stop_after(&self, pid: u32) {
+        let pg_ctl = self.bin.join("pg_ctl").display().to_string();
+        let stop = match self.as_user {
+            Some(user) => format!("runuser -u {user} -- {pg_ctl}"),
+            None => pg_ctl,
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D {} -m immediate stop; rm -rf {}",
+            self.data(),
+            self.dir.display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the cluster's watchdog starts");
     }
 
     fn data(&self) -> String {

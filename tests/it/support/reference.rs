@@ -23,6 +23,32 @@ pub struct Server {
     pub hub: graphex::Hub,
     _served: Served,
     sentinels: AtomicU64,
+    /// Stops its capture, in capture mode.
+    _capture: Option<tokio_util::sync::DropGuard>,
+}
+
+/// Captures the reference app's tables into `hub` until the guard drops.
+async fn capture(
+    db: &DatabaseConnection,
+    hub: &graphex::Hub,
+    mode: &super::databases::CaptureMode,
+) -> tokio_util::sync::DropGuard {
+    use graphex::capture::{PostgresCapture, ReplicationTarget};
+    let target = ReplicationTarget::from_url(&mode.url).expect("a capture target");
+    let capture = PostgresCapture::new(hub.clone(), target)
+        .slot(&mode.slot)
+        .publication(&mode.slot)
+        .table::<app::user::Model>()
+        .table::<app::note::Model>()
+        .table::<app::message::Model>()
+        .table::<app::comment::Model>();
+    capture.prepare(db).await.expect("capture prepared");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { capture.run(stop).await.expect("capture runs") }
+    });
+    stop.drop_guard()
 }
 
 impl std::ops::Deref for Server {
@@ -42,9 +68,22 @@ pub struct Http {
 
 impl Server {
     /// Serves the reference app over `db` with `hub`.
+    ///
+    /// In capture mode (`each_database`'s last variant) it first captures
+    /// the app's four tables from the log into `hub`, until it is dropped.
     pub async fn start(db: DatabaseConnection, hub: graphex::Hub) -> Server {
+        let capture = match super::databases::CAPTURE_MODE.try_with(Clone::clone) {
+            Ok(mode) => Some(capture(&db, &hub, &mode).await),
+            Err(_) => None,
+        };
         let served = serve(app::app(db, hub.clone())).await;
-        Server { http: Http { addr: served.addr }, hub, _served: served, sentinels: AtomicU64::new(0) }
+        Server {
+            http: Http { addr: served.addr },
+            hub,
+            _served: served,
+            sentinels: AtomicU64::new(0),
+            _capture: capture,
+        }
     }
 
     /// Proves that nothing else is queued for `sockets` (each armed with
