@@ -112,7 +112,9 @@ impl Cluster {
             self.data(),
             self.dir.display()
         );
-        Command::new("sh")
+        // Detached on purpose: it outlives this process, so nothing waits for it.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
