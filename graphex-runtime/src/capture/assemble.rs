@@ -1,9 +1,15 @@
-//! From decoded pgoutput messages to the changes to publish, one committed
-//! transaction at a time: table descriptions are remembered per
-//! connection, a transaction's changes wait for its commit (pgoutput sends
-//! only committed transactions, in commit order, each whole), and each row
-//! of a registered model's table becomes exactly the change its hooks would
-//! have produced (`prepare_values`).
+//! From decoded pgoutput messages to the changes to publish, row by row:
+//! table descriptions are remembered per connection, and each row of a
+//! registered model's table becomes exactly the change its hooks would have
+//! produced (`prepare_values`) as soon as it arrives. That is after its
+//! commit: pgoutput (protocol version 1) sends a transaction only once it
+//! has committed, whole, in commit order; so nothing is held per
+//! transaction and a statement touching millions of rows costs no memory
+//! in proportion. Each change carries its position in the log (the
+//! transaction's commit LSN from its begin, and its index among the
+//! transaction's captured rows), by which a transaction sent again after a
+//! lost confirmation is recognised; the commit gives the position to
+//! confirm.
 //!
 //! Complete rows: an update that left a TOASTed column alone does not send
 //! it; its value is taken from the old row, which the table sends only
@@ -21,6 +27,7 @@ use serde_json::Map;
 use super::pgoutput::{Message, Relation, Tuple};
 use super::text::{CaptureError, values_from_text};
 use crate::change::announce::{Prepared, prepare_values};
+use crate::layer::LogPosition;
 use crate::model::{Action, ModelSubscription};
 
 /// Makes the change of one captured row: the action, the table's
@@ -114,16 +121,20 @@ fn key_only<M: ModelSubscription>(
     Ok(Map::from_iter([(field.name.to_owned(), key)]))
 }
 
-/// A committed transaction's changes, in order.
+/// What one message makes.
 #[derive(Debug)]
-pub(crate) struct Committed {
-    /// The position to confirm once they are published.
-    pub(crate) end_lsn: u64,
-    /// The changes of registered tables.
-    pub(crate) changes: Vec<Prepared>,
-    /// Rows that could not be made into changes (logged and counted by
-    /// the caller; the transaction's other changes are published).
-    pub(crate) errors: Vec<CaptureError>,
+pub(crate) enum Step {
+    /// A captured row of the open transaction: its change, or why it could
+    /// not be made (logged and counted by the caller; the transaction's
+    /// other changes are published).
+    Row(LogPosition, Result<Prepared, CaptureError>),
+    /// The open transaction's commit: every row of it has been stepped.
+    Commit {
+        /// Its commit LSN (as in its rows' positions).
+        commit_lsn: u64,
+        /// The position to confirm once its rows are published.
+        end_lsn: u64,
+    },
 }
 
 /// The replication stream broke pgoutput's rules.
@@ -137,14 +148,14 @@ pub(crate) enum StreamError {
     UnknownRelation(u32),
 }
 
-/// Assembles one replication connection's messages into committed
-/// transactions. Made anew for each connection (table descriptions are
-/// per connection).
+/// Turns one replication connection's messages into steps. Made anew for
+/// each connection (table descriptions are per connection).
 #[derive(Debug)]
 pub(crate) struct Assembler {
     tables: Tables,
     relations: HashMap<u32, Relation>,
-    open: Option<(Vec<Prepared>, Vec<CaptureError>)>,
+    /// The open transaction: its commit LSN and its captured rows so far.
+    open: Option<(u64, u32)>,
     /// Truncates seen (no change per row is sent for them).
     pub(crate) truncates: u64,
 }
@@ -159,24 +170,24 @@ impl Assembler {
         self.open.is_some()
     }
 
-    /// Takes the next message; a commit returns its transaction's changes.
-    pub(crate) fn feed(&mut self, message: Message) -> Result<Option<Committed>, StreamError> {
+    /// Takes the next message.
+    pub(crate) fn feed(&mut self, message: Message) -> Result<Option<Step>, StreamError> {
         match message {
             Message::Relation(relation) => {
                 self.relations.insert(relation.id, relation);
             }
-            Message::Begin { .. } => {
-                if self.open.replace((Vec::new(), Vec::new())).is_some() {
+            Message::Begin { final_lsn, .. } => {
+                if self.open.replace((final_lsn, 0)).is_some() {
                     return Err(StreamError::OutsideTransaction("a begin"));
                 }
             }
             Message::Commit { end_lsn, .. } => {
-                let (changes, errors) = self.open.take().ok_or(StreamError::OutsideTransaction("a commit"))?;
-                return Ok(Some(Committed { end_lsn, changes, errors }));
+                let (commit_lsn, _) = self.open.take().ok_or(StreamError::OutsideTransaction("a commit"))?;
+                return Ok(Some(Step::Commit { commit_lsn, end_lsn }));
             }
-            Message::Insert { relation, new } => self.row(relation, Action::Create, &new, None)?,
-            Message::Update { relation, old, new } => self.row(relation, Action::Update, &new, old.as_ref())?,
-            Message::Delete { relation, old } => self.row(relation, Action::Delete, &old, None)?,
+            Message::Insert { relation, new } => return self.row(relation, Action::Create, &new, None),
+            Message::Update { relation, old, new } => return self.row(relation, Action::Update, &new, old.as_ref()),
+            Message::Delete { relation, old } => return self.row(relation, Action::Delete, &old, None),
             Message::Truncate { relations } => {
                 if relations
                     .iter()
@@ -191,15 +202,13 @@ impl Assembler {
         Ok(None)
     }
 
-    fn row(&mut self, id: u32, action: Action, row: &Tuple, old: Option<&Tuple>) -> Result<(), StreamError> {
+    fn row(&mut self, id: u32, action: Action, row: &Tuple, old: Option<&Tuple>) -> Result<Option<Step>, StreamError> {
         let relation = self.relations.get(&id).ok_or(StreamError::UnknownRelation(id))?;
-        let (changes, errors) = self.open.as_mut().ok_or(StreamError::OutsideTransaction("a change"))?;
-        let Some(capture) = self.tables.of(relation) else { return Ok(()) };
-        match capture(action, relation, row, old) {
-            Ok(prepared) => changes.push(prepared),
-            Err(error) => errors.push(error),
-        }
-        Ok(())
+        let (lsn, rows) = self.open.as_mut().ok_or(StreamError::OutsideTransaction("a change"))?;
+        let Some(capture) = self.tables.of(relation) else { return Ok(None) };
+        let position = LogPosition { lsn: *lsn, index: *rows };
+        *rows += 1;
+        Ok(Some(Step::Row(position, capture(action, relation, row, old))))
     }
 }
 
@@ -244,7 +253,28 @@ mod tests {
     }
 
     fn begin() -> Message {
-        Message::Begin { final_lsn: 1, xid: 1 }
+        Message::Begin { final_lsn: 90, xid: 1 }
+    }
+
+    /// Feeds `messages`; the steps they made, the last a commit.
+    fn steps(assembler: &mut Assembler, messages: Vec<Message>) -> Vec<Step> {
+        messages.into_iter().filter_map(|message| assembler.feed(message).unwrap()).collect()
+    }
+
+    /// The rows' changes and refusals, with their indexes; the commit's end.
+    fn split(steps: Vec<Step>) -> (Vec<(u32, Prepared)>, Vec<CaptureError>, u64) {
+        let (mut changes, mut errors, mut end) = (Vec::new(), Vec::new(), 0);
+        for step in steps {
+            match step {
+                Step::Row(position, Ok(prepared)) => {
+                    assert_eq!(position.lsn, 90, "the transaction's commit LSN, from its begin");
+                    changes.push((position.index, prepared));
+                }
+                Step::Row(_, Err(error)) => errors.push(error),
+                Step::Commit { end_lsn, .. } => end = end_lsn,
+            }
+        }
+        (changes, errors, end)
     }
 
     fn commit(end_lsn: u64) -> Message {
@@ -257,32 +287,41 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_becomes_its_changes_in_order_at_its_commit() {
+    fn a_transaction_becomes_its_changes_in_order_then_its_commit() {
         let mut assembler = assembler();
         assembler.feed(Message::Relation(people(b'f'))).unwrap();
         assert!(assembler.feed(begin()).unwrap().is_none());
-        assembler.feed(Message::Insert { relation: 7, new: row("1", text("neo")) }).unwrap();
+        assert!(assembler.in_transaction());
         let old = row("1", text("neo"));
-        let new = row("1", Value::Unchanged);
-        assembler.feed(Message::Update { relation: 7, old: Some(old.clone()), new }).unwrap();
-        assembler.feed(Message::Delete { relation: 7, old }).unwrap();
-        // A table no model is registered for.
         let mut other = people(b'd');
         other.id = 8;
         other.name = "elsewhere".into();
-        assembler.feed(Message::Relation(other)).unwrap();
-        assembler.feed(Message::Insert { relation: 8, new: row("2", text("x")) }).unwrap();
-        let committed = assembler.feed(commit(100)).unwrap().expect("committed");
-        assert_eq!(committed.end_lsn, 100);
-        assert!(committed.errors.is_empty(), "{:?}", committed.errors);
+        let steps = steps(
+            &mut assembler,
+            vec![
+                Message::Insert { relation: 7, new: row("1", text("neo")) },
+                Message::Update { relation: 7, old: Some(old.clone()), new: row("1", Value::Unchanged) },
+                // A table no model is registered for: no step, no index.
+                Message::Relation(other),
+                Message::Insert { relation: 8, new: row("2", text("x")) },
+                Message::Delete { relation: 7, old },
+                commit(100),
+            ],
+        );
+        assert!(matches!(steps.last(), Some(Step::Commit { commit_lsn: 90, end_lsn: 100 })), "{steps:?}");
+        assert!(!assembler.in_transaction());
+        let (changes, errors, end) = split(steps);
+        assert_eq!(end, 100);
+        assert!(errors.is_empty(), "{errors:?}");
         let neo = json!({"id": 1, "name": "neo", "nick": null, "score": 2.5, "active": true});
-        let got: Vec<(Action, Json)> = committed.changes.iter().map(values).collect();
+        let got: Vec<(u32, (Action, Json))> =
+            changes.iter().map(|(index, prepared)| (*index, values(prepared))).collect();
         assert_eq!(
             got,
-            [(Action::Create, neo.clone()), (Action::Update, neo.clone()), (Action::Delete, neo)],
-            "the unchanged TOASTed name taken from the old row"
+            [(0, (Action::Create, neo.clone())), (1, (Action::Update, neo.clone())), (2, (Action::Delete, neo))],
+            "in order, indexed in the transaction; the unchanged TOASTed name taken from the old row"
         );
-        assert_eq!(committed.changes[0].groups, ["people-create", "people-create-1"]);
+        assert_eq!(changes[0].1.groups, ["people-create", "people-create-1"]);
     }
 
     #[test]
@@ -290,21 +329,25 @@ mod tests {
         let mut assembler = assembler();
         assembler.feed(Message::Relation(people(b'd'))).unwrap();
         assembler.feed(begin()).unwrap();
-        // Default identity: an unchanged TOASTed value has no old row to come from.
-        assembler.feed(Message::Update { relation: 7, old: None, new: row("1", Value::Unchanged) }).unwrap();
         // A full-payload model's delete needs REPLICA IDENTITY FULL.
         let key_only = Tuple(vec![text("1"), Value::Null, Value::Null, Value::Null, Value::Null]);
-        assembler.feed(Message::Delete { relation: 7, old: key_only }).unwrap();
-        assembler.feed(Message::Insert { relation: 7, new: row("2", text("ok")) }).unwrap();
-        let committed = assembler.feed(commit(9)).unwrap().unwrap();
-        assert_eq!(committed.changes.len(), 1, "the whole row is published");
-        assert_eq!(committed.errors.len(), 2);
-        assert_eq!(
-            (committed.errors[0].table.as_str(), committed.errors[0].column.as_str()),
-            ("public.people", "name")
+        let steps = steps(
+            &mut assembler,
+            vec![
+                // Default identity: an unchanged TOASTed value has no old row to come from.
+                Message::Update { relation: 7, old: None, new: row("1", Value::Unchanged) },
+                Message::Delete { relation: 7, old: key_only },
+                Message::Insert { relation: 7, new: row("2", text("ok")) },
+                commit(9),
+            ],
         );
-        assert!(committed.errors[0].reason.contains("REPLICA IDENTITY FULL"), "{}", committed.errors[0]);
-        assert!(committed.errors[1].reason.contains("REPLICA IDENTITY FULL"), "{}", committed.errors[1]);
+        let (changes, errors, _) = split(steps);
+        assert_eq!(changes.len(), 1, "the whole row is published");
+        assert_eq!(changes[0].0, 2, "refused rows keep their index");
+        assert_eq!(errors.len(), 2);
+        assert_eq!((errors[0].table.as_str(), errors[0].column.as_str()), ("public.people", "name"));
+        assert!(errors[0].reason.contains("REPLICA IDENTITY FULL"), "{}", errors[0]);
+        assert!(errors[1].reason.contains("REPLICA IDENTITY FULL"), "{}", errors[1]);
     }
 
     #[test]

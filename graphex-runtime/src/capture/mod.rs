@@ -5,7 +5,7 @@
 //! change the hooks would have produced, after its commit, in commit order.
 //!
 //! PostgreSQL only, with the cargo feature `postgres-capture`:
-//! [`PostgresCapture`] reads the server's logical replication stream with
+//! `PostgresCapture` reads the server's logical replication stream with
 //! its built-in `pgoutput` plugin (no server extension), through a
 //! persistent slot and a publication of the registered tables. The
 //! README's "Change capture from PostgreSQL's log" section is the guide;

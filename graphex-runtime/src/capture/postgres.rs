@@ -1,4 +1,4 @@
-//! The capture connection (feature `postgres-capture`, in progress): a
+//! The capture connection (feature `postgres-capture`): a
 //! logical replication connection with pgoutput to a publication of the
 //! registered models' tables, through a persistent slot; each committed
 //! transaction's changes are published through the hub in order, and only
@@ -32,7 +32,7 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationE
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
-use super::assemble::{Assembler, Tables};
+use super::assemble::{Assembler, Step, Tables};
 use super::pgoutput::{self, Message};
 use crate::hub::Hub;
 use crate::model::ModelSubscription;
@@ -110,6 +110,10 @@ pub struct CaptureStats {
     pub refused: u64,
     /// `TRUNCATE`s of a captured table (no change is sent for their rows).
     pub truncates: u64,
+    /// The commit position of the last transaction whose changes were all
+    /// published, as a number: every transaction that committed before it
+    /// has been published too.
+    pub published_lsn: u64,
     /// The log position last confirmed to PostgreSQL (the slot's
     /// `confirmed_flush_lsn` once the server has it), as a number.
     pub confirmed_lsn: u64,
@@ -135,6 +139,7 @@ struct Counters {
     changes: AtomicU64,
     refused: AtomicU64,
     truncates: AtomicU64,
+    published: AtomicU64,
     confirmed: AtomicU64,
     server: AtomicU64,
 }
@@ -153,6 +158,7 @@ impl CaptureMonitor {
             changes: load(&counters.changes),
             refused: load(&counters.refused),
             truncates: load(&counters.truncates),
+            published_lsn: load(&counters.published),
             confirmed_lsn: confirmed,
             server_lsn: server,
             lag_bytes: if leader { server.saturating_sub(confirmed) } else { 0 },
@@ -170,7 +176,7 @@ struct Table {
 }
 
 /// Captures the changes of registered models' tables from PostgreSQL's log
-/// and publishes them through a hub. See the [module documentation](self).
+/// and publishes them through a hub. See the [module documentation](crate::capture) and the README.
 #[derive(Debug)]
 pub struct PostgresCapture {
     hub: Hub,
@@ -478,26 +484,30 @@ impl PostgresCapture {
             let truncates = assembler.truncates;
             let step = assembler.feed(message).map_err(fatal)?;
             counters.truncates.fetch_add(assembler.truncates - truncates, Ordering::Relaxed);
-            let Some(committed) = step else {
-                continue;
-            };
-            for error in &committed.errors {
-                tracing::error!(%error, "captured row not published");
+            match step {
+                None => {}
+                // Published as it comes (pgoutput sends only committed
+                // transactions); a row sent again (not confirmed before a
+                // restart) is recognised by its log position and not
+                // published twice. The publish waits for room, and so
+                // slows the stream rather than buffering it.
+                Some(Step::Row(source, Ok(prepared))) => {
+                    self.hub.publish_captured(&prepared.groups, prepared.message, source).await;
+                    counters.changes.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Step::Row(_, Err(error))) => {
+                    tracing::error!(%error, "captured row not published");
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Step::Commit { commit_lsn, end_lsn }) => {
+                    counters.published.fetch_max(commit_lsn, Ordering::Relaxed);
+                    // Published (into the layer's history where it keeps
+                    // one): now PostgreSQL may forget it.
+                    client.update_applied_lsn(Lsn::from_u64(end_lsn));
+                    counters.confirmed.fetch_max(end_lsn, Ordering::Relaxed);
+                    counters.transactions.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            counters.refused.fetch_add(committed.errors.len() as u64, Ordering::Relaxed);
-            let changes = committed.changes.len() as u64;
-            for (index, prepared) in committed.changes.into_iter().enumerate() {
-                // A transaction sent again (not confirmed before a restart)
-                // is recognised by its log position and not published twice.
-                let source = crate::layer::LogPosition { lsn: committed.end_lsn, index: index as u32 };
-                self.hub.publish_captured(&prepared.groups, prepared.message, source).await;
-            }
-            // Published (into the layer's history where it keeps one): now
-            // PostgreSQL may forget it.
-            client.update_applied_lsn(Lsn::from_u64(committed.end_lsn));
-            counters.confirmed.fetch_max(committed.end_lsn, Ordering::Relaxed);
-            counters.changes.fetch_add(changes, Ordering::Relaxed);
-            counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

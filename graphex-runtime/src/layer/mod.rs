@@ -39,9 +39,10 @@ pub struct Position {
 /// commit end (PostgreSQL LSN) and its index in the transaction. Ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogPosition {
-    /// The end of the transaction's commit record.
+    /// The transaction's commit LSN (where its commit record starts; the
+    /// log orders transactions by it).
     pub lsn: u64,
-    /// The change's index in its transaction.
+    /// The change's index among its transaction's captured rows.
     pub index: u32,
 }
 

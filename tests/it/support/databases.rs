@@ -35,8 +35,13 @@ where
 pub struct CaptureMode {
     /// The test's database.
     pub url: String,
-    /// Its slot and publication.
+    /// The prefix of its slots and publications (one per server).
     pub slot: String,
+    /// Each capturing server's barrier, by address (see
+    /// `support::reference::Barrier`).
+    pub barriers: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, crate::support::reference::Barrier>>,
+    >,
 }
 
 tokio::task_local! {
@@ -63,7 +68,7 @@ where
     admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("database created");
     let url = format!("{}/{name}", cluster.url().rsplit_once('/').expect("a path").0);
     let db = app::connect(&url, None).await;
-    let mode = CaptureMode { url, slot: name.clone() };
+    let mode = CaptureMode { url, slot: name.clone(), barriers: Default::default() };
     let outcome = tokio::spawn(CAPTURE_MODE.scope(mode, body(db))).await;
     // The slot first (a database with one cannot be dropped); its session
     // may take a moment to end after the body's servers are gone.

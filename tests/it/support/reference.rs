@@ -27,28 +27,105 @@ pub struct Server {
     _capture: Option<tokio_util::sync::DropGuard>,
 }
 
-/// Captures the reference app's tables into `hub` until the guard drops.
+/// A table of the test's own, captured beside the app's, that makes capture
+/// mode as synchronous as the hooks: after each GraphQL request the test
+/// commits a row to it and waits until capture has published it (or a
+/// later transaction); capture publishes in commit order, so every change
+/// the request committed has been published by then (with the hooks,
+/// before the response). No subscriber of the hub's is involved: the
+/// tests count channels and groups.
+mod barrier {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, graphex::ModelSubscription)]
+    #[sea_orm(table_name = "capture_barrier")]
+    #[graphex(stream = "capture_barrier")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One capturing server's barrier: its database and its capture's monitor.
+#[derive(Debug)]
+pub struct Barrier {
+    db: DatabaseConnection,
+    monitor: graphex::capture::CaptureMonitor,
+}
+
+impl Barrier {
+    async fn new(db: &DatabaseConnection, monitor: graphex::capture::CaptureMonitor) -> Barrier {
+        use sea_orm::ConnectionTrait;
+        let table = sea_orm::Schema::new(db.get_database_backend()).create_table_from_entity(barrier::Entity);
+        db.execute(&table).await.expect("barrier table created");
+        Barrier { db: db.clone(), monitor }
+    }
+
+    /// Takes a log position, then commits a barrier row after it; waits
+    /// until capture has published a transaction that committed after that
+    /// position (the barrier's, or a later one): every transaction that
+    /// committed before it, such as the request's, has been published.
+    async fn pass(&mut self) {
+        use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+        static ROWS: AtomicU64 = AtomicU64::new(0);
+        let txn = self.db.begin().await.expect("barrier transaction");
+        let position = Statement::from_string(
+            txn.get_database_backend(),
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint AS lsn",
+        );
+        let before: i64 = txn.query_one_raw(position).await.unwrap().unwrap().try_get("", "lsn").unwrap();
+        let row = ROWS.fetch_add(1, Ordering::Relaxed);
+        txn.execute_unprepared(&format!("INSERT INTO capture_barrier (id) VALUES ({row})")).await.unwrap();
+        txn.commit().await.expect("barrier row committed");
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.monitor.stats().published_lsn <= before as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "capture published the barrier row in time");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// In capture mode, waits until every change committed so far by the
+/// server at `addr` has been published.
+async fn capture_barrier(addr: SocketAddr) {
+    let Ok(barriers) = super::databases::CAPTURE_MODE.try_with(|mode| mode.barriers.clone()) else { return };
+    let Some(mut barrier) = barriers.lock().unwrap().remove(&addr) else { return };
+    barrier.pass().await;
+    barriers.lock().unwrap().insert(addr, barrier);
+}
+
+/// Captures the reference app's tables (and the barrier's) into `hub`
+/// until the guard drops, with a slot and publication of its own.
 async fn capture(
     db: &DatabaseConnection,
     hub: &graphex::Hub,
     mode: &super::databases::CaptureMode,
-) -> tokio_util::sync::DropGuard {
+) -> (tokio_util::sync::DropGuard, Barrier) {
     use graphex::capture::{PostgresCapture, ReplicationTarget};
+    static SERVERS: AtomicU64 = AtomicU64::new(0);
+    let name = format!("{}_{}", mode.slot, SERVERS.fetch_add(1, Ordering::Relaxed));
     let target = ReplicationTarget::from_url(&mode.url).expect("a capture target");
     let capture = PostgresCapture::new(hub.clone(), target)
-        .slot(&mode.slot)
-        .publication(&mode.slot)
+        .slot(&name)
+        .publication(&name)
         .table::<app::user::Model>()
         .table::<app::note::Model>()
         .table::<app::message::Model>()
-        .table::<app::comment::Model>();
+        .table::<app::comment::Model>()
+        .table::<barrier::Model>();
+    let barrier = Barrier::new(db, capture.monitor()).await;
     capture.prepare(db).await.expect("capture prepared");
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move { capture.run(stop).await.expect("capture runs") }
     });
-    stop.drop_guard()
+    (stop.drop_guard(), barrier)
 }
 
 impl std::ops::Deref for Server {
@@ -73,10 +150,14 @@ impl Server {
     /// the app's four tables from the log into `hub`, until it is dropped.
     pub async fn start(db: DatabaseConnection, hub: graphex::Hub) -> Server {
         let capture = match super::databases::CAPTURE_MODE.try_with(Clone::clone) {
-            Ok(mode) => Some(capture(&db, &hub, &mode).await),
+            Ok(mode) => Some((capture(&db, &hub, &mode).await, mode)),
             Err(_) => None,
         };
         let served = serve(app::app(db, hub.clone())).await;
+        let capture = capture.map(|((guard, barrier), mode)| {
+            mode.barriers.lock().unwrap().insert(served.addr, barrier);
+            guard
+        });
         Server {
             http: Http { addr: served.addr },
             hub,
@@ -124,6 +205,9 @@ impl Http {
         let body = json!({"query": query, "variables": variables});
         let (status, response) = post_json(self.addr, "/graphql", token, &body).await;
         assert_eq!(status, 200, "HTTP status of {query}: {response}");
+        // Capture mode: what the request committed is published, as the
+        // hooks would have done before the response.
+        capture_barrier(self.addr).await;
         response
     }
 
