@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use graphex::__internals::{Delivery, HubInternals, Subscription, SubscriptionKey};
-use graphex::capture::{PostgresCapture, ReplicationTarget};
+use graphex::capture::{PostgresCapture, ReplicationTarget, TlsMode};
 use graphex::{Action, Hub};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema, Statement};
 use serde_json::{Value as Json, json};
@@ -72,6 +72,8 @@ fn target(cluster: &Cluster) -> ReplicationTarget {
         user: "postgres".into(),
         password: String::new(),
         database: "postgres".into(),
+        tls: TlsMode::Disable,
+        root_cert: None,
     }
 }
 
@@ -498,4 +500,50 @@ async fn progress_is_counted_and_a_quiet_slot_follows_the_log() {
     confirmed_past(&db, &lsn).await;
     assert_eq!(monitor.stats().transactions, 2, "the other table's writes are not changes");
     stop.cancel();
+}
+
+/// TLS as libpq does it: `verify-full` against the cluster's own
+/// certificate and `require` capture; `verify-full` against the public
+/// roots (which never signed that certificate) is refused at once, not
+/// retried, and never falls back to plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_speaks_tls_and_refuses_a_certificate_it_cannot_trust() {
+    let Some(cluster) = Cluster::start_tls("capture over TLS") else { return };
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    let cert = cluster.certificate().display().to_string();
+    let url = |query: &str| format!("{}?{query}", cluster.url());
+    for (n, query) in
+        [format!("sslmode=verify-full&sslrootcert={cert}"), "sslmode=require".to_owned()].iter().enumerate()
+    {
+        let hub = Hub::default();
+        let mut rx = watch(&hub).await;
+        let target = ReplicationTarget::from_url(&url(query)).expect("a target");
+        // A slot each: a stopped session's last confirmation may not have
+        // reached the server, and a new hub would get its row again.
+        let slot = format!("tls_{n}");
+        let capture = PostgresCapture::new(hub.clone(), target).slot(&slot).publication(&slot).table::<item::Model>();
+        capture.prepare(&db).await.expect("prepared");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { capture.run(stop).await }
+        });
+        let id = n as i32 + 1;
+        sql(&db, &format!("INSERT INTO items VALUES ({id}, 'tls', '', 't1')")).await;
+        assert_eq!(next(&mut rx).await.1, json!(id), "{query}");
+        let encrypted = "SELECT bool_and(ssl) AS tls FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                         WHERE backend_type = 'walsender'";
+        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), encrypted)).await.unwrap();
+        assert_eq!(row.unwrap().try_get::<Option<bool>>("", "tls").unwrap(), Some(true), "{query}: over TLS");
+        stop.cancel();
+        task.await.unwrap().expect("stopped cleanly");
+    }
+    let untrusted = ReplicationTarget::from_url(&url("sslmode=verify-full")).expect("a target");
+    let capture = PostgresCapture::new(Hub::default(), untrusted).table::<item::Model>();
+    let error = tokio::time::timeout(TIMEOUT, capture.run(CancellationToken::new()))
+        .await
+        .expect("refused in time")
+        .expect_err("an untrusted certificate is refused");
+    assert!(matches!(error, graphex::capture::CaptureRunError::Refused(_)), "{error}");
 }

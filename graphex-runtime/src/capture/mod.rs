@@ -30,4 +30,18 @@ mod postgres;
 pub(crate) mod text;
 
 #[cfg(feature = "postgres-capture")]
-pub use postgres::{CaptureMonitor, CaptureRunError, CaptureStats, PostgresCapture, ReplicationTarget};
+pub use postgres::{CaptureMonitor, CaptureRunError, CaptureStats, PostgresCapture, ReplicationTarget, TlsMode};
+
+/// Makes ring rustls's process default provider unless one is installed.
+/// With this feature, the graph compiles rustls with both ring (sqlx,
+/// redis) and aws-lc-rs (pgwire-replication's TLS), and rustls then picks
+/// no default: whatever builds a TLS configuration through the default
+/// (redis-rs for `rediss://`) would panic. pgwire-replication installs ring
+/// the same way before its own handshake; an application's own choice,
+/// made earlier, wins.
+#[cfg(feature = "postgres-capture")]
+pub(crate) fn crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}

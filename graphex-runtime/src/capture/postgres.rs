@@ -20,9 +20,8 @@
 //! hooks through that hub (no double delivery); `announce` and
 //! `announce_many` still publish.
 //!
-//! The replication connection is plain TCP: TLS is not built yet (see the
-//! dependency's note in `Cargo.toml`); a target that asks for it is
-//! refused, never silently downgraded.
+//! TLS as libpq does it ([`TlsMode`], `sslmode` in the URL); TLS
+//! failures are lasting refusals, not retried.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,8 +36,27 @@ use super::pgoutput::{self, Message};
 use crate::hub::Hub;
 use crate::model::ModelSubscription;
 
+/// How the replication connection uses TLS: libpq's `sslmode`, with its
+/// meanings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, else plain TCP; the certificate is not
+    /// checked (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS or nothing; the certificate is not checked.
+    Require,
+    /// TLS with a certificate signed by a trusted authority.
+    VerifyCa,
+    /// As [`TlsMode::VerifyCa`], and the certificate names the host.
+    VerifyFull,
+}
+
 /// Where the replication connection goes: a role with the `REPLICATION`
-/// attribute (or a superuser), plain TCP for now.
+/// attribute (or a superuser).
 #[derive(Clone, Debug)]
 pub struct ReplicationTarget {
     /// Host name or address.
@@ -51,6 +69,12 @@ pub struct ReplicationTarget {
     pub password: String,
     /// Database.
     pub database: String,
+    /// TLS.
+    pub tls: TlsMode,
+    /// The authorities trusted to sign the server's certificate (a PEM
+    /// file) for [`TlsMode::VerifyCa`] and [`TlsMode::VerifyFull`]; `None`:
+    /// the Mozilla roots (webpki-roots).
+    pub root_cert: Option<std::path::PathBuf>,
 }
 
 impl ReplicationTarget {
@@ -58,9 +82,10 @@ impl ReplicationTarget {
     /// URL, the form SeaORM connects with. The role needs the `REPLICATION`
     /// attribute (or superuser, or `rds_replication` on Amazon RDS). Port
     /// 5432, user `postgres` and database `postgres` when missing; user and
-    /// password may be percent-encoded. `sslmode=require`, `verify-ca` or
-    /// `verify-full` is refused (TLS is not built yet); other parameters are
-    /// ignored.
+    /// password may be percent-encoded. `sslmode` (`disable`, `prefer`, the
+    /// default, `require`, `verify-ca`, `verify-full`; `allow` is read as
+    /// `prefer`) and `sslrootcert` (a PEM file) are read as libpq reads
+    /// them; other parameters are ignored.
     pub fn from_url(url: &str) -> Result<ReplicationTarget, CaptureRunError> {
         let bad = |why: &str| CaptureRunError::Url(format!("{why} (in a postgres:// URL)"));
         let parsed = url::Url::parse(url).map_err(|error| bad(&error.to_string()))?;
@@ -68,9 +93,21 @@ impl ReplicationTarget {
             return Err(bad(&format!("the scheme is {:?}, not postgres", parsed.scheme())));
         }
         let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+        let (mut tls, mut root_cert) = (TlsMode::default(), None);
         for (name, value) in parsed.query_pairs() {
-            if name == "sslmode" && matches!(&*value, "require" | "verify-ca" | "verify-full") {
-                return Err(bad(&format!("sslmode={value}: capture's replication connection has no TLS yet")));
+            match &*name {
+                "sslmode" => {
+                    tls = match &*value {
+                        "disable" => TlsMode::Disable,
+                        "allow" | "prefer" => TlsMode::Prefer,
+                        "require" => TlsMode::Require,
+                        "verify-ca" => TlsMode::VerifyCa,
+                        "verify-full" => TlsMode::VerifyFull,
+                        other => return Err(bad(&format!("sslmode={other} is not a libpq sslmode"))),
+                    }
+                }
+                "sslrootcert" => root_cert = Some(std::path::PathBuf::from(&*value)),
+                _ => {}
             }
         }
         let host = parsed.host_str().filter(|host| !host.is_empty()).ok_or_else(|| bad("no host"))?;
@@ -88,6 +125,8 @@ impl ReplicationTarget {
             user,
             password: parsed.password().map(decode).unwrap_or_default(),
             database,
+            tls,
+            root_cert,
         })
     }
 }
@@ -185,6 +224,8 @@ pub struct PostgresCapture {
     publication: String,
     tables: Tables,
     sql_tables: Vec<Table>,
+    /// The registered models' streams.
+    streams: Vec<&'static str>,
     monitor: CaptureMonitor,
 }
 
@@ -248,6 +289,7 @@ impl PostgresCapture {
             publication: "graphex_capture".into(),
             tables: Tables::default(),
             sql_tables: Vec::new(),
+            streams: Vec::new(),
             monitor: CaptureMonitor::default(),
         }
     }
@@ -268,12 +310,15 @@ impl PostgresCapture {
     /// index fields, needs whole old rows: [`PostgresCapture::prepare`] sets
     /// its table's `REPLICA IDENTITY FULL`.
     ///
-    /// From now on the hub no longer announces `M`'s changes from its
-    /// hooks (the log brings each committed change once);
-    /// [`crate::announce`] and [`crate::announce_many`] still publish.
+    /// Once the slot exists ([`PostgresCapture::prepare`] made it or
+    /// found it, or [`PostgresCapture::run`] started), the hub no longer
+    /// announces `M`'s changes from its hooks (the log brings each
+    /// committed change once), for good: after capture stops, the slot
+    /// keeps the changes for the next run. [`crate::announce`] and
+    /// [`crate::announce_many`] still publish.
     pub fn table<M: ModelSubscription>(mut self) -> PostgresCapture {
         self.tables.register::<M>();
-        self.hub.capture_stream(M::STREAM);
+        self.streams.push(M::STREAM);
         let entity = <M::Entity as Default>::default();
         let table = quote(sea_orm::EntityName::table_name(&entity));
         let sql = match sea_orm::EntityName::schema_name(&entity) {
@@ -322,6 +367,13 @@ impl PostgresCapture {
         if !may {
             return Err(CaptureRunError::Privilege { role: self.target.user.clone() });
         }
+        let slot = literal(&self.slot);
+        let exists = format!("SELECT 1 AS one FROM pg_replication_slots WHERE slot_name = {slot}");
+        if one(exists).await?.is_some() {
+            // The slot keeps every change since its last confirmation:
+            // the hooks are a second copy from now on.
+            self.hooks_off();
+        }
         for table in self.sql_tables.iter().filter(|table| table.full) {
             db.execute_unprepared(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.sql)).await?;
         }
@@ -336,13 +388,23 @@ impl PostgresCapture {
         let verb = if exists { "ALTER PUBLICATION {} SET TABLE {}" } else { "CREATE PUBLICATION {} FOR TABLE {}" };
         let statement = verb.replacen("{}", &quote(&self.publication), 1).replacen("{}", &tables.join(", "), 1);
         db.execute_unprepared(&statement).await?;
-        let slot = literal(&self.slot);
         db.execute_unprepared(&format!(
             "SELECT pg_create_logical_replication_slot({slot}, 'pgoutput') \
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})"
         ))
         .await?;
+        // A write between the slot's creation and this line is announced by
+        // its hook and captured too (a duplicate, once, at first start);
+        // the other order would lose it.
+        self.hooks_off();
         Ok(())
+    }
+
+    /// The hub's hooks stop announcing the registered models.
+    fn hooks_off(&self) {
+        for stream in &self.streams {
+            self.hub.capture_stream(stream);
+        }
     }
 
     /// Drops the slot and the publication: run it when a deployment stops
@@ -368,6 +430,7 @@ impl PostgresCapture {
             self.publication.clone(),
         )
         .with_port(self.target.port)
+        .with_tls(self.tls())
         // From the slot's confirmed position.
         .with_start_lsn(Lsn::ZERO)
         // Values arrive as text in the session's styles: the forms
@@ -377,11 +440,27 @@ impl PostgresCapture {
         .with_application_name("graphex capture")
     }
 
+    fn tls(&self) -> pgwire_replication::TlsConfig {
+        use pgwire_replication::TlsConfig;
+        let ca = self.target.root_cert.clone();
+        let tls = match self.target.tls {
+            TlsMode::Disable => TlsConfig::disabled(),
+            TlsMode::Prefer => TlsConfig { mode: pgwire_replication::SslMode::Prefer, ..TlsConfig::default() },
+            TlsMode::Require => TlsConfig::require(),
+            TlsMode::VerifyCa => TlsConfig::verify_ca(ca),
+            TlsMode::VerifyFull => TlsConfig::verify_full(ca),
+        };
+        tls.with_sni_hostname(self.target.host.clone())
+    }
+
     /// Reads the slot until `stop`, publishing each committed transaction's
     /// changes in order, then confirming it. A lost connection is opened
     /// again (after a second), from the last confirmed transaction; a
     /// stream that breaks pgoutput's rules stops capture with an error.
     pub async fn run(self, stop: CancellationToken) -> Result<(), CaptureRunError> {
+        // Prepared here or by another process: the slot exists (or the
+        // session is refused).
+        self.hooks_off();
         loop {
             match self.session(&stop).await {
                 Ok(()) => return Ok(()),
@@ -513,7 +592,7 @@ impl PostgresCapture {
 }
 
 /// Sorts a replication connection's error: what trying again will not
-/// change (authentication, privilege, a missing database, slot or
+/// change (authentication, TLS, privilege, a missing database, slot or
 /// publication) stops capture; the rest is a lost connection.
 fn classify(error: pgwire_replication::PgWireError) -> Session {
     use pgwire_replication::PgWireError;
@@ -522,7 +601,7 @@ fn classify(error: pgwire_replication::PgWireError) -> Session {
     // undefined object (slot, publication); 3D000: no such database.
     let lasting = ["SQLSTATE 28", "SQLSTATE 42501", "SQLSTATE 42704", "SQLSTATE 3D000"];
     match error {
-        PgWireError::Auth(_) => Session::Fatal(CaptureRunError::Refused(text)),
+        PgWireError::Auth(_) | PgWireError::Tls(_) => Session::Fatal(CaptureRunError::Refused(text)),
         PgWireError::Server(ref message) if lasting.iter().any(|code| message.contains(code)) => {
             Session::Fatal(CaptureRunError::Refused(text))
         }
@@ -556,6 +635,11 @@ mod tests {
             ("db.example", 6432, "app@corp", "p/ss")
         );
         assert_eq!(target.database, "shop");
+        assert_eq!((target.tls, target.root_cert), (TlsMode::Prefer, None));
+        let verified = ReplicationTarget::from_url("postgres://h/db?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        assert_eq!((verified.tls, verified.root_cert), (TlsMode::VerifyFull, Some("/ca.pem".into())));
+        assert_eq!(ReplicationTarget::from_url("postgres://h/db?sslmode=disable").unwrap().tls, TlsMode::Disable);
+        assert_eq!(ReplicationTarget::from_url("postgres://h/db?sslmode=require").unwrap().tls, TlsMode::Require);
         let defaults = ReplicationTarget::from_url("postgresql://[::1]").expect("read");
         assert_eq!(
             (defaults.host.as_str(), defaults.port, defaults.user.as_str(), defaults.database.as_str()),
@@ -568,13 +652,30 @@ mod tests {
         for (url, says) in [
             ("mysql://root@localhost/test", "scheme"),
             ("postgres:///db", "no host"),
-            ("postgres://u@h/db?sslmode=require", "no TLS"),
-            ("postgres://u@h/db?sslmode=verify-full", "no TLS"),
+            ("postgres://u@h/db?sslmode=sometimes", "not a libpq sslmode"),
             ("not a url", "relative URL"),
         ] {
             let error = ReplicationTarget::from_url(url).expect_err(url).to_string();
             assert!(error.contains(says), "{url}: {error}");
         }
+    }
+
+    /// Registering a model does not yet switch its hooks off: until the
+    /// slot exists, nothing else would announce its writes.
+    #[tokio::test]
+    async fn hooks_stay_on_until_the_slot_exists() {
+        use crate::model::ModelSubscription;
+        use crate::proptests::person;
+        let hub = Hub::default();
+        let target = ReplicationTarget::from_url("postgres://127.0.0.1:1/db").unwrap();
+        let capture = PostgresCapture::new(hub.clone(), target).table::<person::Model>();
+        assert!(!hub.is_captured(person::Model::STREAM));
+        // Nothing listens on port 1: refused or lost, the hooks are off
+        // once run has started (the slot is its to read).
+        let stop = CancellationToken::new();
+        stop.cancel();
+        capture.run(stop).await.expect("stopped");
+        assert!(hub.is_captured(person::Model::STREAM));
     }
 
     #[test]

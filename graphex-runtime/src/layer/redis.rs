@@ -385,6 +385,8 @@ impl RedisLayer {
         if options.signing_key.as_ref().is_some_and(SigningKey::is_empty) {
             return Err(LayerError::unavailable("the Redis layer's signing key is empty"));
         }
+        #[cfg(feature = "postgres-capture")]
+        crate::capture::crypto_provider();
         let client = redis::Client::open(url).map_err(|error| unavailable("invalid Redis URL", error))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

@@ -46,6 +46,22 @@ impl Cluster {
     /// Starts one with `wal_level` (`logical` or `replica`). Its walsenders
     /// time out after 4 s, so an idle stream gets a keep-alive every 2 s.
     pub fn start_with(what: &str, wal_level: &str) -> Option<Cluster> {
+        Cluster::start_full(what, wal_level, false)
+    }
+
+    /// A logical cluster serving TLS too, with a certificate of its own for
+    /// `127.0.0.1` (made with `openssl`): [`Cluster::certificate`].
+    pub fn start_tls(what: &str) -> Option<Cluster> {
+        Cluster::start_full(what, "logical", true)
+    }
+
+    /// The authority that signed the certificate a [`Cluster::start_tls`]
+    /// cluster serves (PEM).
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn start_full(what: &str, wal_level: &str, tls: bool) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os(POSTGRES_ENV).is_none(),
@@ -68,11 +84,79 @@ impl Cluster {
         }
         let cluster = Cluster { port, dir, bin, as_user };
         cluster.run("initdb", &["-D", &cluster.data(), "-U", "postgres", "--auth=trust", "--no-sync"]);
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=32 \
              -c max_replication_slots=32 -c fsync=off -c wal_sender_timeout=4s",
             cluster.dir.display()
         );
+        if tls {
+            // An authority, and the server's certificate for 127.0.0.1 signed by it.
+            let (cert, key) = (cluster.dir.join("server.crt"), cluster.dir.join("server.key"));
+            std::fs::write(cluster.dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").expect("extensions file");
+            let path = |name: &str| cluster.dir.join(name).display().to_string();
+            let openssl = |args: &[&str]| {
+                let output = Command::new("openssl").args(args).output().expect("openssl runs");
+                assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            };
+            let (ca, ca_key) = (path("ca.crt"), path("ca.key"));
+            let (csr, cert_path, key_path) = (path("server.csr"), path("server.crt"), path("server.key"));
+            let ext = path("server.ext");
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=graphex test CA",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &key_path,
+                "-out",
+                &csr,
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert_path,
+            ]);
+            for file in [&cert, &key] {
+                if let Some(user) = cluster.as_user {
+                    assert!(Command::new("chown").arg(user).arg(file).status().expect("chown").success());
+                }
+            }
+            assert!(Command::new("chmod").arg("600").arg(&key).status().expect("chmod").success());
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let log = cluster.dir.join("postgres.log");
         cluster
             .run("pg_ctl", &["-D", &cluster.data(), "-l", &log.display().to_string(), "-w", "-o", &options, "start"]);
