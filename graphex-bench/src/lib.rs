@@ -7,9 +7,11 @@
 //! table and writes `target/bench/<scenario>.json`; the smoke tests run every
 //! scenario at a tiny size through [`scenarios::run`].
 
+pub mod capture_scenario;
 pub mod entities;
 pub mod hostile;
 pub mod load;
+pub mod logical;
 pub mod redis_scenario;
 pub mod remote;
 pub mod resume;

@@ -12,6 +12,7 @@ use graphex_bench::{BenchError, raise_open_files_limit};
 
 const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|hostile|resume|all> [options]
        graphex-bench redis [options]   (scenario 5; `graphex-bench redis --help` lists its options)
+       graphex-bench capture [options] (issue 17: hooks vs capture on PostgreSQL; `graphex-bench capture --help`)
 options (defaults are the issue's numbers):
   --fanout-n 1000,10000      subscribers of the fan-out series
   --fanout-deliveries 2000000  deliveries per fan-out throughput run
@@ -57,6 +58,8 @@ fn main() -> ExitCode {
         runtime.block_on(graphex_bench::redis_scenario::serve(&args[1..]))
     } else if args.first().map(String::as_str) == Some("redis") {
         runtime.block_on(redis_scenario(&args[1..]))
+    } else if args.first().map(String::as_str) == Some("capture") {
+        runtime.block_on(capture_scenario(&args[1..]))
     } else {
         runtime.block_on(bench(&args))
     };
@@ -122,6 +125,78 @@ async fn redis_scenario(args: &[String]) -> Result<(), BenchError> {
     std::fs::create_dir_all(&out)?;
     let path = out.join("redis.json");
     std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({"machine": machine(), "report": report}))?)?;
+    println!("written {}", path.display());
+    Ok(())
+}
+
+const CAPTURE_USAGE: &str = "usage: graphex-bench capture [options]
+  --url postgres://...       a server with wal_level=logical and a replication role (default: a
+                             throwaway cluster of the benchmark's own, from /usr/lib/postgresql/*/bin)
+  --changes 20000            changes per throughput run
+  --n 1,100                  in-process subscribers (one set of runs each)
+  --writers 8                tasks inserting concurrently
+  --window 1000              changes whose deliveries may be outstanding (throughput runs)
+  --latency-rate 200         changes per second of the latency runs
+  --latency-secs 5           seconds of each latency run
+  --settle-secs 2            wait for late deliveries
+  --repeat 3                 runs of the scenario; above 1, a table of medians follows
+  --out target/bench         where capture.json goes";
+
+/// Issue 17: the SeaORM hooks against capture from PostgreSQL's log.
+async fn capture_scenario(args: &[String]) -> Result<(), BenchError> {
+    use graphex_bench::capture_scenario::{self as capture, CaptureOptions};
+    let mut options = CaptureOptions::default();
+    let (mut repeat, mut out) = (3usize, PathBuf::from("target/bench"));
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| BenchError::new(format!("{flag} needs a value\n{CAPTURE_USAGE}")))?;
+        let bad = || BenchError::new(format!("bad value {value:?} for {flag}"));
+        match flag.as_str() {
+            "--url" => options.url = Some(value.clone()),
+            "--changes" => options.changes = value.parse().map_err(|_| bad())?,
+            "--n" => options.n = value.split(',').map(str::parse).collect::<Result<_, _>>().map_err(|_| bad())?,
+            "--writers" => options.writers = value.parse().map_err(|_| bad())?,
+            "--window" => options.window = value.parse().map_err(|_| bad())?,
+            "--latency-rate" => options.latency_rate = value.parse().map_err(|_| bad())?,
+            "--latency-secs" => options.latency_secs = value.parse().map_err(|_| bad())?,
+            "--settle-secs" => options.settle_secs = value.parse().map_err(|_| bad())?,
+            "--repeat" => repeat = value.parse().map_err(|_| bad())?,
+            "--out" => out = PathBuf::from(value),
+            _ => return Err(BenchError::new(format!("unknown option {flag}\n{CAPTURE_USAGE}"))),
+        }
+    }
+    // Dropped (stopped and removed) when the scenario ends, however it ends.
+    let (_cluster, url) = match &options.url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let cluster = graphex_bench::logical::Cluster::start()?.ok_or_else(|| {
+                BenchError::new("no PostgreSQL binaries in /usr/lib/postgresql/*/bin: pass --url to a server with wal_level=logical")
+            })?;
+            println!("own PostgreSQL {} cluster with wal_level=logical on port {}", cluster.version(), cluster.port);
+            let url = cluster.url();
+            (Some(cluster), url)
+        }
+    };
+    let mut reports = Vec::new();
+    for index in 1..=repeat.max(1) {
+        if repeat > 1 {
+            println!("repeat {index} of {repeat}");
+        }
+        let report = capture::run(&options, &url).await?;
+        print!("{}", capture::table(&report));
+        reports.push(report);
+    }
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("capture.json");
+    let json = match capture::median(&reports).filter(|_| reports.len() > 1) {
+        Some(median) => {
+            println!("\nmedian of {} repeats", reports.len());
+            print!("{}", capture::table(&median));
+            serde_json::json!({"machine": machine(), "median": median, "repeats": reports})
+        }
+        None => serde_json::json!({"machine": machine(), "report": reports.pop()}),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("written {}", path.display());
     Ok(())
 }
