@@ -1,7 +1,7 @@
 //! Change capture from PostgreSQL's log (issue 17, in progress): writes
 //! that never pass through SeaORM's hooks (raw SQL, a bulk statement)
 //! reach subscribers after their commit, in commit order (a 1 000-row
-//! statement as 1 000 changes), each row as the
+//! insert, and an update of them, as 1 000 changes each), each row as the
 //! hooks would have announced it; a rolled-back transaction sends nothing;
 //! the slot's position is confirmed once published, so a new capture
 //! session starts after it. On a cluster of the test's own with
@@ -125,6 +125,14 @@ async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     for expected in 100..1100 {
         let (action, id, _) = next(&mut rx).await;
         assert_eq!((action, id), (Action::Create, json!(expected)), "one statement, 1 000 changes, in order");
+    }
+    // UPDATE ... WHERE on the 1 000: 1 000 updates, in the statement's
+    // (sequential scan's) order, each with its whole row.
+    sql(&db, "UPDATE items SET name = 'bulk updated' WHERE id BETWEEN 100 AND 1099").await;
+    for expected in 100..1100 {
+        let (action, id, values) = next(&mut rx).await;
+        assert_eq!((action, id), (Action::Update, json!(expected)), "one statement, 1 000 updates, in order");
+        assert_eq!(values["name"], json!("bulk updated"));
     }
 
     // Saved through SeaORM with hooks, in the hub's scope: the hooks do not
@@ -546,4 +554,24 @@ async fn capture_speaks_tls_and_refuses_a_certificate_it_cannot_trust() {
         .expect("refused in time")
         .expect_err("an untrusted certificate is refused");
     assert!(matches!(error, graphex::capture::CaptureRunError::Refused(_)), "{error}");
+}
+
+/// Processes starting together all prepare (every process calls it at
+/// start): they race to create the publication and the slot, and all
+/// succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_all_prepare() {
+    let Some(cluster) = Cluster::start("capture prepared by many at once") else { return };
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    let prepares = (0..6).map(|_| {
+        let (db, target) = (db.clone(), target(&cluster));
+        tokio::spawn(async move {
+            let capture = PostgresCapture::new(Hub::default(), target).table::<item::Model>();
+            capture.prepare(&db).await
+        })
+    });
+    for prepared in futures_util::future::join_all(prepares).await {
+        prepared.expect("no panic").expect("prepared");
+    }
 }

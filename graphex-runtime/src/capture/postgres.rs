@@ -377,6 +377,27 @@ impl PostgresCapture {
         for table in self.sql_tables.iter().filter(|table| table.full) {
             db.execute_unprepared(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.sql)).await?;
         }
+        // Processes starting together race to create the publication and
+        // the slot: the loser sees "already exists" (or the catalog's
+        // unique index) and looks again.
+        let mut attempts = 0;
+        while let Err(error) = self.publish_and_slot(db, &slot).await {
+            attempts += 1;
+            let raced =
+                ["already exists", "duplicate key", "concurrently"].iter().any(|text| error.to_string().contains(text));
+            if attempts == 5 || !raced {
+                return Err(error.into());
+            }
+        }
+        // A write between the slot's creation and this line is announced by
+        // its hook and captured too (a duplicate, once, at first start);
+        // the other order would lose it.
+        self.hooks_off();
+        Ok(())
+    }
+
+    /// Creates or updates the publication, creates the slot if missing.
+    async fn publish_and_slot(&self, db: &DatabaseConnection, slot: &str) -> Result<(), DbErr> {
         let tables: Vec<&str> = self.sql_tables.iter().map(|table| table.sql.as_str()).collect();
         let exists = db
             .query_one_raw(sea_orm::Statement::from_string(
@@ -393,10 +414,6 @@ impl PostgresCapture {
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})"
         ))
         .await?;
-        // A write between the slot's creation and this line is announced by
-        // its hook and captured too (a duplicate, once, at first start);
-        // the other order would lose it.
-        self.hooks_off();
         Ok(())
     }
 
