@@ -174,3 +174,39 @@ proptest::proptest! {
         proptest::prop_assert!(nesting(&query) <= brackets);
     }
 }
+
+#[test]
+fn documents_that_passed_are_kept_and_reused_by_their_text() {
+    let guard = guard(RequestLimits::default());
+    let text = "query A { ok } mutation B { touch(action: CREATE) }";
+    let mut first = Request::new(text).operation_name("A");
+    assert_eq!(guard.check(&mut first).unwrap(), Some(OperationType::Query));
+    assert_eq!(guard.kept_count(), 1);
+    // The kept document: the operation is still chosen per request.
+    let mut second = Request::new(text).operation_name("B");
+    assert_eq!(guard.check(&mut second).unwrap(), Some(OperationType::Mutation));
+    assert_eq!(guard.kept_count(), 1, "one document for one text");
+    assert_eq!(
+        format!("{:?}", second.parsed_query().unwrap()),
+        format!("{:?}", first.parsed_query().unwrap()),
+        "the request runs the kept document"
+    );
+}
+
+#[test]
+fn refused_long_and_excess_documents_are_not_kept() {
+    let strict = RequestLimits { max_aliases: 0, ..RequestLimits::default() };
+    let guard = guard(strict);
+    for _ in 0..2 {
+        let refused = guard.check(&mut Request::new("query { a: ok }")).expect_err("aliases refused");
+        assert!(refused.message.contains("alias"), "{}", refused.message);
+    }
+    assert_eq!(guard.kept_count(), 0, "a refused document is never kept");
+    let long = format!("query {{ ok }}{}", " ".repeat(CACHED_QUERY_BYTES));
+    guard.check(&mut Request::new(long)).expect("passes");
+    assert_eq!(guard.kept_count(), 0, "longer than CACHED_QUERY_BYTES");
+    for n in 0..DOCUMENTS + 10 {
+        guard.check(&mut Request::new(format!("query Q{n} {{ ok }}"))).expect("passes");
+    }
+    assert_eq!(guard.kept_count(), DOCUMENTS, "at most DOCUMENTS, the least recently used go");
+}
