@@ -951,7 +951,9 @@ pub fn table(report: &Report) -> String {
     if matches!(report.scenario, Scenario::Standard | Scenario::Mutations) {
         for run in &report.runs {
             let (Some(cpu), Some(per_change)) = (run.server_cpu_secs, run.cpu_us_per_change) else { continue };
-            let per_delivery = if run.delivered > 0 { cpu * 1e6 / run.delivered as f64 } else { 0.0 };
+            // A summary's `delivered` is the total over its runs; the CPU time, a median of one run's.
+            let delivered = run.delivered as f64 / run.repeats.map_or(1, |spread| spread.runs).max(1) as f64;
+            let per_delivery = if delivered > 0.0 { cpu * 1e6 / delivered } else { 0.0 };
             let rate = run.changes_per_s.map(|rate| format!(", {rate:.0} changes/s")).unwrap_or_default();
             let _ = writeln!(
                 out,
