@@ -1,7 +1,9 @@
 //! graphex benchmarks: fan-out throughput and latency, partitioned
 //! delivery, payload modes and memory per connection, each measured against
 //! a raw WebSocket ceiling and an async-graphql alternative in the same run;
-//! hostile inputs (issue 15) and resuming after a cursor (issue 16).
+//! hostile inputs (issue 15), resuming after a cursor (issue 16), native
+//! subscriptions over `graphql-transport-ws` and rows created by GraphQL
+//! mutations (issue 18).
 //!
 //! The binary (`cargo run --release -p graphex-bench -- <scenario>`) prints a
 //! table and writes `target/bench/<scenario>.json`; the smoke tests run every
@@ -12,6 +14,7 @@ pub mod entities;
 pub mod hostile;
 pub mod load;
 pub mod logical;
+pub mod mutations;
 pub mod redis_scenario;
 pub mod remote;
 pub mod resume;

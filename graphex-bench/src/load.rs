@@ -316,6 +316,43 @@ struct TransportWsData {
     message: Row,
 }
 
+/// A `next` of graphex's native `<name>Changes` field (a `ModelChange`).
+#[derive(Deserialize)]
+struct StandardFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Option<StandardPayload>,
+}
+
+#[derive(Deserialize)]
+struct StandardPayload {
+    data: StandardData,
+}
+
+#[derive(Deserialize)]
+struct StandardData {
+    #[serde(alias = "messageChanges", alias = "plainMessageChanges", alias = "idMessageChanges")]
+    changes: StandardChange,
+}
+
+#[derive(Deserialize)]
+struct StandardChange {
+    /// The row's primary key.
+    id: i64,
+    /// The row (projected), null in id-only mode.
+    #[serde(default)]
+    data: Option<StandardRow>,
+}
+
+#[derive(Deserialize, Default)]
+struct StandardRow {
+    #[serde(default)]
+    room_id: Option<i32>,
+    #[serde(default)]
+    created_us: Option<i64>,
+}
+
 impl Reader {
     async fn run(self, mut incoming: SplitStream<Socket>, stop: CancellationToken) -> ClientRecord {
         let mut record = ClientRecord {
@@ -375,6 +412,16 @@ impl Reader {
             }
             System::Alternative => match serde_json::from_str::<TransportWsFrame>(text) {
                 Ok(frame) if frame.kind == "next" => frame.payload.map(|payload| payload.data.message),
+                _ => None,
+            },
+            System::GraphexStandard => match serde_json::from_str::<StandardFrame>(text) {
+                Ok(frame) if frame.kind == "next" => frame.payload.map(|payload| {
+                    let StandardChange { id, data } = payload.data.changes;
+                    let data = data.unwrap_or_default();
+                    Row { id, room_id: data.room_id, created_us: data.created_us }
+                }),
+                // Keep-alives are not notifications.
+                Ok(frame) if matches!(frame.kind.as_str(), "ping" | "pong" | "ka") => return false,
                 _ => None,
             },
         };
@@ -499,6 +546,16 @@ async fn open(
             }
             Ok(socket)
         }
+        System::GraphexStandard => {
+            let mut socket = ws_connect(addr, "/graphql", Some("graphql-transport-ws")).await?;
+            socket.send(Message::text(json!({"type": "connection_init"}).to_string())).await?;
+            let ack: Json = serde_json::from_str(&next_text(&mut socket).await?)?;
+            if ack["type"] != "connection_ack" {
+                return Err(BenchError::new(format!("no connection_ack: {ack}")));
+            }
+            socket.send(Message::text(standard_subscribe(model, plan).to_string())).await?;
+            Ok(socket)
+        }
         System::Alternative => {
             let mut socket = ws_connect(addr, "/ws", Some("graphql-transport-ws")).await?;
             socket.send(Message::text(json!({"type": "connection_init"}).to_string())).await?;
@@ -557,6 +614,28 @@ pub(crate) fn subscribe_request_resuming(model: Model, channel: &str, plan: Plan
         variables["after"] = json!(after);
     }
     json!({"query": query, "variables": variables})
+}
+
+/// The `graphql-transport-ws` subscribe to graphex's native `<name>Changes`
+/// field for `plan`: its room as `filters`, its projection as `data`.
+pub(crate) fn standard_subscribe(model: Model, plan: Plan) -> Json {
+    let filters = plan.room.map(|room| json!({"room_id": room}));
+    let (field, fields_type) = match model {
+        Model::Indexed => ("messageChanges", Some("MessageFields")),
+        Model::Plain => ("plainMessageChanges", Some("PlainMessageFields")),
+        Model::IdOnly => ("idMessageChanges", None),
+    };
+    let query = match fields_type {
+        Some(fields_type) => format!(
+            "subscription($f: JSON, $d: [{fields_type}!]) {{ {field}(action: CREATE, filters: $f, data: $d) \
+             {{ id data }} }}"
+        ),
+        None => format!("subscription($f: JSON) {{ {field}(action: CREATE, filters: $f) {{ id data }} }}"),
+    };
+    let data = plan
+        .projection
+        .map(|projection| PROJECTIONS[projection].iter().map(|field| field.to_uppercase()).collect::<Vec<_>>());
+    json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"f": filters, "d": data}}})
 }
 
 /// One keep-alive HTTP/1.1 connection (hyper's low-level client).

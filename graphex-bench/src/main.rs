@@ -10,7 +10,8 @@ use graphex_bench::scenarios::{self, Options, Scenario};
 use graphex_bench::systems::{Limits, Serve};
 use graphex_bench::{BenchError, raise_open_files_limit};
 
-const USAGE: &str = "usage: graphex-bench <fanout|partitioned|payload|memory|hostile|resume|all> [options]
+const USAGE: &str =
+    "usage: graphex-bench <fanout|partitioned|payload|memory|hostile|resume|standard|mutations|all> [options]
        graphex-bench redis [options]   (scenario 5; `graphex-bench redis --help` lists its options)
        graphex-bench capture [options] (issue 17: hooks vs capture on PostgreSQL; `graphex-bench capture --help`)
 options (defaults are the issue's numbers):
@@ -30,6 +31,8 @@ options (defaults are the issue's numbers):
   --writers 64               tasks saving changes concurrently (throughput runs)
   --settle-secs 2            wait for late deliveries
   --systems ceiling,ceiling-unpaced,graphex,alternative
+                             (also graphex-standard: graphex's native field over graphql-transport-ws;
+                             the standard scenario runs it always, graphex and alternative if listed)
   --hostile-rate 50          changes per second the hostile scenario's legitimate client receives
   --hostile-secs 5           seconds of each hostile input's baseline and attack windows
   --hostile-scale 1          hostile input sizes times this (never below what the default limits refuse)
@@ -40,6 +43,13 @@ options (defaults are the issue's numbers):
   --resume-n 1000            clients that drop their sockets and resume after their last cursor
   --resume-changes 100       changes made while they are away (the history keeps 1 000)
   --resume-live 10           live changes sent after the replay
+  --standard-n 1000          graphql-transport-ws clients on graphex's native messageChanges (issue 18),
+                             beside the two-channel fan-out and the alternative with as many clients
+  --standard-changes 2000    changes per standard run (each to every client)
+  --mutations-n 200          two-channel sockets of the mutations scenario (issue 18)
+  --mutations-rooms 4        rooms they are spread over (one room each)
+  --mutations-count 20000    rows created by GraphQL mutations over HTTP per run
+  --mutations-in-flight 8    mutations in flight (one keep-alive HTTP connection each)
   --repeat 1                 runs of each scenario; above 1, a table of medians follows
   --out target/bench         where the JSON goes";
 
@@ -277,6 +287,12 @@ fn parse_options(args: &[String]) -> Result<(Options, PathBuf), BenchError> {
             "--resume-n" => options.resume_n = value.parse().map_err(bad)?,
             "--resume-changes" => options.resume_changes = value.parse().map_err(bad)?,
             "--resume-live" => options.resume_live = value.parse().map_err(bad)?,
+            "--standard-n" => options.standard_n = value.parse().map_err(bad)?,
+            "--standard-changes" => options.standard_changes = value.parse().map_err(bad)?,
+            "--mutations-n" => options.mutations_n = value.parse().map_err(bad)?,
+            "--mutations-rooms" => options.mutations_rooms = value.parse().map_err(bad)?,
+            "--mutations-count" => options.mutations_count = value.parse().map_err(bad)?,
+            "--mutations-in-flight" => options.mutations_in_flight = value.parse().map_err(bad)?,
             "--hostile-inputs" => {
                 options.hostile_inputs = value.split(',').filter(|key| !key.is_empty()).map(str::to_owned).collect();
             }

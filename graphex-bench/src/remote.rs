@@ -96,6 +96,7 @@ pub struct RemoteServer {
     stdin: AsyncMutex<ChildStdin>,
     waiting: Waiting,
     next_tag: AtomicU64,
+    pid: Option<u32>,
     _child: Child,
 }
 
@@ -118,6 +119,7 @@ impl RemoteServer {
         command.args(["serve", system.name(), &model]);
         command.args(serve.flags());
         let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
+        let pid = child.id();
         let stdin = child.stdin.take().ok_or_else(|| BenchError::new("no child stdin"))?;
         let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| BenchError::new("no child stdout"))?).lines();
         let line = lines.next_line().await?.ok_or_else(|| BenchError::new("child exited before listening"))?;
@@ -137,7 +139,14 @@ impl RemoteServer {
                 }
             }
         });
-        Ok(RemoteServer { addr, stdin: AsyncMutex::new(stdin), waiting, next_tag: AtomicU64::new(1), _child: child })
+        Ok(RemoteServer {
+            addr,
+            stdin: AsyncMutex::new(stdin),
+            waiting,
+            next_tag: AtomicU64::new(1),
+            pid,
+            _child: child,
+        })
     }
 
     async fn ask(&self, command: &str) -> Result<String, BenchError> {
@@ -171,6 +180,15 @@ impl RemoteServer {
         Ok(self.ask("peak").await?.parse()?)
     }
 
+    /// The child's CPU time so far (user + system, every thread, those
+    /// ended included), in seconds: `utime + stime` of `/proc/<pid>/stat`,
+    /// in clock ticks of 1/100 s (Linux's `USER_HZ`, 100 on every
+    /// architecture it exports to user space).
+    pub fn cpu_seconds(&self) -> Result<f64, BenchError> {
+        let pid = self.pid.ok_or_else(|| BenchError::new("the server process has no pid"))?;
+        cpu_seconds_of(pid)
+    }
+
     /// Changes the child dropped on its own side.
     pub async fn dropped(&self) -> Result<u64, BenchError> {
         Ok(self.ask("dropped").await?.parse()?)
@@ -192,4 +210,22 @@ impl Target for RemoteServer {
 pub fn parse_model(name: &str) -> Result<Model, BenchError> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|_| BenchError::new(format!("unknown model {name:?}")))
+}
+
+/// The CPU time (user + system) of process `pid` so far, in seconds (see
+/// [`RemoteServer::cpu_seconds`]).
+pub fn cpu_seconds_of(pid: u32) -> Result<f64, BenchError> {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: fields are counted after its ')'.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]: utime (14) and stime (15) are fields[11] and fields[12].
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<u64>().ok())
+            .ok_or_else(|| BenchError::new(format!("unreadable /proc/{pid}/stat")))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / TICKS_PER_SECOND)
 }

@@ -1,6 +1,8 @@
 //! The scenarios of issue 7 (1-4), each run against graphex and both
 //! baselines with the same clients, the same N and the same rows; issue 15's
-//! hostile inputs and issue 16's resume, against graphex alone.
+//! hostile inputs and issue 16's resume, against graphex alone; issue 18's
+//! native subscriptions over `graphql-transport-ws` against the two-channel
+//! path and the alternative, and rows created by GraphQL mutations.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +36,14 @@ pub enum Scenario {
     /// resume after their last cursor; the replay's rate and each client's
     /// time to catch up (`crate::resume`).
     Resume,
+    /// Issue 18: N `graphql-transport-ws` clients on graphex's native
+    /// `messageChanges` field, beside the two-channel fan-out and the
+    /// async-graphql alternative with the same N and rows.
+    Standard,
+    /// Issue 18: rows created by GraphQL mutations over HTTP (several in
+    /// flight), delivered to two-channel sockets spread over rooms; the
+    /// server's CPU time per mutation (`crate::mutations`).
+    Mutations,
     // 5. Redis (two processes through the Redis layer vs raw redis-rs
     //    pub/sub) has options of its own and runs separately:
     //    `graphex-bench redis` (`crate::redis_scenario`).
@@ -41,13 +51,15 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Fanout,
         Scenario::Partitioned,
         Scenario::Payload,
         Scenario::Memory,
         Scenario::Hostile,
         Scenario::Resume,
+        Scenario::Standard,
+        Scenario::Mutations,
     ];
 
     /// Its name on the command line and in file names.
@@ -59,6 +71,8 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Hostile => "hostile",
             Scenario::Resume => "resume",
+            Scenario::Standard => "standard",
+            Scenario::Mutations => "mutations",
         }
     }
 
@@ -123,6 +137,19 @@ pub struct Options {
     pub resume_changes: usize,
     /// Resume scenario: live changes sent after the replay.
     pub resume_live: usize,
+    /// Standard scenario: clients of each system, all on every change.
+    pub standard_n: usize,
+    /// Standard scenario: changes per run.
+    pub standard_changes: usize,
+    /// Mutations scenario: two-channel sockets.
+    pub mutations_n: usize,
+    /// Mutations scenario: rooms they are spread over (one room each).
+    pub mutations_rooms: usize,
+    /// Mutations scenario: mutations (rows created) per run.
+    pub mutations_count: usize,
+    /// Mutations scenario: mutations in flight at once, each on its own
+    /// keep-alive HTTP connection.
+    pub mutations_in_flight: usize,
     /// Times each scenario is run; above 1, a summary of the medians
     /// ([`median`]) follows the runs.
     pub repeat: usize,
@@ -158,6 +185,12 @@ impl Default for Options {
             resume_n: 1_000,
             resume_changes: 100,
             resume_live: 10,
+            standard_n: 1_000,
+            standard_changes: 2_000,
+            mutations_n: 200,
+            mutations_rooms: 4,
+            mutations_count: 20_000,
+            mutations_in_flight: 8,
             repeat: 1,
             server_exe: None,
         }
@@ -230,6 +263,17 @@ pub struct Run {
     /// 99th percentile of the baseline window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_p99_us: Option<u32>,
+    /// The server process's CPU time (user + system) from the first change
+    /// sent to the last delivery, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_secs: Option<f64>,
+    /// That CPU time per change (per mutation), in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_change: Option<f64>,
+    /// Changes (mutations) per second, from the first sent to the last
+    /// answered (mutations scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes_per_s: Option<f64>,
     /// In a summary of repeats ([`median`]): how many runs it sums up, and
     /// their lowest and highest rate (the other figures are medians, the
     /// counts of lost, duplicated and unexpected deliveries are totals).
@@ -296,19 +340,21 @@ pub async fn run(scenario: Scenario, options: &Options) -> Result<Report, BenchE
         Scenario::Memory => memory(options).await?,
         Scenario::Hostile => crate::hostile::run(options).await?,
         Scenario::Resume => crate::resume::run(options).await?,
+        Scenario::Standard => standard(options).await?,
+        Scenario::Mutations => crate::mutations::run(options).await?,
     };
     Ok(Report { scenario, options: options.clone(), runs, checks })
 }
 
 /// How one run sends its changes.
-struct Pace {
-    changes: usize,
-    rooms: usize,
+pub(crate) struct Pace {
+    pub(crate) changes: usize,
+    pub(crate) rooms: usize,
     /// Changes per second; `None`: as fast as the window allows.
-    rate: Option<f64>,
-    latency: bool,
+    pub(crate) rate: Option<f64>,
+    pub(crate) latency: bool,
     /// How graphex runs (saving or not, with or without history).
-    serve: Serve,
+    pub(crate) serve: Serve,
 }
 
 /// Starts `system`, connects the clients, sends the changes, counts.
@@ -325,10 +371,22 @@ async fn measure(
     let n = plans.len();
     let fleet = Fleet::connect(system, model, server.addr, plans, pace.changes, pace.latency).await?;
     wait_for_subscribers(server.as_ref(), n).await?;
+    let cpu_before = server.cpu_seconds()?;
     let seconds = drive(server.clone(), &fleet, &pace, options).await?;
+    let cpu = server.cpu_seconds()? - cpu_before;
     let dropped = server.dropped().await?;
     let tally = fleet.finish(pace.changes, pace.rooms).await?;
-    Ok(run_of(system, variant, n, pace.changes, seconds, dropped, &tally))
+    let mut run = run_of(system, variant, n, pace.changes, seconds, dropped, &tally);
+    run.set_cpu(cpu);
+    Ok(run)
+}
+
+impl Run {
+    /// Records the server's CPU time over the run, and per change.
+    pub(crate) fn set_cpu(&mut self, seconds: f64) {
+        self.server_cpu_secs = Some(seconds);
+        self.cpu_us_per_change = Some(seconds * 1e6 / self.changes.max(1) as f64);
+    }
 }
 
 /// A run's row from what its clients tallied.
@@ -365,7 +423,7 @@ pub(crate) fn run_of(
 
 /// Waits until the server holds `n` subscribers (the alternative subscribes
 /// asynchronously: graphql-transport-ws has no subscribe acknowledgement).
-async fn wait_for_subscribers(target: &dyn Target, n: usize) -> Result<(), BenchError> {
+pub(crate) async fn wait_for_subscribers(target: &dyn Target, n: usize) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let count = target.subscribers().await?;
@@ -385,7 +443,12 @@ async fn wait_for_subscribers(target: &dyn Target, n: usize) -> Result<(), Bench
 /// schedule); otherwise `writers` tasks send concurrently, keeping at most
 /// `window` changes' deliveries outstanding so that no queue overflows.
 /// Returns the seconds from the first change to the last delivery.
-async fn drive(target: Arc<dyn Target>, fleet: &Fleet, pace: &Pace, options: &Options) -> Result<f64, BenchError> {
+pub(crate) async fn drive(
+    target: Arc<dyn Target>,
+    fleet: &Fleet,
+    pace: &Pace,
+    options: &Options,
+) -> Result<f64, BenchError> {
     let rooms = pace.rooms.max(1);
     let mut per_room = vec![0u64; rooms];
     let mut everywhere = 0u64;
@@ -469,7 +532,7 @@ async fn drive(target: Arc<dyn Target>, fleet: &Fleet, pace: &Pace, options: &Op
     Ok(end.duration_since(start).as_secs_f64())
 }
 
-fn rate_of(runs: &[Run], system: System, variant: &str, n: usize) -> Option<f64> {
+pub(crate) fn rate_of(runs: &[Run], system: System, variant: &str, n: usize) -> Option<f64> {
     runs.iter().find(|run| run.system == system.name() && run.variant == variant && run.n == n).map(|run| run.rate)
 }
 
@@ -488,7 +551,7 @@ pub(crate) fn lossless_check(runs: &[Run]) -> Check {
     }
 }
 
-fn ratio_check(name: String, value: Option<f64>, over: Option<f64>, at_least: f64) -> Option<Check> {
+pub(crate) fn ratio_check(name: String, value: Option<f64>, over: Option<f64>, at_least: f64) -> Option<Check> {
     let ratio = value? / over.filter(|over| *over > 0.0)?;
     Some(Check { name, value: ratio, target: format!(">= {at_least}"), met: ratio >= at_least })
 }
@@ -576,6 +639,45 @@ async fn fanout(options: &Options) -> Outcome {
     Ok((runs, checks))
 }
 
+/// Issue 18: N clients on every change (the coarse group, full payload)
+/// through graphex's two-channel path, then graphex's native
+/// `messageChanges(action: CREATE)` over `graphql-transport-ws`, then the
+/// async-graphql alternative; same rows, same writers and window. `--systems`
+/// chooses among `graphex` and `alternative`; `graphex-standard` always runs.
+async fn standard(options: &Options) -> Outcome {
+    let n = options.standard_n;
+    let plans = vec![Plan { room: None, projection: None }; n];
+    let mut runs = Vec::new();
+    for (system, variant) in [
+        (System::Graphex, "two-channel"),
+        (System::GraphexStandard, "graphql-transport-ws"),
+        (System::Alternative, "graphql-transport-ws"),
+    ] {
+        if system != System::GraphexStandard && !options.systems.contains(&system) {
+            continue;
+        }
+        let pace =
+            Pace { changes: options.standard_changes, rooms: 1, rate: None, latency: false, serve: Serve::default() };
+        runs.push(measure(system, Model::Indexed, plans.clone(), pace, variant, options).await?);
+    }
+    let standard = rate_of(&runs, System::GraphexStandard, "graphql-transport-ws", n);
+    let mut checks = Vec::new();
+    checks.extend(ratio_check(
+        format!("N={n}: standard / two-channel fan-out"),
+        standard,
+        rate_of(&runs, System::Graphex, "two-channel", n),
+        0.5,
+    ));
+    checks.extend(ratio_check(
+        format!("N={n}: standard / alternative"),
+        standard,
+        rate_of(&runs, System::Alternative, "graphql-transport-ws", n),
+        5.0,
+    ));
+    checks.push(lossless_check(&runs));
+    Ok((runs, checks))
+}
+
 /// Scenario 2: N subscribers over `rooms` rooms, one room each.
 async fn partitioned(options: &Options) -> Outcome {
     let n = options.partitioned_n;
@@ -590,6 +692,7 @@ async fn partitioned(options: &Options) -> Outcome {
             ],
             System::Ceiling | System::CeilingUnpaced => &[(Model::Indexed, "rooms", options.partitioned_changes)],
             System::Alternative => &[(Model::Indexed, "broadcast + filter", options.broadcast_changes)],
+            System::GraphexStandard => &[(Model::Indexed, "indexed groups", options.partitioned_changes)],
         };
         for &(model, variant, changes) in variants {
             let pace = Pace { changes, rooms, rate: None, latency: false, serve: Serve::default() };
@@ -746,6 +849,9 @@ pub fn median(reports: &[Report]) -> Option<Report> {
             peak_growth_kib: median_of(same.iter().filter_map(|run| run.peak_growth_kib).collect()),
             baseline_p50_us: med_opt(|run| run.baseline_p50_us),
             baseline_p99_us: med_opt(|run| run.baseline_p99_us),
+            server_cpu_secs: median_of(same.iter().filter_map(|run| run.server_cpu_secs).collect()),
+            cpu_us_per_change: median_of(same.iter().filter_map(|run| run.cpu_us_per_change).collect()),
+            changes_per_s: median_of(same.iter().filter_map(|run| run.changes_per_s).collect()),
             repeats: Some(Spread {
                 runs: same.len(),
                 rate_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
@@ -797,7 +903,7 @@ pub fn table(report: &Report) -> String {
     let _ = writeln!(out, "scenario: {}", report.scenario.name());
     let _ = writeln!(
         out,
-        "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>6} {:>5} {:>8} {:>12} {:>6} {:>7} {:>7} {:>7} {:>8}",
+        "{:<16} {:<20} {:>6} {:>7} {:>10} {:>8} {:>6} {:>5} {:>8} {:>12} {:>6} {:>7} {:>7} {:>7} {:>8}",
         "system",
         "variant",
         "N",
@@ -817,7 +923,7 @@ pub fn table(report: &Report) -> String {
     for run in &report.runs {
         let _ = writeln!(
             out,
-            "{:<12} {:<20} {:>6} {:>7} {:>10} {:>8} {:>6} {:>5} {:>8.3} {:>12.0} {:>6.0} {:>7} {:>7} {:>7} {:>8}",
+            "{:<16} {:<20} {:>6} {:>7} {:>10} {:>8} {:>6} {:>5} {:>8.3} {:>12.0} {:>6.0} {:>7} {:>7} {:>7} {:>8}",
             run.system,
             run.variant,
             run.n,
@@ -841,6 +947,21 @@ pub fn table(report: &Report) -> String {
             "  resume: p50/p99/max are each client's time to catch up, from its reconnect to its last missed change; \
              seconds until the last client caught up; deliveries/s = N x M / seconds; dup includes out of order"
         );
+    }
+    if matches!(report.scenario, Scenario::Standard | Scenario::Mutations) {
+        for run in &report.runs {
+            let (Some(cpu), Some(per_change)) = (run.server_cpu_secs, run.cpu_us_per_change) else { continue };
+            // A summary's `delivered` is the total over its runs; the CPU time, a median of one run's.
+            let delivered = run.delivered as f64 / run.repeats.map_or(1, |spread| spread.runs).max(1) as f64;
+            let per_delivery = if delivered > 0.0 { cpu * 1e6 / delivered } else { 0.0 };
+            let rate = run.changes_per_s.map(|rate| format!(", {rate:.0} changes/s")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} {} N={}: server CPU {cpu:.2} s, {per_change:.1} µs per change, {per_delivery:.2} µs per \
+                 delivery{rate}",
+                run.system, run.variant, run.n
+            );
+        }
     }
     for run in &report.runs {
         if let Some(spread) = run.repeats {

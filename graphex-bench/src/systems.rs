@@ -32,6 +32,9 @@ use crate::entities::{self, BODY, alt_message, id_message, message, now_us, plai
 pub enum System {
     /// graphex: SeaORM hooks, hub, two-channel WebSocket.
     Graphex,
+    /// The same graphex server, its clients on the native `<name>Changes`
+    /// field over `graphql-transport-ws` (issue 18's `standard` scenario).
+    GraphexStandard,
     /// A minimal tokio-tungstenite server pushing pre-serialized frames with
     /// batched writes, paced under load as graphex's sockets are
     /// ([`graphex::WritePacing`]), so that it stays a ceiling.
@@ -48,6 +51,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Graphex => "graphex",
+            System::GraphexStandard => "graphex-standard",
             System::Ceiling => "ceiling",
             System::CeilingUnpaced => "ceiling-unpaced",
             System::Alternative => "alternative",
@@ -59,7 +63,7 @@ impl FromStr for System {
     type Err = BenchError;
 
     fn from_str(name: &str) -> Result<System, BenchError> {
-        [System::Graphex, System::Ceiling, System::CeilingUnpaced, System::Alternative]
+        [System::Graphex, System::GraphexStandard, System::Ceiling, System::CeilingUnpaced, System::Alternative]
             .into_iter()
             .find(|system| system.name() == name)
             .ok_or_else(|| BenchError::new(format!("unknown system {name:?}")))
@@ -209,7 +213,7 @@ pub async fn start_with(system: System, model: Model, serve: Serve) -> Result<Se
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (target, task): (Arc<dyn Target>, JoinHandle<()>) = match system {
-        System::Graphex => {
+        System::Graphex | System::GraphexStandard => {
             let db = entities::database().await?;
             let hub = if history {
                 graphex::Hub::new(limits.config())
@@ -217,7 +221,7 @@ pub async fn start_with(system: System, model: Model, serve: Serve) -> Result<Se
                 graphex::Hub::with_layer(limits.config(), Arc::new(graphex::layer::MemoryLayer::with_history(0)))
             };
             let schema =
-                Schema::build(BenchQuery, EmptyMutation, GraphexSubscription::default()).data(db.clone()).finish();
+                Schema::build(BenchQuery, BenchMutation, GraphexSubscription::default()).data(db.clone()).finish();
             let app = graphex::router(schema, hub.clone(), graphex::Anonymous)
                 .into_make_service_with_connect_info::<SocketAddr>();
             let task = tokio::spawn(async move {
@@ -264,6 +268,38 @@ impl BenchQuery {
 
 // ---------------------------------------------------------------------------
 // graphex
+
+/// The mutation an application would expose (issue 18's `mutations`
+/// scenario): graphex's router runs every HTTP request inside
+/// `Hub::scope`, so the hooks announce the row it saves.
+struct BenchMutation;
+
+#[Object]
+impl BenchMutation {
+    /// Creates a message in room `roomId` (the `messages` table, whatever
+    /// model the server was started for) and returns its id. `id` is the
+    /// row id to use (the bench passes `seq + 1`, so that every delivery is
+    /// attributable to one mutation); omitted, the database picks it.
+    async fn create_message(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<i32>,
+        room_id: i32,
+        body: String,
+    ) -> async_graphql::Result<i32> {
+        let db = ctx.data::<DatabaseConnection>()?;
+        let row = message::ActiveModel {
+            id: id.map_or(sea_orm::ActiveValue::NotSet, Set),
+            room_id: Set(room_id),
+            author: Set(entities::author(room_id)),
+            body: Set(body),
+            created_us: Set(now_us()),
+        }
+        .insert(db)
+        .await?;
+        Ok(row.id)
+    }
+}
 
 #[derive(MergedSubscription, Default)]
 struct GraphexSubscription(

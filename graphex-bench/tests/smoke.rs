@@ -92,3 +92,24 @@ async fn resume() {
     assert!(resumed.p99_us.is_some(), "every client's time to catch up recorded");
     assert!(report.checks.iter().any(|check| check.name.starts_with("changes out of order") && check.met));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard() {
+    let options = Options { standard_n: 12, standard_changes: 30, ..tiny() };
+    let report = scenarios::run(Scenario::Standard, &options).await.unwrap();
+    // Two-channel, graphql-transport-ws on the native field, the alternative.
+    assert_lossless(&report, 3);
+    let standard = report.runs.iter().find(|run| run.system == "graphex-standard").unwrap();
+    assert_eq!(standard.expected, 30 * 12, "every change to every client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations() {
+    let options = Options { mutations_n: 8, mutations_rooms: 4, mutations_count: 40, mutations_in_flight: 8, ..tiny() };
+    let report = scenarios::run(Scenario::Mutations, &options).await.unwrap();
+    // HTTP mutations, then the pipe for comparison.
+    assert_lossless(&report, 2);
+    let http = report.runs.iter().find(|run| run.variant == "HTTP mutations").unwrap();
+    assert_eq!(http.expected, 40 * 2, "each row reaches the 2 sockets of its room");
+    assert!(http.cpu_us_per_change.is_some() && http.changes_per_s.is_some(), "CPU and rate measured");
+}
