@@ -316,8 +316,14 @@ where
         address,
     );
     let max_message = state.protocol.max_message_bytes;
+    // The small read buffer of the two-channel socket (see
+    // SOCKET_READ_BUFFER): tungstenite zero-fills it on every read attempt,
+    // and at the 128 KiB default that memset was 38% of the server's CPU
+    // in graphex-bench standard. It is a chunk size, not a bound: larger
+    // messages (up to max_message) still arrive whole.
     upgrade
         .protocols(protocols)
+        .read_buffer_size(SOCKET_READ_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket: WebSocket| async move {
