@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BenchError;
 use crate::entities::{self, BODY, message, now_us};
-use crate::scenarios::Check;
+use crate::scenarios::{Check, median_of, quantile};
 
 /// Frames queued per subscriber before it would be closed as slow (above
 /// any window, so the hub's backpressure never has to act).
@@ -706,15 +706,9 @@ fn save_latency(
     (quantile(&latencies, 0.5), quantile(&latencies, 0.99))
 }
 
-/// The `q` quantile of sorted `values`.
-fn quantile(values: &[u32], q: f64) -> Option<u32> {
-    (!values.is_empty()).then(|| values[((values.len() - 1) as f64 * q).round() as usize])
-}
-
-fn median_of(mut values: Vec<f64>) -> f64 {
-    values.retain(|value| !value.is_nan());
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+/// The lower median of the figures that are numbers (NaN when none is).
+fn median_f64(values: Vec<f64>) -> f64 {
+    median_of(values.into_iter().filter(|value| !value.is_nan()).collect()).unwrap_or(f64::NAN)
 }
 
 /// The medians of several runs of the scenario: each figure of each run
@@ -730,11 +724,9 @@ pub fn median(reports: &[CaptureReport]) -> Option<CaptureReport> {
             .flat_map(|report| &report.runs)
             .filter(|other| other.variant == run.variant && other.kind == run.kind && other.n == run.n)
             .collect();
-        let med = |figure: fn(&CaptureRun) -> f64| median_of(same.iter().map(|run| figure(run)).collect());
-        let med_us = |figure: fn(&CaptureRun) -> Option<u32>| {
-            let values: Vec<f64> = same.iter().filter_map(|run| figure(run)).map(f64::from).collect();
-            (!values.is_empty()).then(|| median_of(values) as u32)
-        };
+        let med = |figure: fn(&CaptureRun) -> f64| median_f64(same.iter().map(|run| figure(run)).collect());
+        let med_us =
+            |figure: fn(&CaptureRun) -> Option<u32>| median_of(same.iter().filter_map(|run| figure(run)).collect());
         let sum = |figure: fn(&CaptureRun) -> u64| same.iter().map(|run| figure(run)).sum::<u64>();
         runs.push(CaptureRun {
             variant: run.variant.clone(),
@@ -767,7 +759,7 @@ pub fn median(reports: &[CaptureReport]) -> Option<CaptureReport> {
         .map(|ratio| {
             let same: Vec<&Ratios> =
                 reports.iter().flat_map(|report| &report.ratios).filter(|other| other.n == ratio.n).collect();
-            let med = |figure: fn(&Ratios) -> f64| median_of(same.iter().map(|ratio| figure(ratio)).collect());
+            let med = |figure: fn(&Ratios) -> f64| median_f64(same.iter().map(|ratio| figure(ratio)).collect());
             Ratios {
                 n: ratio.n,
                 rate: med(|ratio| ratio.rate),

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::entities::now_us;
 use crate::load::{self, Socket};
 use crate::remote::RemoteServer;
-use crate::scenarios::{Check, Options, Outcome, Run, lossless_check};
+use crate::scenarios::{Check, Options, Outcome, Run, lossless_check, quantile};
 use crate::systems::{Limits, Model, Plan, Serve, System};
 use crate::{BenchError, raise_open_files_limit};
 
@@ -428,12 +428,6 @@ pub async fn run(options: &Options) -> Outcome {
     }
     checks.push(lossless_check(&runs));
     Ok((runs, checks))
-}
-
-/// The latency at quantile `q` of sorted samples.
-fn quantile(sorted: &[u32], q: f64) -> Option<u32> {
-    let last = sorted.len().checked_sub(1)?;
-    sorted.get((last as f64 * q).round() as usize).copied()
 }
 
 /// The three verdicts of one input: refused, peak growth, p99 against baseline.

@@ -796,8 +796,14 @@ async fn memory(options: &Options) -> Outcome {
     Ok((runs, checks))
 }
 
+/// The latency at quantile `q` (0..=1) of sorted samples (`None` if empty).
+pub(crate) fn quantile(sorted: &[u32], q: f64) -> Option<u32> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get((last as f64 * q).round() as usize).copied()
+}
+
 /// The lower median of `values` (`None` if empty).
-fn median_of<T: Copy + PartialOrd>(mut values: Vec<T>) -> Option<T> {
+pub(crate) fn median_of<T: Copy + PartialOrd>(mut values: Vec<T>) -> Option<T> {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values.get(values.len().saturating_sub(1) / 2).copied()
 }

@@ -77,14 +77,29 @@ fn target(cluster: &Cluster) -> ReplicationTarget {
     }
 }
 
-fn start(hub: &Hub, cluster: &Cluster) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let capture = PostgresCapture::new(hub.clone(), target(cluster)).table::<item::Model>();
+/// Runs `capture` in a task until the token is cancelled; the task panics
+/// (and so its join fails) if capture stopped with an error.
+fn spawn_run(capture: PostgresCapture) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();
         async move { capture.run(stop).await.expect("capture runs") }
     });
     (stop, task)
+}
+
+/// Captures `items` into `hub` with the default slot.
+fn start(hub: &Hub, cluster: &Cluster) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    spawn_run(PostgresCapture::new(hub.clone(), target(cluster)).table::<item::Model>())
+}
+
+/// The test cluster's `postgres` database, with the `items` table.
+async fn items_db(cluster: &Cluster) -> DatabaseConnection {
+    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity))
+        .await
+        .expect("table created");
+    db
 }
 
 async fn sql(db: &DatabaseConnection, statement: &str) {
@@ -94,9 +109,7 @@ async fn sql(db: &DatabaseConnection, statement: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_writes_from_anywhere_reach_subscribers_in_commit_order() {
     let Some(cluster) = Cluster::start("change capture") else { return };
-    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
-    let builder = Schema::new(db.get_database_backend());
-    db.execute(&builder.create_table_from_entity(item::Entity)).await.expect("table created");
+    let db = items_db(&cluster).await;
     // Room for the 1 000-row statement's changes, read after it.
     let hub = Hub::new(graphex::Config::default().with_queue_capacity(4096));
     let mut rx = watch(&hub).await;
@@ -192,9 +205,7 @@ async fn confirmed_past(db: &DatabaseConnection, lsn: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_reads_the_slot_and_another_takes_over() {
     let Some(cluster) = Cluster::start("capture leader election") else { return };
-    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
-    let builder = Schema::new(db.get_database_backend());
-    db.execute(&builder.create_table_from_entity(item::Entity)).await.expect("table created");
+    let db = items_db(&cluster).await;
     let (hub_a, hub_b) = (Hub::default(), Hub::default());
     let (mut on_a, mut on_b) = (watch(&hub_a).await, watch(&hub_b).await);
     PostgresCapture::new(hub_a.clone(), target(&cluster)).table::<item::Model>().prepare(&db).await.unwrap();
@@ -225,11 +236,7 @@ async fn raw_sql_on_two_models_reaches_a_socket_through_its_filters() {
         .table::<crate::app::user::Model>()
         .table::<crate::app::comment::Model>();
     capture.prepare(&db).await.expect("prepared");
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move { capture.run(stop).await.expect("capture runs") }
-    });
+    let (stop, _task) = spawn_run(capture);
     let server = crate::support::Server::start(db.clone(), hub.clone()).await;
     let mut ws = server.ws().await;
     let create = "action: CREATE, operation: SUBSCRIBE";
@@ -345,7 +352,7 @@ async fn parity_scenario(cluster: &Cluster, database: &str, capture: bool) -> Ve
     )
     .await;
     let hub = Hub::default();
-    let stop = CancellationToken::new();
+    let mut running = None;
     if capture {
         let target = ReplicationTarget::from_url(&url).expect("a target");
         let capture = PostgresCapture::new(hub.clone(), target)
@@ -354,10 +361,7 @@ async fn parity_scenario(cluster: &Cluster, database: &str, capture: bool) -> Ve
             .table::<crate::app::note::Model>()
             .table::<crate::app::message::Model>();
         capture.prepare(&db).await.expect("prepared");
-        tokio::spawn({
-            let stop = stop.clone();
-            async move { capture.run(stop).await.expect("capture runs") }
-        });
+        running = Some(spawn_run(capture));
     }
     let server = crate::support::Server::start(db.clone(), hub.clone()).await;
     let all = ["CREATE", "UPDATE", "DELETE"].map(|action| format!("action: {action}, operation: SUBSCRIBE"));
@@ -404,7 +408,9 @@ async fn parity_scenario(cluster: &Cluster, database: &str, capture: bool) -> Ve
         }
         received.push(frames);
     }
-    stop.cancel();
+    if let Some((stop, _task)) = running {
+        stop.cancel();
+    }
     received
 }
 
@@ -478,19 +484,14 @@ async fn an_unfit_server_or_role_is_refused_with_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_counted_and_a_quiet_slot_follows_the_log() {
     let Some(cluster) = Cluster::start("capture progress") else { return };
-    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
-    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    let db = items_db(&cluster).await;
     let hub = Hub::default();
     let mut rx = watch(&hub).await;
     let capture = PostgresCapture::new(hub.clone(), target(&cluster)).table::<item::Model>();
     capture.prepare(&db).await.expect("prepared");
     let monitor = capture.monitor();
     assert_eq!(monitor.stats(), graphex::capture::CaptureStats::default());
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move { capture.run(stop).await.expect("capture runs") }
-    });
+    let (stop, _task) = spawn_run(capture);
     sql(&db, "INSERT INTO items VALUES (1, 'one', '', 't1'), (2, 'two', '', 't1')").await;
     sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
     for _ in 0..3 {
@@ -517,8 +518,7 @@ async fn progress_is_counted_and_a_quiet_slot_follows_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_speaks_tls_and_refuses_a_certificate_it_cannot_trust() {
     let Some(cluster) = Cluster::start_tls("capture over TLS") else { return };
-    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
-    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    let db = items_db(&cluster).await;
     let cert = cluster.certificate().display().to_string();
     let url = |query: &str| format!("{}?{query}", cluster.url());
     for (n, query) in
@@ -532,11 +532,7 @@ async fn capture_speaks_tls_and_refuses_a_certificate_it_cannot_trust() {
         let slot = format!("tls_{n}");
         let capture = PostgresCapture::new(hub.clone(), target).slot(&slot).publication(&slot).table::<item::Model>();
         capture.prepare(&db).await.expect("prepared");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move { capture.run(stop).await }
-        });
+        let (stop, task) = spawn_run(capture);
         let id = n as i32 + 1;
         sql(&db, &format!("INSERT INTO items VALUES ({id}, 'tls', '', 't1')")).await;
         assert_eq!(next(&mut rx).await.1, json!(id), "{query}");
@@ -545,7 +541,7 @@ async fn capture_speaks_tls_and_refuses_a_certificate_it_cannot_trust() {
         let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), encrypted)).await.unwrap();
         assert_eq!(row.unwrap().try_get::<Option<bool>>("", "tls").unwrap(), Some(true), "{query}: over TLS");
         stop.cancel();
-        task.await.unwrap().expect("stopped cleanly");
+        task.await.expect("stopped cleanly");
     }
     let untrusted = ReplicationTarget::from_url(&url("sslmode=verify-full")).expect("a target");
     let capture = PostgresCapture::new(Hub::default(), untrusted).table::<item::Model>();
@@ -562,8 +558,7 @@ async fn capture_speaks_tls_and_refuses_a_certificate_it_cannot_trust() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_starting_together_all_prepare() {
     let Some(cluster) = Cluster::start("capture prepared by many at once") else { return };
-    let db = Database::connect(cluster.url()).await.expect("the test's cluster answers");
-    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(item::Entity)).await.unwrap();
+    let db = items_db(&cluster).await;
     let prepares = (0..6).map(|_| {
         let (db, target) = (db.clone(), target(&cluster));
         tokio::spawn(async move {
