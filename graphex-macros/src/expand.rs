@@ -212,7 +212,7 @@ fn root(model: &Model, names: &Names) -> TokenStream {
                 #[graphql(desc = "Resume: first the changes after this cursor (`ModelChange.cursor`) that this subscription would have received, in order, then live ones.")]
                 after: ::core::option::Option<::std::string::String>,
             ) -> #p::async_graphql::Result<#krate::ChangeStream> {
-                let args = #krate::ChangesArgs::new(action, id, filters, #data_arg).after(after);
+                let args = #krate::ChangesArgs::new(action, id, filters, #data_arg).after(after).shareable();
                 #krate::changes::<#ident>(ctx, args).await
             }
         }

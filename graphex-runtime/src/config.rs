@@ -98,6 +98,16 @@ pub struct Config {
     /// progress for this long ends the connection (its peer stopped
     /// reading). Default 10 s.
     pub send_timeout: Duration,
+    /// Standard-protocol subscribers (`graphql-transport-ws`, `graphql-ws`)
+    /// of a generated `<name>Changes` field whose operation (document,
+    /// operation name, variables, extensions) and subscriptions (groups,
+    /// merged scope and filters, projection) are equal share one execution:
+    /// each change is executed and serialized once for all of them, and
+    /// each frame is that payload with the subscriber's operation id.
+    /// The execution runs with the first subscriber's request data: turn
+    /// this off if an async-graphql extension of yours writes per-request
+    /// data into responses. Default `true`.
+    pub share_executions: bool,
 }
 
 impl Default for Config {
@@ -121,6 +131,7 @@ impl Default for Config {
             socket_ping: Some(Duration::from_secs(30)),
             socket_idle_timeout: Duration::from_secs(75),
             send_timeout: Duration::from_secs(10),
+            share_executions: true,
         }
     }
 }
@@ -172,6 +183,7 @@ setters!(Config {
     socket_ping: Option<Duration> => with_socket_ping,
     socket_idle_timeout: Duration => with_socket_idle_timeout,
     send_timeout: Duration => with_send_timeout,
+    share_executions: bool => with_share_executions,
 });
 
 setters!(WritePacing { busy_after: Duration => with_busy_after, window: Duration => with_window });

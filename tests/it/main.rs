@@ -65,5 +65,6 @@ mod pins;
 mod protocols;
 mod resume;
 mod scope;
+mod shared;
 mod streaming;
 mod transactions;

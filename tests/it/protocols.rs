@@ -303,11 +303,13 @@ async fn ping_pong_and_server_keep_alives() {
 #[tokio::test]
 async fn the_operation_cap_answers_with_an_error_and_frees_on_complete() {
     let (server, hub) = start(ProtocolConfig::default().with_max_operations(2), None).await;
+    // Different documents: equal ones would share one execution and channel.
+    let creates = |n: u32| format!("subscription {{ userChanges(action: CREATE) {{ action n{n}: id }} }}");
     for proto in [Proto::Transport, Proto::Legacy] {
         let mut client = Client::connected(server.addr, proto, json!({})).await;
-        client.start("1", USER_CREATES).await;
-        client.start("2", USER_CREATES).await;
-        client.start("3", USER_CREATES).await;
+        client.start("1", &creates(1)).await;
+        client.start("2", &creates(2)).await;
+        client.start("3", &creates(3)).await;
         let error = client.expect_type("error").await;
         assert_eq!(error["id"], "3");
         let payload = if proto == Proto::Transport { &error["payload"][0] } else { &error["payload"] };
@@ -319,7 +321,7 @@ async fn the_operation_cap_answers_with_an_error_and_frees_on_complete() {
             assert_eq!(client.json().await, json!({"type": "complete", "id": "1"}));
         }
         channels(&hub, 1).await;
-        client.start("4", USER_CREATES).await;
+        client.start("4", &creates(4)).await;
         channels(&hub, 2).await;
         client.close().await;
         channels(&hub, 0).await;

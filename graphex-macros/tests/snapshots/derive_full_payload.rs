@@ -182,7 +182,8 @@ impl UserSubscriptionRoot {
                 filters,
                 ::graphex::__private::projection(data),
             )
-            .after(after);
+            .after(after)
+            .shareable();
         ::graphex::changes::<Model>(ctx, args).await
     }
 }

@@ -128,7 +128,8 @@ impl CommentSubscriptionRoot {
                 filters,
                 ::core::option::Option::None,
             )
-            .after(after);
+            .after(after)
+            .shareable();
         ::graphex::changes::<Model>(ctx, args).await
     }
 }

@@ -214,6 +214,8 @@ pub struct Channel {
     pub(super) relief_wanted: AtomicBool,
     /// The client this channel and its subscriptions count against.
     pub(super) client: Option<super::ClientKey>,
+    /// Deliveries queued so far.
+    pub(super) sent: std::sync::atomic::AtomicU64,
 }
 
 /// A channel's subscriptions; `gone` once the channel is closed, after
@@ -244,6 +246,11 @@ impl Channel {
     /// Resolves once the channel's queue has passed half its capacity.
     pub(crate) fn pressure(&self) -> &tokio::sync::Notify {
         &self.pressure
+    }
+
+    /// Deliveries queued on this channel so far (counted once queued).
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
     }
 
     /// Resolves when the server closes this channel.

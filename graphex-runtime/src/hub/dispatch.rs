@@ -127,6 +127,7 @@ impl Hub {
             let delivery = Delivery::Change { group: group.clone(), event: event.clone(), queued_at };
             match channel.tx.try_send(delivery) {
                 Ok(()) => {
+                    channel.sent.fetch_add(1, Ordering::AcqRel);
                     delivered += 1;
                     if channel.past_half() {
                         channel.pressure.notify_one();
@@ -241,7 +242,9 @@ impl Hub {
     /// Queues `delivery` on `channel`; a full queue closes it as a slow consumer.
     pub(crate) fn queue(&self, channel: &Arc<super::Channel>, delivery: Delivery) {
         match channel.tx.try_send(delivery) {
-            Ok(()) => {}
+            Ok(()) => {
+                channel.sent.fetch_add(1, Ordering::AcqRel);
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");

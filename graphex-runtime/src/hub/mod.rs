@@ -71,6 +71,8 @@ struct Inner {
     /// Streams whose changes a capture from the database's log publishes:
     /// their hooks do not announce them too.
     captured: RwLock<std::collections::HashSet<&'static str>>,
+    /// Shared executions of equal native subscriptions.
+    shared: crate::subscribe::shared::Registry,
 }
 
 /// Decoded changes kept for replays.
@@ -134,6 +136,7 @@ impl Hub {
             recent: Mutex::default(),
             captured: RwLock::default(),
             replayed: Mutex::default(),
+            shared: crate::subscribe::shared::Registry::default(),
         });
         let weak = Arc::downgrade(&inner);
         let lost = Arc::downgrade(&inner);
@@ -202,6 +205,18 @@ impl Hub {
         self.inner.stats.snapshot()
     }
 
+    /// The shared executions of equal native subscriptions.
+    pub(crate) fn shared(&self) -> &crate::subscribe::shared::Registry {
+        &self.inner.shared
+    }
+
+    /// Shared executions running: each runs one native operation for every
+    /// standard-protocol subscriber whose operation and subscriptions are
+    /// equal ([`Config::share_executions`]).
+    pub fn shared_execution_count(&self) -> usize {
+        self.inner.shared.len()
+    }
+
     /// The live counters.
     pub(crate) fn counters(&self) -> &Counters {
         &self.inner.stats
@@ -237,6 +252,7 @@ impl Hub {
             relieved: tokio::sync::Notify::new(),
             relief_wanted: AtomicBool::new(false),
             client,
+            sent: AtomicU64::new(0),
         });
         let mut channels = write(&self.inner.channels);
         if channels.len() >= self.inner.config.max_channels {

@@ -30,6 +30,9 @@ pub struct Stats {
     pub resumed: u64,
     /// Changes replayed from history to resumed subscriptions.
     pub replayed: u64,
+    /// Native subscribes that joined a shared execution already running
+    /// ([`crate::Config::share_executions`]).
+    pub shared_joins: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -46,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) expired: AtomicU64,
     pub(crate) resumed: AtomicU64,
     pub(crate) replayed: AtomicU64,
+    pub(crate) shared_joins: AtomicU64,
 }
 
 impl Counters {
@@ -63,6 +67,7 @@ impl Counters {
             expired: read(&self.expired),
             resumed: read(&self.resumed),
             replayed: read(&self.replayed),
+            shared_joins: read(&self.shared_joins),
         }
     }
 }

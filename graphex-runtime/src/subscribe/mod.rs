@@ -13,6 +13,7 @@ pub(crate) mod filter;
 pub(crate) mod native;
 pub(crate) mod resume;
 pub(crate) mod row;
+pub(crate) mod shared;
 pub(crate) mod two_channel;
 
 pub(crate) use two_channel::{SubscribeError, add_all, build_subscriptions, canonical_id};

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use async_graphql::{Context, ErrorExtensions, ID};
@@ -24,6 +25,7 @@ use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription
 use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
 use crate::subscribe::resume::{ResumeError, add_resumed, parse_after};
+use crate::subscribe::shared;
 use crate::subscribe::two_channel::shared_projection;
 use crate::subscribe::{SubscribeError, build_subscriptions, canonical_id};
 
@@ -89,6 +91,8 @@ pub struct ChangesArgs {
     pub projection: Option<Arc<[&'static str]>>,
     /// Resume after this cursor.
     pub after: Option<String>,
+    /// The field returns the stream as is ([`ChangesArgs::shareable`]).
+    pub shareable: bool,
 }
 
 impl ChangesArgs {
@@ -100,12 +104,23 @@ impl ChangesArgs {
         projection: Option<Vec<&'static str>>,
     ) -> Self {
         let projection = projection.map(shared_projection);
-        ChangesArgs { action, id, filters: filters.map(|json| json.0), projection, after: None }
+        ChangesArgs { action, id, filters: filters.map(|json| json.0), projection, after: None, shareable: false }
     }
 
     /// The cursor to resume after.
     pub fn after(mut self, after: Option<String>) -> Self {
         self.after = after;
+        self
+    }
+
+    /// The field returns [`changes`]' stream as is, with nothing per
+    /// request shaping its items, so subscribers whose operation and
+    /// subscriptions are equal may share one execution
+    /// ([`crate::Config::share_executions`]). The generated `<name>Changes`
+    /// fields call this; a field of your own that maps the stream with
+    /// request data must not.
+    pub fn shareable(mut self) -> Self {
+        self.shareable = true;
         self
     }
 }
@@ -151,6 +166,10 @@ pub async fn changes<M: ModelSubscription>(
 }
 
 async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Result<ChangeStream, SubscribeError> {
+    // A shared execution's own run: the stream its first member prepared.
+    if let Some(stream) = ctx.data_opt::<shared::Feed>().and_then(shared::Feed::take) {
+        return Ok(stream);
+    }
     let hub = ctx.data_opt::<Hub>().ok_or(SubscribeError::NoHub)?;
     let id = args.id.as_ref().map(|id| canonical_id::<M>(id)).transpose()?;
     let filters = args.filters.map(Arc::new);
@@ -159,10 +178,29 @@ async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Res
     let principal = ctx.data_opt::<Principal>();
     let address = ctx.data_opt::<crate::hub::ClientAddress>().map(|address| address.0);
     let client = crate::hub::client_key(principal, address);
-    let (channel, rx) = hub.open_channel_for(principal.map(|principal| principal.id.clone()), client)?;
+    let owner = principal.map(|principal| principal.id.clone());
+    if args.shareable
+        && after.is_none()
+        && hub.config().share_executions
+        && let Some(ticket) = ctx.data_opt::<shared::Ticket>()
+        && let Some(sink) = ticket.claim()
+    {
+        let database = ctx.data_opt::<sea_orm::DatabaseConnection>().map(|db| std::ptr::from_ref(db) as usize);
+        let proof = shared::Proof::of(&subscriptions, database);
+        let open = async move {
+            // Counted against nobody: each member counts for its client.
+            let (channel, rx) = hub.open_channel_for(owner, None)?;
+            let guard = ChannelGuard { hub: hub.clone(), channel: channel.clone() };
+            add_resumed(hub, &guard.channel, subscriptions, None).await?;
+            let delivered = Arc::new(AtomicU64::new(0));
+            Ok((channel, ChangeStream::new(guard, rx, Some(delivered.clone())), delivered))
+        };
+        return shared::join(hub, ticket, sink, proof, client, open).await;
+    }
+    let (channel, rx) = hub.open_channel_for(owner, client)?;
     let guard = ChannelGuard { hub: hub.clone(), channel };
     add_resumed(hub, &guard.channel, subscriptions, after).await?;
-    Ok(ChangeStream::new(guard, rx))
+    Ok(ChangeStream::new(guard, rx, None))
 }
 
 /// Forgets the channel and leaves its groups when the stream is dropped.
@@ -197,11 +235,26 @@ struct State {
     rx: mpsc::Receiver<Delivery>,
     ready: VecDeque<ModelChange>,
     done: bool,
+    /// Deliveries taken, for a shared execution's members.
+    delivered: Option<Arc<AtomicU64>>,
+}
+
+/// The error item a native stream ends with when the hub closed its channel.
+pub(crate) fn closed_error(reason: Option<CloseReason>) -> async_graphql::Error {
+    match reason {
+        Some(CloseReason::SlowConsumer) => async_graphql::Error::new("slow consumer: outgoing queue full"),
+        Some(CloseReason::Disconnected) => async_graphql::Error::new("disconnected by the server"),
+        Some(CloseReason::Expired) => async_graphql::Error::new(
+            "cursor expired: changes of this stream may have been lost; resume from the last cursor or refetch",
+        )
+        .extend_with(|_, extensions| extensions.set("code", CURSOR_EXPIRED)),
+        _ => async_graphql::Error::new("server shutting down"),
+    }
 }
 
 impl ChangeStream {
-    fn new(guard: ChannelGuard, rx: mpsc::Receiver<Delivery>) -> ChangeStream {
-        let state = State { guard, rx, ready: VecDeque::new(), done: false };
+    fn new(guard: ChannelGuard, rx: mpsc::Receiver<Delivery>, delivered: Option<Arc<AtomicU64>>) -> ChangeStream {
+        let state = State { guard, rx, ready: VecDeque::new(), done: false, delivered };
         let inner = futures_util::stream::unfold(state, |mut state| async move {
             loop {
                 if let Some(change) = state.ready.pop_front() {
@@ -215,19 +268,13 @@ impl ChangeStream {
                     biased;
                     () = channel.closed().cancelled() => {
                         state.done = true;
-                        let error = match channel.close_reason() {
-                            Some(CloseReason::SlowConsumer) => async_graphql::Error::new("slow consumer: outgoing queue full"),
-                            Some(CloseReason::Disconnected) => async_graphql::Error::new("disconnected by the server"),
-                            Some(CloseReason::Expired) => async_graphql::Error::new(
-                                "cursor expired: changes of this stream may have been lost; resume from the last cursor or refetch",
-                            )
-                            .extend_with(|_, extensions| extensions.set("code", CURSOR_EXPIRED)),
-                            _ => async_graphql::Error::new("server shutting down"),
-                        };
-                        return Some((Err(error), state));
+                        return Some((Err(closed_error(channel.close_reason())), state));
                     }
                     delivery = state.rx.recv() => {
                         let delivery = delivery?;
+                        if let Some(delivered) = &state.delivered {
+                            delivered.fetch_add(1, Ordering::Release);
+                        }
                         channel.taken();
                         let mut changes = Vec::new();
                         channel.select(&delivery, ModelChange::of, &mut changes).await;
@@ -237,6 +284,11 @@ impl ChangeStream {
             }
         });
         ChangeStream { inner: Box::pin(inner) }
+    }
+
+    /// A stream of items from elsewhere (a shared execution's member).
+    pub(crate) fn from_stream(inner: BoxStream<'static, async_graphql::Result<ModelChange>>) -> ChangeStream {
+        ChangeStream { inner }
     }
 }
 
@@ -272,7 +324,7 @@ mod tests {
         let subscription =
             Subscription { key, group: "users-create".into(), filter: Arc::default(), row: None, resume: None };
         hub.add_subscription(&channel, subscription).await.unwrap();
-        ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx)
+        ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx, None)
     }
 
     fn change(id: i32) -> bytes::Bytes {

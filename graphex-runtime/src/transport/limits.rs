@@ -199,6 +199,20 @@ pub(crate) fn selected_operation<'a>(
     }
 }
 
+/// [`Guard::precheck`]: the bounds of a query's raw text, checked before
+/// anything parses it.
+pub(crate) fn precheck(limits: &RequestLimits, query: &str) -> Result<(), ServerError> {
+    if query.len() > limits.max_query_bytes {
+        let message = format!("query is {} bytes, above the limit of {}", query.len(), limits.max_query_bytes);
+        return Err(refusal(message, LIMIT_REACHED));
+    }
+    let nesting_bound = limits.max_depth.saturating_mul(2).saturating_add(16);
+    if nesting(query) > nesting_bound {
+        return Err(refusal(format!("query nests deeper than {}", limits.max_depth), LIMIT_REACHED));
+    }
+    Ok(())
+}
+
 /// A refusal, as the GraphQL error the client gets.
 fn refusal(message: String, code: &str) -> ServerError {
     with_code(ServerError::new(message, None), code)
@@ -299,16 +313,7 @@ impl Guard {
     /// selection depth is checked after parsing, arguments may nest a
     /// little deeper).
     pub(crate) fn precheck(&self, query: &str) -> Result<(), ServerError> {
-        let limits = &self.limits;
-        if query.len() > limits.max_query_bytes {
-            let message = format!("query is {} bytes, above the limit of {}", query.len(), limits.max_query_bytes);
-            return Err(refusal(message, LIMIT_REACHED));
-        }
-        let nesting_bound = limits.max_depth.saturating_mul(2).saturating_add(16);
-        if nesting(query) > nesting_bound {
-            return Err(refusal(format!("query nests deeper than {}", limits.max_depth), LIMIT_REACHED));
-        }
-        Ok(())
+        precheck(&self.limits, query)
     }
 
     fn check_document(&self, document: &ExecutableDocument) -> Result<(), ServerError> {

@@ -15,7 +15,7 @@
 //! One cohesive job in one file: the connection loop and the message rules
 //! it enforces, with its unit tests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::hub::Hub;
 use crate::model::{Denied, Principal};
+use crate::subscribe::shared::{self, Execute, Frame, Ticket};
 use crate::transport::auth::Authenticator;
 
 use crate::transport::close::*;
@@ -224,6 +225,39 @@ struct Operations {
     /// Operations whose `complete` from async-graphql must not reach the
     /// client (it completed them, or got an `error` instead).
     silenced: HashSet<String>,
+    /// The subscribe each running operation id belongs to: a shared
+    /// execution's frame is written only while its subscribe runs.
+    generations: HashMap<String, u64>,
+    next_generation: u64,
+}
+
+/// The executor a connection runs operations with: the server's, plus the
+/// ticket a shareable subscribe carries to its field (`subscribe/shared.rs`).
+#[derive(Clone)]
+struct Sharing<E> {
+    inner: E,
+    execute: Execute,
+    transport_ws: bool,
+    outbox: mpsc::UnboundedSender<Frame>,
+}
+
+impl<E: Executor> Executor for Sharing<E> {
+    async fn execute(&self, request: Request) -> async_graphql::Response {
+        self.inner.execute(request).await
+    }
+
+    fn execute_stream(
+        &self,
+        mut request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
+        if let Some(ticket) =
+            Ticket::take(&mut request, session_data.clone(), &self.execute, self.transport_ws, &self.outbox)
+        {
+            request = request.data(ticket);
+        }
+        self.inner.execute_stream(request, session_data)
+    }
 }
 
 /// What to do with one client message.
@@ -253,6 +287,16 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     St: Stream<Item = Result<Message, Er>> + Unpin,
 {
     let send_timeout = hub.config().send_timeout;
+    // Shareable subscribes are marked for their field (`subscribe/shared.rs`)
+    // only after the query's raw bounds are checked: the mark parses it.
+    let share = hub.config().share_executions.then(|| hub.config().request_limits.clone());
+    let (outbox_tx, mut outbox) = mpsc::unbounded_channel::<Frame>();
+    let mut frames: Vec<Frame> = Vec::new();
+    let executor = {
+        let inner = executor.clone();
+        let execute: Execute = Arc::new(move |request, data| inner.execute_stream(request, data));
+        Sharing { inner: executor, execute, transport_ws: protocol == Protocols::GraphQLWS, outbox: outbox_tx }
+    };
     let shared = Arc::new(Mutex::new(Shared::default()));
     // Bounded: a client that sends faster than async-graphql takes its
     // messages is closed (1008), not buffered without end. The bound leaves
@@ -298,6 +342,8 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
         active: HashSet::new(),
         answered: HashSet::new(),
         silenced: HashSet::new(),
+        generations: HashMap::new(),
+        next_generation: 0,
     };
     let init_deadline = tokio::time::sleep(config.init_timeout);
     tokio::pin!(init_deadline);
@@ -331,6 +377,14 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     });
                 }
                 Some(WsMessage::Text(text)) => {
+                    // A shared execution's frames queued before this message
+                    // (its last results before its `complete`) go first.
+                    while let Ok(frame) = outbox.try_recv() {
+                        frames.push(frame);
+                    }
+                    if !frames.is_empty() && !write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await {
+                        break None;
+                    }
                     let Some(text) = outgoing_text(&mut ops, &hooks, &mut connection, &shared, text).await else {
                         continue;
                     };
@@ -346,6 +400,11 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     }
                 }
             },
+            _ = outbox.recv_many(&mut frames, FRAME_BATCH) => {
+                if !write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await {
+                    break None;
+                }
+            }
             incoming = stream.next() => {
                 let bytes = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
@@ -353,7 +412,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     Some(Ok(Message::Binary(bytes))) => bytes,
                     Some(Ok(_)) => continue,
                 };
-                match incoming_message(&mut ops, &hooks, &connection, &config, bytes).await {
+                match incoming_message(&mut ops, &hooks, &connection, &config, share.as_ref(), bytes).await {
                     Incoming::Forward(bytes) => match to_graphql.try_send(bytes) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -386,6 +445,41 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     if ops.acked {
         hooks.on_disconnect(&connection).await;
     }
+}
+
+/// Frames of shared executions written per flush at most.
+const FRAME_BATCH: usize = 256;
+
+/// Writes the shared executions' frames (`frames`, drained) whose
+/// subscribe still runs, then flushes once; false when the peer stopped
+/// reading.
+async fn write_frames<Si: Sink<Message> + Unpin>(
+    ops: &mut Operations,
+    sink: &mut Si,
+    frames: &mut Vec<Frame>,
+    bound: Duration,
+) -> bool {
+    let mut texts = Vec::with_capacity(frames.len());
+    for frame in frames.drain(..) {
+        frame.member.taken();
+        if !shared::current(&frame, &ops.generations) {
+            continue;
+        }
+        if !ops.answered.contains(frame.member.id()) {
+            ops.answered.insert(frame.member.id().to_owned());
+        }
+        texts.push(frame.member.frame(&frame.payload));
+    }
+    if texts.is_empty() {
+        return true;
+    }
+    sent(bound, async {
+        for text in texts {
+            sink.feed(Message::Text(text.into())).await?;
+        }
+        sink.flush().await
+    })
+    .await
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -432,6 +526,7 @@ async fn outgoing_text(
                     })
                 {
                     ops.silenced.insert(id.clone());
+                    ops.generations.remove(&id);
                     if ops.active.remove(&id) {
                         hooks.on_complete(connection, &id).await;
                     }
@@ -442,6 +537,7 @@ async fn outgoing_text(
         }
         ("complete", Some(id)) => {
             ops.answered.remove(&id);
+            ops.generations.remove(&id);
             if ops.silenced.remove(&id) {
                 return None;
             }
@@ -468,6 +564,7 @@ async fn incoming_message(
     hooks: &Arc<dyn ConnectionHooks>,
     connection: &Connection,
     config: &ProtocolConfig,
+    share: Option<&crate::transport::limits::RequestLimits>,
     bytes: Bytes,
 ) -> Incoming {
     let bad = |ops: &Operations, why: &str| {
@@ -526,6 +623,13 @@ async fn incoming_message(
             if let Err(denied) = hooks.on_operation(connection, &id, &request).await {
                 return Incoming::Reply(operation_error(ops, &id, denied.message(), "FORBIDDEN"));
             }
+            ops.next_generation += 1;
+            let generation = ops.next_generation;
+            let bytes = match share {
+                Some(limits) if shareable(limits, &request) => marked(&bytes, &id, generation).unwrap_or(bytes),
+                _ => bytes,
+            };
+            ops.generations.insert(id.clone(), generation);
             ops.active.insert(id);
             Incoming::Forward(bytes)
         }
@@ -539,6 +643,7 @@ async fn incoming_message(
                 return Incoming::Drop;
             }
             ops.answered.remove(&id);
+            ops.generations.remove(&id);
             if ops.transport_ws {
                 ops.silenced.insert(id.clone());
             }
@@ -549,6 +654,28 @@ async fn incoming_message(
         "connection_terminate" if !ops.transport_ws => Incoming::Forward(bytes),
         _ => bad(ops, "unknown message type"),
     }
+}
+
+/// Whether `request` runs a subscription whose result may be shared: its
+/// raw bounds pass, it parses, and its operation has one root field
+/// ([`shared::shareable_operation`]).
+fn shareable(limits: &crate::transport::limits::RequestLimits, request: &Request) -> bool {
+    crate::transport::limits::precheck(limits, &request.query).is_ok()
+        && async_graphql::parser::parse_query(&request.query)
+            .is_ok_and(|document| shared::shareable_operation(&document, request.operation_name.as_deref()))
+}
+
+/// The client's message with the mark of a shareable subscribe in its
+/// payload's extensions (a client's own mark is overwritten).
+fn marked(bytes: &Bytes, id: &str, generation: u64) -> Option<Bytes> {
+    let mut message: Json = serde_json::from_slice(bytes).ok()?;
+    let payload = message.get_mut("payload")?.as_object_mut()?;
+    let extensions = payload.entry("extensions").or_insert_with(|| json!({}));
+    if extensions.is_null() {
+        *extensions = json!({});
+    }
+    extensions.as_object_mut()?.insert(shared::MARK.to_owned(), Ticket::mark(id, generation));
+    serde_json::to_vec(&message).ok().map(Bytes::from)
 }
 
 /// Whether a send completed within `bound` (a peer that stopped reading

@@ -195,6 +195,24 @@ impl Client {
         }
     }
 
+    /// The next text message as sent, byte for byte (keep-alives skipped).
+    pub async fn text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.stream.next()).await.expect("a message in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let text = text.to_string();
+                    if text == r#"{"type":"ka"}"# || text == r#"{"type":"ping"}"# {
+                        continue;
+                    }
+                    return text;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON message.
     pub async fn json(&mut self) -> Json {
         match self.frame().await {

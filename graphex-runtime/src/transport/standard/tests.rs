@@ -133,7 +133,7 @@ mod decoder {
             let mut ops = Operations { transport_ws, ..Operations::default() };
             runtime.block_on(async {
                 for message in messages {
-                    if let Incoming::Forward(bytes) = incoming_message(&mut ops, &hooks, &connection, &config, message).await
+                    if let Incoming::Forward(bytes) = incoming_message(&mut ops, &hooks, &connection, &config, None, message).await
                         && serde_json::from_slice::<ClientHead>(&bytes).is_ok_and(|head| head.kind == "connection_init")
                     {
                         // The ack async-graphql would send.

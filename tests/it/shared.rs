@@ -1,0 +1,200 @@
+//! Shared execution (issue 18): standard-protocol subscribers of the same
+//! operation with equal subscriptions share one execution, one hub channel
+//! and one serialization per change, and receive exactly the bytes they
+//! would receive alone. Subscribers whose scopes differ never share.
+
+use crate::app;
+use crate::support::standard::{Client, Proto, Served, serve, wait_for};
+use graphex::{Config, Hub, RouterBuilder};
+use serde_json::{Value as Json, json};
+
+/// The reference app (SQLite in memory) on a hub with `config`.
+async fn start(config: Config) -> (Served, Hub) {
+    let db = app::connect("sqlite::memory:", None).await;
+    let hub = Hub::new(config);
+    let router = RouterBuilder::new(app::schema(db.clone()), hub.clone()).authenticator(app::UsernameAuth(db)).build();
+    (serve(router).await, hub)
+}
+
+/// Aliases, a fragment and `__typename`: the selection set is executed
+/// once for every member, as each would have it executed alone.
+const USERS: &str = "subscription Users { userChanges(data: [USERNAME, EMAIL]) { __typename action who: id \
+                     ... on ModelChange { model stream } data } }";
+
+fn create_user(name: &str, tenant: &str) -> String {
+    format!(
+        r#"mutation {{ createUser(username: "{name}", email: "{name}@example.com", tenant: "{tenant}") {{ id }} }}"#
+    )
+}
+
+/// Runs `query` on a connection of its own (as `token`'s principal).
+async fn run(server: &Served, token: Option<&str>, query: &str) -> Json {
+    let payload = token.map(|token| json!({"token": token})).unwrap_or_else(|| json!({}));
+    let mut client = Client::connected(server.addr, Proto::Transport, payload).await;
+    let (data, _) = client.execute("run", query).await;
+    client.close().await;
+    data
+}
+
+async fn shared_joins(hub: &Hub, joins: u64) {
+    wait_for(&format!("{joins} shared joins"), || hub.stats().shared_joins == joins).await;
+}
+
+#[tokio::test]
+async fn equal_subscribers_share_one_execution_and_get_the_bytes_they_would_get_alone() {
+    let mut received = Vec::new();
+    for share in [false, true] {
+        let (server, hub) = start(Config::default().with_share_executions(share)).await;
+        let mut clients = Vec::new();
+        for (n, proto) in [Proto::Transport, Proto::Legacy, Proto::Transport].into_iter().enumerate() {
+            let mut client = Client::connected(server.addr, proto, json!({})).await;
+            client.start(&format!("op-{n}"), USERS).await;
+            clients.push(client);
+        }
+        if share {
+            shared_joins(&hub, 2).await;
+            assert_eq!((hub.shared_execution_count(), hub.channel_count()), (1, 1), "one execution, one channel");
+        } else {
+            wait_for("3 channels", || hub.channel_count() == 3).await;
+            assert_eq!(hub.shared_execution_count(), 0);
+        }
+        run(&server, None, &create_user("neo", "acme")).await;
+        run(&server, None, r#"mutation { updateUser(id: 1, email: "the.one@example.com") { id } }"#).await;
+        run(&server, None, "mutation { deleteUser(id: 1) }").await;
+        let mut texts = Vec::new();
+        for client in &mut clients {
+            for _ in 0..3 {
+                texts.push(client.text().await);
+            }
+        }
+        received.push(texts);
+        drop(clients);
+        wait_for("no channel", || hub.channel_count() == 0).await;
+        assert_eq!(hub.shared_execution_count(), 0, "the last member's leaving ends the execution");
+    }
+    assert!(received[0][0].starts_with(r#"{"type":"next","id":"op-0","payload":{"data":{"userChanges":"#));
+    assert!(received[0][3].starts_with(r#"{"type":"data","id":"op-1","payload":"#));
+    assert_eq!(received[1], received[0], "shared frames are byte-identical to unshared ones");
+}
+
+#[tokio::test]
+async fn principals_share_only_when_their_scopes_are_equal() {
+    let (server, hub) = start(Config::default()).await;
+    for (name, tenant) in [("neo", "acme"), ("trinity", "acme"), ("smith", "matrix")] {
+        run(&server, None, &create_user(name, tenant)).await;
+    }
+    const NOTES: &str = "subscription { noteChanges(action: CREATE) { action data } }";
+    const MESSAGES: &str = "subscription { messageChanges(action: CREATE) { action data } }";
+    let mut clients = Vec::new();
+    for name in ["neo", "trinity", "smith"] {
+        let mut client = Client::connected(server.addr, Proto::Transport, json!({"token": name})).await;
+        client.start("notes", NOTES).await;
+        client.start("messages", MESSAGES).await;
+        clients.push(client);
+    }
+    // Notes are scoped by owner: three executions. Messages by tenant: neo
+    // and trinity (acme) share one, smith (matrix) has their own.
+    shared_joins(&hub, 1).await;
+    wait_for("5 executions", || hub.shared_execution_count() == 5).await;
+    assert_eq!(hub.channel_count(), 5);
+
+    run(&server, Some("neo"), r#"mutation { createNote(text: "neo's") { id } }"#).await;
+    run(&server, Some("smith"), r#"mutation { createNote(text: "smith's") { id } }"#).await;
+    run(&server, Some("trinity"), r#"mutation { createMessage(room: 1, text: "to acme") { id } }"#).await;
+    run(&server, Some("smith"), r#"mutation { createMessage(room: 1, text: "to matrix") { id } }"#).await;
+    // Each client's next two results: its own note (neo, smith) and its tenant's message.
+    let mut got = Vec::new();
+    for client in &mut clients {
+        let mut texts = Vec::new();
+        for _ in 0..if client_has_note(got.len()) { 2 } else { 1 } {
+            let message = client.json().await;
+            texts.push((message["id"].as_str().unwrap().to_owned(), message["payload"]["data"].clone()));
+        }
+        texts.sort_by(|a, b| a.0.cmp(&b.0));
+        got.push(texts);
+    }
+    let note = |id: i32, owner: &str, text: &str| json!({"noteChanges": {"action": "CREATE", "data": {"id": id, "owner": owner, "text": text}}});
+    let message = |id: i32, tenant: &str, text: &str| json!({"messageChanges": {"action": "CREATE", "data": {"id": id, "tenant": tenant, "room": 1, "text": text}}});
+    assert_eq!(
+        got[0],
+        vec![("messages".into(), message(1, "acme", "to acme")), ("notes".into(), note(1, "neo", "neo's"))]
+    );
+    assert_eq!(got[1], vec![("messages".into(), message(1, "acme", "to acme"))]);
+    assert_eq!(
+        got[2],
+        vec![("messages".into(), message(2, "matrix", "to matrix")), ("notes".into(), note(2, "smith", "smith's"))]
+    );
+    // Nothing else reached trinity: its next message is a later operation's.
+    let (data, others) = clients[1].execute("probe", "query { __typename }").await;
+    assert_eq!((data, others), (json!({"__typename": "Query"}), vec![]));
+}
+
+/// Whether the `index`-th client (neo, trinity, smith) made a note.
+fn client_has_note(index: usize) -> bool {
+    index != 1
+}
+
+#[tokio::test]
+async fn a_late_member_takes_only_later_changes_and_leaving_keeps_the_others() {
+    let (server, hub) = start(Config::default()).await;
+    const CREATES: &str = "subscription { userChanges(action: CREATE, data: [USERNAME]) { data } }";
+    let mut first = Client::connected(server.addr, Proto::Transport, json!({})).await;
+    first.start("1", CREATES).await;
+    wait_for("one execution", || hub.shared_execution_count() == 1).await;
+    run(&server, None, &create_user("neo", "acme")).await;
+    assert_eq!(first.json().await["payload"]["data"]["userChanges"]["data"]["username"], "neo");
+
+    let mut late = Client::connected(server.addr, Proto::Legacy, json!({})).await;
+    late.start("1", CREATES).await;
+    shared_joins(&hub, 1).await;
+    run(&server, None, &create_user("trinity", "acme")).await;
+    for client in [&mut first, &mut late] {
+        assert_eq!(client.json().await["payload"]["data"]["userChanges"]["data"]["username"], "trinity");
+    }
+
+    // The first member leaves; the execution goes on for the other.
+    first.stop("1").await;
+    let (data, _) = first.execute("probe", "query { __typename }").await;
+    assert_eq!(data, json!({"__typename": "Query"}));
+    run(&server, None, &create_user("smith", "matrix")).await;
+    assert_eq!(late.json().await["payload"]["data"]["userChanges"]["data"]["username"], "smith");
+    let (_, others) = first.execute("probe", "query { __typename }").await;
+    assert_eq!(others, Vec::<Json>::new(), "nothing after its complete");
+    assert_eq!(hub.shared_execution_count(), 1);
+
+    // An id reused for another operation gets that operation's results only.
+    late.stop("1").await;
+    assert_eq!(late.json().await, json!({"type": "complete", "id": "1"}));
+    wait_for("no execution", || hub.shared_execution_count() == 0).await;
+    late.start("1", "subscription { userChanges(action: DELETE) { action } }").await;
+    wait_for("one execution", || hub.shared_execution_count() == 1).await;
+    run(&server, None, &create_user("morpheus", "acme")).await;
+    run(&server, None, "mutation { deleteUser(id: 1) }").await;
+    assert_eq!(
+        late.json().await,
+        json!({"type": "data", "id": "1", "payload": {"data": {"userChanges": {"action": "DELETE"}}}})
+    );
+}
+
+#[tokio::test]
+async fn operations_that_cannot_share_run_alone() {
+    let (server, hub) = start(Config::default()).await;
+    let mut clients = Vec::new();
+    // Resuming after a cursor replays for one subscriber: never shared.
+    let cursor = {
+        let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+        client.start("c", "subscription { userChanges(action: CREATE) { cursor } }").await;
+        wait_for("an execution", || hub.shared_execution_count() == 1).await;
+        run(&server, None, &create_user("trinity", "acme")).await;
+        client.json().await["payload"]["data"]["userChanges"]["cursor"].as_str().unwrap().to_owned()
+    };
+    wait_for("no execution", || hub.shared_execution_count() == 0).await;
+    let resume = format!(r#"subscription {{ userChanges(action: CREATE, after: "{cursor}") {{ cursor }} }}"#);
+    for _ in 0..2 {
+        let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+        client.start("r", &resume).await;
+        clients.push(client);
+    }
+    wait_for("2 channels", || hub.channel_count() == 2).await;
+    assert_eq!(hub.shared_execution_count(), 0);
+}
