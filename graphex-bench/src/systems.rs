@@ -351,7 +351,10 @@ impl Target for GraphexTarget {
     }
 
     async fn subscribers(&self) -> Result<usize, BenchError> {
-        Ok(self.hub.channel_count())
+        // Standard-protocol subscribers of one operation share an execution
+        // and its channel (issue 18).
+        let hub = &self.hub;
+        Ok(hub.channel_count().saturating_sub(hub.shared_execution_count()) + hub.shared_subscriber_count())
     }
 }
 

@@ -54,6 +54,7 @@ async fn equal_subscribers_share_one_execution_and_get_the_bytes_they_would_get_
         if share {
             shared_joins(&hub, 2).await;
             assert_eq!((hub.shared_execution_count(), hub.channel_count()), (1, 1), "one execution, one channel");
+            assert_eq!(hub.shared_subscriber_count(), 3);
         } else {
             wait_for("3 channels", || hub.channel_count() == 3).await;
             assert_eq!(hub.shared_execution_count(), 0);
@@ -71,6 +72,7 @@ async fn equal_subscribers_share_one_execution_and_get_the_bytes_they_would_get_
         drop(clients);
         wait_for("no channel", || hub.channel_count() == 0).await;
         assert_eq!(hub.shared_execution_count(), 0, "the last member's leaving ends the execution");
+        assert_eq!(hub.shared_subscriber_count(), 0);
     }
     assert!(received[0][0].starts_with(r#"{"type":"next","id":"op-0","payload":{"data":{"userChanges":"#));
     assert!(received[0][3].starts_with(r#"{"type":"data","id":"op-1","payload":"#));

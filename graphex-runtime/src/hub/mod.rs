@@ -217,6 +217,13 @@ impl Hub {
         self.inner.shared.len()
     }
 
+    /// Subscribers served by the shared executions: each holds no channel
+    /// of its own, so subscribers in all are `channel_count() -
+    /// shared_execution_count() + shared_subscriber_count()`.
+    pub fn shared_subscriber_count(&self) -> usize {
+        self.inner.shared.members()
+    }
+
     /// The live counters.
     pub(crate) fn counters(&self) -> &Counters {
         &self.inner.stats

@@ -253,6 +253,11 @@ impl Registry {
         lock(&self.groups).values().map(Vec::len).sum()
     }
 
+    /// Members of the groups running.
+    pub(crate) fn members(&self) -> usize {
+        lock(&self.groups).values().flatten().map(|group| lock(&group.members).list.len()).sum()
+    }
+
     fn remove(&self, group: &Arc<Group>) {
         let mut groups = lock(&self.groups);
         if let Some(list) = groups.get_mut(&group.base) {
