@@ -98,8 +98,8 @@ pub struct Config {
     /// progress for this long ends the connection (its peer stopped
     /// reading). Default 10 s.
     pub send_timeout: Duration,
-    /// Standard-protocol subscribers (`graphql-transport-ws`, `graphql-ws`)
-    /// of a generated `<name>Changes` field whose operation (document,
+    /// Standard-protocol subscribers (`graphql-transport-ws`, `graphql-ws`,
+    /// SSE and multipart responses) of a generated `<name>Changes` field whose operation (document,
     /// operation name, variables, extensions) and subscriptions (groups,
     /// merged scope and filters, projection) are equal share one execution:
     /// each change is executed and serialized once for all of them, and

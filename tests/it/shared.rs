@@ -4,6 +4,7 @@
 //! would receive alone. Subscribers whose scopes differ never share.
 
 use crate::app;
+use crate::support::http::Streamed;
 use crate::support::standard::{Client, Proto, Served, serve, wait_for};
 use graphex::{Config, Hub, RouterBuilder};
 use serde_json::{Value as Json, json};
@@ -199,4 +200,43 @@ async fn operations_that_cannot_share_run_alone() {
     }
     wait_for("2 channels", || hub.channel_count() == 2).await;
     assert_eq!(hub.shared_execution_count(), 0);
+}
+
+#[tokio::test]
+async fn streaming_responses_share_with_websocket_subscribers_byte_for_byte() {
+    const CREATES: &str = "subscription { userChanges(action: CREATE, data: [USERNAME]) { action model id data } }";
+    const MULTIPART: &str = r#"multipart/mixed; boundary="graphql"; subscriptionSpec="1.0", application/json"#;
+    let mut bodies = Vec::new();
+    for share in [false, true] {
+        let (server, hub) = start(Config::default().with_share_executions(share)).await;
+        let mut sse = Vec::new();
+        for _ in 0..2 {
+            sse.push(Streamed::post(server.addr, "text/event-stream", CREATES).await);
+        }
+        let mut multipart = Streamed::post(server.addr, MULTIPART, CREATES).await;
+        let mut socket = Client::connected(server.addr, Proto::Transport, json!({})).await;
+        socket.start("ws", CREATES).await;
+        if share {
+            wait_for("4 shared subscribers", || hub.shared_subscriber_count() == 4).await;
+            assert_eq!((hub.shared_execution_count(), hub.channel_count()), (1, 1));
+        } else {
+            wait_for("4 channels", || hub.channel_count() == 4).await;
+        }
+        run(&server, None, &create_user("neo", "acme")).await;
+        run(&server, None, &create_user("trinity", "acme")).await;
+        let mut texts = Vec::new();
+        for stream in sse.iter_mut().chain([&mut multipart]) {
+            stream.read_until("trinity").await;
+            texts.push(stream.text());
+        }
+        texts.push(socket.text().await);
+        texts.push(socket.text().await);
+        bodies.push(texts);
+        drop((sse, multipart, socket));
+        wait_for("no channel", || hub.channel_count() == 0).await;
+        assert_eq!((hub.shared_execution_count(), hub.shared_subscriber_count()), (0, 0));
+    }
+    assert!(bodies[0][0].starts_with("event: next\ndata: {\"data\":{\"userChanges\":"), "{}", bodies[0][0]);
+    assert!(bodies[0][2].starts_with("--graphql\r\nContent-Type: application/json\r\n\r\n{"), "{}", bodies[0][2]);
+    assert_eq!(bodies[1], bodies[0], "shared streams are byte-identical to unshared ones");
 }

@@ -1,5 +1,5 @@
 //! Shared execution (what Hasura calls multiplexing): native subscriptions
-//! over the standard WebSocket protocols whose operation (document,
+//! over the standard WebSocket protocols and HTTP streaming whose operation (document,
 //! operation name, variables, extensions) and built subscriptions (groups,
 //! keys, merged scope and client filter, row read) are equal form one
 //! *group*. The group runs the operation once: one hub channel, one
@@ -21,9 +21,10 @@
 //!   principals share only when their merged scopes are equal values, never
 //!   because of who they are.
 //!
-//! Everything else (SSE, multipart, two-channel, custom groups, a field
-//! written by hand, a document with several root fields, `after`) keeps the
-//! per-subscriber path.
+//! SSE and multipart responses join the same groups: the HTTP handler gives
+//! a shareable streaming subscription its ticket directly. Everything else
+//! (two-channel, custom groups, a field written by hand, a root field with
+//! a directive or in a fragment, `after`) keeps the per-subscriber path.
 //!
 //! A member joins at the group channel's delivery count: it takes the
 //! changes queued after it joined, as an unshared subscription takes those
@@ -109,6 +110,13 @@ impl Ticket {
             Some(async_graphql::Value::Number(number)) => number.as_u64()?,
             _ => return None,
         };
+        let sink = Sink { id: id.clone(), generation, transport_ws, outbox: outbox.clone() };
+        Ticket::new(request, session, execute, sink)
+    }
+
+    /// The ticket of `request`, whose frames go to `sink` (an HTTP
+    /// streaming response's, or a marked subscribe's).
+    pub(crate) fn new(request: &Request, session: Option<Arc<Data>>, execute: &Execute, sink: Sink) -> Option<Ticket> {
         let extensions: BTreeMap<&String, &async_graphql::Value> = request.extensions.0.iter().collect();
         let base = format!(
             "{}\u{0}{:?}\u{0}{}\u{0}{}",
@@ -117,7 +125,6 @@ impl Ticket {
             serde_json::to_string(&request.variables).ok()?,
             serde_json::to_string(&extensions).ok()?,
         );
-        let sink = Sink { id: id.clone(), generation, transport_ws, outbox: outbox.clone() };
         Some(Ticket {
             base: Arc::from(base),
             request: Template {
@@ -213,6 +220,12 @@ impl Member {
         frame.push_str(payload);
         frame.push('}');
         frame
+    }
+
+    /// Whether the member still takes frames (it did not end as a slow
+    /// consumer).
+    pub(crate) fn live(&self) -> bool {
+        !self.ended_slow()
     }
 
     /// The connection took one of this member's frames.

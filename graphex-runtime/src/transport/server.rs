@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::parser::types::OperationType;
-use async_graphql::{ObjectType, Request, Response, Schema, ServerError, SubscriptionType};
+use async_graphql::{Executor, ObjectType, Request, Response, Schema, ServerError, SubscriptionType};
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -19,9 +19,11 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
 use crate::hub::{ClientAddress, Hub, Resource, client_key};
 use crate::model::Principal;
+use crate::subscribe::shared::{self, Execute, Frame, Sink, Ticket};
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
 use crate::transport::body;
 use crate::transport::forward;
@@ -29,7 +31,7 @@ use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, selected_operation
 use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
-use crate::transport::streaming::{StreamSlot, stream_response, streaming};
+use crate::transport::streaming::{StreamSlot, parts, stream_response, streaming};
 
 struct AppState<Q, M, S> {
     schema: Schema<Q, M, S>,
@@ -171,7 +173,7 @@ where
             return match streaming(&headers) {
                 // A refused subscription answers in the format it asked for.
                 Some(format) if operation == Some(OperationType::Subscription) => {
-                    stream_response(Box::pin(futures_util::stream::once(async { refused })), format)
+                    stream_response(parts(Box::pin(futures_util::stream::once(async { refused })), None), format)
                 }
                 _ => GraphQLResponse::from(refused).into_response(),
             };
@@ -197,18 +199,44 @@ where
             if let Err(error) = state.hub.take(client.as_ref(), Resource::Streams, 1) {
                 let refused = ServerError::new(error.to_string(), None);
                 let refused = Response::from_errors(vec![with_code(refused, LIMIT_REACHED)]);
-                return stream_response(Box::pin(futures_util::stream::once(async { refused })), format);
+                return stream_response(parts(Box::pin(futures_util::stream::once(async { refused })), None), format);
             }
             let slot = StreamSlot { hub: state.hub.clone(), client };
-            let request = with_principal(&state, request, principal);
+            let mut request = with_principal(&state, request, principal);
+            let outbox = share(&state, &mut request);
             let results = state.schema.execute_stream(request).map(move |result| {
                 let _held_until_the_stream_drops = &slot;
                 result
             });
-            stream_response(Box::pin(results), format)
+            stream_response(parts(Box::pin(results), outbox), format)
         }
         _ => GraphQLResponse::from(run(&state, request, token).await).into_response(),
     }
+}
+
+/// Gives a shareable streaming subscription its ticket to a shared
+/// execution (`subscribe/shared.rs`) and returns where that execution's
+/// frames arrive.
+fn share<Q, M, S>(state: &AppState<Q, M, S>, request: &mut Request) -> Option<mpsc::UnboundedReceiver<Frame>>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    if !state.hub.config().share_executions {
+        return None;
+    }
+    let name = request.operation_name.clone();
+    if !request.parsed_query().is_ok_and(|document| shared::shareable_operation(document, name.as_deref())) {
+        return None;
+    }
+    let (outbox, frames) = mpsc::unbounded_channel();
+    let sink = Sink { id: String::new(), generation: 0, transport_ws: true, outbox };
+    let schema = state.schema.clone();
+    let execute: Execute = Arc::new(move |request, data| Executor::execute_stream(&schema, request, data));
+    let ticket = Ticket::new(request, None, &execute, sink)?;
+    request.data.insert(ticket);
+    Some(frames)
 }
 
 /// The origins besides the server's own that may stream.

@@ -7,10 +7,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_graphql::Response;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use crate::subscribe::shared::Frame;
 
 use crate::hub::{ClientKey, Hub, Resource};
 
@@ -34,17 +41,83 @@ pub(crate) fn streaming(headers: &HeaderMap) -> Option<Streaming> {
     }
 }
 
+/// One result of a streaming response: the operation's own (async-graphql
+/// rendered it), or a shared execution's payload, serialized once for every
+/// member (`subscribe/shared.rs`).
+pub(crate) enum Part {
+    Own(Box<Response>),
+    Shared(Arc<str>),
+}
+
+impl Part {
+    fn json(&self) -> Option<Bytes> {
+        match self {
+            Part::Own(response) => serde_json::to_vec(response).ok().map(Bytes::from),
+            Part::Shared(payload) => Some(Bytes::copy_from_slice(payload.as_bytes())),
+        }
+    }
+}
+
+/// The operation's own results, with a shared execution's frames (when
+/// it joined one) merged in order: queued frames go before anything the
+/// operation yields, so the execution's last results precede the end.
+pub(crate) fn parts(
+    mut results: BoxStream<'static, Response>,
+    outbox: Option<mpsc::UnboundedReceiver<Frame>>,
+) -> BoxStream<'static, Part> {
+    let Some(mut outbox) = outbox else { return results.map(|response| Part::Own(Box::new(response))).boxed() };
+    let (tx, rx) = mpsc::channel::<Part>(1);
+    let driver = async move {
+        loop {
+            tokio::select! {
+                biased;
+                Some(frame) = outbox.recv() => {
+                    if !shared_part(&tx, frame).await {
+                        return;
+                    }
+                }
+                item = results.next() => {
+                    while let Ok(frame) = outbox.try_recv() {
+                        if !shared_part(&tx, frame).await {
+                            return;
+                        }
+                    }
+                    let Some(response) = item else { return };
+                    if tx.send(Part::Own(Box::new(response))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    driven(rx, driver)
+}
+
+/// Passes on a shared frame unless its member ended as a slow consumer;
+/// false when the response is gone.
+async fn shared_part(tx: &mpsc::Sender<Part>, frame: Frame) -> bool {
+    frame.member.taken();
+    !frame.member.live() || tx.send(Part::Shared(frame.payload)).await.is_ok()
+}
+
+/// The items `driver` sends to `rx`, as a stream that polls the driver
+/// itself: dropping the stream drops both (no task outlives the response).
+fn driven<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+    driver: impl std::future::Future<Output = ()> + Send + 'static,
+) -> BoxStream<'static, T> {
+    let driver = futures_util::stream::once(driver).filter_map(|()| async { None::<T> });
+    let received = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    futures_util::stream::select(received, driver).boxed()
+}
+
 /// A subscription's results as an HTTP stream. Dropping the response (the
 /// client went away) drops the operation, which frees its hub channel.
-pub(crate) fn stream_response(
-    results: futures_util::stream::BoxStream<'static, Response>,
-    format: Streaming,
-) -> axum::response::Response {
+pub(crate) fn stream_response(results: BoxStream<'static, Part>, format: Streaming) -> axum::response::Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     match format {
         Streaming::Multipart => {
-            let body = async_graphql::http::create_multipart_mixed_stream(results, Duration::from_secs(30))
-                .map(Ok::<_, std::convert::Infallible>);
+            let body = multipart(results, HEARTBEAT).map(Ok::<_, std::convert::Infallible>);
             (
                 [(axum::http::header::CONTENT_TYPE, "multipart/mixed; boundary=graphql")],
                 axum::body::Body::from_stream(body),
@@ -53,11 +126,54 @@ pub(crate) fn stream_response(
         }
         Streaming::ServerSentEvents => {
             let events = results
-                .map(|result| Event::default().event("next").json_data(result))
+                .map(|part| match part {
+                    Part::Own(response) => Event::default().event("next").json_data(response),
+                    // Compact JSON has no line break: one `data:` line, as json_data writes it.
+                    Part::Shared(payload) => Ok(Event::default().event("next").data(&*payload)),
+                })
                 .chain(futures_util::stream::once(async { Ok(Event::default().event("complete").data("")) }));
             Sse::new(events).keep_alive(KeepAlive::default()).into_response()
         }
     }
+}
+
+/// Interval of multipart heartbeats (`{}` parts).
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+const PART_HEADER: &[u8] = b"--graphql\r\nContent-Type: application/json\r\n\r\n";
+
+/// Apollo's multipart subscription format, as async-graphql's
+/// `create_multipart_mixed_stream` writes it (a part per result, a `{}`
+/// part every `heartbeat`, the closing boundary at the end), over parts
+/// that may be serialized already.
+fn multipart(mut parts: BoxStream<'static, Part>, heartbeat: Duration) -> BoxStream<'static, Bytes> {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let driver = async move {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            let chunk = tokio::select! {
+                part = parts.next() => match part {
+                    Some(part) => match part.json() {
+                        Some(json) => {
+                            let mut chunk = Vec::with_capacity(PART_HEADER.len() + json.len() + 2);
+                            chunk.extend_from_slice(PART_HEADER);
+                            chunk.extend_from_slice(&json);
+                            chunk.extend_from_slice(b"\r\n");
+                            Bytes::from(chunk)
+                        }
+                        None => continue,
+                    },
+                    None => break,
+                },
+                _ = beat.tick() => Bytes::from([PART_HEADER, b"{}\r\n"].concat()),
+            };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Bytes::from_static(b"--graphql--\r\n")).await;
+    };
+    driven(rx, driver)
 }
 
 /// A streaming response's place in its client's count, given back when
@@ -70,5 +186,56 @@ pub(crate) struct StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.hub.release(self.client.as_ref(), Resource::Streams, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn responses() -> Vec<Response> {
+        vec![
+            Response::new(async_graphql::Value::from_json(serde_json::json!({"userChanges": {"id": 1}})).unwrap()),
+            Response::from_errors(vec![async_graphql::ServerError::new("slow consumer: outgoing queue full", None)]),
+        ]
+    }
+
+    async fn body(stream: BoxStream<'static, Bytes>) -> Vec<u8> {
+        stream.collect::<Vec<_>>().await.concat()
+    }
+
+    #[tokio::test]
+    async fn multipart_parts_are_async_graphql_s_bytes_whether_shared_or_not() {
+        let theirs = body(async_graphql::http::create_multipart_mixed_stream(
+            futures_util::stream::iter(responses()),
+            HEARTBEAT,
+        ))
+        .await;
+        let own =
+            futures_util::stream::iter(responses().into_iter().map(|response| Part::Own(Box::new(response)))).boxed();
+        assert_eq!(
+            String::from_utf8(body(multipart(own, HEARTBEAT)).await).unwrap(),
+            String::from_utf8(theirs.clone()).unwrap()
+        );
+        let shared: Vec<Part> = responses()
+            .iter()
+            .map(|response| Part::Shared(Arc::from(serde_json::to_string(response).unwrap())))
+            .collect();
+        let shared = futures_util::stream::iter(shared).boxed();
+        assert_eq!(body(multipart(shared, HEARTBEAT)).await, theirs);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multipart_heartbeats_every_interval() {
+        let (tx, rx) = mpsc::channel::<Part>(1);
+        let parts =
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|part| (part, rx)) }).boxed();
+        let mut chunks = multipart(parts, HEARTBEAT);
+        let heartbeat = [PART_HEADER, b"{}\r\n"].concat();
+        assert_eq!(chunks.next().await.unwrap(), heartbeat, "after one interval");
+        assert_eq!(chunks.next().await.unwrap(), heartbeat);
+        drop(tx);
+        assert_eq!(&chunks.next().await.unwrap()[..], b"--graphql--\r\n");
+        assert!(chunks.next().await.is_none());
     }
 }
