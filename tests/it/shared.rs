@@ -240,3 +240,37 @@ async fn streaming_responses_share_with_websocket_subscribers_byte_for_byte() {
     assert!(bodies[0][2].starts_with("--graphql\r\nContent-Type: application/json\r\n\r\n{"), "{}", bodies[0][2]);
     assert_eq!(bodies[1], bodies[0], "shared streams are byte-identical to unshared ones");
 }
+
+#[tokio::test]
+async fn when_the_execution_ends_every_member_gets_its_end_as_alone() {
+    const CREATES: &str = "subscription { userChanges(action: CREATE) { action } }";
+    let mut ends = Vec::new();
+    for share in [false, true] {
+        let (server, hub) = start(Config::default().with_share_executions(share)).await;
+        let mut clients = Vec::new();
+        for (n, proto) in [Proto::Transport, Proto::Legacy].into_iter().enumerate() {
+            let mut client = Client::connected(server.addr, proto, json!({})).await;
+            client.start(&format!("op-{n}"), CREATES).await;
+            clients.push(client);
+        }
+        wait_for("2 subscribers", || {
+            hub.channel_count() - hub.shared_execution_count() + hub.shared_subscriber_count() == 2
+        })
+        .await;
+        // Every native stream is closed (say, before a deploy): the error
+        // result, then `complete`, on every member.
+        hub.disconnect_all();
+        let mut texts = Vec::new();
+        for client in &mut clients {
+            for _ in 0..2 {
+                texts.push(client.text().await);
+            }
+        }
+        wait_for("no channel", || hub.channel_count() == 0).await;
+        assert_eq!((hub.shared_execution_count(), hub.shared_subscriber_count()), (0, 0));
+        ends.push(texts);
+    }
+    assert!(ends[0][0].contains("disconnected by the server"), "{}", ends[0][0]);
+    assert_eq!(ends[0][1], r#"{"type":"complete","id":"op-0"}"#);
+    assert_eq!(ends[1], ends[0]);
+}

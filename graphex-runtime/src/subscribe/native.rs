@@ -268,6 +268,10 @@ impl ChangeStream {
                     biased;
                     () = channel.closed().cancelled() => {
                         state.done = true;
+                        if let Some(delivered) = &state.delivered {
+                            // The end is for every member, however late it joined.
+                            delivered.store(u64::MAX, Ordering::Release);
+                        }
                         return Some((Err(closed_error(channel.close_reason())), state));
                     }
                     delivery = state.rx.recv() => {

@@ -355,6 +355,9 @@ impl Member {
 /// The group's execution: each result serialized once and offered to
 /// every member that joined before the delivery it came from.
 async fn run(hub: Hub, group: Arc<Group>, mut results: BoxStream<'static, Response>, delivered: Arc<AtomicU64>) {
+    // However the task ends (its stream ended, or it panicked), its members
+    // end with it rather than wait for frames that will not come.
+    let _ending = Ending { hub: hub.clone(), group: group.clone() };
     let capacity = hub.config().queue_capacity.max(1);
     loop {
         let response = tokio::select! {
@@ -362,13 +365,13 @@ async fn run(hub: Hub, group: Arc<Group>, mut results: BoxStream<'static, Respon
             () = group.stop.cancelled() => return,
             response = results.next() => response,
         };
-        let Some(response) = response else { break };
+        let Some(response) = response else { return };
         let delivery = delivered.load(Ordering::Acquire);
         let payload: Arc<str> = match serde_json::to_string(&response) {
             Ok(payload) => Arc::from(payload),
             Err(error) => {
                 tracing::error!(%error, "shared result not serializable");
-                break;
+                return;
             }
         };
         let members = lock(&group.members);
@@ -378,16 +381,28 @@ async fn run(hub: Hub, group: Arc<Group>, mut results: BoxStream<'static, Respon
             }
         }
     }
-    // The execution ended (its channel closed, or the server shuts down):
-    // every member ends after the frames it was given.
-    hub.shared().remove(&group);
-    let members = {
-        let mut members = lock(&group.members);
-        members.closed = true;
-        std::mem::take(&mut members.list)
-    };
-    for member in members {
-        member.end(None);
+}
+
+/// Ends a group's members when its task ends: the execution ended (its
+/// channel closed, or the server shuts down), and every member ends after
+/// the frames it was given. After a stop (the last member left) there are
+/// none.
+struct Ending {
+    hub: Hub,
+    group: Arc<Group>,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.hub.shared().remove(&self.group);
+        let members = {
+            let mut members = lock(&self.group.members);
+            members.closed = true;
+            std::mem::take(&mut members.list)
+        };
+        for member in members {
+            member.end(None);
+        }
     }
 }
 
