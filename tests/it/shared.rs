@@ -6,6 +6,10 @@
 use crate::app;
 use crate::support::http::Streamed;
 use crate::support::standard::{Client, Proto, Served, serve, wait_for};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use graphex::layer::{ChannelLayer, History, Inbound, LayerError, MemoryLayer, Position};
 use graphex::{Config, Hub, RouterBuilder};
 use serde_json::{Value as Json, json};
 
@@ -273,4 +277,101 @@ async fn when_the_execution_ends_every_member_gets_its_end_as_alone() {
     assert!(ends[0][0].contains("disconnected by the server"), "{}", ends[0][0]);
     assert_eq!(ends[0][1], r#"{"type":"complete","id":"op-0"}"#);
     assert_eq!(ends[1], ends[0]);
+}
+
+/// The memory layer, whose groups are ready only after a while (as Redis's
+/// are once the SUBSCRIBE is confirmed), or then fail to be when `fail`.
+struct SlowReady(MemoryLayer, bool);
+
+#[async_trait::async_trait]
+impl ChannelLayer for SlowReady {
+    fn start(&self, inbound: Inbound) {
+        self.0.start(inbound);
+    }
+
+    async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError> {
+        self.0.publish(group, message).await
+    }
+
+    async fn publish_all(&self, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        self.0.publish_all(groups, message).await
+    }
+
+    async fn publish_change(&self, stream: &str, groups: &[String], message: Bytes) -> Result<(), LayerError> {
+        self.0.publish_change(stream, groups, message).await
+    }
+
+    async fn history(&self, stream: &str, after: Position) -> Result<History, LayerError> {
+        self.0.history(stream, after).await
+    }
+
+    fn listen(&self, group: &str) {
+        self.0.listen(group);
+    }
+
+    fn unlisten(&self, group: &str) {
+        self.0.unlisten(group);
+    }
+
+    async fn ready(&self, group: &str) -> Result<(), LayerError> {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if self.1 {
+            return Err(LayerError::unavailable("the test's layer refuses"));
+        }
+        self.0.ready(group).await
+    }
+}
+
+#[tokio::test]
+async fn subscribers_arriving_while_the_execution_starts_join_it() {
+    let db = app::connect("sqlite::memory:", None).await;
+    let hub = Hub::with_layer(Config::default(), Arc::new(SlowReady(MemoryLayer::new(), false)));
+    let router = RouterBuilder::new(app::schema(db.clone()), hub.clone()).authenticator(app::UsernameAuth(db)).build();
+    let server = serve(router).await;
+    const CREATES: &str = "subscription { userChanges(action: CREATE, data: [USERNAME]) { data } }";
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+        client.start("1", CREATES).await;
+        clients.push(client);
+    }
+    wait_for("5 shared subscribers", || hub.shared_subscriber_count() == 5).await;
+    assert_eq!((hub.shared_execution_count(), hub.channel_count()), (1, 1), "one execution for all five");
+    run(&server, None, &create_user("neo", "acme")).await;
+    for client in &mut clients {
+        assert_eq!(client.json().await["payload"]["data"]["userChanges"]["data"]["username"], "neo");
+    }
+}
+
+#[tokio::test]
+async fn subscribers_that_joined_a_refused_start_get_its_refusal() {
+    const CREATES: &str = "subscription { userChanges(action: CREATE) { action } }";
+    let mut answers = Vec::new();
+    for share in [false, true] {
+        let db = app::connect("sqlite::memory:", None).await;
+        let layer = Arc::new(SlowReady(MemoryLayer::new(), true));
+        let hub = Hub::with_layer(Config::default().with_share_executions(share), layer);
+        let router =
+            RouterBuilder::new(app::schema(db.clone()), hub.clone()).authenticator(app::UsernameAuth(db)).build();
+        let server = serve(router).await;
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut client = Client::connected(server.addr, Proto::Transport, json!({})).await;
+            client.start("1", CREATES).await;
+            clients.push(client);
+        }
+        if share {
+            wait_for("2 joins", || hub.stats().shared_joins == 2).await;
+        }
+        let mut texts = Vec::new();
+        for client in &mut clients {
+            texts.push(client.text().await);
+            texts.push(client.text().await);
+        }
+        assert_eq!((hub.shared_execution_count(), hub.shared_subscriber_count(), hub.channel_count()), (0, 0, 0));
+        answers.push(texts);
+    }
+    assert!(answers[0][0].contains("the test's layer refuses"), "{}", answers[0][0]);
+    assert_eq!(answers[0][1], r#"{"type":"complete","id":"1"}"#);
+    assert_eq!(answers[1], answers[0], "each member gets the refusal it would get alone");
 }

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection};
-use async_graphql::{Data, Request, Response, Variables};
+use async_graphql::{Data, ErrorExtensions, Request, Response, Variables};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::Value as Json;
@@ -201,7 +201,7 @@ pub(crate) struct Member {
     /// Frames queued on the connection and not yet taken.
     pending: AtomicUsize,
     ended: CancellationToken,
-    reason: OnceLock<Option<CloseReason>>,
+    reason: OnceLock<Option<End>>,
 }
 
 impl Member {
@@ -233,17 +233,27 @@ impl Member {
         self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn end(&self, reason: Option<CloseReason>) {
+    fn end(&self, reason: Option<End>) {
         let _ = self.reason.set(reason);
         self.ended.cancel();
     }
+}
+
+/// Why a member ended before its group did.
+#[derive(Clone)]
+enum End {
+    /// Its frames were not taken (slow consumer).
+    Closed(CloseReason),
+    /// The group could not start: the refusal its first member got.
+    Refused(async_graphql::Error),
 }
 
 /// One shared execution.
 struct Group {
     base: Arc<str>,
     proof: Proof,
-    channel: Arc<Channel>,
+    /// Set once the first member opened it and added the subscriptions.
+    channel: OnceLock<Arc<Channel>>,
     members: Mutex<Members>,
     stop: CancellationToken,
 }
@@ -304,29 +314,43 @@ pub(crate) async fn join(
 ) -> Result<ChangeStream, SubscribeError> {
     let counted = Counted::take(hub, client, proof.subscription_count())?;
     let registry = hub.shared();
-    {
-        let groups = lock(&registry.groups);
+    let group = {
+        let mut groups = lock(&registry.groups);
         if let Some(group) = groups.get(&ticket.base).and_then(|list| list.iter().find(|group| group.proof == proof)) {
             let mut members = lock(&group.members);
             if !members.closed {
-                let member = Arc::new(Member::new(sink, group.channel.sent()));
+                // A group still opening its channel has delivered nothing.
+                let from = group.channel.get().map_or(0, |channel| channel.sent());
+                let member = Arc::new(Member::new(sink, from));
                 members.list.push(member.clone());
                 hub.counters().shared_joins.fetch_add(1, Ordering::Relaxed);
                 return Ok(member_stream(MemberGuard { hub: hub.clone(), group: group.clone(), member, counted }));
             }
         }
-    }
-    let (channel, stream, delivered) = open.await?;
-    let group = Arc::new(Group {
-        base: ticket.base.clone(),
-        proof,
-        channel,
-        members: Mutex::default(),
-        stop: CancellationToken::new(),
-    });
+        // Registered before its channel opens: equal subscribes arriving
+        // meanwhile (the layer may take a while to be ready) join it.
+        let group = Arc::new(Group {
+            base: ticket.base.clone(),
+            proof,
+            channel: OnceLock::new(),
+            members: Mutex::default(),
+            stop: CancellationToken::new(),
+        });
+        groups.entry(group.base.clone()).or_default().push(group.clone());
+        group
+    };
     let member = Arc::new(Member::new(sink, 0));
     lock(&group.members).list.push(member.clone());
-    lock(&registry.groups).entry(group.base.clone()).or_default().push(group.clone());
+    let mut opening = Opening { hub, group: group.clone(), member: member.clone(), refusal: None, done: false };
+    let (channel, stream, delivered) = match open.await {
+        Ok(opened) => opened,
+        Err(error) => {
+            opening.refusal = Some(error.extend());
+            return Err(error);
+        }
+    };
+    opening.done = true;
+    let _ = group.channel.set(channel);
     let template = &ticket.request;
     let mut request = Request::new(template.query.clone()).data(Feed(Mutex::new(Some(stream))));
     request.operation_name = template.operation_name.clone();
@@ -335,6 +359,40 @@ pub(crate) async fn join(
     let results = (ticket.execute)(request, ticket.session.clone());
     tokio::spawn(run(hub.clone(), group.clone(), results, delivered));
     Ok(member_stream(MemberGuard { hub: hub.clone(), group, member, counted }))
+}
+
+/// A group's start by its first member. If it does not finish (the open
+/// was refused, or the subscribe was dropped meanwhile: the client left),
+/// the group is forgotten and those who joined meanwhile end: with the
+/// refusal the first member got, else as disconnected (they subscribe
+/// again).
+struct Opening<'a> {
+    hub: &'a Hub,
+    group: Arc<Group>,
+    member: Arc<Member>,
+    refusal: Option<async_graphql::Error>,
+    done: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.hub.shared().remove(&self.group);
+        let joined = {
+            let mut members = lock(&self.group.members);
+            members.closed = true;
+            std::mem::take(&mut members.list)
+        };
+        for other in joined.iter().filter(|other| !Arc::ptr_eq(other, &self.member)) {
+            let end = match &self.refusal {
+                Some(refusal) => End::Refused(refusal.clone()),
+                None => End::Closed(CloseReason::Disconnected),
+            };
+            other.end(Some(end));
+        }
+    }
 }
 
 impl Member {
@@ -414,7 +472,7 @@ fn offer(hub: &Hub, member: &Arc<Member>, payload: &Arc<str>, capacity: usize) {
         member.pending.fetch_sub(1, Ordering::Relaxed);
         hub.counters().slow_consumers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(operation = %member.sink.id, "shared subscription's frames not taken: ending a slow consumer");
-        member.end(Some(CloseReason::SlowConsumer));
+        member.end(Some(End::Closed(CloseReason::SlowConsumer)));
         return;
     }
     hub.counters().delivered.fetch_add(1, Ordering::Relaxed);
@@ -485,8 +543,11 @@ fn member_stream(guard: MemberGuard) -> ChangeStream {
     let stream = futures_util::stream::unfold(Some(guard), |guard| async move {
         let guard = guard?;
         guard.member.ended.cancelled().await;
-        let reason = guard.member.reason.get().copied().flatten()?;
-        Some((Err(crate::subscribe::native::closed_error(Some(reason))), None))
+        let error = match guard.member.reason.get().cloned().flatten()? {
+            End::Closed(reason) => crate::subscribe::native::closed_error(Some(reason)),
+            End::Refused(error) => error,
+        };
+        Some((Err(error), None))
     });
     ChangeStream::from_stream(stream.boxed())
 }
@@ -569,7 +630,7 @@ mod tests {
         }
         assert!(!slow.ended.is_cancelled() && !quick.ended.is_cancelled());
         offer(&hub, &slow, &payload, 2);
-        assert_eq!(slow.reason.get(), Some(&Some(CloseReason::SlowConsumer)));
+        assert!(matches!(slow.reason.get(), Some(Some(End::Closed(CloseReason::SlowConsumer)))));
         assert!(!quick.ended.is_cancelled(), "the others go on");
         assert_eq!(hub.stats().slow_consumers, 1);
         let generations = HashMap::from([("7".to_owned(), 1)]);
