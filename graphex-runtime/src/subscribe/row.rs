@@ -31,9 +31,21 @@ pub(crate) fn row_fetch<M: ModelSubscription>(db: DatabaseConnection) -> RowFetc
         Box::pin(async move {
             let pk_field = &M::FIELDS[M::PRIMARY_KEY];
             // A key that does not parse as the primary key's type names no row.
-            let Ok(pk) = (pk_field.parse)(pk) else { return Fetched::Gone };
-            match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(pk)).one(&db).await {
-                Ok(Some(row)) => Fetched::Row(row.values()),
+            let Ok(key) = (pk_field.parse)(pk.clone()) else { return Fetched::Gone };
+            match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(key)).one(&db).await {
+                // The key's own row only: under a case-insensitive or PAD
+                // SPACE collation (MySQL's and MariaDB's defaults) `= 'bob'`
+                // also finds `Bob` or `bob `. Comparing in memory keeps the
+                // primary key's index for the read.
+                Ok(Some(row)) => {
+                    let values = row.values();
+                    let asked = (pk_field.canonical)(pk);
+                    if asked.is_ok_and(|asked| values.get(pk_field.name) == Some(&asked)) {
+                        Fetched::Row(values)
+                    } else {
+                        Fetched::Gone
+                    }
+                }
                 Ok(None) => Fetched::Gone,
                 Err(error) => {
                     tracing::warn!(stream = M::STREAM, %error, "row read failed; notifications filtered on it dropped");
