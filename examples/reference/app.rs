@@ -23,6 +23,9 @@ pub mod user {
         pub id: i32,
         #[sea_orm(unique)]
         pub username: String,
+        // TEXT: MySQL makes a `String` a VARCHAR(255), and the tests send
+        // notifications of up to 60 KiB.
+        #[sea_orm(column_type = "Text")]
         pub email: String,
         pub tenant: String,
     }
