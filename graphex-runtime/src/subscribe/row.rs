@@ -186,6 +186,85 @@ mod tests {
         assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 
+    mod tag {
+        #![allow(unreachable_pub, missing_docs)]
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "tags")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub slug: String,
+            pub title: String,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    /// What the derive would generate for an id-only `tag`, written out.
+    impl ModelSubscription for tag::Model {
+        type Entity = tag::Entity;
+        const STREAM: &'static str = "tags";
+        const LABEL: &'static str = "tag";
+        const FULL_PAYLOAD: bool = false;
+        const PRIMARY_KEY: usize = 0;
+        const FIELDS: &'static [crate::model::Field<tag::Entity>] = &[
+            crate::model::Field {
+                name: "slug",
+                column: tag::Column::Slug,
+                parse: crate::model::parse_value::<String>,
+                canonical: crate::model::canonical_value::<String>,
+            },
+            crate::model::Field {
+                name: "title",
+                column: tag::Column::Title,
+                parse: crate::model::parse_value::<String>,
+                canonical: crate::model::canonical_value::<String>,
+            },
+        ];
+        const INDEX_FIELDS: &'static [&'static str] = &[];
+
+        fn primary_key(&self) -> Json {
+            Json::from(self.slug.clone())
+        }
+        fn values(&self) -> Map<String, Json> {
+            Map::from_iter([("slug".to_owned(), json!(self.slug)), ("title".to_owned(), json!(self.title))])
+        }
+        fn index_values(&self) -> Vec<(&'static str, Json)> {
+            Vec::new()
+        }
+        fn authorize(_: &crate::model::SubscribeRequest<'_>) -> Result<(), crate::model::Denied> {
+            Ok(())
+        }
+        fn scope(
+            _: &crate::model::SubscribeRequest<'_>,
+        ) -> Result<crate::model::Scope<tag::Entity>, crate::model::Denied> {
+            Ok(crate::model::Scope::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_read_keeps_only_the_key_asked_for() {
+        use sea_orm::ConnectionTrait;
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1);
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        // A case-insensitive primary key, as under MySQL's and MariaDB's
+        // default collations: `slug = 'BOB'` finds `bob`.
+        db.execute_unprepared("CREATE TABLE tags (slug TEXT COLLATE NOCASE PRIMARY KEY, title TEXT NOT NULL)")
+            .await
+            .unwrap();
+        db.execute_unprepared("INSERT INTO tags VALUES ('bob', 'Bob')").await.unwrap();
+        let fetch = row_fetch::<tag::Model>(db);
+        let Fetched::Row(row) = fetch(json!("bob")).await else { panic!("bob's row") };
+        assert_eq!(row, Map::from_iter([("slug".to_owned(), json!("bob")), ("title".to_owned(), json!("Bob"))]));
+        assert!(matches!(fetch(json!("BOB")).await, Fetched::Gone), "a change of BOB is not decided on bob's row");
+        assert!(matches!(fetch(json!("alice")).await, Fetched::Gone));
+    }
+
     #[tokio::test]
     async fn deletes_are_not_read_back() {
         let hub = Hub::default();
