@@ -23,6 +23,9 @@ pub mod user {
         pub id: i32,
         #[sea_orm(unique)]
         pub username: String,
+        // TEXT: MySQL makes a `String` a VARCHAR(255), and the tests send
+        // notifications of up to 60 KiB.
+        #[sea_orm(column_type = "Text")]
         pub email: String,
         pub tenant: String,
     }
@@ -234,12 +237,18 @@ impl graphex::Authenticator for UsernameAuth {
     async fn authenticate(&self, token: &str) -> Option<Principal> {
         use sea_orm::{ColumnTrait, QueryFilter};
         let user = user::Entity::find().filter(user::Column::Username.eq(token)).one(&self.0).await.ok()??;
+        // MySQL's and MariaDB's default collations would let `ALICE` or
+        // `alice ` in as alice.
+        if user.username != token {
+            return None;
+        }
         Some(Principal::new(user.username).with_claim("tenant", user.tenant))
     }
 }
 
-/// Connects and creates the tables. `schema` selects a PostgreSQL schema
-/// (created if missing), so tests can share one database.
+/// Connects and creates the tables (SQLite, PostgreSQL, MySQL or MariaDB).
+/// `schema` selects a PostgreSQL schema (created if missing), so tests can
+/// share one database.
 pub async fn connect(url: &str, schema: Option<&str>) -> DatabaseConnection {
     if let Some(schema) = schema {
         let admin = Database::connect(url).await.expect("database reachable");

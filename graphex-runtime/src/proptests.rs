@@ -213,7 +213,7 @@ proptest! {
                 if values.len() == person::Model::FIELDS.len() {
                     prop_assert!(decided.is_some(), "a whole row decides every clause");
                 }
-                for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+                for backend in [DbBackend::Sqlite, DbBackend::Postgres, DbBackend::MySql] {
                     let condition = filter.condition::<person::Model>(backend);
                     let sql = person::Entity::find().filter(condition).build(backend).to_string();
                     prop_assert!(sql.starts_with("SELECT"));

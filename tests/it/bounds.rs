@@ -113,6 +113,9 @@ fn count_comment_selects(db: &mut sea_orm::DatabaseConnection) -> Arc<AtomicUsiz
 async fn an_id_only_change_is_read_back_once_for_every_filter() {
     each_database(|mut db| async move {
         let selects = count_comment_selects(&mut db);
+        // MySQL has no RETURNING: SeaORM reads an inserted or updated row
+        // back by primary key, a SELECT of the mutation's own.
+        let read_back = usize::from(db.get_database_backend() == sea_orm::DbBackend::MySql);
         let server = Server::start(db, Hub::default()).await;
         // Different filters on fields other than the id of the id-only
         // comments, one socket each, and one socket with two of them.
@@ -153,7 +156,11 @@ async fn an_id_only_change_is_read_back_once_for_every_filter() {
         }
         let mut all: Vec<&mut Ws> = sockets.iter_mut().collect();
         server.user_sentinel(&mut all).await;
-        assert_eq!(selects.load(Ordering::SeqCst) - before, 1, "one read of the row for seven filters on six sockets");
+        assert_eq!(
+            selects.load(Ordering::SeqCst) - before,
+            1 + read_back,
+            "one read of the row for seven filters on six sockets"
+        );
         drop(all);
 
         // A subscription by id is in another group (the instance group) of
@@ -179,7 +186,11 @@ async fn an_id_only_change_is_read_back_once_for_every_filter() {
         }
         let mut all: Vec<&mut Ws> = sockets.iter_mut().collect();
         server.user_sentinel(&mut all).await;
-        assert_eq!(selects.load(Ordering::SeqCst) - before, 2, "the mutation's lookup and one read, for two groups");
+        assert_eq!(
+            selects.load(Ordering::SeqCst) - before,
+            2 + read_back,
+            "the mutation's lookup and one read, for two groups"
+        );
 
         // Deletes are not read back (the row is gone), as before: only the
         // mutation's own lookup runs, and no filter that needs the row lets it through.

@@ -1,13 +1,15 @@
 //! Filter lookups decided both ways graphex decides them: as a SeaORM
 //! condition the database runs, and in memory on a row's values. Over the
 //! user entity's integer, text, optional text, float, bool and timestamp
-//! columns, on SQLite and (with `GRAPHEX_TEST_POSTGRES_URL`) PostgreSQL,
-//! both must select exactly the expected rows. Then the filters graphex
-//! must refuse.
+//! columns, on SQLite, (with `GRAPHEX_TEST_POSTGRES_URL`) PostgreSQL and
+//! (with `GRAPHEX_TEST_MYSQL_URL`) MySQL / MariaDB under MariaDB's default
+//! collation (case-insensitive, PAD SPACE), both must select exactly the
+//! expected rows. Then the filters graphex must refuse.
 
 use std::hash::{BuildHasher, Hasher};
 
 use crate::support::POSTGRES_ENV;
+use crate::support::databases::MysqlDatabase;
 use crate::support::entities::user;
 use graphex::__internals::Filter;
 use graphex::{FilterError, FilterLimits, ModelSubscription};
@@ -40,10 +42,12 @@ fn rows() -> Vec<user::Model> {
         row(4, "carol_50%", Some("carol@example.com"), "globex", 0.0, true, "2024-06-01T08:30:00.250Z"),
         row(5, "dave", None, "initech", 100.0, false, "2025-01-01T00:00:00Z"),
         row(6, "Émile", Some("emile@exemple.fr"), "initech", 3.5, true, "2024-03-15T12:00:00.001Z"),
+        // Row 2 with a trailing space: equal to it under PAD SPACE collations.
+        row(7, "bob ", None, "acme", 3.0, false, "2024-03-15T12:00:00Z"),
     ]
 }
 
-const ALL: &[i32] = &[1, 2, 3, 4, 5, 6];
+const ALL: &[i32] = &[1, 2, 3, 4, 5, 6, 7];
 const NONE: &[i32] = &[];
 
 /// Each filter with the ids it selects from [`rows`].
@@ -52,8 +56,8 @@ fn cases() -> Vec<(Json, &'static [i32])> {
         // Integer.
         (json!({"id": 3}), &[3]),
         (json!({"id__exact": 3}), &[3]),
-        (json!({"id__gt": 4}), &[5, 6]),
-        (json!({"id__gte": 4}), &[4, 5, 6]),
+        (json!({"id__gt": 4}), &[5, 6, 7]),
+        (json!({"id__gte": 4}), &[4, 5, 6, 7]),
         (json!({"id__lt": 2}), &[1]),
         (json!({"id__lte": 2}), &[1, 2]),
         (json!({"id__in": [2, 4, 99]}), &[2, 4]),
@@ -87,16 +91,28 @@ fn cases() -> Vec<(Json, &'static [i32])> {
         (json!({"username__contains": ""}), ALL),
         (json!({"username__icontains": ""}), ALL),
         // Text order is by code point, whatever the column's collation.
-        (json!({"username__gt": "C"}), &[2, 4, 5, 6]),
-        (json!({"username__gte": "bob"}), &[2, 4, 5, 6]),
+        (json!({"username__gt": "C"}), &[2, 4, 5, 6, 7]),
+        (json!({"username__gte": "bob"}), &[2, 4, 5, 6, 7]),
         (json!({"username__lt": "B"}), &[1, 3]),
         (json!({"username__lte": "ALICIA"}), &[3]),
         (json!({"username__in": ["bob", "dave", "zed"]}), &[2, 5]),
         (json!({"username__isnull": false}), ALL),
+        // Trailing spaces count (no PAD SPACE), and so does case.
+        (json!({"username": "bob "}), &[7]),
+        (json!({"username__in": ["bob"]}), &[2]),
+        (json!({"username__in": ["BOB", "bob "]}), &[7]),
+        (json!({"username__iexact": "BOB"}), &[2]),
+        (json!({"username__iexact": "BOB "}), &[7]),
+        (json!({"username__contains": "b "}), &[7]),
+        (json!({"username__startswith": "bob "}), &[7]),
+        (json!({"username__endswith": " "}), &[7]),
+        (json!({"username__gt": "bob"}), &[4, 5, 6, 7]),
+        (json!({"username__gte": "bob "}), &[4, 5, 6, 7]),
+        (json!({"username__lt": "bob "}), &[1, 2, 3]),
         // Optional text.
-        (json!({"email": null}), &[2, 5]),
+        (json!({"email": null}), &[2, 5, 7]),
         (json!({"email": "alice@example.com"}), &[1]),
-        (json!({"email__isnull": true}), &[2, 5]),
+        (json!({"email__isnull": true}), &[2, 5, 7]),
         (json!({"email__isnull": false}), &[1, 3, 4, 6]),
         (json!({"email__iexact": "ALICIA@example.org"}), &[3]),
         (json!({"email__contains": "example"}), &[1, 4]),
@@ -106,30 +122,34 @@ fn cases() -> Vec<(Json, &'static [i32])> {
         (json!({"email__gt": "b"}), &[4, 6]),
         (json!({"email__lte": "alice@example.com"}), &[1, 3]),
         (json!({"email__in": ["carol@example.com", "nobody@example.com"]}), &[4]),
-        (json!({"email__in": ["carol@example.com", null]}), &[2, 4, 5]),
+        (json!({"email__in": ["carol@example.com", null]}), &[2, 4, 5, 7]),
         // Float.
-        (json!({"score": 3}), &[2]),
-        (json!({"score": 3.0}), &[2]),
+        (json!({"score": 3}), &[2, 7]),
+        (json!({"score": 3.0}), &[2, 7]),
         (json!({"score__gt": 3}), &[1, 5, 6]),
-        (json!({"score__gte": 3}), &[1, 2, 5, 6]),
+        (json!({"score__gte": 3}), &[1, 2, 5, 6, 7]),
         (json!({"score__lt": 0}), &[3]),
         (json!({"score__lte": 0}), &[3, 4]),
         (json!({"score__in": [0, 9.5]}), &[1, 4]),
         (json!({"score__isnull": true}), NONE),
         // Bool.
         (json!({"active": true}), &[1, 3, 4, 6]),
-        (json!({"active": false}), &[2, 5]),
-        (json!({"active__in": [false]}), &[2, 5]),
+        (json!({"active": false}), &[2, 5, 7]),
+        (json!({"active__in": [false]}), &[2, 5, 7]),
         (json!({"active__gt": false}), &[1, 3, 4, 6]),
         (json!({"active__isnull": false}), ALL),
         // Timestamps compare as instants, whatever offset the client wrote.
         (json!({"joined": "2024-01-01T00:00:00Z"}), &[1]),
         (json!({"joined": "2024-01-01T01:00:00+01:00"}), &[1]),
         (json!({"joined__gt": "2024-03-15T12:00:00Z"}), &[4, 5, 6]),
-        (json!({"joined__gte": "2024-03-15T14:00:00+02:00"}), &[2, 4, 5, 6]),
+        (json!({"joined__gte": "2024-03-15T14:00:00+02:00"}), &[2, 4, 5, 6, 7]),
         (json!({"joined__lt": "2024-01-01T00:00:00Z"}), &[3]),
         (json!({"joined__lte": "2024-01-01T00:00:00Z"}), &[1, 3]),
         (json!({"joined__in": ["2024-06-01T08:30:00.250Z", "2025-01-01T00:00:00Z"]}), &[4, 5]),
+        (json!({"joined__in": ["2025-01-01T00:00:00Z"]}), &[5]),
+        (json!({"joined__in": ["2025-01-01T00:00:00Z", "2024-06-01T08:30:00.250Z"]}), &[4, 5]),
+        (json!({"joined__in": ["2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"]}), &[1, 5]),
+        (json!({"joined__in": ["2024-03-15T12:00:00.001Z", "2024-01-01T00:00:00Z"]}), &[1, 6]),
         (json!({"joined__isnull": false}), ALL),
         // Several clauses are ANDed.
         (json!({"tenant": "acme", "active": true}), &[1]),
@@ -237,6 +257,20 @@ async fn lookups_agree_in_sql_and_in_memory_on_postgres() {
     }
     let _ = admin.close().await;
     assert!(failures.is_empty(), "on PostgreSQL:\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn lookups_agree_in_sql_and_in_memory_on_mysql() {
+    let Some(database) = MysqlDatabase::create("MySQL condition tests").await else { return };
+    let db = Database::connect(&database.url).await.expect("MySQL reachable");
+    create_users_table(&db).await;
+    // SeaORM creates a `timestamp` column, which keeps whole seconds; the
+    // rows have milliseconds (what a user's DATETIME(6) / TIMESTAMP(6) keeps).
+    db.execute_unprepared("ALTER TABLE users MODIFY joined TIMESTAMP(6) NOT NULL").await.expect("precision set");
+    let failures = check_lookups(&db).await;
+    let _ = db.close().await;
+    database.drop().await;
+    assert!(failures.is_empty(), "on MySQL:\n{}", failures.join("\n"));
 }
 
 fn refusal(filters: Json) -> FilterError {

@@ -3,7 +3,8 @@
 //! without evaluating anyone else's filters.
 //!
 //! Each test runs on SQLite in memory and, with `GRAPHEX_TEST_POSTGRES_URL`,
-//! again on PostgreSQL in a schema of its own ([`crate::support::each_database`]).
+//! again on PostgreSQL in a schema of its own, and with `GRAPHEX_TEST_MYSQL_URL`
+//! on MySQL / MariaDB in a database of its own ([`crate::support::each_database`]).
 //! "Nothing arrives" is never asserted by waiting: a sentinel change is made
 //! afterwards and must be the next frame (a channel receives changes in the
 //! order they were announced).

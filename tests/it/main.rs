@@ -27,8 +27,9 @@
 //! - [`fanout_bench`]: an ignored measurement.
 //!
 //! [`support`] holds what they share. Tests that use a database run on
-//! SQLite in memory and, with `GRAPHEX_TEST_POSTGRES_URL`, on PostgreSQL in a
-//! schema of their own; each serves its app on port 0, so every test may
+//! SQLite in memory, with `GRAPHEX_TEST_POSTGRES_URL` on PostgreSQL in a
+//! schema of their own and with `GRAPHEX_TEST_MYSQL_URL` on MySQL / MariaDB in
+//! a database of their own; each serves its app on port 0, so every test may
 //! run in parallel with the others.
 //!
 //! Separate binaries remain where they must: `tests/ui.rs` (trybuild) and

@@ -509,26 +509,10 @@ async fn row_checks(db: sea_orm::DatabaseConnection) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn id_only_row_checks_on_sqlite_and_postgres() {
+async fn id_only_row_checks_on_every_database() {
     row_checks(app::connect("sqlite::memory:", None).await).await;
-    let Ok(url) = std::env::var("GRAPHEX_TEST_POSTGRES_URL") else {
-        println!("skipped: PostgreSQL variant (set GRAPHEX_TEST_POSTGRES_URL)");
-        return;
-    };
-    let schema = format!(
-        "graphex_protocol_{}_{:016x}",
-        std::process::id(),
-        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), "schema")
-    );
-    let db = app::connect(&url, Some(&schema)).await;
-    let outcome = tokio::spawn(row_checks(db)).await;
-    let admin = sea_orm::Database::connect(&url).await.expect("PostgreSQL reachable");
-    sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await
-        .expect("schema dropped");
-    if let Err(error) = outcome {
-        std::panic::resume_unwind(error.into_panic());
-    }
+    crate::support::databases::on_postgres("PostgreSQL variant", row_checks).await;
+    crate::support::databases::on_mysql("MySQL variant", row_checks).await;
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 use std::cmp::Ordering;
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, SimpleExpr};
-use sea_orm::{ColumnTrait, ColumnType, Condition, DbBackend, EntityTrait, IdenStatic};
+use sea_orm::{ColumnTrait, ColumnType, Condition, DbBackend, EntityTrait, IdenStatic, Value};
 use serde_json::{Map, Value as Json};
 
 use crate::model::{Field, Lookup, ModelSubscription, Scope, field_index};
@@ -287,6 +287,17 @@ fn is_text<E: EntityTrait>(field: &Field<E>) -> bool {
     matches!(field.column.def().get_column_type(), ColumnType::String(_) | ColumnType::Text | ColumnType::Char(_))
 }
 
+fn is_temporal<E: EntityTrait>(field: &Field<E>) -> bool {
+    matches!(
+        field.column.def().get_column_type(),
+        ColumnType::DateTime
+            | ColumnType::Timestamp
+            | ColumnType::TimestampWithTimeZone
+            | ColumnType::Date
+            | ColumnType::Time
+    )
+}
+
 /// Evaluates one lookup in memory. Values are canonical JSON on both sides.
 pub(crate) fn eval(lookup: Lookup, actual: &Json, expected: &Json) -> bool {
     match lookup {
@@ -348,7 +359,9 @@ fn escape_like(text: &str) -> String {
 
 /// The column for an order comparison: text by code point, as in memory.
 /// PostgreSQL columns often carry a linguistic collation (en_US and the
-/// like) that would order `bob` before `C`.
+/// like) that would order `bob` before `C`; MySQL's and MariaDB's default
+/// collations also ignore case (and MariaDB's pad trailing spaces), so there
+/// the column's UTF-8 bytes are compared, whose order is code-point order.
 fn ordered<E: EntityTrait>(field: &Field<E>, backend: DbBackend) -> Expr {
     let column = field.column.into_expr();
     if !is_text(field) {
@@ -357,18 +370,51 @@ fn ordered<E: EntityTrait>(field: &Field<E>, backend: DbBackend) -> Expr {
     match backend {
         DbBackend::Postgres => Expr::cust_with_expr("$1 COLLATE \"C\"", column),
         DbBackend::Sqlite => Expr::cust_with_expr("? COLLATE BINARY", column),
+        DbBackend::MySql => utf8_bytes(column),
         _ => column,
     }
 }
 
+/// MySQL and MariaDB: a text expression as its UTF-8 bytes. A binary string
+/// compares byte by byte: case-sensitively and without PAD SPACE (under every
+/// `utf8mb4_*` collation of MariaDB, `utf8mb4_bin` included, `'a' = 'a '`),
+/// whatever the column's character set and collation.
+fn utf8_bytes(text: Expr) -> Expr {
+    Expr::cust_with_expr("CAST(CONVERT(? USING utf8mb4) AS BINARY)", text)
+}
+
+/// A client's text as the binary string [`utf8_bytes`] is compared with
+/// (bound as bytes, so the connection's character set plays no part).
+fn bytes_of(text: &str) -> Expr {
+    Expr::val(text.as_bytes().to_vec())
+}
+
+/// The value side of a comparison with [`ordered`]: bytes where the column
+/// is compared as bytes.
+fn comparable<E: EntityTrait>(field: &Field<E>, backend: DbBackend, value: Value) -> Expr {
+    match (&value, backend) {
+        (Value::String(Some(text)), DbBackend::MySql) if is_text(field) => bytes_of(text),
+        _ => Expr::val(value),
+    }
+}
+
 /// The column with ASCII letters lowered and no others, as in memory:
-/// SQLite's `LOWER` does just that, PostgreSQL's lowers all of Unicode.
+/// SQLite's `LOWER` does just that; PostgreSQL's lowers all of Unicode, hence
+/// `TRANSLATE`; so do MySQL's and MariaDB's (and nothing at all to a binary
+/// string), hence 26 nested `REPLACE`s on the column's UTF-8 bytes, which
+/// touch ASCII letters only: every byte of a multi-byte UTF-8 sequence is
+/// 0x80 or above.
 fn ascii_lower<E: EntityTrait>(field: &Field<E>, backend: DbBackend) -> Expr {
     let column = field.column.into_expr();
     match backend {
         DbBackend::Postgres => Expr::expr(
             Func::cust("TRANSLATE").arg(column).arg("ABCDEFGHIJKLMNOPQRSTUVWXYZ").arg("abcdefghijklmnopqrstuvwxyz"),
         ),
+        DbBackend::MySql => ('A'..='Z').fold(utf8_bytes(column), |text, upper| {
+            let (upper, lower) =
+                (Expr::cust(format!("'{upper}'")), Expr::cust(format!("'{}'", upper.to_ascii_lowercase())));
+            Expr::expr(Func::cust("REPLACE").arg(text).arg(upper).arg(lower))
+        }),
         _ => Expr::expr(Func::lower(column)),
     }
 }
@@ -381,23 +427,43 @@ fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBac
     let text = clause.value.as_str().unwrap_or_default().to_owned();
     // An INT4: PostgreSQL has no SUBSTR or RIGHT taking a BIGINT length.
     let length = i32::try_from(text.chars().count()).unwrap_or(i32::MAX);
+    // MySQL compares bytes (`utf8_bytes`), so its lengths count bytes.
+    let byte_length = i32::try_from(text.len()).unwrap_or(i32::MAX);
     let never = || Expr::val(1).eq(0);
+    // MySQL and MariaDB compare text as UTF-8 bytes ([`utf8_bytes`]).
+    let mysql_text = backend == DbBackend::MySql && is_text(field);
+    let compared = |value: Value| comparable(field, backend, value);
     match clause.lookup {
         Lookup::Exact if Json::is_null(&clause.value) => column.is_null(),
+        Lookup::Exact if mysql_text => utf8_bytes(column.into_expr()).eq(bytes_of(&text)),
         Lookup::Exact => typed(&clause.value).map_or_else(never, |value| column.eq(value)),
-        Lookup::Gt => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).gt(value)),
-        Lookup::Gte => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).gte(value)),
-        Lookup::Lt => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).lt(value)),
-        Lookup::Lte => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).lte(value)),
+        Lookup::Gt => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).gt(compared(value))),
+        Lookup::Gte => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).gte(compared(value))),
+        Lookup::Lt => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).lt(compared(value))),
+        Lookup::Lte => typed(&clause.value).map_or_else(never, |value| ordered(field, backend).lte(compared(value))),
         Lookup::In => {
             let items = clause.value.as_array().map(Vec::as_slice).unwrap_or_default();
             // SQL's IN never matches NULL; a null in the list does in memory.
             let (nulls, items): (Vec<&Json>, Vec<&Json>) = items.iter().partition(|item| item.is_null());
-            let values: Option<Vec<_>> = items.into_iter().map(typed).collect();
-            match values {
+            let listed = if mysql_text {
+                let texts: Option<Vec<Expr>> = items.into_iter().map(|item| item.as_str().map(bytes_of)).collect();
+                texts.map(|texts| utf8_bytes(column.into_expr()).is_in(texts))
+            } else if backend == DbBackend::MySql && is_temporal(field) {
+                // MariaDB 10.11 matched only the first of several bound
+                // date-times in `IN (...)` on a TIMESTAMP(6) column; one
+                // equality each matches them all.
+                let values: Option<Vec<_>> = items.into_iter().map(typed).collect();
+                values.map(|values| {
+                    values.into_iter().map(|value| column.eq(value)).reduce(Expr::or).unwrap_or_else(never)
+                })
+            } else {
+                let values: Option<Vec<_>> = items.into_iter().map(typed).collect();
+                values.map(|values| column.is_in(values))
+            };
+            match listed {
                 None => never(),
-                Some(values) if nulls.is_empty() => column.is_in(values),
-                Some(values) => column.is_in(values).or(column.is_null()),
+                Some(listed) if nulls.is_empty() => listed,
+                Some(listed) => listed.or(column.is_null()),
             }
         }
         Lookup::IsNull if clause.value.as_bool() == Some(true) => column.is_null(),
@@ -407,7 +473,14 @@ fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBac
         Lookup::Contains | Lookup::IContains | Lookup::StartsWith | Lookup::EndsWith if text.is_empty() => {
             column.is_not_null()
         }
+        Lookup::IExact if mysql_text => ascii_lower(field, backend).eq(bytes_of(&text.to_ascii_lowercase())),
         Lookup::IExact => ascii_lower(field, backend).eq(text.to_ascii_lowercase()),
+        // MySQL: a byte search in bytes, no LIKE (whose matching is the
+        // column collation's).
+        Lookup::IContains if mysql_text => {
+            Expr::expr(Func::cust("INSTR").arg(ascii_lower(field, backend)).arg(bytes_of(&text.to_ascii_lowercase())))
+                .gt(0)
+        }
         Lookup::IContains => ascii_lower(field, backend)
             .like(LikeExpr::new(format!("%{}%", escape_like(&text.to_ascii_lowercase()))).escape('\\')),
         // LIKE ignores case on SQLite and MySQL, so the case-sensitive text
@@ -415,17 +488,26 @@ fn clause_expr<E: EntityTrait>(field: &Field<E>, clause: &Clause, backend: DbBac
         Lookup::Contains => match backend {
             DbBackend::Sqlite => Expr::expr(Func::cust("INSTR").arg(column.into_expr()).arg(text)).gt(0),
             DbBackend::Postgres => Expr::expr(Func::cust("STRPOS").arg(column.into_expr()).arg(text)).gt(0),
+            DbBackend::MySql => {
+                Expr::expr(Func::cust("INSTR").arg(utf8_bytes(column.into_expr())).arg(bytes_of(&text))).gt(0)
+            }
             _ => column.like(LikeExpr::new(format!("%{}%", escape_like(&text))).escape('\\')),
         },
         Lookup::StartsWith => match backend {
             DbBackend::Sqlite | DbBackend::Postgres => {
                 Expr::expr(Func::cust("SUBSTR").arg(column.into_expr()).arg(1).arg(length)).eq(text)
             }
+            DbBackend::MySql => {
+                Expr::expr(Func::cust("LEFT").arg(utf8_bytes(column.into_expr())).arg(byte_length)).eq(bytes_of(&text))
+            }
             _ => column.like(LikeExpr::new(format!("{}%", escape_like(&text))).escape('\\')),
         },
         Lookup::EndsWith => match backend {
             DbBackend::Sqlite => Expr::expr(Func::cust("SUBSTR").arg(column.into_expr()).arg(-length)).eq(text),
             DbBackend::Postgres => Expr::expr(Func::cust("RIGHT").arg(column.into_expr()).arg(length)).eq(text),
+            DbBackend::MySql => {
+                Expr::expr(Func::cust("RIGHT").arg(utf8_bytes(column.into_expr())).arg(byte_length)).eq(bytes_of(&text))
+            }
             _ => column.like(LikeExpr::new(format!("%{}", escape_like(&text))).escape('\\')),
         },
     }
@@ -513,6 +595,7 @@ mod tests {
             for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
                 assert_eq!(sql(backend, "nick", lookup, json!("")), r#""people"."nick" IS NOT NULL"#);
             }
+            assert_eq!(sql(DbBackend::MySql, "nick", lookup, json!("")), "`people`.`nick` IS NOT NULL");
         }
     }
 
@@ -528,6 +611,47 @@ mod tests {
         assert_eq!(
             sql(DbBackend::Sqlite, "name", Lookup::IExact, json!("ÉMILE")),
             r#"LOWER("people"."name") = 'Émile'"#
+        );
+    }
+
+    #[test]
+    fn mysql_compares_text_as_utf8_bytes() {
+        let bytes = "CAST(CONVERT(`people`.`name` USING utf8mb4) AS BINARY)";
+        // "Bo" is 0x42 0x6F; "É" is two bytes, 0xC3 0x89.
+        assert_eq!(sql(DbBackend::MySql, "name", Lookup::Exact, json!("Bo")), format!("({bytes}) = x'426F'"));
+        assert_eq!(sql(DbBackend::MySql, "name", Lookup::Gt, json!("Bo")), format!("({bytes}) > x'426F'"));
+        assert_eq!(
+            sql(DbBackend::MySql, "nick", Lookup::In, json!(["Bo", null])),
+            "(CAST(CONVERT(`people`.`nick` USING utf8mb4) AS BINARY)) IN (x'426F') OR `people`.`nick` IS NULL"
+        );
+        assert_eq!(
+            sql(DbBackend::MySql, "name", Lookup::Contains, json!("Bo")),
+            format!("INSTR({bytes}, x'426F') > 0")
+        );
+        assert_eq!(
+            sql(DbBackend::MySql, "name", Lookup::StartsWith, json!("É")),
+            format!("LEFT({bytes}, 2) = x'C389'")
+        );
+        assert_eq!(sql(DbBackend::MySql, "name", Lookup::EndsWith, json!("É")), format!("RIGHT({bytes}, 2) = x'C389'"));
+        // Not text: the column as it is.
+        assert_eq!(sql(DbBackend::MySql, "id", Lookup::Gt, json!(3)), "`people`.`id` > 3");
+        assert_eq!(sql(DbBackend::MySql, "id", Lookup::In, json!([3])), "`people`.`id` IN (3)");
+    }
+
+    #[test]
+    fn mysql_folds_ascii_letters_with_replace() {
+        let folded = ('A'..='Z')
+            .fold("CAST(CONVERT(`people`.`name` USING utf8mb4) AS BINARY)".to_owned(), |text, upper| {
+                format!("REPLACE({text}, '{upper}', '{}')", upper.to_ascii_lowercase())
+            });
+        // "ÉMILE" lowered in ASCII only: "Émile", 0xC3 0x89 then "mile".
+        assert_eq!(
+            sql(DbBackend::MySql, "name", Lookup::IExact, json!("ÉMILE")),
+            format!("{folded} = x'C3896D696C65'")
+        );
+        assert_eq!(
+            sql(DbBackend::MySql, "name", Lookup::IContains, json!("MI")),
+            format!("INSTR({folded}, x'6D69') > 0")
         );
     }
 

@@ -31,9 +31,21 @@ pub(crate) fn row_fetch<M: ModelSubscription>(db: DatabaseConnection) -> RowFetc
         Box::pin(async move {
             let pk_field = &M::FIELDS[M::PRIMARY_KEY];
             // A key that does not parse as the primary key's type names no row.
-            let Ok(pk) = (pk_field.parse)(pk) else { return Fetched::Gone };
-            match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(pk)).one(&db).await {
-                Ok(Some(row)) => Fetched::Row(row.values()),
+            let Ok(key) = (pk_field.parse)(pk.clone()) else { return Fetched::Gone };
+            match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(key)).one(&db).await {
+                // The key's own row only: under a case-insensitive or PAD
+                // SPACE collation (MySQL's and MariaDB's defaults) `= 'bob'`
+                // also finds `Bob` or `bob `. Comparing in memory keeps the
+                // primary key's index for the read.
+                Ok(Some(row)) => {
+                    let values = row.values();
+                    let asked = (pk_field.canonical)(pk);
+                    if asked.is_ok_and(|asked| values.get(pk_field.name) == Some(&asked)) {
+                        Fetched::Row(values)
+                    } else {
+                        Fetched::Gone
+                    }
+                }
                 Ok(None) => Fetched::Gone,
                 Err(error) => {
                     tracing::warn!(stream = M::STREAM, %error, "row read failed; notifications filtered on it dropped");
@@ -172,6 +184,85 @@ mod tests {
         let taken = frames_per_channel(&hub, coarse, again, &mut channels).await;
         assert_eq!(taken, [1, 0]);
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    mod tag {
+        #![allow(unreachable_pub, missing_docs)]
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "tags")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub slug: String,
+            pub title: String,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    /// What the derive would generate for an id-only `tag`, written out.
+    impl ModelSubscription for tag::Model {
+        type Entity = tag::Entity;
+        const STREAM: &'static str = "tags";
+        const LABEL: &'static str = "tag";
+        const FULL_PAYLOAD: bool = false;
+        const PRIMARY_KEY: usize = 0;
+        const FIELDS: &'static [crate::model::Field<tag::Entity>] = &[
+            crate::model::Field {
+                name: "slug",
+                column: tag::Column::Slug,
+                parse: crate::model::parse_value::<String>,
+                canonical: crate::model::canonical_value::<String>,
+            },
+            crate::model::Field {
+                name: "title",
+                column: tag::Column::Title,
+                parse: crate::model::parse_value::<String>,
+                canonical: crate::model::canonical_value::<String>,
+            },
+        ];
+        const INDEX_FIELDS: &'static [&'static str] = &[];
+
+        fn primary_key(&self) -> Json {
+            Json::from(self.slug.clone())
+        }
+        fn values(&self) -> Map<String, Json> {
+            Map::from_iter([("slug".to_owned(), json!(self.slug)), ("title".to_owned(), json!(self.title))])
+        }
+        fn index_values(&self) -> Vec<(&'static str, Json)> {
+            Vec::new()
+        }
+        fn authorize(_: &crate::model::SubscribeRequest<'_>) -> Result<(), crate::model::Denied> {
+            Ok(())
+        }
+        fn scope(
+            _: &crate::model::SubscribeRequest<'_>,
+        ) -> Result<crate::model::Scope<tag::Entity>, crate::model::Denied> {
+            Ok(crate::model::Scope::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_read_keeps_only_the_key_asked_for() {
+        use sea_orm::ConnectionTrait;
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1);
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        // A case-insensitive primary key, as under MySQL's and MariaDB's
+        // default collations: `slug = 'BOB'` finds `bob`.
+        db.execute_unprepared("CREATE TABLE tags (slug TEXT COLLATE NOCASE PRIMARY KEY, title TEXT NOT NULL)")
+            .await
+            .unwrap();
+        db.execute_unprepared("INSERT INTO tags VALUES ('bob', 'Bob')").await.unwrap();
+        let fetch = row_fetch::<tag::Model>(db);
+        let Fetched::Row(row) = fetch(json!("bob")).await else { panic!("bob's row") };
+        assert_eq!(row, Map::from_iter([("slug".to_owned(), json!("bob")), ("title".to_owned(), json!("Bob"))]));
+        assert!(matches!(fetch(json!("BOB")).await, Fetched::Gone), "a change of BOB is not decided on bob's row");
+        assert!(matches!(fetch(json!("alice")).await, Fetched::Gone));
     }
 
     #[tokio::test]

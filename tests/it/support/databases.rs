@@ -1,6 +1,8 @@
-//! A test body run on a fresh in-memory SQLite database and, when
+//! A test body run on a fresh in-memory SQLite database; when
 //! `GRAPHEX_TEST_POSTGRES_URL` is set, again on a PostgreSQL schema of its
-//! own; then in capture mode: on a database of its own in a `wal_level =
+//! own; when `GRAPHEX_TEST_MYSQL_URL` is set, again on a MySQL / MariaDB
+//! database of its own (MariaDB's default collation, the hostile one: case-
+//! insensitive and PAD SPACE); then in capture mode: on a database of its own in a `wal_level =
 //! logical` cluster, where every [`crate::support::Server`] the body starts
 //! captures the reference app's tables from the log instead of announcing
 //! from the hooks (so a change announced twice, or not at all, fails).
@@ -16,9 +18,18 @@ use crate::app;
 /// The environment variable naming the PostgreSQL server of the second variant.
 pub const POSTGRES_ENV: &str = "GRAPHEX_TEST_POSTGRES_URL";
 
+/// The environment variable naming the MySQL or MariaDB server of the third
+/// variant: a URL whose database each test replaces with one of its own.
+pub const MYSQL_ENV: &str = "GRAPHEX_TEST_MYSQL_URL";
+
+/// The collation of the tests' MySQL databases: MariaDB's default, which
+/// ignores case and pads trailing spaces (MySQL 8 has it too).
+pub const MYSQL_COLLATION: &str = "utf8mb4_general_ci";
+
 /// Runs `body` on a fresh in-memory SQLite database, then, when
-/// `GRAPHEX_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL schema
-/// (dropped afterwards, even if the body panics).
+/// `GRAPHEX_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL schema, and,
+/// when `GRAPHEX_TEST_MYSQL_URL` is set, on a fresh MySQL database (each
+/// dropped afterwards, even if the body panics).
 pub async fn each_database<F, Fut>(body: F)
 where
     F: Fn(DatabaseConnection) -> Fut,
@@ -27,6 +38,7 @@ where
     let db = app::connect("sqlite::memory:", None).await;
     run_variant("sqlite", body(db)).await;
     on_postgres("PostgreSQL variant", &body).await;
+    on_mysql("MySQL variant", &body).await;
     in_capture_mode(body).await;
 }
 
@@ -108,6 +120,69 @@ where
     if let Err(error) = outcome {
         eprintln!("failed on PostgreSQL (schema {schema})");
         std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+/// Runs `body` on a fresh MySQL / MariaDB database with the reference app's
+/// tables (dropped afterwards, even if the body panics) when
+/// `GRAPHEX_TEST_MYSQL_URL` is set; says `skipped:` otherwise.
+pub async fn on_mysql<F, Fut>(what: &str, body: F)
+where
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(database) = MysqlDatabase::create(what).await else { return };
+    let db = app::connect(&database.url, None).await;
+    let outcome = tokio::spawn(body(db)).await;
+    database.drop().await;
+    if let Err(error) = outcome {
+        eprintln!("failed on MySQL (database {})", database.name);
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+/// A database of one test's own on the server of `GRAPHEX_TEST_MYSQL_URL`,
+/// with [`MYSQL_COLLATION`]; [`MysqlDatabase::drop`] drops it.
+#[derive(Debug)]
+pub struct MysqlDatabase {
+    /// Its name.
+    pub name: String,
+    /// The server's URL with this database.
+    pub url: String,
+    admin: DatabaseConnection,
+}
+
+impl MysqlDatabase {
+    /// Creates one when `GRAPHEX_TEST_MYSQL_URL` is set; says `skipped:
+    /// {what}` and returns `None` otherwise. A server that does not answer
+    /// fails the test.
+    pub async fn create(what: &str) -> Option<MysqlDatabase> {
+        let Ok(base) = std::env::var(MYSQL_ENV) else {
+            println!("skipped: {what} (set {MYSQL_ENV})");
+            return None;
+        };
+        let name = unique_schema();
+        let admin = Database::connect(&base).await.expect("MySQL reachable");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {MYSQL_COLLATION}"))
+            .await
+            .expect("database created");
+        let (base, query) = base.split_once('?').map_or((base.as_str(), None), |(base, query)| (base, Some(query)));
+        let server =
+            base.rsplit_once('/').filter(|(server, _)| server.contains("//")).map_or(base, |(server, _)| server);
+        let url = match query {
+            Some(query) => format!("{server}/{name}?{query}"),
+            None => format!("{server}/{name}"),
+        };
+        Some(MysqlDatabase { name, url, admin })
+    }
+
+    /// Drops the database (logging, not failing, when it cannot).
+    pub async fn drop(&self) {
+        if let Err(error) = self.admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{}`", self.name)).await {
+            eprintln!("could not drop database {}: {error}", self.name);
+        }
+        let _ = self.admin.clone().close().await;
     }
 }
 

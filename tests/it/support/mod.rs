@@ -1,7 +1,8 @@
 //! What the integration tests share:
 //!
 //! - [`databases`]: a test body run on SQLite in memory and, when
-//!   `GRAPHEX_TEST_POSTGRES_URL` is set, on a PostgreSQL schema of its own.
+//!   `GRAPHEX_TEST_POSTGRES_URL` is set, on a PostgreSQL schema of its own,
+//!   when `GRAPHEX_TEST_MYSQL_URL` is set, on a MySQL database of its own.
 //! - [`reference`]: the reference app (examples/reference/app.rs) served on
 //!   port 0, its GraphQL helpers, and the frames it sends.
 //! - [`two_channel`]: a client of the two-channel WebSocket protocol.
