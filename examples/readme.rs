@@ -234,6 +234,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = std::env::var("PORT").ok().and_then(|port| port.parse().ok()).unwrap_or(8000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("graphex README example on http://{}", listener.local_addr()?);
+    // TCP_NODELAY: a frame leaves at once, not after the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     // Connect info lets graphex count anonymous clients by address.
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
     Ok(())

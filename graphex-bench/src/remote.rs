@@ -115,10 +115,13 @@ impl RemoteServer {
         serve: Serve,
     ) -> Result<RemoteServer, BenchError> {
         let model = serde_json::to_value(model)?.as_str().unwrap_or_default().to_owned();
-        let mut command = Command::new(exe);
+        let mut command = wrapped(exe);
         command.args(["serve", system.name(), &model]);
         command.args(serve.flags());
-        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
+        // A profiler writes its results when the server exits: a wrapped
+        // server is let exit on its own (its stdin closes) instead of killed.
+        let kill_on_drop = std::env::var_os(SERVER_WRAPPER).is_none();
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(kill_on_drop).spawn()?;
         let pid = child.id();
         let stdin = child.stdin.take().ok_or_else(|| BenchError::new("no child stdin"))?;
         let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| BenchError::new("no child stdout"))?).lines();
@@ -203,6 +206,26 @@ impl Target for RemoteServer {
 
     async fn subscribers(&self) -> Result<usize, BenchError> {
         Ok(self.ask("count").await?.parse()?)
+    }
+}
+
+/// The environment variable naming a command (words split on whitespace)
+/// the server process runs under, for profiling: with
+/// `GRAPHEX_BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"` every server
+/// child is started as `valgrind --tool=callgrind <exe> serve ...`.
+pub const SERVER_WRAPPER: &str = "GRAPHEX_BENCH_SERVER_WRAPPER";
+
+/// The command that starts `exe`, under [`SERVER_WRAPPER`] if it is set.
+fn wrapped(exe: &Path) -> Command {
+    let wrapper = std::env::var(SERVER_WRAPPER).unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(exe);
+            command
+        }
+        None => Command::new(exe),
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_graphql::{Context, EmptyMutation, MergedSubscription, Object, Schema, Subscription};
 use async_graphql_axum::GraphQLSubscription;
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
@@ -112,15 +113,44 @@ impl Limits {
         }
     }
 
-    /// The graphex settings it stands for.
+    /// The graphex settings it stands for (write pacing as [`pacing`] says).
     pub fn config(self) -> graphex::Config {
-        match self {
+        let config = match self {
             Limits::Default => graphex::Config::default(),
             Limits::Raised => graphex::Config::default()
                 .with_max_channels_per_client(RAISED_CAP)
                 .with_max_subscriptions_per_client(RAISED_CAP)
                 .with_max_streams_per_client(RAISED_CAP),
-        }
+        };
+        config.with_write_pacing(Some(pacing()))
+    }
+}
+
+/// The environment variable that, set to `0`, leaves Nagle's algorithm on
+/// for the graphex and alternative servers' connections (`TCP_NODELAY`
+/// off, axum's default); otherwise they set `TCP_NODELAY`, as the ceiling
+/// always does and as the README tells applications to.
+pub const NODELAY: &str = "GRAPHEX_BENCH_NODELAY";
+
+/// Sets `TCP_NODELAY` on an accepted connection unless [`NODELAY`] is `0`.
+fn nodelay(stream: &mut TcpStream) {
+    if std::env::var(NODELAY).as_deref() != Ok("0") {
+        let _ = stream.set_nodelay(true);
+    }
+}
+
+/// The environment variable that sets [`graphex::WritePacing::min_interval`]
+/// in microseconds for graphex and the paced ceiling alike (unset: the
+/// default), to compare settings without rebuilding.
+pub const MIN_INTERVAL_US: &str = "GRAPHEX_BENCH_MIN_INTERVAL_US";
+
+/// graphex's write pacing in this run: the default, or with the minimum
+/// interval [`MIN_INTERVAL_US`] gives.
+pub fn pacing() -> graphex::WritePacing {
+    let pacing = graphex::WritePacing::default();
+    match std::env::var(MIN_INTERVAL_US).ok().and_then(|micros| micros.parse().ok()) {
+        Some(micros) => pacing.with_min_interval(std::time::Duration::from_micros(micros)),
+        None => pacing,
     }
 }
 
@@ -225,7 +255,7 @@ pub async fn start_with(system: System, model: Model, serve: Serve) -> Result<Se
             let app = graphex::router(schema, hub.clone(), graphex::Anonymous)
                 .into_make_service_with_connect_info::<SocketAddr>();
             let task = tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
+                let _ = axum::serve(listener.tap_io(nodelay), app).await;
             });
             (Arc::new(GraphexTarget { db, hub, model, save }), task)
         }
@@ -236,13 +266,13 @@ pub async fn start_with(system: System, model: Model, serve: Serve) -> Result<Se
             let schema = Schema::build(BenchQuery, EmptyMutation, AltSubscription).data(state.clone()).finish();
             let app = axum::Router::new().route_service("/ws", GraphQLSubscription::new(schema));
             let task = tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
+                let _ = axum::serve(listener.tap_io(nodelay), app).await;
             });
             (Arc::new(AltTarget { db, state }), task)
         }
         System::Ceiling | System::CeilingUnpaced => {
             let registry = Arc::new(Mutex::new(Registry::default()));
-            let pacing = (system == System::Ceiling).then(graphex::WritePacing::default);
+            let pacing = (system == System::Ceiling).then(pacing);
             let task = tokio::spawn(ceiling_accept(listener, registry.clone(), pacing));
             (Arc::new(CeilingTarget { registry, model }), task)
         }
@@ -543,13 +573,21 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>, p
         registry.count += 1;
     }
     if sink.send(Message::text("ready")).await.is_ok() {
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 frame = rx.recv() => {
                     let Some((frame, queued_at)) = frame else { break };
-                    // graphex's rule: a frame that waited past `busy_after` means the server is behind.
-                    if let Some(pacing) = pacing.filter(|pacing| queued_at.elapsed() > pacing.busy_after) {
-                        tokio::time::sleep(pacing.window).await;
+                    // graphex's rules: a frame that waited past `busy_after`
+                    // means the server is behind; a socket that wrote less
+                    // than `min_interval` ago waits for the rest of it.
+                    if let Some(pacing) = pacing {
+                        let now = tokio::time::Instant::now();
+                        let behind = (now.saturating_duration_since(queued_at) > pacing.busy_after).then(|| now + pacing.window);
+                        let busy = last_write.map(|last| last + pacing.min_interval).filter(|until| *until > now);
+                        if let Some(until) = behind.max(busy) {
+                            tokio::time::sleep_until(until).await;
+                        }
                     }
                     let mut batch = vec![frame];
                     while batch.len() < WRITE_BATCH {
@@ -563,6 +601,7 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>, p
                         }
                         sink.flush().await
                     };
+                    last_write = Some(tokio::time::Instant::now());
                     if write.await.is_err() {
                         break;
                     }

@@ -136,18 +136,28 @@ impl Default for Config {
     }
 }
 
-/// How a two-channel socket batches its writes when the server falls behind.
+/// How a two-channel socket batches its writes.
 ///
-/// A socket writes each change at once while the server keeps up. When a
-/// change reaches its socket task later than `busy_after` after the hub
-/// queued it, the server is behind (more sockets to write than the CPUs can
-/// turn over): the socket then waits `window` before writing, and sends
-/// every change that arrived meanwhile in that one write (sooner if its
-/// queue passes half full: a busy runtime fires timers late). One system call
-/// per batch instead of one per change frees the CPU that a busy server
-/// lacks, for the database and for the other sockets; the cost is at most
-/// `window` of added latency, paid only when the server is already late.
-/// BENCHMARKS.md ("Write pacing") has the measurements behind the defaults.
+/// A socket writes a change at once when nothing calls for waiting. Two
+/// things do:
+///
+/// - **The server is behind**: a change reaches its socket task later than
+///   `busy_after` after the hub queued it (more sockets to write than the
+///   CPUs can turn over). The socket then waits `window` before writing.
+/// - **The socket is busy**: it wrote less than `min_interval` ago. It
+///   then waits until `min_interval` has passed since that write, so that
+///   one socket writes at most about once per `min_interval` while its
+///   changes keep coming; a socket whose changes are further apart than
+///   that never waits for this.
+///
+/// Every change that arrived meanwhile goes in that one write; a queue past
+/// half full ends any wait at once (a busy runtime fires timers late). One
+/// system call per batch instead of one per change frees the CPU for the
+/// database and for the other sockets: on loopback a small write costs
+/// several microseconds of kernel time, most of a delivery's cost. The
+/// price is at most `window` (or `min_interval`) of added latency, paid only
+/// under load. BENCHMARKS.md ("Write pacing") has the measurements behind
+/// the defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WritePacing {
@@ -156,11 +166,34 @@ pub struct WritePacing {
     /// How long a socket of a server that is behind gathers changes before
     /// writing. Default 2 ms.
     pub window: Duration,
+    /// Shortest time between two writes of one socket while changes keep
+    /// coming; zero: no such wait. Default 2 ms.
+    pub min_interval: Duration,
 }
 
 impl Default for WritePacing {
     fn default() -> Self {
-        WritePacing { busy_after: Duration::from_millis(1), window: Duration::from_millis(2) }
+        WritePacing {
+            busy_after: Duration::from_millis(1),
+            window: Duration::from_millis(2),
+            min_interval: Duration::from_millis(2),
+        }
+    }
+}
+
+impl WritePacing {
+    /// When a socket that last wrote at `last_write` and now took a change
+    /// queued at `queued_at` should write it: `None` for now.
+    pub(crate) fn hold_until(
+        &self,
+        now: tokio::time::Instant,
+        queued_at: Option<tokio::time::Instant>,
+        last_write: Option<tokio::time::Instant>,
+    ) -> Option<tokio::time::Instant> {
+        let behind = queued_at.filter(|queued_at| now.saturating_duration_since(*queued_at) > self.busy_after);
+        let behind = behind.map(|_| now + self.window);
+        let busy = last_write.map(|last| last + self.min_interval).filter(|until| *until > now);
+        behind.max(busy)
     }
 }
 
@@ -186,4 +219,8 @@ setters!(Config {
     share_executions: bool => with_share_executions,
 });
 
-setters!(WritePacing { busy_after: Duration => with_busy_after, window: Duration => with_window });
+setters!(WritePacing {
+    busy_after: Duration => with_busy_after,
+    window: Duration => with_window,
+    min_interval: Duration => with_min_interval,
+});

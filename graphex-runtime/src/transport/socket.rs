@@ -101,6 +101,7 @@ async fn pump<Si, St, E>(
     );
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
@@ -121,15 +122,19 @@ async fn pump<Si, St, E>(
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { return };
-                if let Some(pacing) = pacing.filter(|pacing| delivery.queued_at().is_some_and(|queued_at| queued_at.elapsed() > pacing.busy_after)) {
-                    // The server is behind: let the changes arriving meanwhile
-                    // share this write. A busy runtime fires timers late, so a
-                    // queue past half full ends the hold at once.
+                let hold = pacing.and_then(|pacing| {
+                    pacing.hold_until(tokio::time::Instant::now(), delivery.queued_at(), last_write)
+                });
+                if let Some(until) = hold {
+                    // The server is behind, or this socket wrote a moment
+                    // ago: let the changes arriving meanwhile share this
+                    // write. A busy runtime fires timers late, so a queue
+                    // past half full ends the hold at once.
                     tokio::select! {
                         biased;
                         () = channel.closed().cancelled() => return send_close(channel, sink).await,
                         () = channel.pressure().notified() => {}
-                        () = tokio::time::sleep(pacing.window) => {}
+                        () = tokio::time::sleep_until(until) => {}
                     }
                 }
                 channel.frames(&delivery, &mut frames).await;
@@ -143,6 +148,7 @@ async fn pump<Si, St, E>(
                 if frames.is_empty() {
                     continue;
                 }
+                last_write = Some(tokio::time::Instant::now());
                 let write = async {
                     for frame in frames.drain(..) {
                         let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
@@ -255,16 +261,51 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_socket_that_keeps_up_writes_each_change_at_once() {
         let hub = Hub::default();
+        let pacing = hub.config().write_pacing.expect("pacing is on by default");
         let recorder = subscribed_socket(&hub).await;
-        let start = tokio::time::Instant::now();
         create(&hub, 1).await;
         settle().await;
+        assert_eq!(recorder.writes().len(), 2, "handshake, then the first change at once");
+        // The next change comes after the socket's minimum interval: no wait either.
+        tokio::time::advance(pacing.min_interval).await;
         create(&hub, 2).await;
         settle().await;
         let writes = recorder.writes();
         assert_eq!(writes.len(), 3, "handshake, then one write per change: {writes:?}");
         assert!(writes[1][0].contains(r#""id":1"#) && writes[2][0].contains(r#""id":2"#));
-        assert_eq!(tokio::time::Instant::now(), start, "no write waited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_socket_writes_at_most_once_per_min_interval() {
+        let hub = Hub::default();
+        let pacing = hub.config().write_pacing.expect("pacing is on by default");
+        let recorder = subscribed_socket(&hub).await;
+        let start = tokio::time::Instant::now();
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "the first change at once");
+        // Changes keep coming sooner than the minimum interval: they wait
+        // for it, and leave in one write.
+        create(&hub, 2).await;
+        settle().await;
+        tokio::time::advance(pacing.min_interval / 4).await;
+        create(&hub, 3).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "changes 2 and 3 wait for the interval to pass");
+        tokio::time::sleep_until(start + pacing.min_interval).await;
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        assert_eq!(writes[2].len(), 2, "2 and 3 in one write: {writes:?}");
+        assert!(writes[2][0].contains(r#""id":2"#) && writes[2][1].contains(r#""id":3"#));
+        // Without the interval, each change is written at once.
+        let hub = Hub::new(Config::default().with_write_pacing(Some(pacing.with_min_interval(Duration::ZERO))));
+        let recorder = subscribed_socket(&hub).await;
+        for pk in 1..=3 {
+            create(&hub, pk).await;
+            settle().await;
+        }
+        assert_eq!(recorder.writes().len(), 4, "handshake and three writes");
     }
 
     #[tokio::test(start_paused = true)]
