@@ -132,6 +132,11 @@ pub async fn database() -> Result<DatabaseConnection, sea_orm::DbErr> {
     // 1 000 inserts behind its fan-out) is measured as slow, not failed by
     // the pool's default 30 s acquire timeout.
     options.acquire_timeout(std::time::Duration::from_secs(600));
+    // No ping on every acquire (sqlx's default), which for SQLite is a
+    // round trip to the connection's worker thread before each insert: an
+    // in-memory database's one connection cannot go stale. Unless
+    // `GRAPHEX_BENCH_PING_ON_ACQUIRE=1` (to compare).
+    options.test_before_acquire(std::env::var("GRAPHEX_BENCH_PING_ON_ACQUIRE").as_deref() == Ok("1"));
     let db = Database::connect(options).await?;
     let builder = Schema::new(db.get_database_backend());
     for statement in [

@@ -105,7 +105,7 @@ async fn pump<Si, St, E>(
     loop {
         tokio::select! {
             biased;
-            () = channel.closed().cancelled() => return send_close(channel, sink).await,
+            () = channel.closed().cancelled() => return finish(channel, None, &mut rx, sink, live.send).await,
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => heard = tokio::time::Instant::now(),
@@ -132,7 +132,7 @@ async fn pump<Si, St, E>(
                     // past half full ends the hold at once.
                     tokio::select! {
                         biased;
-                        () = channel.closed().cancelled() => return send_close(channel, sink).await,
+                        () = channel.closed().cancelled() => return finish(channel, Some(delivery), &mut rx, sink, live.send).await,
                         () = channel.pressure().notified() => {}
                         () = tokio::time::sleep_until(until) => {}
                     }
@@ -164,6 +164,43 @@ async fn pump<Si, St, E>(
             }
         }
     }
+}
+
+/// Most time a socket spends, at shutdown, writing what its queue still
+/// holds before its close frame.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+
+/// Ends a socket whose channel the server closed. At shutdown the changes
+/// already queued for it (and `held`, taken but not yet written) are
+/// written first, within [`SHUTDOWN_DRAIN`] and the send timeout, so that
+/// a client's last cursor is as recent as the server could make it; for
+/// any other reason (a slow consumer, a disconnect, an expired cursor) the
+/// close goes at once. Then the close frame.
+async fn finish<Si: Sink<Message> + Unpin>(
+    channel: &Arc<Channel>,
+    held: Option<Delivery>,
+    rx: &mut mpsc::Receiver<Delivery>,
+    sink: &mut Si,
+    send: Duration,
+) {
+    if channel.close_reason() == Some(CloseReason::Shutdown) {
+        let drain = async {
+            let mut frames = Vec::new();
+            if let Some(delivery) = &held {
+                channel.frames(delivery, &mut frames).await;
+            }
+            while let Ok(delivery) = rx.try_recv() {
+                channel.frames(&delivery, &mut frames).await;
+            }
+            for frame in frames {
+                let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
+                sink.feed(Message::Text(text)).await?;
+            }
+            sink.flush().await
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_DRAIN.min(send), drain).await;
+    }
+    send_close(channel, sink).await;
 }
 
 /// Tells the client why the server closed its channel.
@@ -198,6 +235,8 @@ mod tests {
         flushed: Arc<Mutex<Vec<Vec<String>>>>,
         /// Set: the peer stopped reading, nothing more can be sent.
         stuck: Arc<std::sync::atomic::AtomicBool>,
+        /// Close frames sent: their code, and how many writes were flushed before.
+        closes: Arc<Mutex<Vec<(u16, usize)>>>,
     }
 
     impl Recorder {
@@ -214,8 +253,14 @@ mod tests {
         }
 
         fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
-            if let Message::Text(text) = message {
-                self.pending.lock().unwrap().push(text.to_string());
+            match message {
+                Message::Text(text) => self.pending.lock().unwrap().push(text.to_string()),
+                Message::Close(frame) => {
+                    let code = frame.map_or(0, |frame| frame.code);
+                    let before = self.flushed.lock().unwrap().len();
+                    self.closes.lock().unwrap().push((code, before));
+                }
+                _ => {}
             }
             Ok(())
         }
@@ -348,6 +393,27 @@ mod tests {
         assert_eq!(writes.len(), 2, "the held change and the queued ones were written: {writes:?}");
         assert_eq!(writes[1].len(), 5);
         assert_eq!(tokio::time::Instant::now(), start, "without the hold's timer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_held_and_queued_changes_are_written_before_the_close() {
+        let hub = Hub::default();
+        let recorder = subscribed_socket(&hub).await;
+        create(&hub, 1).await;
+        settle().await;
+        // Within the socket's minimum interval: 2 is held, 3 queued behind it.
+        create(&hub, 2).await;
+        settle().await;
+        create(&hub, 3).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "handshake and change 1; 2 and 3 wait");
+        hub.shutdown();
+        settle().await;
+        let writes = recorder.writes();
+        assert_eq!(writes.len(), 3, "2 and 3 written at shutdown: {writes:?}");
+        assert!(writes[2][0].contains(r#""id":2"#) && writes[2][1].contains(r#""id":3"#), "{writes:?}");
+        let closes = recorder.closes.lock().unwrap().clone();
+        assert_eq!(closes, vec![(CLOSE_GOING_AWAY, 3)], "then the close, after them");
     }
 
     #[tokio::test(start_paused = true)]
