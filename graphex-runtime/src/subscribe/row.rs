@@ -11,6 +11,7 @@
 //! agrees with the SQL conditions: `tests/it/conditions.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
@@ -23,37 +24,65 @@ use crate::model::ModelSubscription;
 /// model's `values()` does. Shared by the subscriptions of one subscribe.
 pub type RowFetch = Arc<dyn Fn(Json) -> BoxFuture<'static, Fetched> + Send + Sync>;
 
+/// The pauses before reading a row again that was not found (about 150 ms
+/// in all). Only creates and updates are read back, so a row not found was
+/// either deleted since, or is not visible yet: a change captured from
+/// PostgreSQL's log can arrive before its transaction is visible to other
+/// sessions (the log sends a transaction once its commit record is
+/// flushed, a moment before the committing backend makes it visible), and
+/// a notification decided on "not found" would be lost.
+const NOT_FOUND_RETRIES: [Duration; 5] = [
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+    Duration::from_millis(40),
+    Duration::from_millis(80),
+];
+
 /// The row read of model `M` on `db`: one `SELECT` of the whole row,
-/// bounded by the primary key.
+/// bounded by the primary key (again after each of [`NOT_FOUND_RETRIES`]
+/// while it is not found).
 pub(crate) fn row_fetch<M: ModelSubscription>(db: DatabaseConnection) -> RowFetch {
     Arc::new(move |pk: Json| {
         let db = db.clone();
         Box::pin(async move {
-            let pk_field = &M::FIELDS[M::PRIMARY_KEY];
-            // A key that does not parse as the primary key's type names no row.
-            let Ok(key) = (pk_field.parse)(pk.clone()) else { return Fetched::Gone };
-            match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(key)).one(&db).await {
-                // The key's own row only: under a case-insensitive or PAD
-                // SPACE collation (MySQL's and MariaDB's defaults) `= 'bob'`
-                // also finds `Bob` or `bob `. Comparing in memory keeps the
-                // primary key's index for the read.
-                Ok(Some(row)) => {
-                    let values = row.values();
-                    let asked = (pk_field.canonical)(pk);
-                    if asked.is_ok_and(|asked| values.get(pk_field.name) == Some(&asked)) {
-                        Fetched::Row(values)
-                    } else {
-                        Fetched::Gone
-                    }
-                }
-                Ok(None) => Fetched::Gone,
-                Err(error) => {
-                    tracing::warn!(stream = M::STREAM, %error, "row read failed; notifications filtered on it dropped");
-                    Fetched::Failed
+            for pause in NOT_FOUND_RETRIES {
+                match read_row::<M>(&db, &pk).await {
+                    Some(fetched) => return fetched,
+                    None => tokio::time::sleep(pause).await,
                 }
             }
+            read_row::<M>(&db, &pk).await.unwrap_or(Fetched::Gone)
         })
     })
+}
+
+/// One read of the row of `M` whose primary key is `pk`; `None`: no row
+/// has that key (yet).
+async fn read_row<M: ModelSubscription>(db: &DatabaseConnection, pk: &Json) -> Option<Fetched> {
+    let pk_field = &M::FIELDS[M::PRIMARY_KEY];
+    // A key that does not parse as the primary key's type names no row.
+    let Ok(key) = (pk_field.parse)(pk.clone()) else { return Some(Fetched::Gone) };
+    match <M::Entity as EntityTrait>::find().filter(pk_field.column.eq(key)).one(db).await {
+        // The key's own row only: under a case-insensitive or PAD SPACE
+        // collation (MySQL's and MariaDB's defaults) `= 'bob'` also finds
+        // `Bob` or `bob `. Comparing in memory keeps the primary key's index
+        // for the read.
+        Ok(Some(row)) => {
+            let values = row.values();
+            let asked = (pk_field.canonical)(pk.clone());
+            if asked.is_ok_and(|asked| values.get(pk_field.name) == Some(&asked)) {
+                Some(Fetched::Row(values))
+            } else {
+                Some(Fetched::Gone)
+            }
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(stream = M::STREAM, %error, "row read failed; notifications filtered on it dropped");
+            Some(Fetched::Failed)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +292,29 @@ mod tests {
         assert_eq!(row, Map::from_iter([("slug".to_owned(), json!("bob")), ("title".to_owned(), json!("Bob"))]));
         assert!(matches!(fetch(json!("BOB")).await, Fetched::Gone), "a change of BOB is not decided on bob's row");
         assert!(matches!(fetch(json!("alice")).await, Fetched::Gone));
+    }
+
+    #[tokio::test]
+    async fn a_row_not_yet_visible_is_read_again() {
+        use sea_orm::ConnectionTrait;
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1);
+        let db = sea_orm::Database::connect(options).await.unwrap();
+        db.execute_unprepared("CREATE TABLE tags (slug TEXT PRIMARY KEY, title TEXT NOT NULL)").await.unwrap();
+        // The row becomes visible a moment after the change arrives, as a
+        // change captured from the log can arrive before its transaction is
+        // visible to other sessions.
+        let writer = db.clone();
+        let insert = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            writer.execute_unprepared("INSERT INTO tags VALUES ('late', 'Late')").await.unwrap();
+        });
+        let fetch = row_fetch::<tag::Model>(db);
+        let Fetched::Row(row) = fetch(json!("late")).await else { panic!("the late row is found") };
+        assert_eq!(row["title"], json!("Late"));
+        insert.await.unwrap();
+        // A row that never appears is gone after the retries.
+        assert!(matches!(fetch(json!("never")).await, Fetched::Gone));
     }
 
     #[tokio::test]
