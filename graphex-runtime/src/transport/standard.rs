@@ -292,6 +292,8 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     let share = hub.config().share_executions.then(|| hub.config().request_limits.clone());
     let (outbox_tx, mut outbox) = mpsc::unbounded_channel::<Frame>();
     let mut frames: Vec<Frame> = Vec::new();
+    let pacing = hub.config().write_pacing;
+    let mut last_write: Option<tokio::time::Instant> = None;
     let executor = {
         let inner = executor.clone();
         let execute: Execute = Arc::new(move |request, data| inner.execute_stream(request, data));
@@ -401,6 +403,14 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                 }
             },
             _ = outbox.recv_many(&mut frames, FRAME_BATCH) => {
+                // A connection that wrote shared frames less than
+                // `min_interval` ago gathers what comes until then into this
+                // write, as a two-channel socket does (`WritePacing`).
+                let now = tokio::time::Instant::now();
+                if let Some(until) = pacing.and_then(|pacing| pacing.hold_until(now, None, last_write)) {
+                    gather(&mut outbox, &mut frames, until, FRAME_BATCH / 2).await;
+                }
+                last_write = Some(tokio::time::Instant::now());
                 if !write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await {
                     break None;
                 }
@@ -449,6 +459,25 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
 
 /// Frames of shared executions written per flush at most.
 const FRAME_BATCH: usize = 256;
+
+/// Adds to `batch` what `rx` brings until `until`, or until `batch` holds
+/// `enough` (a burst goes at once rather than wait), or `rx` is closed.
+async fn gather<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    batch: &mut Vec<T>,
+    until: tokio::time::Instant,
+    enough: usize,
+) {
+    let hold = tokio::time::sleep_until(until);
+    tokio::pin!(hold);
+    while batch.len() < enough {
+        tokio::select! {
+            biased;
+            () = &mut hold => return,
+            received = rx.recv_many(batch, enough - batch.len()) => if received == 0 { return },
+        }
+    }
+}
 
 /// Writes the shared executions' frames (`frames`, drained) whose
 /// subscribe still runs, then flushes once; false when the peer stopped

@@ -147,3 +147,37 @@ mod decoder {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn gather_collects_until_the_deadline_or_enough() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_millis(3);
+    // Frames arriving within the hold join the batch; the hold ends at its deadline.
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        for frame in [2, 3] {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            sender.send(frame).unwrap();
+        }
+    });
+    let mut batch = vec![1];
+    gather(&mut rx, &mut batch, start + interval, 8).await;
+    assert_eq!(batch, vec![1, 2, 3]);
+    assert_eq!(tokio::time::Instant::now(), start + interval, "held until the deadline");
+    // A batch that reaches `enough` goes at once.
+    for frame in 4..=10 {
+        tx.send(frame).unwrap();
+    }
+    let mut batch = Vec::new();
+    let now = tokio::time::Instant::now();
+    gather(&mut rx, &mut batch, now + interval, 4).await;
+    assert_eq!(batch, vec![4, 5, 6, 7]);
+    assert_eq!(tokio::time::Instant::now(), now, "no wait once enough is gathered");
+    // A closed queue ends the hold.
+    drop(tx);
+    let mut batch = Vec::new();
+    gather(&mut rx, &mut batch, now + interval, 8).await;
+    assert_eq!(batch, vec![8, 9, 10]);
+    assert_eq!(tokio::time::Instant::now(), now, "no wait on a closed queue");
+}
