@@ -17,6 +17,7 @@
 //! - [`scope`]: authentication, scopes, channel owners.
 //! - [`index_groups`]: routing by index field values.
 //! - [`lifecycle`]: sockets closing, slow consumers.
+//! - [`metrics`]: `/metrics` after a scripted session.
 //! - [`protocols`]: `graphql-transport-ws` and the legacy `graphql-ws`.
 //! - [`streaming`]: subscriptions over SSE and `multipart/mixed`.
 //! - [`resume`]: resuming after a cursor (`after`) over every protocol.
@@ -60,6 +61,7 @@ mod hooks;
 mod hygiene;
 mod index_groups;
 mod lifecycle;
+mod metrics;
 mod limits;
 mod node_clients;
 mod pins;
