@@ -39,8 +39,8 @@ use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
 pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
-pub(crate) use stats::{Connected, Counters, Latency, Transport};
 pub use stats::Stats;
+pub(crate) use stats::{Connected, Counters, Latency, Transport};
 
 struct Inner {
     /// This hub's node id: the first [`NODE_ID_LEN`] characters of its channel ids.

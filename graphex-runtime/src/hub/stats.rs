@@ -113,8 +113,13 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in `open`'s order.
-    pub(crate) const ALL: [Transport; 5] =
-        [Transport::TwoChannel, Transport::GraphqlTransportWs, Transport::GraphqlWs, Transport::Sse, Transport::Multipart];
+    pub(crate) const ALL: [Transport; 5] = [
+        Transport::TwoChannel,
+        Transport::GraphqlTransportWs,
+        Transport::GraphqlWs,
+        Transport::Sse,
+        Transport::Multipart,
+    ];
 
     /// The label value.
     pub(crate) fn label(self) -> &'static str {

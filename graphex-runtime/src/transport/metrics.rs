@@ -82,7 +82,13 @@ fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u
     metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)
 }
 
-fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, unit: Option<&Unit>, value: i64) -> std::fmt::Result {
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> std::fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     metric.encode_gauge(&value)
 }
@@ -96,7 +102,9 @@ fn labelled<'a>(
         let labels = [(label, value)];
         let mut family = metric.encode_family(&labels)?;
         match reading {
-            Value::Counter(count) => family.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&count, None)?,
+            Value::Counter(count) => {
+                family.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&count, None)?
+            }
             Value::Gauge(level) => family.encode_gauge(&level)?,
         }
     }
@@ -128,9 +136,17 @@ impl Collector for HubCollector {
         labelled(
             &mut metric,
             "protocol",
-            Transport::ALL.iter().map(|transport| (transport.label(), Value::Gauge(level(read(&counters.open[*transport as usize]))))),
+            Transport::ALL
+                .iter()
+                .map(|transport| (transport.label(), Value::Gauge(level(read(&counters.open[*transport as usize]))))),
         )?;
-        gauge(&mut encoder, "graphex_channels", "Hub channels open now (one per two-channel socket or subscription stream)", None, level(hub.channel_count() as u64))?;
+        gauge(
+            &mut encoder,
+            "graphex_channels",
+            "Hub channels open now (one per two-channel socket or subscription stream)",
+            None,
+            level(hub.channel_count() as u64),
+        )?;
         let by_stream = hub.subscriptions_by_stream();
         let mut metric = encoder.encode_descriptor(
             "graphex_subscriptions",
@@ -138,11 +154,30 @@ impl Collector for HubCollector {
             None,
             MetricType::Gauge,
         )?;
-        labelled(&mut metric, "stream", by_stream.iter().map(|(stream, count)| (*stream, Value::Gauge(level(*count)))))?;
+        labelled(
+            &mut metric,
+            "stream",
+            by_stream.iter().map(|(stream, count)| (*stream, Value::Gauge(level(*count)))),
+        )?;
 
-        counter(&mut encoder, "graphex_changes_published", "Changes published through this hub (one per change)", stats.published)?;
-        counter(&mut encoder, "graphex_changes_received", "Layer messages received for groups with local members", stats.received)?;
-        counter(&mut encoder, "graphex_deliveries", "Notifications queued to channels and shared subscribers", stats.delivered)?;
+        counter(
+            &mut encoder,
+            "graphex_changes_published",
+            "Changes published through this hub (one per change)",
+            stats.published,
+        )?;
+        counter(
+            &mut encoder,
+            "graphex_changes_received",
+            "Layer messages received for groups with local members",
+            stats.received,
+        )?;
+        counter(
+            &mut encoder,
+            "graphex_deliveries",
+            "Notifications queued to channels and shared subscribers",
+            stats.delivered,
+        )?;
         let mut metric = encoder.encode_descriptor(
             "graphex_notifications_dropped",
             "Notifications not delivered, by reason",
@@ -150,12 +185,28 @@ impl Collector for HubCollector {
             MetricType::Counter,
         )?;
         let undecodable = stats.dropped.saturating_sub(read(&counters.publish_failures)) + stats.unreadable;
-        let dropped = [read(&counters.filtered), read(&counters.overflowed), read(&counters.publish_failures), undecodable];
+        let dropped =
+            [read(&counters.filtered), read(&counters.overflowed), read(&counters.publish_failures), undecodable];
         labelled(&mut metric, "reason", DROP_REASONS.into_iter().zip(dropped.map(Value::Counter)))?;
-        counter(&mut encoder, "graphex_slow_consumer_closes", "Channels and streams closed as slow consumers", stats.slow_consumers)?;
-        counter(&mut encoder, "graphex_backpressure_waits", "Publishes that waited for lagging sockets", stats.backpressure_waits)?;
+        counter(
+            &mut encoder,
+            "graphex_slow_consumer_closes",
+            "Channels and streams closed as slow consumers",
+            stats.slow_consumers,
+        )?;
+        counter(
+            &mut encoder,
+            "graphex_backpressure_waits",
+            "Publishes that waited for lagging sockets",
+            stats.backpressure_waits,
+        )?;
         counter(&mut encoder, "graphex_client_limit_refusals", "Refusals at a per-client cap", stats.client_limits)?;
-        counter(&mut encoder, "graphex_cursor_expirations", "Channels closed because changes may have been lost (CURSOR_EXPIRED)", stats.expired)?;
+        counter(
+            &mut encoder,
+            "graphex_cursor_expirations",
+            "Channels closed because changes may have been lost (CURSOR_EXPIRED)",
+            stats.expired,
+        )?;
 
         for (name, help, latency) in [
             (
@@ -163,22 +214,53 @@ impl Collector for HubCollector {
                 "From a change's publish in this process to its queueing, once per change",
                 &counters.publish_to_queue,
             ),
-            ("graphex_queue_to_socket", "From queueing to a two-channel socket's write, once per write (oldest of the batch)", &counters.queue_to_socket),
+            (
+                "graphex_queue_to_socket",
+                "From queueing to a two-channel socket's write, once per write (oldest of the batch)",
+                &counters.queue_to_socket,
+            ),
         ] {
             let metric = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), latency.0.metric_type())?;
             latency.0.encode(metric)?;
         }
 
         let layer = hub.layer().metrics();
-        counter(&mut encoder, "graphex_layer_reconnects", "Channel layer reconnections to its backend", layer.reconnects)?;
-        counter(&mut encoder, "graphex_layer_publish_failures", "Messages the channel layer's backend refused or did not take in time", layer.publish_failures)?;
-        counter(&mut encoder, "graphex_layer_gap_repairs", "Changes delivered from history to repair a gap", layer.gap_repairs)?;
+        counter(
+            &mut encoder,
+            "graphex_layer_reconnects",
+            "Channel layer reconnections to its backend",
+            layer.reconnects,
+        )?;
+        counter(
+            &mut encoder,
+            "graphex_layer_publish_failures",
+            "Messages the channel layer's backend refused or did not take in time",
+            layer.publish_failures,
+        )?;
+        counter(
+            &mut encoder,
+            "graphex_layer_gap_repairs",
+            "Changes delivered from history to repair a gap",
+            layer.gap_repairs,
+        )?;
         counter(&mut encoder, "graphex_layer_streams_lost", "Streams whose gap history could not repair", layer.lost)?;
         if let Some(history) = layer.history {
-            gauge(&mut encoder, "graphex_layer_history", "Changes kept in history for resuming, every stream", None, level(history))?;
+            gauge(
+                &mut encoder,
+                "graphex_layer_history",
+                "Changes kept in history for resuming, every stream",
+                None,
+                level(history),
+            )?;
         }
         if let Some(connected) = layer.connected {
-            gauge(&mut encoder, "graphex_layer_connected", "1 while the channel layer is connected to its backend", None, i64::from(connected))?;
+            gauge(
+                &mut encoder,
+                "graphex_layer_connected",
+                "1 while the channel layer is connected to its backend",
+                None,
+                i64::from(connected),
+            )?;
         }
 
         let lags = hub.capture_lags();
