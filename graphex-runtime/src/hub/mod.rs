@@ -75,11 +75,14 @@ struct Inner {
     shared: crate::subscribe::shared::Registry,
     /// Running captures from the database's log, by slot: their lag in
     /// bytes, read by the metrics (gone once the capture's `run` returns).
-    captures: Mutex<Vec<(String, std::sync::Weak<dyn Fn() -> u64 + Send + Sync>)>>,
+    captures: Mutex<Vec<(String, std::sync::Weak<LagFn>)>>,
 }
 
-/// Reads a running capture's lag in bytes ([`Hub::watch_capture`]).
-pub(crate) type LagProbe = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// Reads a running capture's lag in bytes.
+type LagFn = dyn Fn() -> u64 + Send + Sync;
+
+/// A running capture's lag, reported while kept ([`Hub::watch_capture`]).
+pub(crate) type LagProbe = Arc<LagFn>;
 
 /// Decoded changes kept for replays.
 #[derive(Default)]
