@@ -68,14 +68,18 @@ async fn a_scripted_session_moves_the_metrics_by_exactly_what_happened() {
     fast.subscribe_ok(&server, "userSubscription", USERS_CREATE, None).await;
     let mut native = Client::connected(server.addr, Proto::Transport, json!({})).await;
     native.start("1", "subscription { userChanges(action: CREATE) { action id } }").await;
-    server.wait_for("the native channel", |hub| hub.channel_count() == 2).await;
+    // A stream of its own whose filter refuses every change below (tenant acme).
+    native
+        .start("2", r#"subscription { userChanges(action: CREATE, filters: {tenant: "globex"}) { action id } }"#)
+        .await;
+    server.wait_for("the native channels", |hub| hub.channel_count() == 3).await;
 
     let scraped = scrape(&server).await;
     assert_eq!(value(&scraped, &open("two-channel")), 1.0);
     assert_eq!(value(&scraped, &open("graphql-transport-ws")), 1.0);
     assert_eq!(value(&scraped, &open("graphql-ws")), 0.0);
-    assert_eq!(value(&scraped, "graphex_channels"), 2.0);
-    assert_eq!(value(&scraped, "graphex_subscriptions{stream=\"users\"}"), 2.0);
+    assert_eq!(value(&scraped, "graphex_channels"), 3.0);
+    assert_eq!(value(&scraped, "graphex_subscriptions{stream=\"users\"}"), 3.0);
 
     const CHANGES: u64 = 3;
     for n in 0..CHANGES {
@@ -86,12 +90,16 @@ async fn a_scripted_session_moves_the_metrics_by_exactly_what_happened() {
     }
     let scraped = scrape(&server).await;
     assert_eq!(value(&scraped, "graphex_changes_published_total"), CHANGES as f64);
-    assert_eq!(value(&scraped, "graphex_deliveries_total"), (2 * CHANGES) as f64);
+    // The filter decides before queueing (in memory, on the change), or, if
+    // the stream's subscription list is busy at that instant, after: each
+    // change is either filtered or queued to the refusing stream.
+    let filtered = value(&scraped, "graphex_notifications_dropped_total{reason=\"filtered\"}");
+    assert!(filtered > 0.0, "no change filtered before queueing");
+    assert_eq!(value(&scraped, "graphex_deliveries_total"), (3 * CHANGES) as f64 - filtered);
     // Published here, in memory: each change observed once, when first queued.
     assert_eq!(value(&scraped, "graphex_publish_to_queue_seconds_count"), CHANGES as f64);
     let writes = value(&scraped, "graphex_queue_to_socket_seconds_count");
     assert!((1.0..=CHANGES as f64).contains(&writes), "one observation per write: {writes}");
-    assert_eq!(value(&scraped, "graphex_notifications_dropped_total{reason=\"filtered\"}"), 0.0);
 
     native.close().await;
     settle(&server, &open("graphql-transport-ws"), 0.0).await;
@@ -126,7 +134,11 @@ async fn a_scripted_session_moves_the_metrics_by_exactly_what_happened() {
     assert_eq!(value(&scraped, "graphex_changes_published_total"), (CHANGES + created) as f64);
     // The fast socket got every change; the slow one every change before
     // the one that overflowed its queue, then left its groups.
-    assert_eq!(value(&scraped, "graphex_deliveries_total"), (2 * CHANGES + created + overflowed_at - 1) as f64);
+    assert_eq!(
+        value(&scraped, "graphex_deliveries_total"),
+        (3 * CHANGES + created + overflowed_at - 1) as f64 - filtered
+    );
+    assert_eq!(value(&scraped, "graphex_notifications_dropped_total{reason=\"filtered\"}"), filtered);
     assert_eq!(value(&scraped, "graphex_slow_consumer_closes_total"), 1.0);
     assert_eq!(value(&scraped, "graphex_notifications_dropped_total{reason=\"slow_consumer\"}"), 1.0);
     assert_eq!(value(&scraped, "graphex_notifications_dropped_total{reason=\"layer_failure\"}"), 0.0);
