@@ -395,6 +395,7 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     assert_eq!(hub.stats().dropped, 0, "the outage's change is kept, not dropped");
     assert_eq!(layer.stats().outboxed, 1);
     wait_until("the layer notices the outage", || !layer.stats().connected).await;
+    assert_eq!(metric(&hub, "graphex_layer_connected"), Some(0), "the outage shows in the metrics");
     // A subscribe during the outage is not confirmed while Redis cannot
     // deliver: past `subscribe_timeout` it is refused, saying why, and the
     // refused subscription is not left behind.
@@ -424,6 +425,14 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     // (CURSOR_EXPIRED), never left with a gap.
     expect_close(&mut ws, 4010).await;
     assert!(layer.stats().lost >= 1);
+    // The metrics read the layer's counters; Redis keeps the history, not this process.
+    let stats = layer.stats();
+    assert_eq!(metric(&hub, "graphex_layer_connected"), Some(1));
+    assert_eq!(metric(&hub, "graphex_layer_reconnects_total"), Some(stats.reconnects));
+    assert_eq!(metric(&hub, "graphex_layer_streams_lost_total"), Some(stats.lost));
+    assert_eq!(metric(&hub, "graphex_cursor_expirations_total"), Some(hub.stats().expired));
+    assert!(hub.stats().expired >= 1);
+    assert_eq!(metric(&hub, "graphex_layer_history"), None);
     drop(late);
     let mut fresh = server.ws().await;
     fresh.arm_user_sentinel(&server).await;
@@ -431,6 +440,13 @@ async fn redis_restart_resumes_delivery() -> Option<()> {
     fresh.expect(&user_frame("create", &after)).await;
     assert_eq!(hub.stats().dropped, 0);
     Some(())
+}
+
+/// The value of an unlabelled series of `hub`'s metrics, if exported.
+fn metric(hub: &Hub, series: &str) -> Option<u64> {
+    let text = graphex::render_metrics(hub);
+    let prefix = format!("{series} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).map(|value| value.parse().expect("a whole number"))
 }
 
 /// Skips the socket's frames until it is closed; asserts the close code.

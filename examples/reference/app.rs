@@ -282,7 +282,8 @@ pub fn schema(db: DatabaseConnection) -> Schema<Query, Mutation, Subscription> {
 }
 
 /// The whole app: GraphQL over HTTP at `/graphql`, the two-channel socket at
-/// `/ws/graphql/`, the browser client page at `/graphql/client/`.
+/// `/ws/graphql/`, the browser client page at `/graphql/client/`, the
+/// hub's Prometheus metrics at `/metrics`.
 pub fn app(db: DatabaseConnection, hub: Hub) -> Router {
     serve(schema(db.clone()), hub, db)
 }
@@ -298,5 +299,6 @@ pub fn app_without_introspection(db: DatabaseConnection, hub: Hub) -> Router {
 
 fn serve(schema: Schema<Query, Mutation, Subscription>, hub: Hub, db: DatabaseConnection) -> Router {
     let client = graphex::client_page(graphex::ClientPage::from_config(hub.config()));
-    graphex::router(schema, hub, UsernameAuth(db)).merge(client)
+    let metrics = graphex::metrics_router(hub.clone());
+    graphex::router(schema, hub, UsernameAuth(db)).merge(client).merge(metrics)
 }

@@ -58,6 +58,7 @@ pub use subscribe::two_channel::{Confirmation, SubscribeArgs, SubscribeError, su
 pub use transport::auth::{Anonymous, Authenticator};
 pub use transport::client::{ClientPage, client_page};
 pub use transport::limits::RequestLimits;
+pub use transport::metrics::{METRICS_CONTENT_TYPE, metrics_router, render_metrics};
 pub use transport::server::{RouterBuilder, router};
 pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, default_on_connect};
 

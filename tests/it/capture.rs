@@ -491,7 +491,7 @@ async fn progress_is_counted_and_a_quiet_slot_follows_the_log() {
     capture.prepare(&db).await.expect("prepared");
     let monitor = capture.monitor();
     assert_eq!(monitor.stats(), graphex::capture::CaptureStats::default());
-    let (stop, _task) = spawn_run(capture);
+    let (stop, task) = spawn_run(capture);
     sql(&db, "INSERT INTO items VALUES (1, 'one', '', 't1'), (2, 'two', '', 't1')").await;
     sql(&db, "UPDATE items SET name = 'uno' WHERE id = 1").await;
     for _ in 0..3 {
@@ -508,7 +508,19 @@ async fn progress_is_counted_and_a_quiet_slot_follows_the_log() {
     let lsn = committed(&db, "INSERT INTO noise VALUES (0)").await;
     confirmed_past(&db, &lsn).await;
     assert_eq!(monitor.stats().transactions, 2, "the other table's writes are not changes");
+
+    // The hub's metrics report the running capture's lag, by slot, until it stops.
+    let lag = |text: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("graphex_capture_lag_bytes{slot=\"graphex_capture\"} "))
+            .map(|value| value.parse::<u64>().expect("a whole number of bytes"))
+    };
+    let metrics = graphex::render_metrics(&hub);
+    assert!(lag(&metrics).is_some(), "{metrics}");
     stop.cancel();
+    task.await.expect("capture stopped cleanly");
+    let metrics = graphex::render_metrics(&hub);
+    assert_eq!(lag(&metrics), None, "{metrics}");
 }
 
 /// TLS as libpq does it: `verify-full` against the cluster's own

@@ -17,6 +17,7 @@
 //! - [`scope`]: authentication, scopes, channel owners.
 //! - [`index_groups`]: routing by index field values.
 //! - [`lifecycle`]: sockets closing, slow consumers.
+//! - [`metrics`]: `/metrics` after a scripted session.
 //! - [`protocols`]: `graphql-transport-ws` and the legacy `graphql-ws`.
 //! - [`streaming`]: subscriptions over SSE and `multipart/mixed`.
 //! - [`resume`]: resuming after a cursor (`after`) over every protocol.
@@ -61,6 +62,7 @@ mod hygiene;
 mod index_groups;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod node_clients;
 mod pins;
 mod protocols;

@@ -478,6 +478,9 @@ impl PostgresCapture {
         // Prepared here or by another process: the slot exists (or the
         // session is refused).
         self.hooks_off();
+        let monitor = self.monitor.clone();
+        let lag: crate::hub::LagProbe = Arc::new(move || monitor.stats().lag_bytes);
+        self.hub.watch_capture(&self.slot, &lag);
         loop {
             match self.session(&stop).await {
                 Ok(()) => return Ok(()),

@@ -13,6 +13,12 @@ use super::{CloseReason, Delivery, Hub, LAGGING_KEPT, RECENT_KEPT};
 use crate::change::codec::{Change, DecodeError, Event};
 use crate::layer::Position;
 
+tokio::task_local! {
+    /// When the change being published in this task was handed to the
+    /// layer; taken by the first dispatch that queues it.
+    static PUBLISHED_AT: std::cell::Cell<Option<tokio::time::Instant>>;
+}
+
 impl Hub {
     /// Publishes a change to each of its groups, through the layer; then,
     /// if local sockets are close to overflowing, waits for them a bounded
@@ -32,12 +38,18 @@ impl Hub {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         let stream = groups.first().map_or("", |group| crate::change::group::stream_of(group));
         let layer = &self.inner.layer;
-        let published = match source {
-            Some(source) => layer.publish_captured(stream, groups, message, source).await,
-            None => layer.publish_change(stream, groups, message).await,
+        let publishing = async {
+            match source {
+                Some(source) => layer.publish_captured(stream, groups, message, source).await,
+                None => layer.publish_change(stream, groups, message).await,
+            }
         };
+        // A layer that delivers inline (in memory) dispatches in this task:
+        // the first dispatch that queues the change observes publish-to-queue.
+        let published = PUBLISHED_AT.scope(std::cell::Cell::new(Some(tokio::time::Instant::now())), publishing).await;
         if let Err(error) = published {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(?groups, %error, "change not published");
         }
         self.relieve().await;
@@ -117,11 +129,13 @@ impl Hub {
         let group: Arc<str> = Arc::from(group);
         let queued_at = tokio::time::Instant::now();
         let mut delivered = 0;
+        let mut filtered = 0;
         let mut lagging = Vec::new();
         let mut overflowed = Vec::new();
         let backpressure = self.inner.config.publish_backpressure.is_some();
         for channel in members.values() {
             if !channel.may_take(&group, &event) {
+                filtered += 1;
                 continue;
             }
             let delivery = Delivery::Change { group: group.clone(), event: event.clone(), queued_at };
@@ -137,6 +151,7 @@ impl Hub {
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.inner.stats.overflowed.fetch_add(1, Ordering::Relaxed);
                     if channel.close_reason().is_none() {
                         self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");
@@ -148,6 +163,14 @@ impl Hub {
             }
         }
         self.inner.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if filtered > 0 {
+            self.inner.stats.filtered.fetch_add(filtered, Ordering::Relaxed);
+        }
+        if delivered > 0
+            && let Ok(Some(published)) = PUBLISHED_AT.try_with(std::cell::Cell::take)
+        {
+            self.inner.stats.publish_to_queue.observe(queued_at.saturating_duration_since(published));
+        }
         // A slow consumer leaves its groups now, not when its socket or
         // stream gets around to it: an SSE response whose client stopped
         // reading is not polled again until the connection dies, and would
@@ -246,6 +269,7 @@ impl Hub {
                 channel.sent.fetch_add(1, Ordering::AcqRel);
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.stats.overflowed.fetch_add(1, Ordering::Relaxed);
                 self.inner.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(channel = %channel.id, "outgoing queue full: closing slow consumer");
                 channel.close(CloseReason::SlowConsumer);

@@ -39,8 +39,8 @@ use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
 pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
-pub(crate) use stats::Counters;
 pub use stats::Stats;
+pub(crate) use stats::{Connected, Counters, Latency, Transport};
 
 struct Inner {
     /// This hub's node id: the first [`NODE_ID_LEN`] characters of its channel ids.
@@ -50,7 +50,7 @@ struct Inner {
     channels: RwLock<HashMap<String, Arc<Channel>>>,
     groups: Membership<Arc<Channel>>,
     next_seq: AtomicU64,
-    stats: Counters,
+    stats: Arc<Counters>,
     /// Members of custom groups ([`crate::subscribe_groups`]).
     custom: crate::subscribe::custom::Registry,
     /// Cancelled by [`Hub::shutdown`]: standard-protocol connections close on it.
@@ -73,7 +73,16 @@ struct Inner {
     captured: RwLock<std::collections::HashSet<&'static str>>,
     /// Shared executions of equal native subscriptions.
     shared: crate::subscribe::shared::Registry,
+    /// Running captures from the database's log, by slot: their lag in
+    /// bytes, read by the metrics (gone once the capture's `run` returns).
+    captures: Mutex<Vec<(String, std::sync::Weak<LagFn>)>>,
 }
+
+/// Reads a running capture's lag in bytes.
+type LagFn = dyn Fn() -> u64 + Send + Sync;
+
+/// A running capture's lag, reported while kept ([`Hub::watch_capture`]).
+pub(crate) type LagProbe = Arc<LagFn>;
 
 /// Decoded changes kept for replays.
 #[derive(Default)]
@@ -127,7 +136,7 @@ impl Hub {
             channels: RwLock::default(),
             groups: Membership::default(),
             next_seq: AtomicU64::new(1),
-            stats: Counters::default(),
+            stats: Arc::default(),
             custom: crate::subscribe::custom::Registry::default(),
             shutdown: CancellationToken::new(),
             shards: OnceLock::new(),
@@ -137,6 +146,7 @@ impl Hub {
             captured: RwLock::default(),
             replayed: Mutex::default(),
             shared: crate::subscribe::shared::Registry::default(),
+            captures: Mutex::default(),
         });
         let weak = Arc::downgrade(&inner);
         let lost = Arc::downgrade(&inner);
@@ -160,6 +170,21 @@ impl Hub {
     #[cfg_attr(not(feature = "postgres-capture"), allow(dead_code))]
     pub(crate) fn capture_stream(&self, stream: &'static str) {
         write(&self.inner.captured).insert(stream);
+    }
+
+    /// Reports the lag of the capture reading `slot` in the metrics for as
+    /// long as the caller keeps `probe`.
+    #[cfg_attr(not(feature = "postgres-capture"), allow(dead_code))]
+    pub(crate) fn watch_capture(&self, slot: &str, probe: &LagProbe) {
+        let mut captures = self.inner.captures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        captures.retain(|(_, probe)| probe.strong_count() > 0);
+        captures.push((slot.to_owned(), Arc::downgrade(probe)));
+    }
+
+    /// The lag in bytes of each running capture, by slot.
+    pub(crate) fn capture_lags(&self) -> Vec<(String, u64)> {
+        let captures = self.inner.captures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        captures.iter().filter_map(|(slot, probe)| Some((slot.clone(), probe.upgrade()?()))).collect()
     }
 
     /// Whether the changes of `stream` are captured from the database's log.
@@ -227,6 +252,25 @@ impl Hub {
     /// The live counters.
     pub(crate) fn counters(&self) -> &Counters {
         &self.inner.stats
+    }
+
+    /// Counts a connection of `transport` open until the guard drops
+    /// (`graphex_connections_open`).
+    pub(crate) fn connected(&self, transport: Transport) -> Connected {
+        self.inner.stats.connected(transport)
+    }
+
+    /// Subscriptions by stream: what each channel holds now, counted once
+    /// per subscribe and action (a scrape-time walk over the channels).
+    pub(crate) fn subscriptions_by_stream(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        let channels: Vec<Arc<Channel>> = read(&self.inner.channels).values().cloned().collect();
+        for channel in channels {
+            for subscription in channel.lock().list.iter() {
+                *counts.entry(subscription.key.stream).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// Opens a channel owned by `owner`, not counted against a client.

@@ -35,9 +35,26 @@ pub struct Stats {
     pub shared_joins: u64,
 }
 
-/// The live counters behind [`Stats`].
+/// The live counters behind [`Stats`], and what only the metrics read
+/// (`crate::metrics`): open connections by transport, drops by reason and
+/// the two latency histograms.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Connections open now, by [`Transport`] (index `Transport as usize`).
+    pub(crate) open: [AtomicU64; Transport::ALL.len()],
+    /// Channels a change's group reached whose subscriptions' filters
+    /// refused it before it was queued (added once per dispatch).
+    pub(crate) filtered: AtomicU64,
+    /// Deliveries refused by a full queue (the channel closes as a slow consumer).
+    pub(crate) overflowed: AtomicU64,
+    /// Changes the layer failed to publish (part of `dropped`).
+    pub(crate) publish_failures: AtomicU64,
+    /// From publish to queue, observed once per change a dispatch of this
+    /// process queued, where the change was published in this process.
+    pub(crate) publish_to_queue: Latency,
+    /// From queue to socket: the oldest delivery of each batch a
+    /// two-channel socket wrote, observed once per write.
+    pub(crate) queue_to_socket: Latency,
     pub(crate) published: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) delivered: AtomicU64,
@@ -53,6 +70,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Counts a connection of `transport` open until the guard drops.
+    pub(crate) fn connected(self: &std::sync::Arc<Self>, transport: Transport) -> Connected {
+        self.open[transport as usize].fetch_add(1, Ordering::Relaxed);
+        Connected { counters: self.clone(), transport }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {
@@ -69,5 +92,77 @@ impl Counters {
             replayed: read(&self.replayed),
             shared_joins: read(&self.shared_joins),
         }
+    }
+}
+
+/// How a client is connected: the `protocol` label of
+/// `graphex_connections_open`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// graphex's two-channel WebSocket.
+    TwoChannel,
+    /// graphql-transport-ws (graphql-ws's current protocol).
+    GraphqlTransportWs,
+    /// The legacy graphql-ws (subscriptions-transport-ws) protocol.
+    GraphqlWs,
+    /// An HTTP subscription answered with server-sent events.
+    Sse,
+    /// An HTTP subscription answered with `multipart/mixed`.
+    Multipart,
+}
+
+impl Transport {
+    /// Every transport, in `open`'s order.
+    pub(crate) const ALL: [Transport; 5] = [
+        Transport::TwoChannel,
+        Transport::GraphqlTransportWs,
+        Transport::GraphqlWs,
+        Transport::Sse,
+        Transport::Multipart,
+    ];
+
+    /// The label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Transport::TwoChannel => "two-channel",
+            Transport::GraphqlTransportWs => "graphql-transport-ws",
+            Transport::GraphqlWs => "graphql-ws",
+            Transport::Sse => "sse",
+            Transport::Multipart => "multipart",
+        }
+    }
+}
+
+/// An open connection, counted in [`Counters::open`] until dropped.
+pub(crate) struct Connected {
+    counters: std::sync::Arc<Counters>,
+    transport: Transport,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.counters.open[self.transport as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A latency histogram in seconds, observed at most once per change
+/// dispatched or per socket write (never per delivery).
+#[derive(Debug)]
+pub(crate) struct Latency(pub(crate) prometheus_client::metrics::histogram::Histogram);
+
+/// Bucket bounds in seconds: 100 µs to 10 s, fine where pacing and
+/// backpressure act (1-10 ms).
+pub(crate) const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS))
+    }
+}
+
+impl Latency {
+    pub(crate) fn observe(&self, elapsed: std::time::Duration) {
+        self.0.observe(elapsed.as_secs_f64());
     }
 }

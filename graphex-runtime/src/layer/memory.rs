@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::{ChannelLayer, Expiry, History, Inbound, Kept, LayerError, LogPosition, Position};
+use super::{ChannelLayer, Expiry, History, Inbound, Kept, LayerError, LayerMetrics, LogPosition, Position};
 
 /// Delivers every publish straight to this process's hub, in the
 /// publisher's task. The hub drops messages for groups without members, so
@@ -127,6 +127,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ChannelLayer for MemoryLayer {
     fn start(&self, inbound: Inbound) {
         let _ = self.inbound.set(inbound);
+    }
+
+    fn metrics(&self) -> LayerMetrics {
+        let streams: Vec<Arc<Mutex<Stream>>> = lock(&self.streams).values().cloned().collect();
+        let kept = streams.iter().map(|stream| lock(stream).kept.len() as u64).sum();
+        LayerMetrics { history: Some(kept), ..LayerMetrics::default() }
     }
 
     async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError> {

@@ -288,10 +288,38 @@ pub trait ChannelLayer: Send + Sync + 'static {
         let _ = group;
         Ok(())
     }
+
+    /// What the hub's metrics report of this layer, read at each scrape
+    /// (`graphex::metrics_router`). The default reports nothing.
+    fn metrics(&self) -> LayerMetrics {
+        LayerMetrics::default()
+    }
+
     /// The node-to-node requests this layer carries, if it links processes.
     fn requests(&self) -> Option<&dyn NodeRequests> {
         None
     }
+}
+
+/// What a layer reports to its hub's metrics ([`ChannelLayer::metrics`]):
+/// counters since it started and values now. `None`: the layer does not
+/// have that value (no series is exported for it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerMetrics {
+    /// Connections to the backend established again after a loss.
+    pub reconnects: u64,
+    /// Messages the backend refused or did not take in time.
+    pub publish_failures: u64,
+    /// Changes delivered from history to repair a gap (after a reconnection).
+    pub gap_repairs: u64,
+    /// Streams declared lost: a gap history could not repair.
+    pub lost: u64,
+    /// Changes kept in history for resuming, over every stream, where the
+    /// layer keeps them in this process.
+    pub history: Option<u64>,
+    /// Whether the layer is connected to its backend, where it has one.
+    pub connected: Option<bool>,
 }
 
 /// Largest body of a node request ([`NodeRequests::request`]): 64 KiB. A

@@ -443,6 +443,19 @@ impl ChannelLayer for RedisLayer {
         let _ = self.inbound.set(inbound);
     }
 
+    fn metrics(&self) -> crate::layer::LayerMetrics {
+        // History lives in Redis: reading its size would cost a round trip per scrape.
+        let stats = self.stats();
+        crate::layer::LayerMetrics {
+            reconnects: stats.reconnects,
+            publish_failures: stats.publish_failures,
+            gap_repairs: stats.repaired,
+            lost: stats.lost,
+            history: None,
+            connected: Some(stats.connected),
+        }
+    }
+
     async fn publish(&self, group: &str, message: Bytes) -> Result<(), LayerError> {
         self.publish_all(std::slice::from_ref(&group.to_owned()), message).await
     }

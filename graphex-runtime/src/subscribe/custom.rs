@@ -119,6 +119,7 @@ impl Registry {
             match member.tx.try_send(payload.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    stats.overflowed.fetch_add(1, Ordering::Relaxed);
                     if !member.overflowed.is_cancelled() {
                         stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%group, "custom group subscriber's queue full: ending its stream");
@@ -142,6 +143,7 @@ impl Hub {
         self.counters().published.fetch_add(1, Ordering::Relaxed);
         self.layer().publish(&group, CustomMessage::encode(payload)).await.map_err(|error| {
             self.counters().dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters().publish_failures.fetch_add(1, Ordering::Relaxed);
             BroadcastError::Layer(error)
         })
     }

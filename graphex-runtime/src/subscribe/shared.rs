@@ -470,6 +470,7 @@ fn offer(hub: &Hub, member: &Arc<Member>, payload: &Arc<str>, capacity: usize) {
     }
     if member.pending.fetch_add(1, Ordering::Relaxed) >= capacity {
         member.pending.fetch_sub(1, Ordering::Relaxed);
+        hub.counters().overflowed.fetch_add(1, Ordering::Relaxed);
         hub.counters().slow_consumers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(operation = %member.sink.id, "shared subscription's frames not taken: ending a slow consumer");
         member.end(Some(End::Closed(CloseReason::SlowConsumer)));

@@ -5,7 +5,8 @@
 //! process that holds a socket, the two-channel socket loop with write
 //! pacing and the shard tasks that run it, the standard GraphQL WebSocket
 //! protocols and their connection hooks, the WebSocket close codes, and
-//! the browser client page.
+//! the browser client page, and the Prometheus metrics (`metrics.rs`:
+//! `metrics_router`, read from the hub at each scrape).
 //!
 //! Calls: `hub` (channels, deliveries), `subscribe` (native streams' data),
 //! `change` (the hub scope of a request), `model` (principals).
@@ -16,6 +17,7 @@ pub(crate) mod client;
 pub(crate) mod close;
 pub(crate) mod forward;
 pub(crate) mod limits;
+pub(crate) mod metrics;
 pub(crate) mod peer;
 pub(crate) mod server;
 pub(crate) mod shard;

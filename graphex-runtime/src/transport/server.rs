@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::hub::{ClientAddress, Hub, Resource, client_key};
+use crate::hub::{ClientAddress, Hub, Resource, Transport, client_key};
 use crate::model::Principal;
 use crate::subscribe::shared::{self, Execute, Frame, Sink, Ticket};
 use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
@@ -31,7 +31,7 @@ use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, selected_operation
 use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
-use crate::transport::streaming::{StreamSlot, parts, stream_response, streaming};
+use crate::transport::streaming::{StreamSlot, Streaming, parts, stream_response, streaming};
 
 struct AppState<Q, M, S> {
     schema: Schema<Q, M, S>,
@@ -201,7 +201,11 @@ where
                 let refused = Response::from_errors(vec![with_code(refused, LIMIT_REACHED)]);
                 return stream_response(parts(Box::pin(futures_util::stream::once(async { refused })), None), format);
             }
-            let slot = StreamSlot { hub: state.hub.clone(), client };
+            let open = state.hub.connected(match format {
+                Streaming::ServerSentEvents => Transport::Sse,
+                Streaming::Multipart => Transport::Multipart,
+            });
+            let slot = StreamSlot { hub: state.hub.clone(), client, _open: open };
             let mut request = with_principal(&state, request, principal);
             let outbox = share(&state, &mut request);
             let results = state.schema.execute_stream(request).map(move |result| {

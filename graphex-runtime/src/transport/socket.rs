@@ -10,7 +10,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
-use crate::hub::{Channel, ClientKey, CloseReason, Delivery, Hub};
+use crate::hub::{Channel, ClientKey, CloseReason, Delivery, Hub, Latency, Transport};
 use crate::transport::close::{
     CLOSE_CURSOR_EXPIRED, CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER,
 };
@@ -47,6 +47,7 @@ pub(crate) async fn serve_socket<Si, St, E>(
         }
     };
     tracing::debug!(channel = channel.id(), "channel opened");
+    let _connected = hub.connected(Transport::TwoChannel);
     // Closes the channel however this future ends: returned, dropped, or
     // unwound by a panic (the shard catches it; the channel must not leak).
     let guard = Opened { hub: &hub, channel };
@@ -54,7 +55,8 @@ pub(crate) async fn serve_socket<Si, St, E>(
     let config = hub.config();
     let live = Liveness { ping: config.socket_ping, idle: config.socket_idle_timeout, send: config.send_timeout };
     if let Ok(Ok(())) = tokio::time::timeout(live.send, sink.send(Message::Text(handshake.into()))).await {
-        pump(&guard.channel, rx, &mut sink, stream, config.write_pacing, live).await;
+        let written = &hub.counters().queue_to_socket;
+        pump(&guard.channel, rx, &mut sink, stream, config.write_pacing, live, written).await;
     }
 }
 
@@ -89,6 +91,7 @@ async fn pump<Si, St, E>(
     mut stream: St,
     pacing: Option<WritePacing>,
     live: Liveness,
+    written: &Latency,
 ) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
@@ -137,6 +140,8 @@ async fn pump<Si, St, E>(
                         () = tokio::time::sleep_until(until) => {}
                     }
                 }
+                // The first delivery of a batch is its oldest.
+                let oldest = delivery.queued_at();
                 channel.frames(&delivery, &mut frames).await;
                 let mut batched = 1;
                 while batched < WRITE_BATCH {
@@ -157,9 +162,13 @@ async fn pump<Si, St, E>(
                     sink.flush().await
                 };
                 tokio::select! {
-                    written = tokio::time::timeout(live.send, write) => if !matches!(written, Ok(Ok(()))) { return },
+                    done = tokio::time::timeout(live.send, write) => if !matches!(done, Ok(Ok(()))) { return },
                     // A client that stopped reading: give up on the write.
                     () = channel.closed().cancelled() => return,
+                }
+                // Once per write, not per delivery: one histogram update.
+                if let Some(oldest) = oldest {
+                    written.observe(oldest.elapsed());
                 }
             }
         }

@@ -286,6 +286,10 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, Er>> + Unpin,
 {
+    let _connected = hub.connected(match protocol {
+        Protocols::GraphQLWS => crate::hub::Transport::GraphqlTransportWs,
+        _ => crate::hub::Transport::GraphqlWs,
+    });
     let send_timeout = hub.config().send_timeout;
     // Shareable subscribes are marked for their field (`subscribe/shared.rs`)
     // only after the query's raw bounds are checked: the mark parses it.

@@ -181,6 +181,8 @@ fn multipart(mut parts: BoxStream<'static, Part>, heartbeat: Duration) -> BoxStr
 pub(crate) struct StreamSlot {
     pub(crate) hub: Hub,
     pub(crate) client: Option<ClientKey>,
+    /// Counts the response in `graphex_connections_open` while it lives.
+    pub(crate) _open: crate::hub::Connected,
 }
 
 impl Drop for StreamSlot {
