@@ -108,7 +108,9 @@ async fn pump<Si, St, E>(
     loop {
         tokio::select! {
             biased;
-            () = channel.closed().cancelled() => return finish(channel, None, &mut rx, sink, live.send).await,
+            // Boxed: its state (the drain) would otherwise be part of every
+            // idle socket's future, a few hundred bytes per connection.
+            () = channel.closed().cancelled() => return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await,
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => heard = tokio::time::Instant::now(),
@@ -135,7 +137,7 @@ async fn pump<Si, St, E>(
                     // past half full ends the hold at once.
                     tokio::select! {
                         biased;
-                        () = channel.closed().cancelled() => return finish(channel, Some(delivery), &mut rx, sink, live.send).await,
+                        () = channel.closed().cancelled() => return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await,
                         () = channel.pressure().notified() => {}
                         () = tokio::time::sleep_until(until) => {}
                     }
