@@ -65,7 +65,8 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 29] = [
+    let cases: [(&str, Case); 30] = [
+        ("sigterm_closes_sockets_and_exits", || Box::pin(sigterm_closes_sockets_and_exits())),
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
@@ -194,6 +195,35 @@ async fn two_processes_coarse_group() -> Option<()> {
     let bob = cluster.a.http.create_user("bob", "bob@example.com", "t1").await;
     on_a.expect(&user_frame("create", &bob)).await;
     on_b.expect(&user_frame("create", &bob)).await;
+    Some(())
+}
+
+/// SIGTERM stops a server as a deploy does: its two-channel sockets get
+/// close 1001 and the process exits with success (the reference example's
+/// `graphex::shutdown_signal`; without it SIGTERM kills the process and the
+/// socket just drops).
+async fn sigterm_closes_sockets_and_exits() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let mut process = Process::start("sqlite::memory:", &url, &prefix, None).await;
+    let mut ws = process.http.ws().await;
+    ws.subscribe_ok(&process.http, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    let ann = process.http.create_user("ann", "ann@example.com", "t1").await;
+    ws.expect(&user_frame("create", &ann)).await;
+    let pid = process.child.id().expect("the server runs");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+    assert!(status.success(), "SIGTERM sent");
+    match ws.next_message().await {
+        Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1001, "going away: {frame:?}");
+        }
+        other => panic!("expected close 1001 after SIGTERM, got {other:?}"),
+    }
+    let exit = tokio::time::timeout(TIMEOUT * 2, process.child.wait())
+        .await
+        .expect("the server exits after SIGTERM")
+        .expect("its status");
+    assert!(exit.success(), "a clean exit after SIGTERM: {exit:?}");
     Some(())
 }
 

@@ -17,7 +17,7 @@ async fn main() {
     println!("  POST /graphql             createUser, createMessage, messages, userId");
     println!("  GET  /graphql (WebSocket) subscription {{ messages(userId: \"1\") {{ content senderId }} }}");
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        graphex::shutdown_signal().await; // Ctrl-C or SIGTERM
     };
     // TCP_NODELAY: small frames leave at once instead of waiting for the
     // peer's delayed ACK (Nagle's algorithm), up to 40 ms on Linux.

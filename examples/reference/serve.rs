@@ -95,7 +95,7 @@ pub async fn serve(settings: Settings) {
     let shutdown = {
         let hub = hub.clone();
         async move {
-            let _ = tokio::signal::ctrl_c().await;
+            graphex::shutdown_signal().await; // Ctrl-C or SIGTERM
             if let Some(stop) = capture {
                 stop.cancel();
             }

@@ -59,7 +59,7 @@ pub use transport::auth::{Anonymous, Authenticator};
 pub use transport::client::{ClientPage, client_page};
 pub use transport::limits::RequestLimits;
 pub use transport::metrics::{METRICS_CONTENT_TYPE, metrics_router, render_metrics};
-pub use transport::server::{RouterBuilder, router};
+pub use transport::server::{RouterBuilder, router, shutdown_signal};
 pub use transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, default_on_connect};
 
 /// Internals that graphex's own integration tests and benchmark drive

@@ -432,3 +432,31 @@ where
             hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, client, sink, stream)));
         })
 }
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or, on Unix,
+/// SIGTERM (what `kill`, systemd and Kubernetes send before a deploy). For
+/// `axum::serve(..).with_graceful_shutdown(..)`, followed by
+/// [`Hub::shutdown`] so that open sockets are told (close 1001) and write
+/// what they hold first.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
