@@ -581,13 +581,8 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>, p
                     // graphex's rules: a frame that waited past `busy_after`
                     // means the server is behind; a socket that wrote less
                     // than `min_interval` ago waits for the rest of it.
-                    if let Some(pacing) = pacing {
-                        let now = tokio::time::Instant::now();
-                        let behind = (now.saturating_duration_since(queued_at) > pacing.busy_after).then(|| now + pacing.window);
-                        let busy = last_write.map(|last| last + pacing.min_interval).filter(|until| *until > now);
-                        if let Some(until) = behind.max(busy) {
-                            tokio::time::sleep_until(until).await;
-                        }
+                    if let Some(until) = pacing.and_then(|pacing| pacing.hold_until(Instant::now(), Some(queued_at), last_write)) {
+                        tokio::time::sleep_until(until).await;
                     }
                     let mut batch = vec![frame];
                     while batch.len() < WRITE_BATCH {

@@ -183,8 +183,9 @@ impl Default for WritePacing {
 
 impl WritePacing {
     /// When a socket that last wrote at `last_write` and now took a change
-    /// queued at `queued_at` should write it: `None` for now.
-    pub(crate) fn hold_until(
+    /// queued at `queued_at` should write it: `None` for now. Public so that
+    /// a hand-written socket (the benchmark's ceiling) paces by the same rules.
+    pub fn hold_until(
         &self,
         now: tokio::time::Instant,
         queued_at: Option<tokio::time::Instant>,

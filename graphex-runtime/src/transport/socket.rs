@@ -156,13 +156,7 @@ async fn pump<Si, St, E>(
                     continue;
                 }
                 last_write = Some(tokio::time::Instant::now());
-                let write = async {
-                    for frame in frames.drain(..) {
-                        let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
-                        sink.feed(Message::Text(text)).await?;
-                    }
-                    sink.flush().await
-                };
+                let write = write_frames(sink, &mut frames);
                 tokio::select! {
                     done = tokio::time::timeout(live.send, write) => if !matches!(done, Ok(Ok(()))) { return },
                     // A client that stopped reading: give up on the write.
@@ -203,15 +197,24 @@ async fn finish<Si: Sink<Message> + Unpin>(
             while let Ok(delivery) = rx.try_recv() {
                 channel.frames(&delivery, &mut frames).await;
             }
-            for frame in frames {
-                let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
-                sink.feed(Message::Text(text)).await?;
-            }
-            sink.flush().await
+            write_frames(sink, &mut frames).await
         };
         let _ = tokio::time::timeout(SHUTDOWN_DRAIN.min(send), drain).await;
     }
     send_close(channel, sink).await;
+}
+
+/// Feeds `frames` (drained) to the socket as text messages (one that is not
+/// UTF-8 is skipped) and flushes once: one write for the batch.
+async fn write_frames<Si: Sink<Message> + Unpin>(
+    sink: &mut Si,
+    frames: &mut Vec<bytes::Bytes>,
+) -> Result<(), Si::Error> {
+    for frame in frames.drain(..) {
+        let Ok(text) = Utf8Bytes::try_from(frame) else { continue };
+        sink.feed(Message::Text(text)).await?;
+    }
+    sink.flush().await
 }
 
 /// Tells the client why the server closed its channel.
