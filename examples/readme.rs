@@ -227,9 +227,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     db.execute(&tables.create_table_from_entity(note::Entity)).await?;
     let hub = graphex::Hub::default(); // in-memory channel layer
     let app = if std::env::var_os("GRAPHEX_README_BUILDER").is_some() {
-        built(schema(&db), hub)
+        built(schema(&db), hub.clone())
     } else {
-        mounted(schema(&db), hub)
+        mounted(schema(&db), hub.clone())
     };
     let port: u16 = std::env::var("PORT").ok().and_then(|port| port.parse().ok()).unwrap_or(8000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -238,7 +238,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    // Connect info lets graphex count anonymous clients by address.
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+    // Connect info lets graphex count anonymous clients by address. A graceful
+    // stop adds `.with_graceful_shutdown(..)` and `hub.stopped()`: "Shutting down".
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown({
+            let hub = hub.clone();
+            async move {
+                graphex::shutdown_signal().await; // Ctrl-C or SIGTERM
+                hub.shutdown(); // refuse new connections, tell the open ones
+            }
+        })
+        .await?;
+    let stopped = hub.stopped().await; // the hub's own tasks have ended
+    println!("stopped: {stopped:?}");
     Ok(())
 }

@@ -8,6 +8,15 @@ mod app;
 
 #[tokio::main]
 async fn main() {
+    // Logs on stderr, filtered by RUST_LOG (default: warnings, and
+    // graphex's own info lines), e.g. RUST_LOG=graphex=debug.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,graphex=info,graphex_runtime=info")),
+        )
+        .init();
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
     let db = app::connect(&url).await;
@@ -25,10 +34,20 @@ async fn main() {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app::app(db, hub.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            hub.shutdown();
+        .with_graceful_shutdown({
+            let hub = hub.clone();
+            async move {
+                shutdown.await;
+                hub.shutdown(); // sockets write what they hold, then close with 1001
+            }
         })
         .await
         .expect("server ran");
+    // axum waited for HTTP requests and streams; the hub's own tasks
+    // (WebSocket connections, shards) end here.
+    let stopped = hub.stopped().await;
+    if !stopped.is_clean() {
+        eprintln!("graphex hub stopped with work left: {stopped:?}");
+        std::process::exit(1);
+    }
 }

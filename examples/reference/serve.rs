@@ -107,10 +107,17 @@ pub async fn serve(settings: Settings) {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app::app(db, hub).into_make_service_with_connect_info::<std::net::SocketAddr>())
+    axum::serve(listener, app::app(db, hub.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
         .expect("server ran");
+    // axum waited for HTTP requests and streams; the hub's own tasks
+    // (WebSocket connections, shards, capture, the layer) end here.
+    let stopped = hub.stopped().await;
+    if !stopped.is_clean() {
+        eprintln!("graphex hub stopped with work left: {stopped:?}");
+        std::process::exit(1);
+    }
 }
 
 /// Captures the example's four tables from PostgreSQL's log into `hub`:

@@ -108,6 +108,11 @@ pub struct Config {
     /// this off if an async-graphql extension of yours writes per-request
     /// data into responses. Default `true`.
     pub share_executions: bool,
+    /// How long [`crate::Hub::stopped`] waits for the hub's tasks to end
+    /// after [`crate::Hub::shutdown`], and then as long again for the
+    /// channel layer to stop. Connections write what their queues hold for
+    /// at most 1 s of it. Default 5 s.
+    pub stop_timeout: Duration,
 }
 
 impl Default for Config {
@@ -132,6 +137,7 @@ impl Default for Config {
             socket_idle_timeout: Duration::from_secs(75),
             send_timeout: Duration::from_secs(10),
             share_executions: true,
+            stop_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -218,6 +224,7 @@ setters!(Config {
     socket_idle_timeout: Duration => with_socket_idle_timeout,
     send_timeout: Duration => with_send_timeout,
     share_executions: bool => with_share_executions,
+    stop_timeout: Duration => with_stop_timeout,
 });
 
 setters!(WritePacing {

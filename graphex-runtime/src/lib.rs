@@ -45,7 +45,7 @@ mod proptests;
 pub use change::announce::{announce, announce_many, set_global_hub};
 pub use change::transaction::{savepoint, transaction};
 pub use config::{Config, WritePacing};
-pub use hub::{ChannelError, CloseReason, Hub, Stats};
+pub use hub::{ChannelError, CloseReason, Hub, Stats, Stopped};
 pub use model::{
     Action, ActionSubscription, Denied, Field, FieldsEnum, Lookup, ModelSubscription, OperationSubscription, Principal,
     Scope, SubscribeRequest,

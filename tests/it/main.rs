@@ -69,5 +69,6 @@ mod protocols;
 mod resume;
 mod scope;
 mod shared;
+mod shutdown;
 mod streaming;
 mod transactions;

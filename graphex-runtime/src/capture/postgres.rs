@@ -470,8 +470,9 @@ impl PostgresCapture {
         tls.with_sni_hostname(self.target.host.clone())
     }
 
-    /// Reads the slot until `stop`, publishing each committed transaction's
-    /// changes in order, then confirming it. A lost connection is opened
+    /// Reads the slot until `stop` or the hub's [`Hub::shutdown`],
+    /// publishing each committed transaction's changes in order, then
+    /// confirming it ([`Hub::stopped`] waits for it to return). A lost connection is opened
     /// again (after a second), from the last confirmed transaction; a
     /// stream that breaks pgoutput's rules stops capture with an error.
     pub async fn run(self, stop: CancellationToken) -> Result<(), CaptureRunError> {
@@ -481,8 +482,24 @@ impl PostgresCapture {
         let monitor = self.monitor.clone();
         let lag: crate::hub::LagProbe = Arc::new(move || monitor.stats().lag_bytes);
         self.hub.watch_capture(&self.slot, &lag);
+        // One of the hub's tasks (`Hub::stopped` waits for it), and it
+        // stops with the hub as with `stop`.
+        let _task = self.hub.task_token();
+        let either = self.hub.shutting_down().child_token();
+        let linked = async {
+            stop.cancelled().await;
+            either.cancel();
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            result = self.run_until(&either) => result,
+            () = linked => unreachable!("pending"),
+        }
+    }
+
+    async fn run_until(&self, stop: &CancellationToken) -> Result<(), CaptureRunError> {
         loop {
-            match self.session(&stop).await {
+            match self.session(stop).await {
                 Ok(()) => return Ok(()),
                 Err(Session::Lost(error)) => {
                     tracing::warn!(%error, slot = %self.slot, "capture connection lost; reconnecting");

@@ -135,7 +135,7 @@ async fn publish_committed(changes: Vec<Prepared>) {
         );
         return;
     };
-    let publish = tokio::spawn(async move {
+    let publish = hub.clone().spawn(async move {
         for change in changes {
             hub.publish(&change.groups, change.message).await;
         }

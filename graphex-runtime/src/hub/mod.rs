@@ -32,6 +32,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::Config;
 use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
@@ -76,6 +78,51 @@ struct Inner {
     /// Running captures from the database's log, by slot: their lag in
     /// bytes, read by the metrics (gone once the capture's `run` returns).
     captures: Mutex<Vec<(String, std::sync::Weak<LagFn>)>>,
+    /// Every task the hub runs or serves (shards, standard-protocol
+    /// connections, shared executions, committed transactions' publishes,
+    /// captures): [`Hub::stopped`] waits for them.
+    tasks: TaskTracker,
+    /// Native streams of WebSocket connections that have not yet written
+    /// what their queue held at shutdown ([`Hub::drained`]).
+    undrained: Undrained,
+}
+
+/// A count of native streams still to drain, and a signal when it is zero.
+#[derive(Default)]
+struct Undrained {
+    count: std::sync::atomic::AtomicUsize,
+    zero: tokio::sync::Notify,
+}
+
+/// Counts one native stream as undrained until dropped ([`Hub::undrained`]).
+pub(crate) struct UndrainedStream(Hub);
+
+impl Drop for UndrainedStream {
+    fn drop(&mut self) {
+        let undrained = &self.0.inner.undrained;
+        if undrained.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            undrained.zero.notify_waiters();
+        }
+    }
+}
+
+/// What [`Hub::stopped`] found when it returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stopped {
+    /// Tasks of the hub still running when [`Config::stop_timeout`] ran
+    /// out (0 after a clean stop).
+    pub tasks_left: usize,
+    /// Whether the channel layer's [`ChannelLayer::stop`] did not finish
+    /// in time (e.g. Redis unreachable with changes still in its outbox).
+    pub layer_timed_out: bool,
+}
+
+impl Stopped {
+    /// Everything ended in time.
+    pub fn is_clean(&self) -> bool {
+        self.tasks_left == 0 && !self.layer_timed_out
+    }
 }
 
 /// Reads a running capture's lag in bytes.
@@ -147,6 +194,8 @@ impl Hub {
             replayed: Mutex::default(),
             shared: crate::subscribe::shared::Registry::default(),
             captures: Mutex::default(),
+            tasks: TaskTracker::new(),
+            undrained: Undrained::default(),
         });
         let weak = Arc::downgrade(&inner);
         let lost = Arc::downgrade(&inner);
@@ -310,6 +359,11 @@ impl Hub {
             return Err(ChannelError::TooManyChannels);
         }
         self.take(channel.client.as_ref(), Resource::Channels, 1)?;
+        // Checked under the write lock that `shutdown` reads the channels
+        // under: a channel opened once shutdown began is born closed.
+        if self.inner.shutdown.is_cancelled() {
+            channel.close(CloseReason::Shutdown);
+        }
         channels.insert(channel.id.clone(), channel.clone());
         Ok((channel, rx))
     }
@@ -338,8 +392,82 @@ impl Hub {
     pub(crate) fn run_socket(&self, socket: BoxFuture<'static, ()>) {
         self.inner
             .shards
-            .get_or_init(|| crate::transport::shard::Shards::spawn(self.inner.config.socket_shards))
+            .get_or_init(|| crate::transport::shard::Shards::spawn(self, self.inner.config.socket_shards))
             .run(socket);
+    }
+
+    /// The tracker of the hub's tasks.
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Spawns a task that [`Hub::stopped`] waits for.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.tasks.spawn(task)
+    }
+
+    /// Counts the caller (a connection task spawned by axum, a capture's
+    /// `run`) as one of the hub's tasks until the token is dropped.
+    pub(crate) fn task_token(&self) -> TaskTrackerToken {
+        self.inner.tasks.token()
+    }
+
+    /// Counts a native stream of a WebSocket connection as undrained until
+    /// the returned guard is dropped.
+    pub(crate) fn undrained(&self) -> UndrainedStream {
+        self.inner.undrained.count.fetch_add(1, Ordering::AcqRel);
+        UndrainedStream(self.clone())
+    }
+
+    /// Resolves once no native stream of a WebSocket connection holds
+    /// undelivered changes (each stops counting once it has yielded what
+    /// its queue held at shutdown, or ends).
+    pub(crate) async fn drained(&self) {
+        let undrained = &self.inner.undrained;
+        loop {
+            let zero = undrained.zero.notified();
+            tokio::pin!(zero);
+            zero.as_mut().enable();
+            if undrained.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            zero.await;
+        }
+    }
+
+    /// Waits, after [`Hub::shutdown`] (which it calls if nobody did), until
+    /// the hub has stopped: every two-channel socket, standard-protocol
+    /// connection and HTTP stream has written what its queue held and
+    /// closed, the socket shards, shared executions, publishes of committed
+    /// transactions and captures (`graphex::capture`) have ended, and then
+    /// the channel layer has stopped ([`ChannelLayer::stop`]: Redis sends
+    /// what its outbox still holds). At most [`Config::stop_timeout`] for
+    /// the tasks and as long again for the layer; what was left then is in
+    /// the answer (and logged). Call it after `axum::serve(..)` returns:
+    /// axum waits for plain HTTP requests and streaming responses, but not
+    /// for upgraded WebSocket connections, which are the hub's.
+    pub async fn stopped(&self) -> Stopped {
+        self.shutdown();
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        let bound = self.inner.config.stop_timeout;
+        let mut stopped = Stopped::default();
+        if tokio::time::timeout(bound, tasks.wait()).await.is_err() {
+            stopped.tasks_left = tasks.len();
+            tracing::warn!(
+                tasks = stopped.tasks_left,
+                "graphex hub: tasks still running at the end of the stop timeout"
+            );
+        }
+        if tokio::time::timeout(bound, self.inner.layer.stop()).await.is_err() {
+            stopped.layer_timed_out = true;
+            tracing::warn!("graphex hub: the channel layer did not stop within the stop timeout");
+        }
+        stopped
     }
 
     /// The channel layer.
@@ -469,8 +597,11 @@ impl Hub {
         }
     }
 
-    /// Closes every channel (their socket tasks send a close frame and exit)
-    /// and refuses new standard-protocol connections.
+    /// Starts the shutdown: closes every channel (a two-channel socket
+    /// writes what its queue holds, at most 1 s, then closes with 1001;
+    /// standard-protocol connections likewise; HTTP streams end after what
+    /// they hold) and refuses new connections. Returns at once:
+    /// [`Hub::stopped`] waits for the end.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
         for channel in read(&self.inner.channels).values() {

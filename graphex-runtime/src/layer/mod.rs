@@ -289,6 +289,13 @@ pub trait ChannelLayer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stops the layer's own work once its hub has stopped
+    /// ([`crate::Hub::stopped`], which bounds it by
+    /// [`crate::Config::stop_timeout`]): sends what still waits to be
+    /// published and ends the layer's tasks. A layer shared by several hubs
+    /// stops for all of them. The default does nothing.
+    async fn stop(&self) {}
+
     /// What the hub's metrics report of this layer, read at each scrape
     /// (`graphex::metrics_router`). The default reports nothing.
     fn metrics(&self) -> LayerMetrics {

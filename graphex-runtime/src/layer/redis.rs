@@ -361,6 +361,10 @@ pub struct RedisLayer {
     shared: Arc<Shared>,
     /// Stops the subscriber task when the layer is dropped.
     _stop: tokio_util::sync::DropGuard,
+    /// The same token, for [`ChannelLayer::stop`].
+    stop: tokio_util::sync::CancellationToken,
+    /// The outbox flusher and the subscriber, awaited by [`ChannelLayer::stop`].
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     inbound: Arc<OnceLock<Inbound>>,
     requests: Requests,
     stats: Arc<Counters>,
@@ -409,7 +413,7 @@ impl RedisLayer {
         let shared = Arc::new(Shared::default());
         let stop = tokio_util::sync::CancellationToken::new();
         let changes = Changes::new(publisher.clone(), options.clone(), stats.clone());
-        tokio::spawn(changes.clone().flush(stop.clone()));
+        let flusher = tokio::spawn(changes.clone().flush(stop.clone()));
         let subscriber = Subscriber {
             changes: changes.clone(),
             seen: SeenStreams::default(),
@@ -422,8 +426,19 @@ impl RedisLayer {
             shared: shared.clone(),
             stop: stop.clone(),
         };
-        tokio::spawn(subscriber.run(first));
-        Ok(RedisLayer { publisher, changes, shared, _stop: stop.drop_guard(), inbound, requests, stats, options })
+        let tasks = std::sync::Mutex::new(vec![flusher, tokio::spawn(subscriber.run(first))]);
+        Ok(RedisLayer {
+            publisher,
+            changes,
+            shared,
+            _stop: stop.clone().drop_guard(),
+            stop,
+            tasks,
+            inbound,
+            requests,
+            stats,
+            options,
+        })
     }
 
     /// The counters.
@@ -441,6 +456,21 @@ impl RedisLayer {
 impl ChannelLayer for RedisLayer {
     fn start(&self, inbound: Inbound) {
         let _ = self.inbound.set(inbound);
+    }
+
+    /// Waits until the outbox is empty (every change published while Redis
+    /// was unreachable has been sent), then ends the flusher and the
+    /// subscriber and waits for them. Without Redis it waits for Redis:
+    /// [`crate::Hub::stopped`] bounds it.
+    async fn stop(&self) {
+        while self.changes.waiting() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     fn metrics(&self) -> crate::layer::LayerMetrics {

@@ -21,7 +21,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
 
 use crate::change::codec::Event;
-use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription};
+use crate::hub::{Channel, ChannelError, CloseReason, Delivery, Hub, Subscription, UndrainedStream};
 use crate::model::Principal;
 use crate::model::{Action, ActionSubscription, ModelSubscription};
 use crate::subscribe::resume::{ResumeError, add_resumed, parse_after};
@@ -179,6 +179,7 @@ async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Res
     let address = ctx.data_opt::<crate::hub::ClientAddress>().map(|address| address.0);
     let client = crate::hub::client_key(principal, address);
     let owner = principal.map(|principal| principal.id.clone());
+    let undrained = ctx.data_opt::<WebSocketConnection>().map(|_| hub.undrained());
     if args.shareable
         && after.is_none()
         && hub.config().share_executions
@@ -193,15 +194,20 @@ async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Res
             let guard = ChannelGuard { hub: hub.clone(), channel: channel.clone() };
             add_resumed(hub, &guard.channel, subscriptions, None).await?;
             let delivered = Arc::new(AtomicU64::new(0));
-            Ok((channel, ChangeStream::new(guard, rx, Some(delivered.clone())), delivered))
+            Ok((channel, ChangeStream::new(guard, rx, Some(delivered.clone()), undrained), delivered))
         };
         return shared::join(hub, ticket, sink, proof, client, open).await;
     }
     let (channel, rx) = hub.open_channel_for(owner, client)?;
     let guard = ChannelGuard { hub: hub.clone(), channel };
     add_resumed(hub, &guard.channel, subscriptions, after).await?;
-    Ok(ChangeStream::new(guard, rx, None))
+    Ok(ChangeStream::new(guard, rx, None, undrained))
 }
+
+/// Connection data of a standard-protocol WebSocket connection: its native
+/// streams wait at shutdown instead of ending (see [`ChangeStream`]), since
+/// the connection closes with 1001 once they have drained.
+pub(crate) struct WebSocketConnection;
 
 /// Forgets the channel and leaves its groups when the stream is dropped.
 struct ChannelGuard {
@@ -234,9 +240,27 @@ struct State {
     guard: ChannelGuard,
     rx: mpsc::Receiver<Delivery>,
     ready: VecDeque<ModelChange>,
+    /// The error to yield once `ready` is empty (the channel was closed).
+    end: Option<async_graphql::Error>,
     done: bool,
     /// Deliveries taken, for a shared execution's members.
     delivered: Option<Arc<AtomicU64>>,
+    /// A WebSocket connection's stream, counted until it has yielded what
+    /// its queue held at shutdown.
+    undrained: Option<UndrainedStream>,
+}
+
+impl State {
+    /// Takes one delivery off the queue: its changes join `ready`.
+    async fn take(&mut self, channel: &Channel, delivery: &Delivery) {
+        if let Some(delivered) = &self.delivered {
+            delivered.fetch_add(1, Ordering::Release);
+        }
+        channel.taken();
+        let mut changes = Vec::new();
+        channel.select(delivery, ModelChange::of, &mut changes).await;
+        self.ready.extend(changes);
+    }
 }
 
 /// The error item a native stream ends with when the hub closed its channel.
@@ -253,8 +277,19 @@ pub(crate) fn closed_error(reason: Option<CloseReason>) -> async_graphql::Error 
 }
 
 impl ChangeStream {
-    fn new(guard: ChannelGuard, rx: mpsc::Receiver<Delivery>, delivered: Option<Arc<AtomicU64>>) -> ChangeStream {
-        let state = State { guard, rx, ready: VecDeque::new(), done: false, delivered };
+    /// `undrained`: the stream belongs to a WebSocket connection, which
+    /// closes with 1001 at shutdown: the stream then yields what its queue
+    /// holds and waits, without an error or an end (either would end the
+    /// client's subscription for good instead of letting it resume after
+    /// reconnecting), counted until then. Otherwise (HTTP streams) it
+    /// yields what its queue holds, then the error, then ends.
+    fn new(
+        guard: ChannelGuard,
+        rx: mpsc::Receiver<Delivery>,
+        delivered: Option<Arc<AtomicU64>>,
+        undrained: Option<UndrainedStream>,
+    ) -> ChangeStream {
+        let state = State { guard, rx, ready: VecDeque::new(), end: None, done: false, delivered, undrained };
         let inner = futures_util::stream::unfold(state, |mut state| async move {
             loop {
                 if let Some(change) = state.ready.pop_front() {
@@ -263,26 +298,39 @@ impl ChangeStream {
                 if state.done {
                     return None;
                 }
+                if let Some(end) = state.end.take() {
+                    state.done = true;
+                    return Some((Err(end), state));
+                }
                 let channel = state.guard.channel.clone();
                 tokio::select! {
                     biased;
                     () = channel.closed().cancelled() => {
-                        state.done = true;
+                        let reason = channel.close_reason();
+                        if reason == Some(CloseReason::Shutdown) {
+                            // What was queued before the shutdown goes first.
+                            while let Ok(delivery) = state.rx.try_recv() {
+                                state.take(&channel, &delivery).await;
+                            }
+                            if state.undrained.is_some() {
+                                // Counted until what it held is yielded:
+                                // only then does it wait here for good.
+                                if state.ready.is_empty() {
+                                    state.undrained = None;
+                                    std::future::pending::<()>().await;
+                                }
+                                continue;
+                            }
+                        }
                         if let Some(delivered) = &state.delivered {
                             // The end is for every member, however late it joined.
                             delivered.store(u64::MAX, Ordering::Release);
                         }
-                        return Some((Err(closed_error(channel.close_reason())), state));
+                        state.end = Some(closed_error(reason));
                     }
                     delivery = state.rx.recv() => {
                         let delivery = delivery?;
-                        if let Some(delivered) = &state.delivered {
-                            delivered.fetch_add(1, Ordering::Release);
-                        }
-                        channel.taken();
-                        let mut changes = Vec::new();
-                        channel.select(&delivery, ModelChange::of, &mut changes).await;
-                        state.ready.extend(changes);
+                        state.take(&channel, &delivery).await;
                     }
                 }
             }
@@ -328,7 +376,7 @@ mod tests {
         let subscription =
             Subscription { key, group: "users-create".into(), filter: Arc::default(), row: None, resume: None };
         hub.add_subscription(&channel, subscription).await.unwrap();
-        ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx, None)
+        ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx, None, None)
     }
 
     fn change(id: i32) -> bytes::Bytes {

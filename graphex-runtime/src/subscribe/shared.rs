@@ -118,8 +118,12 @@ impl Ticket {
     /// streaming response's, or a marked subscribe's).
     pub(crate) fn new(request: &Request, session: Option<Arc<Data>>, execute: &Execute, sink: Sink) -> Option<Ticket> {
         let extensions: BTreeMap<&String, &async_graphql::Value> = request.extensions.0.iter().collect();
+        // With connection data (a WebSocket connection) the execution's
+        // stream waits at shutdown for the connection's 1001; without (an
+        // HTTP stream) it ends: the two never share.
         let base = format!(
-            "{}\u{0}{:?}\u{0}{}\u{0}{}",
+            "{}\u{0}{}\u{0}{:?}\u{0}{}\u{0}{}",
+            if session.is_some() { "ws" } else { "http" },
             request.query,
             request.operation_name,
             serde_json::to_string(&request.variables).ok()?,
@@ -357,7 +361,7 @@ pub(crate) async fn join(
     request.variables = template.variables.clone();
     request.extensions = template.extensions.clone();
     let results = (ticket.execute)(request, ticket.session.clone());
-    tokio::spawn(run(hub.clone(), group.clone(), results, delivered));
+    hub.spawn(run(hub.clone(), group.clone(), results, delivered));
     Ok(member_stream(MemberGuard { hub: hub.clone(), group, member, counted }))
 }
 

@@ -16,6 +16,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::Hub;
 
 /// Shards per CPU by default. With the server pinned to one core and
 /// overloaded, one per CPU let a few sockets fall a whole queue behind
@@ -28,11 +32,15 @@ pub(crate) const SHARDS_PER_CPU: usize = 4;
 pub(crate) struct Shards {
     queues: Vec<mpsc::UnboundedSender<BoxFuture<'static, ()>>>,
     next: AtomicUsize,
+    /// The hub's task tracker (not the hub: the hub holds the shards).
+    tasks: TaskTracker,
 }
 
 impl Shards {
-    /// Spawns `count` shard tasks on the current runtime; 0: [`SHARDS_PER_CPU`] per CPU.
-    pub(crate) fn spawn(count: usize) -> Shards {
+    /// Spawns `count` shard tasks of `hub` on the current runtime; 0:
+    /// [`SHARDS_PER_CPU`] per CPU. They end once the hub shuts down and
+    /// their sockets have ended.
+    pub(crate) fn spawn(hub: &Hub, count: usize) -> Shards {
         let count = match count {
             0 => SHARDS_PER_CPU * std::thread::available_parallelism().map_or(1, usize::from),
             count => count,
@@ -40,11 +48,11 @@ impl Shards {
         let queues = (0..count)
             .map(|_| {
                 let (queue, sockets) = mpsc::unbounded_channel();
-                tokio::spawn(run(sockets));
+                hub.tasks().spawn(run(sockets, hub.shutting_down().clone()));
                 queue
             })
             .collect();
-        Shards { queues, next: AtomicUsize::new(0) }
+        Shards { queues, next: AtomicUsize::new(0), tasks: hub.tasks().clone() }
     }
 
     /// Runs a socket's future in the next shard, round robin. The queue is
@@ -53,19 +61,30 @@ impl Shards {
     pub(crate) fn run(&self, socket: BoxFuture<'static, ()>) {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         if let Err(returned) = self.queues[index].send(socket) {
-            // The shard task is gone (its runtime is shutting down): run the socket on its own.
-            tokio::spawn(returned.0);
+            // The shard task is gone (the hub stopped): run the socket on
+            // its own (its channel is born closed: it says 1001 and ends).
+            self.tasks.spawn(returned.0);
         }
     }
 }
 
-/// One shard: polls its sockets until they end and no more can come.
-async fn run(mut incoming: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>) {
+/// One shard: polls its sockets until they end and no more can come (the
+/// hub shut down, or dropped its shards).
+async fn run(mut incoming: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>, shutdown: CancellationToken) {
     let mut sockets = FuturesUnordered::new();
     let mut open = true;
     loop {
         tokio::select! {
             biased;
+            () = shutdown.cancelled(), if open => {
+                // Sockets handed over from now on run as tasks of their own
+                // (`Shards::run`); those already queued run here.
+                incoming.close();
+                while let Ok(socket) = incoming.try_recv() {
+                    sockets.push(AssertUnwindSafe(socket).catch_unwind());
+                }
+                open = false;
+            }
             socket = incoming.recv(), if open => match socket {
                 // A panic ends its own socket, not the shard's others.
                 Some(socket) => sockets.push(AssertUnwindSafe(socket).catch_unwind()),
@@ -88,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_of_a_shard_run_concurrently_and_a_panic_stays_in_its_socket() {
-        let shards = Shards::spawn(1);
+        let shards = Shards::spawn(&Hub::default(), 1);
         let (release, released) = oneshot::channel::<()>();
         let (first_done, first) = oneshot::channel();
         // The first socket waits for the second: they must run side by side in the one shard.
@@ -112,13 +131,17 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_are_spread_round_robin() {
-        let shards = Shards::spawn(3);
+        let shards = Shards::spawn(&Hub::default(), 3);
         assert_eq!(shards.queues.len(), 3);
         for _ in 0..6 {
             shards.run(Box::pin(async {}));
         }
         assert_eq!(shards.next.load(Ordering::Relaxed), 6);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(Shards::spawn(0).queues.len(), SHARDS_PER_CPU * cpus, "0 means the default per CPU");
+        assert_eq!(
+            Shards::spawn(&Hub::default(), 0).queues.len(),
+            SHARDS_PER_CPU * cpus,
+            "0 means the default per CPU"
+        );
     }
 }

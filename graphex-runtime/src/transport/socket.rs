@@ -173,7 +173,7 @@ async fn pump<Si, St, E>(
 
 /// Most time a socket spends, at shutdown, writing what its queue still
 /// holds before its close frame.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Ends a socket whose channel the server closed. At shutdown the changes
 /// already queued for it (and `held`, taken but not yet written) are

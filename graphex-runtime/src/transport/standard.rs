@@ -24,7 +24,7 @@ use async_graphql::{Data, Executor, Request};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
@@ -33,6 +33,7 @@ use crate::hub::Hub;
 use crate::model::{Denied, Principal};
 use crate::subscribe::shared::{self, Execute, Frame, Ticket};
 use crate::transport::auth::Authenticator;
+use crate::transport::socket::SHUTDOWN_DRAIN;
 
 use crate::transport::close::*;
 
@@ -286,6 +287,8 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, Er>> + Unpin,
 {
+    // One of the hub's tasks: `Hub::stopped` waits for this connection.
+    let _task = hub.task_token();
     let _connected = hub.connected(match protocol {
         Protocols::GraphQLWS => crate::hub::Transport::GraphqlTransportWs,
         _ => crate::hub::Transport::GraphqlWs,
@@ -311,7 +314,8 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
     let shutdown = hub.shutting_down().clone();
     let mut connection_data = Data::default();
-    connection_data.insert(hub);
+    connection_data.insert(hub.clone());
+    connection_data.insert(crate::subscribe::native::WebSocketConnection);
     if let Some(address) = connection.address {
         connection_data.insert(crate::hub::ClientAddress(address));
     }
@@ -360,7 +364,48 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
 
     let close: Option<(u16, String)> = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down".into())),
+            () = shutdown.cancelled() => {
+                // What the connection's streams held at shutdown is written
+                // first (at most `SHUTDOWN_DRAIN`), then 1001, with no
+                // `complete`: the client's subscriptions resume from their
+                // cursors once it reconnects.
+                let deadline = tokio::time::sleep(SHUTDOWN_DRAIN.min(send_timeout));
+                tokio::pin!(deadline);
+                let drained = hub.drained();
+                tokio::pin!(drained);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut deadline => break,
+                        outgoing = graphql.next() => {
+                            let Some(WsMessage::Text(text)) = outgoing else { break };
+                            if !drain_text(&mut ops, &hooks, &mut connection, &shared, &mut outbox, &mut frames, &mut sink, text, send_timeout).await {
+                                break;
+                            }
+                        }
+                        _ = outbox.recv_many(&mut frames, FRAME_BATCH) => {
+                            if !write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await {
+                                break;
+                            }
+                        }
+                        () = &mut drained => {
+                            // Every stream has yielded what it held; what
+                            // is ready now is the rest.
+                            while let Some(Some(WsMessage::Text(text))) = graphql.next().now_or_never() {
+                                if !drain_text(&mut ops, &hooks, &mut connection, &shared, &mut outbox, &mut frames, &mut sink, text, send_timeout).await {
+                                    break;
+                                }
+                            }
+                            while let Ok(frame) = outbox.try_recv() {
+                                frames.push(frame);
+                            }
+                            write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await;
+                            break;
+                        }
+                    }
+                }
+                break Some((CLOSE_GOING_AWAY, "server shutting down".into()));
+            }
             () = &mut init_deadline, if !ops.init_received => {
                 break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
@@ -458,6 +503,33 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     }
     if ops.acked {
         hooks.on_disconnect(&connection).await;
+    }
+}
+
+/// Writes, while draining at shutdown, one message of async-graphql's (the
+/// shared frames queued before it first); false when the peer stopped
+/// reading.
+#[allow(clippy::too_many_arguments)]
+async fn drain_text<Si: Sink<Message> + Unpin>(
+    ops: &mut Operations,
+    hooks: &Arc<dyn ConnectionHooks>,
+    connection: &mut Connection,
+    shared: &Arc<Mutex<Shared>>,
+    outbox: &mut mpsc::UnboundedReceiver<Frame>,
+    frames: &mut Vec<Frame>,
+    sink: &mut Si,
+    text: String,
+    bound: Duration,
+) -> bool {
+    while let Ok(frame) = outbox.try_recv() {
+        frames.push(frame);
+    }
+    if !frames.is_empty() && !write_frames(ops, sink, frames, bound).await {
+        return false;
+    }
+    match outgoing_text(ops, hooks, connection, shared, text).await {
+        Some(text) => sent(bound, sink.send(Message::Text(text.into()))).await,
+        None => true,
     }
 }
 
