@@ -341,6 +341,7 @@ impl PostgresCapture {
     /// where changes need whole rows. Runs on `db` (a role that may alter
     /// the tables and create publications). Idempotent: every process may
     /// call it at start.
+    #[tracing::instrument(name = "capture_prepare", skip_all, fields(slot = %self.slot))]
     pub async fn prepare(&self, db: &DatabaseConnection) -> Result<(), CaptureRunError> {
         let one = |sql: String| async move {
             let statement = sea_orm::Statement::from_string(db.get_database_backend(), sql);
@@ -427,6 +428,7 @@ impl PostgresCapture {
     /// Drops the slot and the publication: run it when a deployment stops
     /// capturing for good (an abandoned slot keeps the server's log from
     /// being recycled). Fails while a capture reads the slot.
+    #[tracing::instrument(name = "capture_remove", skip_all, fields(slot = %self.slot))]
     pub async fn remove(&self, db: &DatabaseConnection) -> Result<(), CaptureRunError> {
         let slot = literal(&self.slot);
         db.execute_unprepared(&format!(
@@ -475,6 +477,7 @@ impl PostgresCapture {
     /// confirming it ([`Hub::stopped`] waits for it to return). A lost connection is opened
     /// again (after a second), from the last confirmed transaction; a
     /// stream that breaks pgoutput's rules stops capture with an error.
+    #[tracing::instrument(name = "capture", skip_all, fields(slot = %self.slot))]
     pub async fn run(self, stop: CancellationToken) -> Result<(), CaptureRunError> {
         // Prepared here or by another process: the slot exists (or the
         // session is refused).

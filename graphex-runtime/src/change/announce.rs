@@ -137,6 +137,7 @@ pub async fn announce<M: ModelSubscription>(row: &M, action: Action) {
 /// Announces a change for each row: for `insert_many`, `update_many` and
 /// `delete_many`, which run no SeaORM hooks. Read the rows first (for
 /// deletes, before deleting them).
+#[tracing::instrument(level = "debug", skip_all, fields(stream = M::STREAM, ?action, rows = rows.len()))]
 pub async fn announce_many<M: ModelSubscription>(rows: &[M], action: Action) {
     for row in rows {
         announce(row, action).await;
@@ -147,6 +148,7 @@ pub async fn announce_many<M: ModelSubscription>(rows: &[M], action: Action) {
 ///
 /// Errs only inside [`transaction()`](super::transaction::transaction), for a write on a connection graphex
 /// cannot follow (see there); the hook returns the error.
+#[tracing::instrument(level = "debug", name = "announce", skip_all, fields(stream = M::STREAM, insert))]
 pub async fn announce_saved<M: ModelSubscription, C: ConnectionTrait>(
     row: &M,
     db: &C,
@@ -162,6 +164,7 @@ pub async fn announce_saved<M: ModelSubscription, C: ConnectionTrait>(
 /// not hold every column, subscribers get the primary key only.
 ///
 /// Errs like [`announce_saved`].
+#[tracing::instrument(level = "debug", name = "announce", skip_all, fields(stream = <A::Entity as EntityTrait>::Model::STREAM, action = "delete"))]
 pub async fn announce_deleted<A, C>(deleted: &A, db: &C) -> Result<(), DbErr>
 where
     A: ActiveModelTrait + TryIntoModel<<A::Entity as EntityTrait>::Model> + Clone,

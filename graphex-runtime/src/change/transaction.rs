@@ -98,6 +98,7 @@ fn refusal(connection: &str) -> DbErr {
 /// transaction on another connection: its changes are sent when it
 /// commits. Outside `graphex::transaction`, hooks announce as they run,
 /// whatever the connection.
+#[tracing::instrument(level = "debug", name = "graphex_transaction", skip_all)]
 pub async fn transaction<F, T, E>(db: &DatabaseConnection, callback: F) -> Result<T, TransactionError<E>>
 where
     F: for<'c> FnOnce(&'c DatabaseTransaction) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>> + Send,
@@ -172,6 +173,7 @@ async fn publish_committed(changes: Vec<Prepared>) {
 /// })
 /// .await?;
 /// ```
+#[tracing::instrument(level = "debug", name = "graphex_savepoint", skip_all)]
 pub async fn savepoint<F, T, E>(txn: &DatabaseTransaction, callback: F) -> Result<T, TransactionError<E>>
 where
     F: for<'c> FnOnce(&'c DatabaseTransaction) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>> + Send,

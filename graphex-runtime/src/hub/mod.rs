@@ -450,6 +450,7 @@ impl Hub {
     /// the answer (and logged). Call it after `axum::serve(..)` returns:
     /// axum waits for plain HTTP requests and streaming responses, but not
     /// for upgraded WebSocket connections, which are the hub's.
+    #[tracing::instrument(name = "hub_stop", skip_all, fields(node = %self.inner.node))]
     pub async fn stopped(&self) -> Stopped {
         self.shutdown();
         let tasks = &self.inner.tasks;

@@ -354,6 +354,14 @@ impl Shared {
     }
 }
 
+/// `url` without its user and password, for logs and errors.
+fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]).into(),
+        _ => url.into(),
+    }
+}
+
 /// A channel layer on Redis pub/sub. See the [module documentation](self).
 pub struct RedisLayer {
     publisher: ConnectionManager,
@@ -385,6 +393,7 @@ impl RedisLayer {
 
     /// Connects to `url` with `options`. Fails if the URL is invalid or Redis
     /// cannot be reached now; after that, the layer reconnects by itself.
+    #[tracing::instrument(name = "redis_connect", skip_all, fields(prefix = %options.prefix))]
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisLayer, LayerError> {
         if options.signing_key.as_ref().is_some_and(SigningKey::is_empty) {
             return Err(LayerError::unavailable("the Redis layer's signing key is empty"));
@@ -401,10 +410,10 @@ impl RedisLayer {
         let publisher =
             tokio::time::timeout(options.connect_timeout, client.get_connection_manager_with_config(config))
                 .await
-                .map_err(|_| LayerError::unavailable(format!("Redis at {url} did not answer in time")))?
+                .map_err(|_| LayerError::unavailable(format!("Redis at {} did not answer in time", redacted(url))))?
                 .map_err(|error| unavailable("cannot connect to Redis", error))?;
         let first = connect_pubsub(&client, &options).await?;
-        tracing::info!(url, prefix = %options.prefix, "redis layer connected");
+        tracing::info!(url = %redacted(url), prefix = %options.prefix, "redis layer connected");
 
         let stats = Arc::new(Counters::default());
         stats.connected.store(true, Ordering::Relaxed);
@@ -831,6 +840,13 @@ fn unavailable(what: &str, error: redis::RedisError) -> LayerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_urls_carry_no_password() {
+        assert_eq!(redacted("redis://:s3cret@10.0.0.1:6379/0"), "redis://***@10.0.0.1:6379/0");
+        assert_eq!(redacted("rediss://user:p@ss@host/1"), "rediss://***@host/1");
+        assert_eq!(redacted("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+    }
 
     #[test]
     fn the_interest_table_holds_only_live_groups_while_offline() {

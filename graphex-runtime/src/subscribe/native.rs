@@ -154,15 +154,30 @@ impl ErrorExtensions for SubscribeError {
 }
 
 /// Runs a `<name>Changes` subscription for model `M` (called by generated code).
-#[tracing::instrument(skip_all, fields(stream = M::STREAM))]
+#[tracing::instrument(
+    name = "subscribe",
+    skip_all,
+    fields(
+        stream = M::STREAM,
+        action = ?args.action,
+        resume = args.after.is_some(),
+        principal = ctx.data_opt::<Principal>().map(|principal| principal.id.as_str()),
+    )
+)]
 pub async fn changes<M: ModelSubscription>(
     ctx: &Context<'_>,
     args: ChangesArgs,
 ) -> async_graphql::Result<ChangeStream> {
-    open::<M>(ctx, args).await.map_err(|error| {
-        tracing::debug!(%error, "subscription refused");
-        error.extend()
-    })
+    match open::<M>(ctx, args).await {
+        Ok(stream) => {
+            tracing::debug!("subscribed");
+            Ok(stream)
+        }
+        Err(error) => {
+            tracing::debug!(%error, "refused");
+            Err(error.extend())
+        }
+    }
 }
 
 async fn open<M: ModelSubscription>(ctx: &Context<'_>, args: ChangesArgs) -> Result<ChangeStream, SubscribeError> {

@@ -126,11 +126,23 @@ pub enum SubscribeError {
 }
 
 /// Runs a subscribe or unsubscribe for model `M` (called by generated code).
-#[tracing::instrument(skip_all, fields(stream = M::STREAM, channel = %args.channel_id, operation = ?args.operation))]
+#[tracing::instrument(
+    name = "subscribe",
+    skip_all,
+    fields(
+        protocol = "two-channel",
+        stream = M::STREAM,
+        channel = %args.channel_id,
+        operation = ?args.operation,
+        action = ?args.action,
+        principal = ctx.data_opt::<Principal>().map(|principal| principal.id.as_str()),
+    )
+)]
 pub async fn subscribe<M: ModelSubscription>(ctx: &Context<'_>, args: SubscribeArgs) -> Confirmation {
     let outcome = apply::<M>(ctx, &args).await;
-    if let Err(error) = &outcome {
-        tracing::debug!(%error, "subscription refused");
+    match &outcome {
+        Ok(()) => tracing::debug!("confirmed"),
+        Err(error) => tracing::debug!(%error, "refused"),
     }
     Confirmation {
         ok: outcome.is_ok(),
