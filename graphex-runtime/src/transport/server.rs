@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::hub::{ClientAddress, Hub, Resource, Transport, client_key};
 use crate::model::Principal;
 use crate::subscribe::shared::{self, Execute, Frame, Sink, Ticket};
-use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
+use crate::transport::auth::{Anonymous, Authenticated, Authenticator, authenticated, bearer, principal};
 use crate::transport::body;
 use crate::transport::forward;
 use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, selected_operation, with_code};
@@ -409,7 +409,9 @@ where
         return forbidden_origin(&headers);
     }
     let token = bearer(&headers).map(str::to_owned).or(query.token);
-    let principal = principal(state.auth.as_ref(), token.as_deref()).await;
+    let authenticated = authenticated(state.auth.as_ref(), token.as_deref()).await;
+    let deadline = authenticated.as_ref().and_then(Authenticated::deadline);
+    let principal = authenticated.map(|authenticated| authenticated.principal);
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let client = client_key(principal.as_ref(), address);
     // Refused before the handshake when the client is at its cap: a
@@ -429,7 +431,7 @@ where
             let (sink, stream) = socket.split();
             // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
             let owner = principal.map(|principal| principal.id);
-            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, client, sink, stream)));
+            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, deadline, client, sink, stream)));
         })
 }
 
