@@ -113,3 +113,59 @@ pub(crate) async fn expired(timer: &mut Expiry) {
         None => std::future::pending().await,
     }
 }
+
+/// Why a connection's authorization ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The token that opened it expired.
+    TokenExpired,
+    /// Its principal was revoked ([`crate::Hub::revoke`]).
+    Revoked,
+}
+
+impl Ended {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Ended::TokenExpired => "token expired",
+            Ended::Revoked => "revoked",
+        }
+    }
+
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Ended::TokenExpired => "TOKEN_EXPIRED",
+            Ended::Revoked => "REVOKED",
+        }
+    }
+
+    /// A legacy `graphql-ws` operation's last messages: an error result, then complete.
+    pub(crate) fn legacy_frames(self, id: &str) -> [String; 2] {
+        let error = serde_json::json!({"message": self.reason(), "extensions": {"code": self.code()}});
+        [
+            serde_json::json!({"type": "data", "id": id, "payload": {"data": null, "errors": [error]}}).to_string(),
+            serde_json::json!({"type": "complete", "id": id}).to_string(),
+        ]
+    }
+
+    /// The error result an SSE or multipart response ends with.
+    pub(crate) fn response(self) -> async_graphql::Response {
+        let error = async_graphql::ServerError::new(self.reason(), None);
+        async_graphql::Response::from_errors(vec![crate::transport::limits::with_code(error, self.code())])
+    }
+}
+
+/// Resolves when the connection's token expires or its principal is
+/// revoked; never for a connection without either.
+pub(crate) async fn ended(expiry: &mut Expiry, session: Option<&crate::hub::Session>) -> Ended {
+    let revoked = async {
+        match session.and_then(crate::hub::Session::revoked) {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = revoked => Ended::Revoked,
+        () = expired(expiry) => Ended::TokenExpired,
+    }
+}

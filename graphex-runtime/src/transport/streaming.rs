@@ -18,6 +18,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
 
 use crate::subscribe::shared::Frame;
+use crate::transport::auth;
 
 use crate::hub::{ClientKey, Hub, Resource};
 
@@ -91,6 +92,40 @@ pub(crate) fn parts(
         }
     };
     driven(rx, driver)
+}
+
+/// The parts of a response opened with a principal's token, until the
+/// token expires (`deadline`) or the principal is revoked (`session`):
+/// then one error result, and the end (the operation is dropped with the
+/// rest of the stream, which frees its channel).
+pub(crate) fn until_ended(
+    parts: BoxStream<'static, Part>,
+    hub: &Hub,
+    deadline: Option<tokio::time::Instant>,
+    session: Option<crate::hub::Session>,
+) -> BoxStream<'static, Part> {
+    if deadline.is_none() && session.is_none() {
+        return parts;
+    }
+    let hub = hub.clone();
+    let state = Some((parts, auth::expiry(deadline), session));
+    futures_util::stream::unfold(state, move |state| {
+        let hub = hub.clone();
+        async move {
+            let (mut parts, mut expiry, session) = state?;
+            tokio::select! {
+                biased;
+                ended = auth::ended(&mut expiry, session.as_ref()) => {
+                    if ended == auth::Ended::TokenExpired {
+                        hub.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some((Part::Own(Box::new(ended.response())), None))
+                }
+                part = parts.next() => part.map(|part| (part, Some((parts, expiry, session)))),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Passes on a shared frame unless its member ended as a slow consumer;
