@@ -489,6 +489,62 @@ mod tests {
         assert_eq!(hub.channel_count(), 0, "nothing heard for longer than the idle timeout");
     }
 
+    /// A socket opened by `owner`'s token, which expires at `deadline`;
+    /// subscribed to every user creation.
+    async fn owned_socket(hub: &Hub, owner: &str, deadline: Option<tokio::time::Instant>) -> Recorder {
+        let recorder = Recorder::default();
+        let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
+        let socket = serve_socket(hub.clone(), Some(owner.to_owned()), deadline, None, recorder.clone(), silent_client);
+        tokio::spawn(socket);
+        settle().await;
+        let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
+        let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
+        let subscription = Subscription::of_users(&group::coarse("users", Action::Create), Action::Create, None);
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        recorder
+    }
+
+    fn closes(recorder: &Recorder) -> Vec<u16> {
+        recorder.closes.lock().unwrap().iter().map(|(code, _)| *code).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_closes_with_4401_when_its_token_expires_and_not_before() {
+        let hub = Hub::new(Config::default().with_socket_ping(None).with_write_pacing(None));
+        let expiry = Duration::from_secs(60);
+        let recorder = owned_socket(&hub, "ann", Some(tokio::time::Instant::now() + expiry)).await;
+        tokio::time::advance(expiry - Duration::from_millis(1)).await;
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "a millisecond before the expiry, still receiving");
+        assert!(closes(&recorder).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(closes(&recorder), vec![CLOSE_UNAUTHORIZED], "closed at the expiry");
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(hub.stats().tokens_expired, 1);
+        assert_eq!(hub.session_count(), 0, "its registration is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoking_a_principal_closes_its_sockets_with_4403_and_no_other() {
+        let hub = Hub::new(Config::default().with_socket_ping(None).with_write_pacing(None));
+        let ann = owned_socket(&hub, "ann", None).await;
+        let ann_again = owned_socket(&hub, "ann", None).await;
+        let bob = owned_socket(&hub, "bob", None).await;
+        assert_eq!(hub.session_count(), 3);
+        hub.revoke("ann").await.unwrap();
+        settle().await;
+        assert_eq!(closes(&ann), vec![CLOSE_FORBIDDEN]);
+        assert_eq!(closes(&ann_again), vec![CLOSE_FORBIDDEN]);
+        assert!(closes(&bob).is_empty());
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(bob.writes().len(), 2, "bob still receives");
+        assert_eq!(hub.stats().revoked, 2);
+        assert_eq!(hub.session_count(), 1);
+    }
+
     #[tokio::test]
     async fn a_socket_future_dropped_midway_frees_its_channel() {
         // The shard catches a panic by dropping the socket's future: the
