@@ -384,10 +384,8 @@ async fn revocation_reaches_every_process() -> Option<()> {
     let layer = RedisLayer::connect_with(&url, options).await.expect("Redis answers");
     let other = Hub::with_layer(Config::default(), Arc::new(layer));
     let spy = Spy::start(&url, &prefix).await;
-    wait_for_async("both processes listen for revocations", || async {
-        spy.subscribers(&["~revoke"]).await == 2
-    })
-    .await;
+    wait_for_async("both processes listen for revocations", || async { spy.subscribers(&["~revoke"]).await == 2 })
+        .await;
     process.http.create_user("ann", "ann@example.com", "t1").await;
     process.http.create_user("bob", "bob@example.com", "t1").await;
     let mut ann = process.http.ws_as("ann").await;

@@ -213,8 +213,9 @@ impl Collector for HubCollector {
             None,
             MetricType::Counter,
         )?;
-        let ends = [("token_expired", Value::Counter(stats.tokens_expired)), ("revoked", Value::Counter(stats.revoked))];
-        labelled(&mut metric, "reason", ends.into_iter())?;
+        let ends =
+            [("token_expired", Value::Counter(stats.tokens_expired)), ("revoked", Value::Counter(stats.revoked))];
+        labelled(&mut metric, "reason", ends)?;
 
         for (name, help, latency) in [
             (

@@ -245,7 +245,9 @@ mod expiry {
         client_tx.send(text(json!({"type": "connection_init", "payload": {"token": token}}))).unwrap();
         assert_eq!(json(&mut client_rx).await["type"], "connection_ack");
         let start = if protocol == Protocols::GraphQLWS { "subscribe" } else { "start" };
-        client_tx.send(text(json!({"type": start, "id": "s", "payload": {"query": "subscription { ticks }"}}))).unwrap();
+        client_tx
+            .send(text(json!({"type": start, "id": "s", "payload": {"query": "subscription { ticks }"}})))
+            .unwrap();
         assert_eq!(json(&mut client_rx).await["payload"]["data"], json!({"ticks": 1}));
         (client_tx, client_rx)
     }
@@ -286,7 +288,10 @@ mod expiry {
         tokio::time::advance(MARGIN).await;
         settle().await;
         let error = json!({"message": "token expired", "extensions": {"code": "TOKEN_EXPIRED"}});
-        assert_eq!(json(&mut rx).await, json!({"type": "data", "id": "s", "payload": {"data": null, "errors": [error]}}));
+        assert_eq!(
+            json(&mut rx).await,
+            json!({"type": "data", "id": "s", "payload": {"data": null, "errors": [error]}})
+        );
         assert_eq!(json(&mut rx).await, json!({"type": "complete", "id": "s"}));
         assert_eq!(close_of(rx.recv().await), (CLOSE_FORBIDDEN, "Forbidden: token expired".to_owned()));
     }
