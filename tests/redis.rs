@@ -65,7 +65,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 30] = [
+    let cases: [(&str, Case); 31] = [
         ("sigterm_closes_sockets_and_exits", || Box::pin(sigterm_closes_sockets_and_exits())),
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
@@ -83,6 +83,7 @@ fn main() {
             Box::pin(trust::node_requests_are_signed_bounded_and_run_once())
         }),
         ("custom_groups_cross_processes", || Box::pin(custom_groups_cross_processes())),
+        ("revocation_reaches_every_process", || Box::pin(revocation_reaches_every_process())),
         ("health_pings_keep_a_healthy_connection", || Box::pin(health_pings_keep_a_healthy_connection())),
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
         ("leave_and_rejoin_over_graphql_transport_ws", || Box::pin(leave_and_rejoin_over_graphql_transport_ws())),
@@ -368,6 +369,33 @@ async fn custom_groups_cross_processes() -> Option<()> {
         let payload = tokio::time::timeout(TIMEOUT, received.next()).await.expect("in time").expect("open");
         assert_eq!(*payload, expected);
     }
+    Some(())
+}
+
+/// `Hub::revoke` in one process ends the principal's socket in another:
+/// a reference-example process holds ann's and bob's two-channel sockets,
+/// a hub of this process on the same Redis prefix revokes ann; ann's socket
+/// closes with 4403, bob's keeps receiving.
+async fn revocation_reaches_every_process() -> Option<()> {
+    let url = redis_url()?;
+    let prefix = unique_prefix();
+    let process = Process::start("sqlite::memory:", &url, &prefix, None).await;
+    let options = RedisOptions::default().with_prefix(prefix.clone());
+    let layer = RedisLayer::connect_with(&url, options).await.expect("Redis answers");
+    let other = Hub::with_layer(Config::default(), Arc::new(layer));
+    let spy = Spy::start(&url, &prefix).await;
+    wait_for_async("both processes listen for revocations", || async { spy.subscribers(&["~revoke"]).await == 2 })
+        .await;
+    process.http.create_user("ann", "ann@example.com", "t1").await;
+    process.http.create_user("bob", "bob@example.com", "t1").await;
+    let mut ann = process.http.ws_as("ann").await;
+    let mut bob = process.http.ws_as("bob").await;
+    ann.subscribe_ok(&process.http, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    bob.subscribe_ok(&process.http, "userSubscription", "action: CREATE, operation: SUBSCRIBE", None).await;
+    other.revoke("ann").await.expect("published");
+    expect_close(&mut ann, 4403).await;
+    let cid = process.http.create_user("cid", "cid@example.com", "t1").await;
+    bob.expect(&user_frame("create", &cid)).await;
     Some(())
 }
 

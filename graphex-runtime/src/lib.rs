@@ -55,7 +55,7 @@ pub use subscribe::filter::{FilterError, FilterLimits};
 pub use subscribe::native::{ChangeStream, ChangesArgs, ModelChange, changes};
 pub use subscribe::resume::ResumeError;
 pub use subscribe::two_channel::{Confirmation, SubscribeArgs, SubscribeError, subscribe};
-pub use transport::auth::{Anonymous, Authenticator};
+pub use transport::auth::{Anonymous, Authenticated, Authenticator};
 pub use transport::client::{ClientPage, client_page};
 pub use transport::limits::RequestLimits;
 pub use transport::metrics::{METRICS_CONTENT_TYPE, metrics_router, render_metrics};

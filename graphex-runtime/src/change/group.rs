@@ -14,7 +14,8 @@
 //!
 //! - custom groups (`subscribe_groups`, `Hub::broadcast`): `@<name>`;
 //! - node requests and replies between processes (forwarded subscribes):
-//!   `~node:<node id>` and `~reply:<node id>`.
+//!   `~node:<node id>` and `~reply:<node id>`;
+//! - revocations (`Hub::revoke`), which every process listens to: `~revoke`.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value as Json;
@@ -78,6 +79,10 @@ pub(crate) const NODE_MARK: char = '~';
 pub(crate) fn is_node(group: &str) -> bool {
     group.starts_with(NODE_MARK)
 }
+
+/// The group every process listens to for revocations: the message is a
+/// principal id ([`crate::Hub::revoke`]).
+pub(crate) const REVOKE: &str = "~revoke";
 
 /// The group a process receives requests on.
 pub(crate) fn node_requests(node: &str) -> String {

@@ -180,6 +180,7 @@ enum Verdict<'a> {
 
 /// Why a channel was closed by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// Its outgoing queue overflowed.
     SlowConsumer,
@@ -192,6 +193,12 @@ pub enum CloseReason {
     /// (which then fails with `CURSOR_EXPIRED` if that gap is before it) or
     /// refetches.
     Expired,
+    /// The token that opened its connection expired
+    /// ([`crate::Authenticator::authenticate_with_expiry`]): the client
+    /// reconnects with a fresh token (and resumes with its cursor).
+    TokenExpired,
+    /// Its principal was revoked ([`crate::Hub::revoke`]).
+    Revoked,
 }
 
 /// One WebSocket connection's mailbox and subscriptions.
@@ -263,7 +270,7 @@ impl Channel {
         self.close_reason.get().copied()
     }
 
-    pub(super) fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
         self.closed.cancel();
         self.relieved.notify_waiters();

@@ -106,6 +106,13 @@ impl Hub {
 
     /// Fans a layer message out to the local members of `group`.
     pub(super) fn dispatch(&self, group: &str, position: Option<Position>, message: &[u8]) {
+        // A revocation names a principal whose connections end here too.
+        if group == crate::change::group::REVOKE {
+            if let Ok(principal) = std::str::from_utf8(message) {
+                self.revoke_here(principal);
+            }
+            return;
+        }
         // Custom groups live in their own namespace and carry payloads, not changes.
         if crate::change::group::is_custom(group) {
             return self.inner.custom.dispatch(group, message, &self.inner.stats);

@@ -10,6 +10,8 @@
 //! - `membership.rs`: the group map shared by model groups and custom
 //!   groups; the layer hears listen/unlisten under its lock.
 //! - `dispatch.rs`: publish, fan-out, slow consumers, backpressure.
+//! - `sessions.rs`: the connections and streams of each principal, for
+//!   [`Hub::revoke`].
 //! - `clients.rs`: what each client (principal, or remote address) holds,
 //!   against the per-client caps.
 //! - `stats.rs`: counters and their snapshot.
@@ -22,6 +24,7 @@ mod channel;
 mod clients;
 mod dispatch;
 mod membership;
+mod sessions;
 mod stats;
 
 use std::collections::HashMap;
@@ -41,6 +44,7 @@ use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
 pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
+pub(crate) use sessions::Session;
 pub use stats::Stats;
 pub(crate) use stats::{Connected, Counters, Latency, Transport};
 
@@ -78,6 +82,9 @@ struct Inner {
     /// Running captures from the database's log, by slot: their lag in
     /// bytes, read by the metrics (gone once the capture's `run` returns).
     captures: Mutex<Vec<(String, std::sync::Weak<LagFn>)>>,
+    /// The connections and streams each principal's tokens opened, for
+    /// [`Hub::revoke`].
+    sessions: sessions::Sessions,
     /// Every task the hub runs or serves (shards, standard-protocol
     /// connections, shared executions, committed transactions' publishes,
     /// captures): [`Hub::stopped`] waits for them.
@@ -194,6 +201,7 @@ impl Hub {
             replayed: Mutex::default(),
             shared: crate::subscribe::shared::Registry::default(),
             captures: Mutex::default(),
+            sessions: sessions::Sessions::default(),
             tasks: TaskTracker::new(),
             undrained: Undrained::default(),
         });
@@ -211,6 +219,8 @@ impl Hub {
                 }
             },
         ));
+        // Every process hears revocations (`Hub::revoke`), whoever sends them.
+        inner.layer.listen(crate::change::group::REVOKE);
         Hub { inner }
     }
 

@@ -33,6 +33,12 @@ pub struct Stats {
     /// Native subscribes that joined a shared execution already running
     /// ([`crate::Config::share_executions`]).
     pub shared_joins: u64,
+    /// Connections and streams ended because the token that opened them
+    /// expired ([`crate::Authenticator::authenticate_with_expiry`]).
+    pub tokens_expired: u64,
+    /// Connections and streams ended by [`crate::Hub::revoke`] (here, or
+    /// in another process behind the layer).
+    pub revoked: u64,
 }
 
 /// The live counters behind [`Stats`], and what only the metrics read
@@ -67,6 +73,8 @@ pub(crate) struct Counters {
     pub(crate) resumed: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) shared_joins: AtomicU64,
+    pub(crate) tokens_expired: AtomicU64,
+    pub(crate) revoked: AtomicU64,
 }
 
 impl Counters {
@@ -91,6 +99,8 @@ impl Counters {
             resumed: read(&self.resumed),
             replayed: read(&self.replayed),
             shared_joins: read(&self.shared_joins),
+            tokens_expired: read(&self.tokens_expired),
+            revoked: read(&self.revoked),
         }
     }
 }

@@ -207,7 +207,12 @@ fn recording_hub() -> (Hub, Arc<Recording>) {
         open: tokio::sync::Semaphore::new(0),
         fail: AtomicBool::new(false),
     });
-    (Hub::with_layer(Config::default(), Arc::new(layer.clone())), layer)
+    let hub = Hub::with_layer(Config::default(), Arc::new(layer.clone()));
+    // Every hub listens for revocations from the start; the tests below
+    // follow model groups only.
+    let told = std::mem::take(&mut *layer.told.lock().unwrap());
+    assert_eq!(told, [format!("listen {}", group::REVOKE)]);
+    (hub, layer)
 }
 
 #[tokio::test]

@@ -811,7 +811,12 @@ impl Subscriber {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Some(group) = message.get_channel_name().strip_prefix(&self.options.prefix) else { return };
         let payload = message.get_payload_bytes();
-        if group::is_node(group) {
+        if group == group::REVOKE {
+            // Not a change: no position, and not a node request.
+            if let Some(inbound) = self.inbound.get() {
+                inbound.deliver(group, Bytes::copy_from_slice(payload));
+            }
+        } else if group::is_node(group) {
             self.control(message.get_channel_name(), group, payload);
         } else if let Some(inbound) = self.inbound.get() {
             match positions::parse(payload) {

@@ -287,6 +287,11 @@ pub(crate) fn closed_error(reason: Option<CloseReason>) -> async_graphql::Error 
             "cursor expired: changes of this stream may have been lost; resume from the last cursor or refetch",
         )
         .extend_with(|_, extensions| extensions.set("code", CURSOR_EXPIRED)),
+        Some(CloseReason::TokenExpired) => async_graphql::Error::new("token expired")
+            .extend_with(|_, extensions| extensions.set("code", "TOKEN_EXPIRED")),
+        Some(CloseReason::Revoked) => {
+            async_graphql::Error::new("revoked").extend_with(|_, extensions| extensions.set("code", "REVOKED"))
+        }
         _ => async_graphql::Error::new("server shutting down"),
     }
 }

@@ -21,9 +21,14 @@ pub(crate) const CLOSE_CURSOR_EXPIRED: u16 = 4010;
 
 /// Close code: a message that is not valid for the protocol.
 pub(crate) const CLOSE_BAD_REQUEST: u16 = 4400;
-/// Close code: a subscribe before the connection was acknowledged.
+/// Close code: a subscribe before the connection was acknowledged; on the
+/// two-channel socket, the token that opened it expired (reason `token
+/// expired`): reconnect with a fresh token and resume with the cursor.
 pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4401;
-/// Close code: [`crate::ConnectionHooks::on_connect`] refused the connection.
+/// Close code: [`crate::ConnectionHooks::on_connect`] refused the connection;
+/// `graphql-transport-ws` connections closed by an expired token (`Forbidden:
+/// token expired`) or a revocation (`Forbidden: revoked`); two-channel
+/// sockets closed by a revocation (`revoked`).
 pub(crate) const CLOSE_FORBIDDEN: u16 = 4403;
 /// Close code: no `connection_init` within [`crate::ProtocolConfig::init_timeout`].
 pub(crate) const CLOSE_INIT_TIMEOUT: u16 = 4408;

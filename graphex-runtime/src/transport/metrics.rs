@@ -207,6 +207,15 @@ impl Collector for HubCollector {
             "Channels closed because changes may have been lost (CURSOR_EXPIRED)",
             stats.expired,
         )?;
+        let mut metric = encoder.encode_descriptor(
+            "graphex_authorization_ends",
+            "Connections and streams ended by their principal's authorization: token expired or revoked",
+            None,
+            MetricType::Counter,
+        )?;
+        let ends =
+            [("token_expired", Value::Counter(stats.tokens_expired)), ("revoked", Value::Counter(stats.revoked))];
+        labelled(&mut metric, "reason", ends)?;
 
         for (name, help, latency) in [
             (

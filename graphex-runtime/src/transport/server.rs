@@ -24,14 +24,14 @@ use tokio::sync::mpsc;
 use crate::hub::{ClientAddress, Hub, Resource, Transport, client_key};
 use crate::model::Principal;
 use crate::subscribe::shared::{self, Execute, Frame, Sink, Ticket};
-use crate::transport::auth::{Anonymous, Authenticator, bearer, principal};
+use crate::transport::auth::{Anonymous, Authenticated, Authenticator, authenticated, bearer, principal};
 use crate::transport::body;
 use crate::transport::forward;
 use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, selected_operation, with_code};
 use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
-use crate::transport::streaming::{StreamSlot, Streaming, parts, stream_response, streaming};
+use crate::transport::streaming::{StreamSlot, Streaming, parts, stream_response, streaming, until_ended};
 
 struct AppState<Q, M, S> {
     schema: Schema<Q, M, S>,
@@ -194,7 +194,9 @@ where
         Some(format) if operation == Some(OperationType::Subscription) => {
             // A streaming response holds its connection for as long as the
             // subscription lives: counted per client.
-            let principal = principal(state.auth.as_ref(), token).await;
+            let authenticated = authenticated(state.auth.as_ref(), token).await;
+            let deadline = authenticated.as_ref().and_then(Authenticated::deadline);
+            let principal = authenticated.map(|authenticated| authenticated.principal);
             let client = client_key(principal.as_ref(), address);
             if let Err(error) = state.hub.take(client.as_ref(), Resource::Streams, 1) {
                 let refused = ServerError::new(error.to_string(), None);
@@ -206,13 +208,15 @@ where
                 Streaming::Multipart => Transport::Multipart,
             });
             let slot = StreamSlot { hub: state.hub.clone(), client, _open: open };
+            // Ended by its token's expiry or its principal's revocation.
+            let session = principal.as_ref().map(|principal| state.hub.session(&principal.id));
             let mut request = with_principal(&state, request, principal);
             let outbox = share(&state, &mut request);
             let results = state.schema.execute_stream(request).map(move |result| {
                 let _held_until_the_stream_drops = &slot;
                 result
             });
-            stream_response(parts(Box::pin(results), outbox), format)
+            stream_response(until_ended(parts(Box::pin(results), outbox), &state.hub, deadline, session), format)
         }
         _ => GraphQLResponse::from(run(&state, request, token).await).into_response(),
     }
@@ -336,14 +340,14 @@ where
         return (axum::http::StatusCode::BAD_REQUEST, message).into_response();
     };
     let token = bearer(&headers).map(str::to_owned).or(query.token);
-    let upgrade_principal = principal(state.auth.as_ref(), token.as_deref()).await;
+    let authenticated = authenticated(state.auth.as_ref(), token.as_deref()).await;
     let protocols = [protocol.sec_websocket_protocol()];
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let connection = Connection::new(
         CONNECTIONS.fetch_add(1, Ordering::Relaxed),
         protocol.sec_websocket_protocol(),
         headers,
-        upgrade_principal,
+        authenticated,
         state.auth.clone(),
         address,
     );
@@ -409,7 +413,9 @@ where
         return forbidden_origin(&headers);
     }
     let token = bearer(&headers).map(str::to_owned).or(query.token);
-    let principal = principal(state.auth.as_ref(), token.as_deref()).await;
+    let authenticated = authenticated(state.auth.as_ref(), token.as_deref()).await;
+    let deadline = authenticated.as_ref().and_then(Authenticated::deadline);
+    let principal = authenticated.map(|authenticated| authenticated.principal);
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let client = client_key(principal.as_ref(), address);
     // Refused before the handshake when the client is at its cap: a
@@ -429,7 +435,7 @@ where
             let (sink, stream) = socket.split();
             // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
             let owner = principal.map(|principal| principal.id);
-            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, client, sink, stream)));
+            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, deadline, client, sink, stream)));
         })
 }
 

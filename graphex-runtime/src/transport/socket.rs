@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use crate::config::WritePacing;
 use crate::hub::{Channel, ClientKey, CloseReason, Delivery, Hub, Latency, Transport};
 use crate::transport::close::{
-    CLOSE_CURSOR_EXPIRED, CLOSE_DISCONNECTED, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER,
+    CLOSE_CURSOR_EXPIRED, CLOSE_DISCONNECTED, CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER,
+    CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED,
 };
 
 /// Most deliveries written to a socket before one flush.
@@ -25,12 +26,15 @@ const WRITE_BATCH: usize = 256;
 pub(crate) const SOCKET_READ_BUFFER: usize = 4 * 1024;
 
 /// Runs one two-channel WebSocket: opens a channel owned by `owner`, sends
-/// the handshake, then writes the channel's frames until either side closes.
+/// the handshake, then writes the channel's frames until either side closes,
+/// or until `deadline` (when the token that opened it expires: close 4401),
+/// or until the owner is revoked (close 4403).
 /// Generic over the socket halves so tests can drive it with channels.
 #[tracing::instrument(skip_all)]
 pub(crate) async fn serve_socket<Si, St, E>(
     hub: Hub,
     owner: Option<String>,
+    deadline: Option<tokio::time::Instant>,
     client: Option<ClientKey>,
     mut sink: Si,
     stream: St,
@@ -51,12 +55,17 @@ pub(crate) async fn serve_socket<Si, St, E>(
     // Closes the channel however this future ends: returned, dropped, or
     // unwound by a panic (the shard catches it; the channel must not leak).
     let guard = Opened { hub: &hub, channel };
+    // A revocation of the owner closes the channel (`Hub::revoke`).
+    let _session = guard.channel.owner().map(|owner| hub.session_of_channel(owner, &guard.channel));
     let handshake = serde_json::json!({"channel_id": guard.channel.id(), "connect": "success"}).to_string();
     let config = hub.config();
     let live = Liveness { ping: config.socket_ping, idle: config.socket_idle_timeout, send: config.send_timeout };
     if let Ok(Ok(())) = tokio::time::timeout(live.send, sink.send(Message::Text(handshake.into()))).await {
         let written = &hub.counters().queue_to_socket;
-        pump(&guard.channel, rx, &mut sink, stream, config.write_pacing, live, written).await;
+        pump(&guard.channel, rx, &mut sink, stream, config.write_pacing, live, written, deadline).await;
+        if guard.channel.close_reason() == Some(CloseReason::TokenExpired) {
+            hub.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -84,6 +93,7 @@ struct Liveness {
     send: Duration,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pump<Si, St, E>(
     channel: &Arc<Channel>,
     mut rx: mpsc::Receiver<Delivery>,
@@ -92,6 +102,7 @@ async fn pump<Si, St, E>(
     pacing: Option<WritePacing>,
     live: Liveness,
     written: &Latency,
+    deadline: Option<tokio::time::Instant>,
 ) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
@@ -105,12 +116,19 @@ async fn pump<Si, St, E>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
     let mut last_write: Option<tokio::time::Instant> = None;
+    let mut expiry = crate::transport::auth::expiry(deadline);
     loop {
         tokio::select! {
             biased;
             // Boxed: its state (the drain) would otherwise be part of every
             // idle socket's future, a few hundred bytes per connection.
             () = channel.closed().cancelled() => return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await,
+            // The token that opened the socket expired: closed like any
+            // channel the server closes (the branch above, next turn).
+            () = crate::transport::auth::expired(&mut expiry) => {
+                expiry = None;
+                channel.close(CloseReason::TokenExpired);
+            }
             incoming = stream.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => heard = tokio::time::Instant::now(),
@@ -223,6 +241,8 @@ async fn send_close<Si: Sink<Message> + Unpin>(channel: &Channel, sink: &mut Si)
         Some(CloseReason::SlowConsumer) => (CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full"),
         Some(CloseReason::Disconnected) => (CLOSE_DISCONNECTED, "disconnected by the server: reconnect"),
         Some(CloseReason::Expired) => (CLOSE_CURSOR_EXPIRED, "cursor expired: changes may be lost; resume or refetch"),
+        Some(CloseReason::TokenExpired) => (CLOSE_UNAUTHORIZED, "token expired"),
+        Some(CloseReason::Revoked) => (CLOSE_FORBIDDEN, "revoked"),
         _ => (CLOSE_GOING_AWAY, "server shutting down"),
     };
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
@@ -296,7 +316,7 @@ mod tests {
     async fn subscribed_socket(hub: &Hub) -> Recorder {
         let recorder = Recorder::default();
         let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
-        tokio::spawn(serve_socket(hub.clone(), None, None, recorder.clone(), silent_client));
+        tokio::spawn(serve_socket(hub.clone(), None, None, None, recorder.clone(), silent_client));
         settle().await;
         let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
         let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
@@ -469,6 +489,62 @@ mod tests {
         assert_eq!(hub.channel_count(), 0, "nothing heard for longer than the idle timeout");
     }
 
+    /// A socket opened by `owner`'s token, which expires at `deadline`;
+    /// subscribed to every user creation.
+    async fn owned_socket(hub: &Hub, owner: &str, deadline: Option<tokio::time::Instant>) -> Recorder {
+        let recorder = Recorder::default();
+        let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
+        let socket = serve_socket(hub.clone(), Some(owner.to_owned()), deadline, None, recorder.clone(), silent_client);
+        tokio::spawn(socket);
+        settle().await;
+        let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
+        let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
+        let subscription = Subscription::of_users(&group::coarse("users", Action::Create), Action::Create, None);
+        hub.add_subscription(&channel, subscription).await.unwrap();
+        recorder
+    }
+
+    fn closes(recorder: &Recorder) -> Vec<u16> {
+        recorder.closes.lock().unwrap().iter().map(|(code, _)| *code).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_closes_with_4401_when_its_token_expires_and_not_before() {
+        let hub = Hub::new(Config::default().with_socket_ping(None).with_write_pacing(None));
+        let expiry = Duration::from_secs(60);
+        let recorder = owned_socket(&hub, "ann", Some(tokio::time::Instant::now() + expiry)).await;
+        tokio::time::advance(expiry - Duration::from_millis(1)).await;
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(recorder.writes().len(), 2, "a millisecond before the expiry, still receiving");
+        assert!(closes(&recorder).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(closes(&recorder), vec![CLOSE_UNAUTHORIZED], "closed at the expiry");
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(hub.stats().tokens_expired, 1);
+        assert_eq!(hub.session_count(), 0, "its registration is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoking_a_principal_closes_its_sockets_with_4403_and_no_other() {
+        let hub = Hub::new(Config::default().with_socket_ping(None).with_write_pacing(None));
+        let ann = owned_socket(&hub, "ann", None).await;
+        let ann_again = owned_socket(&hub, "ann", None).await;
+        let bob = owned_socket(&hub, "bob", None).await;
+        assert_eq!(hub.session_count(), 3);
+        hub.revoke("ann").await.unwrap();
+        settle().await;
+        assert_eq!(closes(&ann), vec![CLOSE_FORBIDDEN]);
+        assert_eq!(closes(&ann_again), vec![CLOSE_FORBIDDEN]);
+        assert!(closes(&bob).is_empty());
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(bob.writes().len(), 2, "bob still receives");
+        assert_eq!(hub.stats().revoked, 2);
+        assert_eq!(hub.session_count(), 1);
+    }
+
     #[tokio::test]
     async fn a_socket_future_dropped_midway_frees_its_channel() {
         // The shard catches a panic by dropping the socket's future: the
@@ -476,7 +552,7 @@ mod tests {
         let hub = Hub::default();
         let recorder = Recorder::default();
         let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
-        let socket = tokio::spawn(serve_socket(hub.clone(), None, None, recorder, silent_client));
+        let socket = tokio::spawn(serve_socket(hub.clone(), None, None, None, recorder, silent_client));
         while hub.channel_count() == 0 {
             tokio::task::yield_now().await;
         }

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_graphql::http::{WebSocketProtocols as Protocols, WsMessage};
 use async_graphql::{Data, Executor, Request};
@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::hub::Hub;
 use crate::model::{Denied, Principal};
 use crate::subscribe::shared::{self, Execute, Frame, Ticket};
-use crate::transport::auth::Authenticator;
+use crate::transport::auth::{Authenticated, Authenticator};
 use crate::transport::socket::SHUTDOWN_DRAIN;
 
 use crate::transport::close::*;
@@ -87,6 +87,10 @@ pub struct Connection {
     pub(crate) principal: Option<Principal>,
     auth: Arc<dyn Authenticator>,
     address: Option<std::net::IpAddr>,
+    /// The expiry of each token this connection authenticated (the
+    /// upgrade's, `connection_init`'s), by principal id: the principal
+    /// `on_connect` returns keeps its token's.
+    expiries: Arc<Mutex<Vec<(String, SystemTime)>>>,
 }
 
 impl Connection {
@@ -138,16 +142,51 @@ impl Connection {
         id: u64,
         protocol: &'static str,
         headers: HeaderMap,
-        upgrade_principal: Option<Principal>,
+        upgrade: Option<Authenticated>,
         auth: Arc<dyn Authenticator>,
         address: Option<std::net::IpAddr>,
     ) -> Self {
-        Connection { id, protocol, headers, upgrade_principal, principal: None, auth, address }
+        let connection = Connection {
+            id,
+            protocol,
+            headers,
+            upgrade_principal: None,
+            principal: None,
+            auth,
+            address,
+            expiries: Arc::default(),
+        };
+        let upgrade_principal = upgrade.map(|upgrade| connection.record(upgrade));
+        Connection { upgrade_principal, ..connection }
     }
 
-    /// Runs the router's [`Authenticator`] on a token.
+    /// Runs the router's [`Authenticator`] on a token
+    /// ([`Authenticator::authenticate_with_expiry`]; an expired token is
+    /// none). When [`ConnectionHooks::on_connect`] returns this principal,
+    /// the connection ends when the token expires.
     pub async fn authenticate(&self, token: &str) -> Option<Principal> {
-        if token.is_empty() { None } else { self.auth.authenticate(token).await }
+        let found = crate::transport::auth::authenticated(self.auth.as_ref(), Some(token)).await?;
+        Some(self.record(found))
+    }
+
+    /// Ends the connection at `expires_at` if [`ConnectionHooks::on_connect`]
+    /// returns a principal with the id `principal_id` (for hooks that
+    /// authenticate without [`Connection::authenticate`]).
+    pub fn expire_at(&self, principal_id: &str, expires_at: SystemTime) {
+        lock(&self.expiries).push((principal_id.to_owned(), expires_at));
+    }
+
+    fn record(&self, authenticated: Authenticated) -> Principal {
+        if let Some(at) = authenticated.expires_at {
+            self.expire_at(&authenticated.principal.id, at);
+        }
+        authenticated.principal
+    }
+
+    /// When the token of `principal` expires, as a deadline.
+    fn deadline(&self, principal: &Principal) -> Option<tokio::time::Instant> {
+        let at = lock(&self.expiries).iter().rev().find(|(id, _)| *id == principal.id).map(|(_, at)| *at);
+        crate::transport::auth::deadline(at)
     }
 }
 
@@ -313,6 +352,10 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     let (to_graphql, mut from_client) = mpsc::channel::<Bytes>(config.max_operations.saturating_add(64));
     let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
     let shutdown = hub.shutting_down().clone();
+    // Set once acknowledged with a principal: its revocation, its token's expiry.
+    let mut session: Option<crate::hub::Session> = None;
+    let mut expiry: crate::transport::auth::Expiry = None;
+    let counters = hub.clone();
     let mut connection_data = Data::default();
     connection_data.insert(hub.clone());
     connection_data.insert(crate::subscribe::native::WebSocketConnection);
@@ -406,6 +449,29 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                 }
                 break Some((CLOSE_GOING_AWAY, "server shutting down".into()));
             }
+            ended = crate::transport::auth::ended(&mut expiry, session.as_ref()) => {
+                if ended == crate::transport::auth::Ended::TokenExpired {
+                    counters.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let reason = ended.reason();
+                if !ops.transport_ws && !ops.active.is_empty() {
+                    // Legacy graphql-ws has no close code for it: each
+                    // running operation gets an error result, then complete.
+                    let mut ids: Vec<&String> = ops.active.iter().collect();
+                    ids.sort_unstable();
+                    let texts: Vec<String> = ids.into_iter().flat_map(|id| ended.legacy_frames(id)).collect();
+                    let written = sent(send_timeout, async {
+                        for text in texts {
+                            sink.feed(Message::Text(text.into())).await?;
+                        }
+                        sink.flush().await
+                    });
+                    if !written.await {
+                        break None;
+                    }
+                }
+                break Some((CLOSE_FORBIDDEN, format!("Forbidden: {reason}")));
+            }
             () = &mut init_deadline, if !ops.init_received => {
                 break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
@@ -439,6 +505,10 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     let Some(text) = outgoing_text(&mut ops, &hooks, &mut connection, &shared, text).await else {
                         continue;
                     };
+                    if ops.just_acked && let Some(principal) = &connection.principal {
+                        session = Some(counters.session(&principal.id));
+                        expiry = crate::transport::auth::expiry(connection.deadline(principal));
+                    }
                     let keep_alive_now = std::mem::take(&mut ops.just_acked) && !ops.transport_ws;
                     if !sent(send_timeout, sink.send(Message::Text(text.into()))).await {
                         break None;
@@ -587,7 +657,7 @@ async fn write_frames<Si: Sink<Message> + Unpin>(
     .await
 }
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

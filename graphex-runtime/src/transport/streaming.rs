@@ -18,6 +18,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
 
 use crate::subscribe::shared::Frame;
+use crate::transport::auth;
 
 use crate::hub::{ClientKey, Hub, Resource};
 
@@ -91,6 +92,40 @@ pub(crate) fn parts(
         }
     };
     driven(rx, driver)
+}
+
+/// The parts of a response opened with a principal's token, until the
+/// token expires (`deadline`) or the principal is revoked (`session`):
+/// then one error result, and the end (the operation is dropped with the
+/// rest of the stream, which frees its channel).
+pub(crate) fn until_ended(
+    parts: BoxStream<'static, Part>,
+    hub: &Hub,
+    deadline: Option<tokio::time::Instant>,
+    session: Option<crate::hub::Session>,
+) -> BoxStream<'static, Part> {
+    if deadline.is_none() && session.is_none() {
+        return parts;
+    }
+    let hub = hub.clone();
+    let state = Some((parts, auth::expiry(deadline), session));
+    futures_util::stream::unfold(state, move |state| {
+        let hub = hub.clone();
+        async move {
+            let (mut parts, mut expiry, session) = state?;
+            tokio::select! {
+                biased;
+                ended = auth::ended(&mut expiry, session.as_ref()) => {
+                    if ended == auth::Ended::TokenExpired {
+                        hub.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some((Part::Own(Box::new(ended.response())), None))
+                }
+                part = parts.next() => part.map(|part| (part, Some((parts, expiry, session)))),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Passes on a shared frame unless its member ended as a slow consumer;
@@ -239,5 +274,56 @@ mod tests {
         drop(tx);
         assert_eq!(&chunks.next().await.unwrap()[..], b"--graphql--\r\n");
         assert!(chunks.next().await.is_none());
+    }
+
+    /// An SSE body's text as it is written.
+    async fn sse_text(parts: BoxStream<'static, Part>) -> String {
+        let response = stream_response(parts, Streaming::ServerSentEvents);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// One result, then a stream that stays open.
+    fn one_then_pending() -> BoxStream<'static, Part> {
+        let first = Response::new(async_graphql::Value::from_json(serde_json::json!({"ticks": 1})).unwrap());
+        futures_util::stream::iter([Part::Own(Box::new(first))]).chain(futures_util::stream::pending()).boxed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_whose_token_expires_ends_with_an_error_result_at_the_deadline() {
+        let hub = Hub::default();
+        let lifetime = Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + lifetime;
+        let mut parts = until_ended(one_then_pending(), &hub, Some(deadline), None);
+        assert!(matches!(parts.next().await, Some(Part::Own(_))));
+        let next = tokio::time::timeout(lifetime - Duration::from_millis(1), parts.next()).await;
+        assert!(next.is_err(), "nothing before the deadline");
+        let Some(Part::Own(last)) = parts.next().await else { panic!("an error result at the deadline") };
+        assert_eq!(tokio::time::Instant::now(), deadline);
+        assert_eq!(serde_json::to_value(&*last).unwrap()["errors"][0]["extensions"]["code"], "TOKEN_EXPIRED");
+        assert!(parts.next().await.is_none(), "then the end");
+        assert_eq!(hub.stats().tokens_expired, 1);
+        // As SSE: the result, the error, then `complete`.
+        let deadline = tokio::time::Instant::now() + lifetime;
+        let text = sse_text(until_ended(one_then_pending(), &hub, Some(deadline), None)).await;
+        let events: Vec<&str> = text.lines().filter(|line| line.starts_with("event:")).collect();
+        assert_eq!(events, ["event: next", "event: next", "event: complete"], "{text}");
+        assert!(text.contains(r#""message":"token expired""#), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_of_a_revoked_principal_ends_with_an_error_result() {
+        let hub = Hub::default();
+        let ann = until_ended(one_then_pending(), &hub, None, Some(hub.session("ann")));
+        let bob = until_ended(one_then_pending(), &hub, None, Some(hub.session("bob")));
+        hub.revoke("ann").await.unwrap();
+        // Revoked before its first result: the error result alone, then complete.
+        let text = sse_text(ann).await;
+        assert!(text.contains(r#""code":"REVOKED""#) && text.ends_with("event: complete\n\n"), "{text:?}");
+        let mut bob = bob;
+        assert!(matches!(bob.next().await, Some(Part::Own(_))));
+        let next = tokio::time::timeout(Duration::from_secs(3600), bob.next()).await;
+        assert!(next.is_err(), "bob's stream goes on");
+        assert_eq!(hub.session_count(), 1);
     }
 }

@@ -181,3 +181,139 @@ async fn gather_collects_until_the_deadline_or_enough() {
     assert_eq!(batch, vec![8, 9, 10]);
     assert_eq!(tokio::time::Instant::now(), now, "no wait on a closed queue");
 }
+
+mod expiry {
+    use std::time::SystemTime;
+
+    use async_graphql::Subscription;
+    use futures_util::Stream;
+
+    use super::*;
+    use crate::transport::auth::Authenticated;
+
+    /// How long `ann`'s tokens last; `bob`'s do not expire.
+    const LIFETIME: Duration = Duration::from_secs(60);
+    /// Below the deadline by more than the wall clock moves between the
+    /// authentication and the deadline's computation.
+    const MARGIN: Duration = Duration::from_millis(50);
+
+    struct Tokens;
+
+    #[async_trait::async_trait]
+    impl Authenticator for Tokens {
+        async fn authenticate(&self, token: &str) -> Option<Principal> {
+            Some(Principal::new(token))
+        }
+
+        async fn authenticate_with_expiry(&self, token: &str) -> Option<Authenticated> {
+            let authenticated = Authenticated::new(Principal::new(token));
+            Some(if token == "ann" { authenticated.expires_at(SystemTime::now() + LIFETIME) } else { authenticated })
+        }
+    }
+
+    struct Ticks;
+
+    #[Subscription(crate = "async_graphql")]
+    impl Ticks {
+        /// One result, then nothing: the operation stays active.
+        async fn ticks(&self) -> impl Stream<Item = i32> {
+            futures_util::stream::iter([1]).chain(futures_util::stream::pending())
+        }
+    }
+
+    type Client = (mpsc::UnboundedSender<Result<Message, std::convert::Infallible>>, mpsc::Receiver<Message>);
+
+    /// A connection of `protocol` on `hub`, initialised with `token`, running `ticks` as operation `s`.
+    async fn ticking(hub: &Hub, protocol: Protocols, token: &str) -> Client {
+        let (client_tx, mut server_rx) = mpsc::unbounded_channel();
+        let (server_tx, mut client_rx) = mpsc::channel(16);
+        let server_rx = futures_util::stream::poll_fn(move |cx| server_rx.poll_recv(cx));
+        let name = protocol.sec_websocket_protocol();
+        let connection = Connection::new(1, name, HeaderMap::new(), None, Arc::new(Tokens), None);
+        let schema = Schema::new(Query, EmptyMutation, Ticks);
+        let config = ProtocolConfig::default().with_keep_alive(None);
+        tokio::spawn(serve_connection(
+            schema,
+            hub.clone(),
+            Arc::new(DefaultHooks),
+            config,
+            connection,
+            protocol,
+            PollSender::new(server_tx),
+            server_rx,
+        ));
+        client_tx.send(text(json!({"type": "connection_init", "payload": {"token": token}}))).unwrap();
+        assert_eq!(json(&mut client_rx).await["type"], "connection_ack");
+        let start = if protocol == Protocols::GraphQLWS { "subscribe" } else { "start" };
+        client_tx
+            .send(text(json!({"type": start, "id": "s", "payload": {"query": "subscription { ticks }"}})))
+            .unwrap();
+        assert_eq!(json(&mut client_rx).await["payload"]["data"], json!({"ticks": 1}));
+        (client_tx, client_rx)
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn close_of(message: Option<Message>) -> (u16, String) {
+        match message {
+            Some(Message::Close(Some(frame))) => (frame.code, frame.reason.to_string()),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn graphql_transport_ws_closes_4403_when_the_token_expires_and_not_before() {
+        let hub = Hub::default();
+        let (_tx, mut rx) = ticking(&hub, Protocols::GraphQLWS, "ann").await;
+        tokio::time::advance(LIFETIME - MARGIN).await;
+        settle().await;
+        assert!(rx.try_recv().is_err(), "still open before the expiry");
+        tokio::time::advance(MARGIN).await;
+        settle().await;
+        assert_eq!(close_of(rx.recv().await), (CLOSE_FORBIDDEN, "Forbidden: token expired".to_owned()));
+        assert_eq!(hub.stats().tokens_expired, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn legacy_graphql_ws_ends_each_operation_with_an_error_then_complete() {
+        let hub = Hub::default();
+        let (_tx, mut rx) = ticking(&hub, Protocols::SubscriptionsTransportWS, "ann").await;
+        tokio::time::advance(LIFETIME - MARGIN).await;
+        settle().await;
+        assert!(rx.try_recv().is_err(), "still open before the expiry");
+        tokio::time::advance(MARGIN).await;
+        settle().await;
+        let error = json!({"message": "token expired", "extensions": {"code": "TOKEN_EXPIRED"}});
+        assert_eq!(
+            json(&mut rx).await,
+            json!({"type": "data", "id": "s", "payload": {"data": null, "errors": [error]}})
+        );
+        assert_eq!(json(&mut rx).await, json!({"type": "complete", "id": "s"}));
+        assert_eq!(close_of(rx.recv().await), (CLOSE_FORBIDDEN, "Forbidden: token expired".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoking_a_principal_ends_its_connections_of_both_protocols_only() {
+        let hub = Hub::default();
+        let (_ann_tx, mut ann) = ticking(&hub, Protocols::GraphQLWS, "ann").await;
+        let (_legacy_tx, mut ann_legacy) = ticking(&hub, Protocols::SubscriptionsTransportWS, "ann").await;
+        let (bob_tx, mut bob) = ticking(&hub, Protocols::GraphQLWS, "bob").await;
+        assert_eq!(hub.session_count(), 3);
+        hub.revoke("ann").await.unwrap();
+        settle().await;
+        assert_eq!(close_of(ann.recv().await), (CLOSE_FORBIDDEN, "Forbidden: revoked".to_owned()));
+        let error = json!({"message": "revoked", "extensions": {"code": "REVOKED"}});
+        assert_eq!(json(&mut ann_legacy).await["payload"]["errors"], json!([error]));
+        assert_eq!(json(&mut ann_legacy).await, json!({"type": "complete", "id": "s"}));
+        assert_eq!(close_of(ann_legacy.recv().await).0, CLOSE_FORBIDDEN);
+        // Bob's connection goes on.
+        bob_tx.send(text(json!({"type": "subscribe", "id": "q", "payload": {"query": "{ answer }"}}))).unwrap();
+        assert_eq!(json(&mut bob).await["payload"]["data"], json!({"answer": 42}));
+        assert_eq!(hub.stats().revoked, 2);
+        assert_eq!(hub.session_count(), 1);
+    }
+}
