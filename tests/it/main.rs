@@ -55,6 +55,7 @@ mod conditions;
 mod custom_groups;
 mod derive;
 mod examples;
+mod expiry;
 mod fanout_bench;
 mod filters;
 mod hooks;
