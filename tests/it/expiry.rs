@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::app;
 use crate::support::http::post_json;
-use crate::support::standard::{Client, Frame, Proto, serve, wait_for};
+use crate::support::standard::{Client, Proto, serve, wait_for};
 use graphex::{Authenticated, Authenticator, Hub, Principal, RouterBuilder};
 use serde_json::json;
 
@@ -60,16 +60,7 @@ async fn after_its_token_expires_a_client_reconnects_and_resumes_without_loss() 
     let first = client.expect_type("next").await;
     let cursor = first["payload"]["data"]["userChanges"]["cursor"].as_str().unwrap().to_owned();
     // The token runs out: the connection ends, the subscription with it.
-    loop {
-        match client.frame().await {
-            Frame::Close(code, reason) => {
-                assert_eq!((code, reason.as_str()), (4403, "Forbidden: token expired"));
-                break;
-            }
-            Frame::Json(message) => panic!("only the close was expected: {message}"),
-            Frame::Gone => panic!("no close frame"),
-        }
-    }
+    assert_eq!(client.expect_close(4403).await, "Forbidden: token expired");
     wait_for("the channel closed", || hub.channel_count() == 0).await;
     create("missed").await;
 
