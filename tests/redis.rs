@@ -390,7 +390,10 @@ async fn single_connection_through_another_process() -> Option<()> {
     assert!(arrived, "a change made through B reached the subscription POSTed to B: {}", stream.text());
 
     // A mutation posted to B: its result and complete on A's stream.
-    let mutation = operation("m", r#"mutation { createUser(username: "zed", email: "z@example.com", tenant: "t1") { username } }"#);
+    let mutation = operation(
+        "m",
+        r#"mutation { createUser(username: "zed", email: "z@example.com", tenant: "t1") { username } }"#,
+    );
     assert_eq!(request(b, "POST", "/graphql", &as_ann, Some(&mutation)).await.status.as_u16(), 202);
     stream.read_until(r#"data: {"id":"m","payload":{"data":{"createUser":{"username":"zed"}}}}"#).await;
     stream.read_until(r#"data: {"id":"m"}"#).await;
@@ -398,8 +401,12 @@ async fn single_connection_through_another_process() -> Option<()> {
     // DELETE through B stops it on A: its complete follows.
     assert_eq!(request(b, "DELETE", "/graphql?operationId=s", &foreign, None).await.status.as_u16(), 404);
     assert_eq!(request(b, "DELETE", "/graphql?operationId=s", &as_ann, None).await.status.as_u16(), 200);
-    stream.read_until(r#"event: complete
-data: {"id":"s"}"#).await;
+    stream
+        .read_until(
+            r#"event: complete
+data: {"id":"s"}"#,
+        )
+        .await;
 
     // A token of no running process.
     let nowhere = format!("ffffffff{}", "0".repeat(32));

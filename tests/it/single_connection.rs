@@ -110,8 +110,12 @@ async fn operations_run_on_the_reserved_stream_until_deleted() {
 
     // A mutation: its result, then its complete, on the stream.
     assert_eq!(post(addr, &token, None, Some("m1"), &create_user("neo")).await.0, 202);
-    stream.read_until(r#"event: complete
-data: {"id":"m1"}"#).await;
+    stream
+        .read_until(
+            r#"event: complete
+data: {"id":"m1"}"#,
+        )
+        .await;
     stream.read_until("neo").await;
     let received = frames(&stream);
     let mutation = received.iter().position(|frame| frame.1["id"] == "m1").expect("the mutation's result");

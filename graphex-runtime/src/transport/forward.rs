@@ -284,7 +284,9 @@ pub(crate) async fn single_to_owner(
     };
     let body = Bytes::from(serde_json::to_vec(&forwarded).ok()?);
     if body.len() > MAX_NODE_REQUEST {
-        let message = format!("operation too large to forward to the process holding this stream ({MAX_NODE_REQUEST} bytes at most)");
+        let message = format!(
+            "operation too large to forward to the process holding this stream ({MAX_NODE_REQUEST} bytes at most)"
+        );
         return Some(Outcome::refused(axum::http::StatusCode::PAYLOAD_TOO_LARGE, message));
     }
     Some(match hub.request(&node, body).await {
@@ -435,6 +437,51 @@ mod tests {
             format!("subscription {{ s(channelId: \"{local}\", f: {}{}) {{ ok }} }}", "[".repeat(500), "]".repeat(500));
         let message = refusal(admit(&hub, &guard, &forwarded(&deep, None, serde_json::json!({}))));
         assert_eq!(message, "query nests deeper than 32");
+    }
+
+    #[tokio::test]
+    async fn single_connection_requests_name_a_stream_of_this_process() {
+        let hub = Hub::new(Config::default());
+        let guard = Guard::new(crate::RequestLimits::default(), "type Query { a: Int }");
+        let token = hub.reservation_token();
+        let body = |query: &str, token: &str, operation_id: &str, stop: bool| {
+            let mut forwarded: serde_json::Value =
+                serde_json::from_slice(&forwarded(query, None, serde_json::json!({}))).expect("JSON");
+            forwarded["single_connection"] =
+                serde_json::json!({"token": token, "operation_id": operation_id, "stop": stop, "address": "10.0.0.1"});
+            serde_json::to_vec(&forwarded).unwrap()
+        };
+        match admit(&hub, &guard, &body("mutation { m }", &token, "op", false)) {
+            Ok(Admitted::Operation(request, principal, target)) => {
+                assert_eq!(request.query, "mutation { m }", "any operation: it runs as its principal");
+                assert_eq!(principal.map(|principal| principal.id), Some("ann".to_owned()));
+                assert_eq!(
+                    (target.token, target.operation_id, target.address),
+                    (token.clone(), "op".to_owned(), Some([10, 0, 0, 1].into()))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(admit(&hub, &guard, &body("", &token, "op", true)), Ok(Admitted::Stop(..))));
+        let other_node = format!("ffffffff{}", &token[8..]);
+        let refused = [
+            body("{ a }", &other_node, "op", false),
+            body("{ a }", &token[..20], "op", false),
+            body("{ a }", &token, "", false),
+            body("{ a }", &token, &"x".repeat(MAX_OPERATION_ID + 1), false),
+            body("{ a }", &token, "op", true),
+        ];
+        for body in refused {
+            assert_eq!(refusal(admit(&hub, &guard, &body)), ONLY_LOCAL_STREAMS);
+        }
+        let deep = format!("{{ a(f: {}{}) }}", "[".repeat(500), "]".repeat(500));
+        assert_eq!(refusal(admit(&hub, &guard, &body(&deep, &token, "op", false))), "query nests deeper than 32");
+        // A two-channel subscribe is sent as before: no `single_connection` key.
+        let plain: serde_json::Value =
+            serde_json::from_slice(&forwarded("{ a }", None, serde_json::json!({}))).unwrap();
+        let mut keys: Vec<&String> = plain.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["operation_name", "principal", "query", "variables"]);
     }
 
     #[test]

@@ -193,8 +193,7 @@ where
         Err(refused) => return refused.into_response(),
     };
     // graphql-sse single connection mode: an operation for a reserved stream.
-    let single_token =
-        if streaming(&headers).is_none() { single::token(&headers, raw_query.as_deref()) } else { None };
+    let single_token = if streaming(&headers).is_none() { single::token(&headers, raw_query.as_deref()) } else { None };
     let operation = match state.guard.check_typed(&mut request) {
         Ok(operation) => operation,
         Err(refused) if single_token.is_some() => {
@@ -355,7 +354,11 @@ where
 
 /// Stops an operation on a single-connection stream held here, if the
 /// client that made the reservation asks (else `404`).
-fn stop_single<Q, M, S>(state: &AppState<Q, M, S>, principal: Option<&Principal>, target: &SingleConnection) -> Outcome {
+fn stop_single<Q, M, S>(
+    state: &AppState<Q, M, S>,
+    principal: Option<&Principal>,
+    target: &SingleConnection,
+) -> Outcome {
     let client = client_key(principal, target.address);
     match state.reservations.find(&target.token, client.as_ref()) {
         Some(reservation) => reservation.stop(&target.operation_id),
@@ -377,9 +380,8 @@ async fn single_reserve<Q, M, S>(
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let presented = single::token(&headers, raw_query.as_deref());
     match state.reservations.reserve(client_key(principal.as_ref(), address), presented.as_deref()) {
-        Ok(token) => {
-            (StatusCode::CREATED, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response()
-        }
+        Ok(token) => (StatusCode::CREATED, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], token)
+            .into_response(),
         Err(refused) => refused.into_http(),
     }
 }

@@ -324,7 +324,12 @@ impl Reservation {
     /// Runs an operation's results onto the stream, in a task of its own
     /// (in the hub's scope, so a mutation's changes are announced): `202`,
     /// or `409` for an id in use, `429` past `max_operations`.
-    pub(crate) fn start(self: &Arc<Self>, id: String, parts: BoxStream<'static, Part>, max_operations: usize) -> Outcome {
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        id: String,
+        parts: BoxStream<'static, Part>,
+        max_operations: usize,
+    ) -> Outcome {
         let (started, stop) = {
             let mut operations = lock(&self.operations);
             if operations.running.contains_key(&id) {
@@ -345,7 +350,13 @@ impl Reservation {
         Outcome::ok(StatusCode::ACCEPTED)
     }
 
-    async fn run(self: Arc<Self>, id: String, started: u64, stop: CancellationToken, mut parts: BoxStream<'static, Part>) {
+    async fn run(
+        self: Arc<Self>,
+        id: String,
+        started: u64,
+        stop: CancellationToken,
+        mut parts: BoxStream<'static, Part>,
+    ) {
         loop {
             let part = tokio::select! {
                 biased;
