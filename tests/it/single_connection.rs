@@ -246,3 +246,32 @@ async fn shutdown_ends_the_stream() {
     while stream.read_more().await {}
     wait_for("the subscription freed", || hub.channel_count() == 0).await;
 }
+
+/// Equal subscriptions on single-connection streams share one execution
+/// (`subscribe/shared.rs`), each frame tagged with its own operation id.
+#[tokio::test]
+async fn equal_subscriptions_share_one_execution() {
+    let hub = Hub::default();
+    let server = serve(app::app(app::connect("sqlite::memory:", None).await, hub.clone())).await;
+    let addr = server.addr;
+    let mut streams = Vec::new();
+    for id in ["first", "second"] {
+        let (_, token) = reserve(addr, None, None).await;
+        let stream = open(addr, &token, None).await;
+        assert_eq!(post(addr, &token, None, Some(id), SUBSCRIPTION).await.0, 202);
+        streams.push((id, stream));
+    }
+    wait_for("one execution for both", || hub.shared_execution_count() == 1 && hub.shared_subscriber_count() == 2)
+        .await;
+    assert_eq!(hub.channel_count(), 1);
+    let (status, body) = http::post_json(addr, "/graphql", None, &json!({"query": create_user("neo")})).await;
+    assert_eq!(status, 200, "{body}");
+    for (id, stream) in &mut streams {
+        let frame = format!(
+            r#"data: {{"id":"{id}","payload":{{"data":{{"userChanges":{{"id":1,"data":{{"username":"neo"}}}}}}}}}}"#
+        );
+        stream.read_until(&frame).await;
+    }
+    drop(streams);
+    wait_for("the execution ended", || hub.shared_execution_count() == 0 && hub.channel_count() == 0).await;
+}

@@ -346,6 +346,9 @@ where
     if let Some(address) = target.address {
         request = request.data(ClientAddress(address));
     }
+    // The id addresses the stream's frames, it is not part of the
+    // operation: equal operations of different ids share one execution.
+    request.extensions.remove("operationId");
     let mut request = with_principal(state, request, principal);
     let outbox = share(state, &mut request);
     let results = state.schema.execute_stream(request);
