@@ -107,6 +107,11 @@ async fn operations_run_on_the_reserved_stream_until_deleted() {
     let (status, body) = post(addr, &token, None, None, SUBSCRIPTION).await;
     assert_eq!((status, body.contains("operation id is missing")), (400, true), "{body}");
     assert_eq!(post(addr, &unknown, None, Some("x"), SUBSCRIPTION).await.0, 404);
+    // A POST's `?token=` is not a reservation token: the usual JSON answer.
+    let path = format!("/graphql?token={token}");
+    let plain = json!({"query": "{ __typename }", "extensions": {"operationId": "q"}});
+    let response = http::request(addr, "POST", &path, &[("accept", "application/json")], Some(&plain)).await;
+    assert_eq!((response.status.as_u16(), response.text()), (200, r#"{"data":{"__typename":"Query"}}"#.to_owned()));
 
     // A mutation: its result, then its complete, on the stream.
     assert_eq!(post(addr, &token, None, Some("m1"), &create_user("neo")).await.0, 202);

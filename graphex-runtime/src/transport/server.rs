@@ -180,7 +180,6 @@ async fn graphql_http<Q, M, S>(
     State(state): State<Arc<AppState<Q, M, S>>>,
     peer: Peer,
     headers: HeaderMap,
-    RawQuery(raw_query): RawQuery,
     body: axum::body::Body,
 ) -> axum::response::Response
 where
@@ -192,8 +191,13 @@ where
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    // graphql-sse single connection mode: an operation for a reserved stream.
-    let single_token = if streaming(&headers).is_none() { single::token(&headers, raw_query.as_deref()) } else { None };
+    // graphql-sse single connection mode: an operation for a reserved
+    // stream. The token only from its own header (as the graphql-sse client
+    // sends it): a `?token=` on a POST keeps its old meaning (none).
+    let single_token = match streaming(&headers) {
+        None => headers.get(single::TOKEN_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned),
+        Some(_) => None,
+    };
     let operation = match state.guard.check_typed(&mut request) {
         Ok(operation) => operation,
         Err(refused) if single_token.is_some() => {

@@ -10,7 +10,8 @@
 //!    ([`Reservations::open`]): `404` for an unknown token, `409` when the
 //!    reservation's stream is open already. A reservation whose stream is
 //!    not opened within [`RESERVATION_TTL`] expires.
-//! 3. `POST` of a GraphQL request with the token and
+//! 3. `POST` of a GraphQL request with the token (header only: a `?token=`
+//!    on a `POST` is left alone) and
 //!    `extensions.operationId` starts an operation on the stream
 //!    ([`Reservation::start`]): `202`; its results arrive as
 //!    `event: next` / `data: {"id":..,"payload":..}`, then
