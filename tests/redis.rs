@@ -65,13 +65,14 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 31] = [
+    let cases: [(&str, Case); 32] = [
         ("sigterm_closes_sockets_and_exits", || Box::pin(sigterm_closes_sockets_and_exits())),
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
         ("two_processes_indexed_group", || Box::pin(two_processes_indexed_group())),
         ("two_processes_unsubscribe", || Box::pin(two_processes_unsubscribe())),
         ("subscribe_through_another_process", || Box::pin(subscribe_through_another_process())),
+        ("single_connection_through_another_process", || Box::pin(single_connection_through_another_process())),
         ("forwarded_requests_run_only_local_subscribes", || {
             Box::pin(trust::forwarded_requests_run_only_local_subscribes())
         }),
@@ -348,6 +349,71 @@ async fn through_another_process(url: &str, cluster: &Cluster) {
         .await;
     assert_eq!(refused["ok"], json!(false), "{refused}");
     assert_eq!(refused["error"], json!("unknown channel"), "{refused}");
+}
+
+/// graphql-sse single connection mode across processes: the stream is
+/// reserved and held by A; operations POSTed to B (and their DELETE) are
+/// forwarded to A, run there as the principal B authenticated, and their
+/// results arrive on A's stream.
+async fn single_connection_through_another_process() -> Option<()> {
+    use support::http::{Streamed, request};
+    const TOKEN: &str = "x-graphql-event-stream-token";
+    let url = redis_url()?;
+    let cluster = Cluster::start(&url).await;
+    let (a, b) = (cluster.a.http.addr, cluster.b.http.addr);
+    cluster.a.http.create_user("ann", "ann@example.com", "t1").await;
+    let ann = [("authorization", "Bearer ann")];
+    let reserved = request(a, "PUT", "/graphql", &ann, None).await;
+    assert_eq!(reserved.status.as_u16(), 201);
+    let token = reserved.text();
+    let as_ann = [("authorization", "Bearer ann"), (TOKEN, token.as_str())];
+    let mut stream = Streamed::get(a, "/graphql", &[as_ann[0], as_ann[1], ("accept", "text/event-stream")]).await;
+    assert!(stream.content_type().await.starts_with("text/event-stream"));
+    let operation = |id: &str, query: &str| json!({"query": query, "extensions": {"operationId": id}});
+
+    // Another process's token: B forwards, A refuses another principal.
+    cluster.a.http.create_user("nobody", "nobody@example.com", "t2").await;
+    let subscription = operation("s", "subscription { userChanges(action: CREATE, data: [USERNAME]) { data } }");
+    let foreign = [("authorization", "Bearer nobody"), (TOKEN, token.as_str())];
+    assert_eq!(request(b, "POST", "/graphql", &foreign, Some(&subscription)).await.status.as_u16(), 404);
+
+    assert_eq!(request(b, "POST", "/graphql", &as_ann, Some(&subscription)).await.status.as_u16(), 202);
+    // The subscription registers on A after the 202: create users through B
+    // until one arrives.
+    let mut arrived = false;
+    for n in 0..50 {
+        cluster.b.http.create_user(&format!("u{n}"), &format!("u{n}@example.com"), "t1").await;
+        if tokio::time::timeout(Duration::from_millis(200), stream.read_until(r#"{"id":"s","payload""#)).await.is_ok() {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "a change made through B reached the subscription POSTed to B: {}", stream.text());
+
+    // A mutation posted to B: its result and complete on A's stream.
+    let mutation = operation(
+        "m",
+        r#"mutation { createUser(username: "zed", email: "z@example.com", tenant: "t1") { username } }"#,
+    );
+    assert_eq!(request(b, "POST", "/graphql", &as_ann, Some(&mutation)).await.status.as_u16(), 202);
+    stream.read_until(r#"data: {"id":"m","payload":{"data":{"createUser":{"username":"zed"}}}}"#).await;
+    stream.read_until(r#"data: {"id":"m"}"#).await;
+
+    // DELETE through B stops it on A: its complete follows.
+    assert_eq!(request(b, "DELETE", "/graphql?operationId=s", &foreign, None).await.status.as_u16(), 404);
+    assert_eq!(request(b, "DELETE", "/graphql?operationId=s", &as_ann, None).await.status.as_u16(), 200);
+    stream
+        .read_until(
+            r#"event: complete
+data: {"id":"s"}"#,
+        )
+        .await;
+
+    // A token of no running process.
+    let nowhere = format!("ffffffff{}", "0".repeat(32));
+    let unknown = [("authorization", "Bearer ann"), (TOKEN, nowhere.as_str())];
+    assert_eq!(request(b, "POST", "/graphql", &unknown, Some(&subscription)).await.status.as_u16(), 404);
+    Some(())
 }
 
 /// `broadcast` reaches custom-group subscribers of another hub through

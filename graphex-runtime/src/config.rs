@@ -50,7 +50,9 @@ pub struct Config {
     /// channels. Default 10 000.
     pub max_subscriptions_per_client: usize,
     /// Concurrent SSE and multipart responses one client may hold in this
-    /// process. Default 100.
+    /// process, graphql-sse single-connection reservations included (each
+    /// from its `PUT` until its stream ends, or until it expires unopened
+    /// after 30 s). Default 100.
     pub max_streams_per_client: usize,
     /// Proxies whose `X-Forwarded-For` is believed: a request from one of
     /// these addresses counts as the rightmost address of that header that

@@ -20,6 +20,7 @@
 //! - [`metrics`]: `/metrics` after a scripted session.
 //! - [`protocols`]: `graphql-transport-ws` and the legacy `graphql-ws`.
 //! - [`streaming`]: subscriptions over SSE and `multipart/mixed`.
+//! - [`single_connection`]: graphql-sse's single connection mode.
 //! - [`resume`]: resuming after a cursor (`after`) over every protocol.
 //! - [`custom_groups`]: `subscribe_groups` and `broadcast`.
 //! - [`examples`], [`node_clients`]: the chat and blog examples, over our
@@ -71,5 +72,6 @@ mod resume;
 mod scope;
 mod shared;
 mod shutdown;
+mod single_connection;
 mod streaming;
 mod transactions;

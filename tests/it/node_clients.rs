@@ -1,7 +1,9 @@
-//! Independent client implementations of both protocols against the
-//! examples: the `graphql-ws` npm package (graphql-transport-ws) and
-//! `subscriptions-transport-ws` (legacy graphql-ws), under Node.js, from
-//! `tests/node/` (`npm ci` there installs them).
+//! Independent client implementations of both WebSocket protocols and of
+//! GraphQL over SSE against the examples: the `graphql-ws` npm package
+//! (graphql-transport-ws), `subscriptions-transport-ws` (legacy
+//! graphql-ws) and `graphql-sse` (distinct connections and single
+//! connection modes), under Node.js, from `tests/node/` (`npm ci` there
+//! installs them).
 //!
 //! Without Node.js or the packages the tests print `skipped: ...`, unless
 //! `GRAPHEX_TEST_NODE=1` (set by `.ci/run`), which makes that a failure.
@@ -25,6 +27,7 @@ fn node_ready() -> bool {
         "node is not installed"
     } else if !node_dir().join("node_modules/graphql-ws").is_dir()
         || !node_dir().join("node_modules/subscriptions-transport-ws").is_dir()
+        || !node_dir().join("node_modules/graphql-sse").is_dir()
     {
         "the npm packages are not installed (run `npm ci` in tests/node)"
     } else {
@@ -94,6 +97,37 @@ async fn graphql_ws_and_subscriptions_transport_ws_resume_after_their_last_curso
         let db = app::connect("sqlite::memory:", None).await;
         let server = serve(app::app(db, hub.clone())).await;
         run("resume", protocol, &format!("ws://{}/graphql", server.addr)).await;
+        wait_for("the client's subscriptions freed", || hub.channel_count() == 0 && hub.group_count() == 0).await;
+    }
+}
+
+/// graphql-sse in both modes: distinct connections (one event stream per
+/// subscription, today's SSE responses) and single connection (a reserved
+/// stream carrying every operation, stopped with `DELETE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_sse_drives_the_chat_in_both_modes() {
+    if !node_ready() {
+        return;
+    }
+    for protocol in ["sse-distinct", "sse-single"] {
+        let hub = Hub::default();
+        let db = chat_app::connect("sqlite::memory:").await;
+        let server = serve(chat_app::app(db, hub.clone())).await;
+        run("chat", protocol, &format!("http://{}/graphql", server.addr)).await;
+        wait_for("the client's subscriptions freed", || hub.channel_count() == 0 && hub.group_count() == 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_sse_reads_the_blog_in_both_modes() {
+    if !node_ready() {
+        return;
+    }
+    for protocol in ["sse-distinct", "sse-single"] {
+        let hub = Hub::default();
+        let db = blog_app::connect("sqlite::memory:").await;
+        let server = serve(blog_app::app(db, hub.clone())).await;
+        run("blog", protocol, &format!("http://{}/graphql", server.addr)).await;
         wait_for("the client's subscriptions freed", || hub.channel_count() == 0 && hub.group_count() == 0).await;
     }
 }

@@ -1,13 +1,17 @@
 // Independent clients against the graphex examples: the `graphql-ws`
-// package (graphql-transport-ws) and `subscriptions-transport-ws` (legacy
-// graphql-ws). Run by tests/node_clients.rs:
+// package (graphql-transport-ws), `subscriptions-transport-ws` (legacy
+// graphql-ws) and `graphql-sse` (GraphQL over server-sent events, in its
+// distinct connections and single connection modes). Run by
+// tests/node_clients.rs:
 //
 //   node clients.mjs <chat|blog|resume> <transport|legacy> ws://127.0.0.1:PORT/graphql
+//   node clients.mjs <chat|blog|resume> <sse-distinct|sse-single> http://127.0.0.1:PORT/graphql
 //
 // (`resume` runs against the reference app.)
 //
 // Prints one line per check and exits 0 when every check held.
 import { createClient } from 'graphql-ws';
+import { createClient as createSseClient } from 'graphql-sse';
 import { SubscriptionClient } from 'subscriptions-transport-ws';
 import WebSocket from 'ws';
 
@@ -52,8 +56,52 @@ class Results {
   }
 }
 
-/** The same small interface over both libraries. */
+/** The same small interface over the three libraries. */
 function connect() {
+  if (protocol === 'sse-distinct' || protocol === 'sse-single') {
+    const singleConnection = protocol === 'sse-single';
+    const client = createSseClient({ url, singleConnection, retryAttempts: 0 });
+    const name = `graphql-sse (${singleConnection ? 'single connection' : 'distinct connections'})`;
+    return {
+      name,
+      subscribe(query) {
+        const results = new Results();
+        const dispose = client.subscribe(
+          { query },
+          {
+            next: (value) => results.push({ value }),
+            error: (error) => results.push({ error }),
+            complete: () => results.push({ complete: true }),
+          },
+        );
+        return { results, stop: dispose };
+      },
+      async execute(query) {
+        if (!singleConnection) {
+          // graphex answers queries and mutations with JSON whatever the
+          // Accept (README: "Over plain HTTP"); distinct connections mode
+          // reads only event streams, so those go as plain POSTs.
+          const response = await fetch(url, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', accept: 'application/json' },
+            body: JSON.stringify({ query }),
+          });
+          const result = await response.json();
+          if (result.errors) fail(`${query}: ${JSON.stringify(result)}`);
+          return result.data;
+        }
+        // Single connection mode: the result arrives on the stream, then
+        // the operation's `complete`.
+        const { results } = this.subscribe(query);
+        const first = await results.next();
+        if (first.error || first.value.errors) fail(`${query}: ${JSON.stringify(first)}`);
+        const end = await results.next();
+        check(end.complete === true, `${name}: the operation completes after its result`);
+        return first.value.data;
+      },
+      close: () => client.dispose(),
+    };
+  }
   if (protocol === 'transport') {
     const client = createClient({ url, webSocketImpl: WebSocket, lazy: false, retryAttempts: 0 });
     return {

@@ -262,6 +262,13 @@ impl Hub {
         channel_id.get(..NODE_ID_LEN)
     }
 
+    /// A new single-connection reservation token (graphql-sse): this
+    /// hub's node id, then 128 random bits, so that any process knows
+    /// where the stream is held ([`Hub::node_of`]).
+    pub(crate) fn reservation_token(&self) -> String {
+        format!("{}{}", self.inner.node, random_hex(CHANNEL_RANDOM_BYTES))
+    }
+
     /// Makes this hub answer requests other processes send it through the
     /// layer (the router registers its subscribe handler here).
     pub(crate) fn serve_requests(&self, handler: crate::layer::RequestHandler) {

@@ -24,6 +24,16 @@
 //!   channel, a channel of another process or of none is refused with a
 //!   GraphQL error and nothing runs. The sender forwards only a
 //!   subscription whose channel belongs to another process.
+//! - **Or an operation or stop on a local single-connection stream.** A
+//!   request with a `single_connection` part (graphql-sse's single
+//!   connection mode, `single.rs`) names a reservation token: it is
+//!   admitted only when the token starts with this process's node id, the
+//!   operation id is at most [`MAX_OPERATION_ID`] bytes, and a stop carries
+//!   no query. The router then runs it only when the token names a
+//!   reservation held here by the same client (the forwarded principal,
+//!   else the forwarded address); any operation may run, as the receiving
+//!   process would have run it as that principal. Its reply is a
+//!   [`single::Outcome`], not a GraphQL response.
 //! - **Bounded.** A request body is at most [`MAX_NODE_REQUEST`] bytes (a
 //!   larger subscribe is answered with an error, not sent), a reply at
 //!   most [`MAX_NODE_REPLY`] (a larger response is replaced by an error).
@@ -43,6 +53,12 @@ use crate::layer::{MAX_NODE_REPLY, MAX_NODE_REQUEST};
 use crate::model::Principal;
 use crate::transport::auth::{Authenticator, principal};
 use crate::transport::limits::{Guard, selected_operation};
+use crate::transport::single::{self, Outcome};
+
+/// Bytes of a forwarded single-connection operation id: a sanity bound
+/// checked before anything else (the router's own bound,
+/// [`crate::ProtocolConfig::max_operation_id_bytes`], is checked next).
+pub(crate) const MAX_OPERATION_ID: usize = 1024;
 
 /// The argument that names the channel of a two-channel subscribe.
 const CHANNEL_ARGUMENT: &str = "channelId";
@@ -50,6 +66,11 @@ const CHANNEL_ARGUMENT: &str = "channelId";
 /// What a process answers to a forwarded request it refuses to run.
 const ONLY_LOCAL_SUBSCRIBES: &str =
     "a forwarded request may only subscribe or unsubscribe a channel of the process it is sent to";
+
+/// What a process answers to a forwarded single-connection request that
+/// cannot be for a stream it holds.
+const ONLY_LOCAL_STREAMS: &str =
+    "a forwarded single-connection request may only name a stream of the process it is sent to";
 
 /// A GraphQL request on its way to the process holding its channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +84,37 @@ pub(crate) struct Forwarded {
     pub variables: Variables,
     /// Who asked, as the sending process authenticated them; `None`: anonymous.
     pub principal: Option<Principal>,
+    /// Set for an operation or stop on a single-connection stream; absent
+    /// (and not serialized) for a two-channel subscribe, whose format is
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_connection: Option<SingleConnection>,
+}
+
+/// An operation (or its stop) on a graphql-sse single-connection stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SingleConnection {
+    /// The reservation's token.
+    pub token: String,
+    /// The operation's id on the stream.
+    pub operation_id: String,
+    /// `DELETE`: stop the operation (the query is empty).
+    pub stop: bool,
+    /// The client's address as the sending process saw it: who an
+    /// anonymous client is.
+    pub address: Option<std::net::IpAddr>,
+}
+
+/// A forwarded request admitted to run here.
+#[derive(Debug)]
+pub(crate) enum Admitted {
+    /// A two-channel subscribe or unsubscribe of a local channel.
+    Subscribe(Request, Option<Principal>),
+    /// An operation on a single-connection stream held here.
+    Operation(Request, Option<Principal>, SingleConnection),
+    /// The stop of an operation on a single-connection stream held here.
+    Stop(Option<Principal>, SingleConnection),
 }
 
 /// The channel a root field names in its `channelId` argument (a string
@@ -139,6 +191,7 @@ pub(crate) async fn to_owner(
         operation_name: request.operation_name.clone(),
         variables: request.variables.clone(),
         principal: principal(auth, token).await,
+        single_connection: None,
     };
     let body = Bytes::from(serde_json::to_vec(&forwarded).ok()?);
     if body.len() > MAX_NODE_REQUEST {
@@ -163,7 +216,7 @@ pub(crate) async fn to_owner(
 /// The query's raw bounds ([`Guard::precheck`]) are checked before it is
 /// parsed: a request published straight to Redis has not been through the
 /// sending process's checks.
-pub(crate) fn admit(hub: &Hub, guard: &Guard, body: &[u8]) -> Result<(Request, Option<Principal>), String> {
+pub(crate) fn admit(hub: &Hub, guard: &Guard, body: &[u8]) -> Result<Admitted, String> {
     let forwarded = match serde_json::from_slice::<Forwarded>(body) {
         Ok(forwarded) => forwarded,
         Err(error) => {
@@ -171,9 +224,34 @@ pub(crate) fn admit(hub: &Hub, guard: &Guard, body: &[u8]) -> Result<(Request, O
             return Err(format!("malformed forwarded request: {error}"));
         }
     };
+    if let Some(target) = &forwarded.single_connection {
+        let why = if Hub::node_of(&target.token) != Some(hub.node()) || target.token.len() != single::TOKEN_BYTES {
+            Some("a token of another process")
+        } else if target.operation_id.is_empty() || target.operation_id.len() > MAX_OPERATION_ID {
+            Some("no operation id, or too long")
+        } else if target.stop && !forwarded.query.is_empty() {
+            Some("a stop with a query")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::warn!(reason = why, "forwarded single-connection request refused");
+            return Err(ONLY_LOCAL_STREAMS.to_owned());
+        }
+    }
     let mut request = Request::new(forwarded.query).variables(forwarded.variables);
     if let Some(name) = forwarded.operation_name {
         request = request.operation_name(name);
+    }
+    if let Some(target) = forwarded.single_connection {
+        if target.stop {
+            return Ok(Admitted::Stop(forwarded.principal, target));
+        }
+        if let Err(error) = guard.precheck(&request.query) {
+            tracing::warn!(%error, "forwarded request refused");
+            return Err(error.message);
+        }
+        return Ok(Admitted::Operation(request, forwarded.principal, target));
     }
     if let Err(error) = guard.precheck(&request.query) {
         tracing::warn!(%error, "forwarded request refused");
@@ -183,7 +261,56 @@ pub(crate) fn admit(hub: &Hub, guard: &Guard, body: &[u8]) -> Result<(Request, O
         tracing::warn!(reason = why, "forwarded request refused");
         return Err(ONLY_LOCAL_SUBSCRIBES.to_owned());
     }
-    Ok((request, forwarded.principal))
+    Ok(Admitted::Subscribe(request, forwarded.principal))
+}
+
+/// Sends an operation (or, without `request`, the stop of one) on a
+/// single-connection stream to the process holding it, when that is
+/// another process, as `principal` (authenticated here); returns what it
+/// answered. `None`: the token is this process's (or names no process).
+pub(crate) async fn single_to_owner(
+    hub: &Hub,
+    request: Option<&Request>,
+    principal: Option<Principal>,
+    target: SingleConnection,
+) -> Option<Outcome> {
+    let node = Hub::node_of(&target.token).filter(|node| *node != hub.node())?.to_owned();
+    let forwarded = Forwarded {
+        query: request.map(|request| request.query.clone()).unwrap_or_default(),
+        operation_name: request.and_then(|request| request.operation_name.clone()),
+        variables: request.map(|request| request.variables.clone()).unwrap_or_default(),
+        principal,
+        single_connection: Some(target),
+    };
+    let body = Bytes::from(serde_json::to_vec(&forwarded).ok()?);
+    if body.len() > MAX_NODE_REQUEST {
+        let message = format!(
+            "operation too large to forward to the process holding this stream ({MAX_NODE_REQUEST} bytes at most)"
+        );
+        return Some(Outcome::refused(axum::http::StatusCode::PAYLOAD_TOO_LARGE, message));
+    }
+    Some(match hub.request(&node, body).await {
+        // No process answers for that node: nobody holds the stream.
+        Ok(None) => Outcome::not_found(),
+        Ok(Some(reply)) => serde_json::from_slice::<Outcome>(&reply).unwrap_or_else(|_| {
+            // A GraphQL error: the owner refused the forwarded request.
+            let message = serde_json::from_slice::<serde_json::Value>(&reply)
+                .ok()
+                .and_then(|reply| reply["errors"][0]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "malformed reply".to_owned());
+            Outcome::refused(axum::http::StatusCode::BAD_GATEWAY, message)
+        }),
+        Err(error) => {
+            tracing::warn!(%error, %node, "single-connection request not forwarded to the process holding the stream");
+            let message = format!("the process holding this stream did not answer: {error}");
+            Outcome::refused(axum::http::StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    })
+}
+
+/// What an admitted single-connection request's outcome is sent back as.
+pub(crate) fn single_reply(outcome: &Outcome) -> Bytes {
+    Bytes::from(serde_json::to_vec(outcome).unwrap_or_default())
 }
 
 /// The response refusing a forwarded request, saying why.
@@ -232,13 +359,14 @@ mod tests {
             operation_name: operation_name.map(str::to_owned),
             variables: Variables::from_json(variables),
             principal: Some(principal),
+            single_connection: None,
         };
         serde_json::to_vec(&forwarded).unwrap()
     }
 
-    fn refusal(outcome: Result<(Request, Option<Principal>), String>) -> String {
+    fn refusal(outcome: Result<Admitted, String>) -> String {
         match outcome {
-            Ok((request, _)) => panic!("admitted: {}", request.query),
+            Ok(admitted) => panic!("admitted: {admitted:?}"),
             Err(message) => message,
         }
     }
@@ -251,7 +379,10 @@ mod tests {
         let local = channel.id().to_owned();
         let (here, vars) = ("subscription ($c: String!) { s(channelId: $c) { ok } }", serde_json::json!({"c": local}));
 
-        let (request, principal) = admit(&hub, &guard, &forwarded(here, None, vars.clone())).expect("admitted");
+        let Ok(Admitted::Subscribe(request, principal)) = admit(&hub, &guard, &forwarded(here, None, vars.clone()))
+        else {
+            panic!("admitted as a subscribe")
+        };
         assert_eq!(request.query, here);
         assert_eq!(principal, Some(Principal::new("ann").with_claim("tenant", "t1")), "the principal arrives");
         let literal =
@@ -306,6 +437,51 @@ mod tests {
             format!("subscription {{ s(channelId: \"{local}\", f: {}{}) {{ ok }} }}", "[".repeat(500), "]".repeat(500));
         let message = refusal(admit(&hub, &guard, &forwarded(&deep, None, serde_json::json!({}))));
         assert_eq!(message, "query nests deeper than 32");
+    }
+
+    #[tokio::test]
+    async fn single_connection_requests_name_a_stream_of_this_process() {
+        let hub = Hub::new(Config::default());
+        let guard = Guard::new(crate::RequestLimits::default(), "type Query { a: Int }");
+        let token = hub.reservation_token();
+        let body = |query: &str, token: &str, operation_id: &str, stop: bool| {
+            let mut forwarded: serde_json::Value =
+                serde_json::from_slice(&forwarded(query, None, serde_json::json!({}))).expect("JSON");
+            forwarded["single_connection"] =
+                serde_json::json!({"token": token, "operation_id": operation_id, "stop": stop, "address": "10.0.0.1"});
+            serde_json::to_vec(&forwarded).unwrap()
+        };
+        match admit(&hub, &guard, &body("mutation { m }", &token, "op", false)) {
+            Ok(Admitted::Operation(request, principal, target)) => {
+                assert_eq!(request.query, "mutation { m }", "any operation: it runs as its principal");
+                assert_eq!(principal.map(|principal| principal.id), Some("ann".to_owned()));
+                assert_eq!(
+                    (target.token, target.operation_id, target.address),
+                    (token.clone(), "op".to_owned(), Some([10, 0, 0, 1].into()))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(admit(&hub, &guard, &body("", &token, "op", true)), Ok(Admitted::Stop(..))));
+        let other_node = format!("ffffffff{}", &token[8..]);
+        let refused = [
+            body("{ a }", &other_node, "op", false),
+            body("{ a }", &token[..20], "op", false),
+            body("{ a }", &token, "", false),
+            body("{ a }", &token, &"x".repeat(MAX_OPERATION_ID + 1), false),
+            body("{ a }", &token, "op", true),
+        ];
+        for body in refused {
+            assert_eq!(refusal(admit(&hub, &guard, &body)), ONLY_LOCAL_STREAMS);
+        }
+        let deep = format!("{{ a(f: {}{}) }}", "[".repeat(500), "]".repeat(500));
+        assert_eq!(refusal(admit(&hub, &guard, &body(&deep, &token, "op", false))), "query nests deeper than 32");
+        // A two-channel subscribe is sent as before: no `single_connection` key.
+        let plain: serde_json::Value =
+            serde_json::from_slice(&forwarded("{ a }", None, serde_json::json!({}))).unwrap();
+        let mut keys: Vec<&String> = plain.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["operation_name", "principal", "query", "variables"]);
     }
 
     #[test]

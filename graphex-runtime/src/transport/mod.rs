@@ -1,8 +1,9 @@
 //! Stage 6 of the pipeline: sockets and HTTP.
 //!
 //! Owns the axum router and its builder, authentication, HTTP execution
-//! (JSON, SSE and multipart subscriptions), subscribe forwarding to the
-//! process that holds a socket, the two-channel socket loop with write
+//! (JSON, SSE and multipart subscriptions), graphql-sse's single
+//! connection mode (`single.rs`), subscribe forwarding to the process that
+//! holds a socket or a single-connection stream, the two-channel socket loop with write
 //! pacing and the shard tasks that run it, the standard GraphQL WebSocket
 //! protocols and their connection hooks, the WebSocket close codes, and
 //! the browser client page, and the Prometheus metrics (`metrics.rs`:
@@ -21,6 +22,7 @@ pub(crate) mod metrics;
 pub(crate) mod peer;
 pub(crate) mod server;
 pub(crate) mod shard;
+pub(crate) mod single;
 pub(crate) mod socket;
 pub(crate) mod standard;
 pub(crate) mod streaming;

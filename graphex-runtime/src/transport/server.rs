@@ -1,7 +1,9 @@
 //! Serving with axum: the GraphQL HTTP endpoint (queries, mutations and
-//! one-shot two-channel subscribes), the standard GraphQL WebSocket
-//! protocols on the same path (`standard.rs`) and the two-channel
-//! WebSocket endpoint (`socket.rs`).
+//! one-shot two-channel subscribes), graphql-sse's single connection mode
+//! on the same path (`PUT`, `GET` with a token, `POST` with a token,
+//! `DELETE`: `single.rs`), the standard GraphQL WebSocket protocols on the
+//! same path (`standard.rs`) and the two-channel WebSocket endpoint
+//! (`socket.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +13,10 @@ use async_graphql::parser::types::OperationType;
 use async_graphql::{Executor, ObjectType, Request, Response, Schema, ServerError, SubscriptionType};
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -26,9 +29,10 @@ use crate::model::Principal;
 use crate::subscribe::shared::{self, Execute, Frame, Sink, Ticket};
 use crate::transport::auth::{Anonymous, Authenticated, Authenticator, authenticated, bearer, principal};
 use crate::transport::body;
-use crate::transport::forward;
+use crate::transport::forward::{self, Admitted, SingleConnection};
 use crate::transport::limits::{Guard, Guarded, LIMIT_REACHED, selected_operation, with_code};
 use crate::transport::peer::{Peer, client_address, origin_allowed};
+use crate::transport::single::{self, Outcome, Reservations};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
 use crate::transport::streaming::{StreamSlot, Streaming, parts, stream_response, streaming, until_ended};
@@ -41,6 +45,8 @@ struct AppState<Q, M, S> {
     protocol: ProtocolConfig,
     /// The request limits and the schema's types they check against.
     guard: Arc<Guard>,
+    /// graphql-sse single-connection reservations made here.
+    reservations: Arc<Reservations>,
 }
 
 /// The axum router serving `schema` at the hub's configured paths: GraphQL
@@ -91,6 +97,7 @@ where
         RouterBuilder {
             state: AppState {
                 guard: Arc::new(Guard::new(hub.config().request_limits.clone(), &schema.sdl())),
+                reservations: Reservations::new(hub.clone()),
                 schema,
                 hub,
                 auth: Arc::new(Anonymous),
@@ -125,26 +132,45 @@ where
         // Subscribes other processes forward here, for channels of this process.
         // Weak: the layer (held by the hub) must not keep the router alive.
         let served = Arc::downgrade(&state);
-        // Only a subscribe / unsubscribe of a channel of this process runs,
-        // as the principal the sender authenticated (forward::admit).
+        // Only a subscribe / unsubscribe of a channel of this process, or an
+        // operation / stop on a single-connection stream of this process,
+        // runs, as the principal the sender authenticated (forward::admit).
         state.hub.serve_requests(Arc::new(move |body: Bytes| {
             let state = served.upgrade();
             Box::pin(async move {
-                let response = match state {
-                    Some(state) => match forward::admit(&state.hub, &state.guard, &body) {
-                        Ok((mut request, principal)) => match state.guard.check(&mut request) {
+                let Some(state) = state else {
+                    return forward::reply(&forward::refusal("server stopped".to_owned()));
+                };
+                match forward::admit(&state.hub, &state.guard, &body) {
+                    Ok(Admitted::Subscribe(mut request, principal)) => {
+                        let response = match state.guard.check(&mut request) {
                             Ok(_) => run_as(&state, request, principal).await,
                             Err(error) => Response::from_errors(vec![error]),
-                        },
-                        Err(message) => forward::refusal(message),
-                    },
-                    None => Response::from_errors(vec![async_graphql::ServerError::new("server stopped", None)]),
-                };
-                forward::reply(&response)
+                        };
+                        forward::reply(&response)
+                    }
+                    Ok(Admitted::Operation(mut request, principal, target)) => {
+                        let outcome = match state.guard.check(&mut request) {
+                            Ok(_) => start_single(&state, request, principal, target),
+                            Err(error) => Outcome::refused(StatusCode::BAD_REQUEST, error.message),
+                        };
+                        forward::single_reply(&outcome)
+                    }
+                    Ok(Admitted::Stop(principal, target)) => {
+                        forward::single_reply(&stop_single(&state, principal.as_ref(), &target))
+                    }
+                    Err(message) => forward::reply(&forward::refusal(message)),
+                }
             })
         }));
         Router::new()
-            .route(&config.http_path, post(graphql_http::<Q, M, S>).get(graphql_standard_ws::<Q, M, S>))
+            .route(
+                &config.http_path,
+                post(graphql_http::<Q, M, S>)
+                    .get(graphql_get::<Q, M, S>)
+                    .put(single_reserve::<Q, M, S>)
+                    .delete(single_stop::<Q, M, S>),
+            )
             .route(&config.ws_path, get(graphql_ws::<Q, M, S>))
             .with_state(state)
     }
@@ -165,8 +191,18 @@ where
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
+    // graphql-sse single connection mode: an operation for a reserved
+    // stream. The token only from its own header (as the graphql-sse client
+    // sends it): a `?token=` on a POST keeps its old meaning (none).
+    let single_token = match streaming(&headers) {
+        None => headers.get(single::TOKEN_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned),
+        Some(_) => None,
+    };
     let operation = match state.guard.check_typed(&mut request) {
         Ok(operation) => operation,
+        Err(refused) if single_token.is_some() => {
+            return Outcome::refused(StatusCode::BAD_REQUEST, refused.1.message).into_http();
+        }
         Err(refused) => {
             let (operation, error) = *refused;
             let refused = Response::from_errors(vec![error]);
@@ -180,6 +216,9 @@ where
         }
     };
     let token = bearer(&headers);
+    if let Some(single_token) = single_token {
+        return post_single(&state, peer, &headers, request, single_token).await.into_http();
+    }
     if let Some(reply) = forward::to_owner(&state.hub, &mut request, state.auth.as_ref(), token).await {
         return ([(axum::http::header::CONTENT_TYPE, "application/json")], reply).into_response();
     }
@@ -245,6 +284,176 @@ where
     let ticket = Ticket::new(request, None, &execute, sink)?;
     request.data.insert(ticket);
     Some(frames)
+}
+
+/// The id a single-connection operation names in `extensions.operationId`.
+fn operation_id(request: &Request) -> Option<String> {
+    match request.extensions.get("operationId")? {
+        async_graphql::Value::String(id) if !id.is_empty() => Some(id.clone()),
+        _ => None,
+    }
+}
+
+/// `POST` with a reservation token: the operation starts on the stream,
+/// here or, through the layer, in the process holding it.
+async fn post_single<Q, M, S>(
+    state: &AppState<Q, M, S>,
+    peer: Peer,
+    headers: &HeaderMap,
+    request: Request,
+    token: String,
+) -> Outcome
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let Some(operation_id) = operation_id(&request) else {
+        return Outcome::refused(StatusCode::BAD_REQUEST, "operation id is missing (extensions.operationId)");
+    };
+    let principal = principal(state.auth.as_ref(), bearer(headers)).await;
+    let address = client_address(peer, headers, &state.hub.config().trusted_proxies);
+    let target = SingleConnection { token, operation_id, stop: false, address };
+    if let Some(bounded) = operation_id_refused(state, &target) {
+        return bounded;
+    }
+    if let Some(outcome) = forward::single_to_owner(&state.hub, Some(&request), principal.clone(), target.clone()).await
+    {
+        return outcome;
+    }
+    start_single(state, request, principal, target)
+}
+
+/// `400` for an operation id longer than [`ProtocolConfig::max_operation_id_bytes`].
+fn operation_id_refused<Q, M, S>(state: &AppState<Q, M, S>, target: &SingleConnection) -> Option<Outcome> {
+    let max = state.protocol.max_operation_id_bytes;
+    (target.operation_id.len() > max)
+        .then(|| Outcome::refused(StatusCode::BAD_REQUEST, format!("operation id longer than {max} bytes")))
+}
+
+/// Starts an operation on a single-connection stream held here, if the
+/// client that made the reservation asks (else `404`).
+fn start_single<Q, M, S>(
+    state: &AppState<Q, M, S>,
+    mut request: Request,
+    principal: Option<Principal>,
+    target: SingleConnection,
+) -> Outcome
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let client = client_key(principal.as_ref(), target.address);
+    let Some(reservation) = state.reservations.find(&target.token, client.as_ref()) else {
+        return Outcome::not_found();
+    };
+    if let Some(refused) = operation_id_refused(state, &target) {
+        return refused;
+    }
+    if let Some(address) = target.address {
+        request = request.data(ClientAddress(address));
+    }
+    // The id addresses the stream's frames, it is not part of the
+    // operation: equal operations of different ids share one execution.
+    request.extensions.remove("operationId");
+    let mut request = with_principal(state, request, principal);
+    let outbox = share(state, &mut request);
+    let results = state.schema.execute_stream(request);
+    reservation.start(target.operation_id, parts(Box::pin(results), outbox), state.protocol.max_operations)
+}
+
+/// Stops an operation on a single-connection stream held here, if the
+/// client that made the reservation asks (else `404`).
+fn stop_single<Q, M, S>(
+    state: &AppState<Q, M, S>,
+    principal: Option<&Principal>,
+    target: &SingleConnection,
+) -> Outcome {
+    let client = client_key(principal, target.address);
+    match state.reservations.find(&target.token, client.as_ref()) {
+        Some(reservation) => reservation.stop(&target.operation_id),
+        None => Outcome::not_found(),
+    }
+}
+
+/// `PUT`: a single-connection reservation, `201` and its token.
+async fn single_reserve<Q, M, S>(
+    State(state): State<Arc<AppState<Q, M, S>>>,
+    peer: Peer,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> axum::response::Response {
+    if !origin_allowed(&headers, origins(&state)) {
+        return forbidden_origin(&headers);
+    }
+    let principal = principal(state.auth.as_ref(), bearer(&headers)).await;
+    let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
+    let presented = single::token(&headers, raw_query.as_deref());
+    match state.reservations.reserve(client_key(principal.as_ref(), address), presented.as_deref()) {
+        Ok(token) => (StatusCode::CREATED, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], token)
+            .into_response(),
+        Err(refused) => refused.into_http(),
+    }
+}
+
+/// `DELETE ?operationId=`: stops an operation of a single-connection
+/// stream, here or in the process holding it.
+async fn single_stop<Q, M, S>(
+    State(state): State<Arc<AppState<Q, M, S>>>,
+    peer: Peer,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> axum::response::Response {
+    let Some(token) = single::token(&headers, raw_query.as_deref()) else {
+        return Outcome::not_found().into_http();
+    };
+    let operation_id = raw_query.as_deref().and_then(|query| single::query_param(query, "operationId"));
+    let Some(operation_id) = operation_id.filter(|id| !id.is_empty()) else {
+        return Outcome::refused(StatusCode::BAD_REQUEST, "operation id is missing (?operationId=)").into_http();
+    };
+    let principal = principal(state.auth.as_ref(), bearer(&headers)).await;
+    let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
+    let target = SingleConnection { token, operation_id, stop: true, address };
+    if let Some(refused) = operation_id_refused(&state, &target) {
+        return refused.into_http();
+    }
+    if let Some(outcome) = forward::single_to_owner(&state.hub, None, principal.clone(), target.clone()).await {
+        return outcome.into_http();
+    }
+    stop_single(&state, principal.as_ref(), &target).into_http()
+}
+
+/// `GET` of the HTTP endpoint: a WebSocket upgrade (the standard
+/// protocols), or the event stream of a single-connection reservation.
+async fn graphql_get<Q, M, S>(
+    State(state): State<Arc<AppState<Q, M, S>>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> axum::response::Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let rejection = match upgrade {
+        Ok(upgrade) => return graphql_standard_ws(state, peer, headers, query, upgrade).await,
+        Err(rejection) => rejection,
+    };
+    let header = headers.get(single::TOKEN_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let Some(token) = header.or(query.token) else { return rejection.into_response() };
+    if streaming(&headers) != Some(Streaming::ServerSentEvents) {
+        return rejection.into_response();
+    }
+    if !origin_allowed(&headers, origins(&state)) {
+        return forbidden_origin(&headers);
+    }
+    let principal = principal(state.auth.as_ref(), bearer(&headers)).await;
+    let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
+    let client = client_key(principal.as_ref(), address);
+    state.reservations.open(&token, client.as_ref()).unwrap_or_else(Outcome::into_http)
 }
 
 /// The origins besides the server's own that may stream.
@@ -320,10 +529,10 @@ fn is_subscription(request: &mut Request) -> bool {
 /// Serves `graphql-transport-ws` and `graphql-ws` on a GET upgrade of the
 /// HTTP endpoint, with async-graphql's protocol wrapped by `standard.rs`.
 async fn graphql_standard_ws<Q, M, S>(
-    State(state): State<Arc<AppState<Q, M, S>>>,
+    state: Arc<AppState<Q, M, S>>,
     peer: Peer,
     headers: HeaderMap,
-    Query(query): Query<WsQuery>,
+    query: WsQuery,
     upgrade: WebSocketUpgrade,
 ) -> axum::response::Response
 where

@@ -47,10 +47,13 @@ pub struct ProtocolConfig {
     /// `ka` in `graphql-ws`); `None` (or zero) sends none. Default 15 s.
     pub keep_alive: Option<Duration>,
     /// Operations one connection may run at once; one more is answered
-    /// with an `error` message (code `TOO_MANY_OPERATIONS`). Default 100.
+    /// with an `error` message (code `TOO_MANY_OPERATIONS`). Also bounds
+    /// the operations of a graphql-sse single-connection stream (one more
+    /// is answered `429`). Default 100.
     pub max_operations: usize,
     /// Bytes of an operation id; a longer one is an invalid message
-    /// (`graphql-transport-ws`: close 4400). Default 128.
+    /// (`graphql-transport-ws`: close 4400; a graphql-sse single-connection
+    /// operation: `400`). Default 128.
     pub max_operation_id_bytes: usize,
     /// Bytes of one client message (and of one WebSocket frame); a larger
     /// one closes the connection (1009, message too big). Default 256 KiB.

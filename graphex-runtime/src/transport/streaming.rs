@@ -51,7 +51,7 @@ pub(crate) enum Part {
 }
 
 impl Part {
-    fn json(&self) -> Option<Bytes> {
+    pub(crate) fn json(&self) -> Option<Bytes> {
         match self {
             Part::Own(response) => serde_json::to_vec(response).ok().map(Bytes::from),
             Part::Shared(payload) => Some(Bytes::copy_from_slice(payload.as_bytes())),

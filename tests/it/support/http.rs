@@ -140,6 +140,26 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
     exchange(request).await
 }
 
+/// Sends a `method` request to `path` with `headers` and an optional JSON
+/// body, and reads the whole response.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Json>,
+) -> Response {
+    let mut request = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let body = body.map(|body| Bytes::from(body.to_string())).unwrap_or_default();
+    exchange(request.body(Full::new(body)).expect("valid request")).await
+}
+
 /// A streaming response (server-sent events, multipart), read as it arrives.
 pub struct Streamed {
     /// The request, until its head arrived.
@@ -164,6 +184,17 @@ impl Streamed {
     /// at once (the head is awaited by the reads).
     pub async fn post(addr: SocketAddr, accept: &str, query: &str) -> Streamed {
         let request = post_request(addr, "/graphql", None, accept, &serde_json::json!({"query": query}));
+        Streamed { pending: Some(tokio::spawn(send(request))), head: None, body: None, received: Vec::new() }
+    }
+
+    /// GETs `path` with `headers`; returns at once (the head is awaited by
+    /// the reads).
+    pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Streamed {
+        let mut request = Request::get(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Empty::<Bytes>::new()).expect("valid request");
         Streamed { pending: Some(tokio::spawn(send(request))), head: None, body: None, received: Vec::new() }
     }
 
