@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::app;
-use crate::support::http::Streamed;
+use crate::support::http::{Streamed, post};
 use crate::support::standard::{Client, Proto, serve, wait_for};
 use graphex::Hub;
 use serde_json::{Value as Json, json};
@@ -18,6 +18,26 @@ async fn create_user(addr: SocketAddr, name: &str) {
         format!(r#"mutation {{ createUser(username: "{name}", email: "{name}@example.com", tenant: "t") {{ id }} }}"#);
     client.execute("m", &mutation).await;
     client.close().await;
+}
+
+#[tokio::test]
+async fn a_mutation_for_a_client_that_takes_only_event_streams_is_answered_as_one() {
+    let hub = Hub::default();
+    let server = serve(app::app(app::connect("sqlite::memory:", None).await, hub.clone())).await;
+    let mut stream = Streamed::post(server.addr, "text/event-stream", SUBSCRIPTION).await;
+    wait_for("the subscription", || hub.channel_count() == 1).await;
+    let mutation = r#"mutation { createUser(username: "neo", email: "neo@example.com", tenant: "t") { id } }"#;
+    let body = json!({"query": mutation});
+    let answered = post(server.addr, "/graphql", None, "text/event-stream", &body).await;
+    assert_eq!(answered.header("content-type"), Some("text/event-stream"));
+    assert_eq!(answered.text(), "event: next\ndata: {\"data\":{\"createUser\":{\"id\":1}}}\n\nevent: complete\n\n");
+    // Executed like any mutation: its change is announced.
+    stream.read_until("neo").await;
+    // A client that also takes JSON gets JSON, as before.
+    let mutation = r#"mutation { createUser(username: "ann", email: "ann@example.com", tenant: "t") { id } }"#;
+    let answered =
+        post(server.addr, "/graphql", None, "text/event-stream, application/json", &json!({"query": mutation})).await;
+    assert_eq!(answered.text(), r#"{"data":{"createUser":{"id":2}}}"#);
 }
 
 #[tokio::test]

@@ -77,21 +77,11 @@ function connect() {
         return { results, stop: dispose };
       },
       async execute(query) {
-        if (!singleConnection) {
-          // graphex answers queries and mutations with JSON whatever the
-          // Accept (README: "Over plain HTTP"); distinct connections mode
-          // reads only event streams, so those go as plain POSTs.
-          const response = await fetch(url, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json', accept: 'application/json' },
-            body: JSON.stringify({ query }),
-          });
-          const result = await response.json();
-          if (result.errors) fail(`${query}: ${JSON.stringify(result)}`);
-          return result.data;
-        }
-        // Single connection mode: the result arrives on the stream, then
-        // the operation's `complete`.
+        // Queries and mutations go through the client too: in single
+        // connection mode on the stream, in distinct connections mode as an
+        // event stream of their own (graphex answers one to a client that
+        // accepts only text/event-stream). Either way the result, then the
+        // operation's `complete`.
         const { results } = this.subscribe(query);
         const first = await results.next();
         if (first.error || first.value.errors) fail(`${query}: ${JSON.stringify(first)}`);

@@ -35,7 +35,9 @@ use crate::transport::peer::{Peer, client_address, origin_allowed};
 use crate::transport::single::{self, Outcome, Reservations};
 use crate::transport::socket::{SOCKET_READ_BUFFER, serve_socket};
 use crate::transport::standard::{Connection, ConnectionHooks, DefaultHooks, ProtocolConfig, serve_connection};
-use crate::transport::streaming::{StreamSlot, Streaming, parts, stream_response, streaming, until_ended};
+use crate::transport::streaming::{
+    StreamSlot, Streaming, event_stream_only, parts, stream_response, streaming, until_ended,
+};
 
 struct AppState<Q, M, S> {
     schema: Schema<Q, M, S>,
@@ -257,6 +259,16 @@ where
             });
             stream_response(until_ended(parts(Box::pin(results), outbox), &state.hub, deadline, session), format)
         }
+        // A query or mutation from a client that takes only an event stream
+        // (graphql-sse, distinct connections): its one result as an event
+        // stream, executed here like any other (inside the hub's scope).
+        Some(Streaming::ServerSentEvents) if event_stream_only(&headers) => {
+            let response = run(&state, request, token).await;
+            stream_response(
+                parts(Box::pin(futures_util::stream::once(async { response })), None),
+                Streaming::ServerSentEvents,
+            )
+        }
         _ => GraphQLResponse::from(run(&state, request, token).await).into_response(),
     }
 }
@@ -450,10 +462,15 @@ where
     if !origin_allowed(&headers, origins(&state)) {
         return forbidden_origin(&headers);
     }
-    let principal = principal(state.auth.as_ref(), bearer(&headers)).await;
+    // The stream ends when the token that opened it expires, or its
+    // principal is revoked.
+    let authenticated = authenticated(state.auth.as_ref(), bearer(&headers)).await;
+    let deadline = authenticated.as_ref().and_then(Authenticated::deadline);
+    let principal = authenticated.map(|authenticated| authenticated.principal);
     let address = client_address(peer, &headers, &state.hub.config().trusted_proxies);
     let client = client_key(principal.as_ref(), address);
-    state.reservations.open(&token, client.as_ref()).unwrap_or_else(Outcome::into_http)
+    let session = principal.as_ref().map(|principal| state.hub.session(&principal.id));
+    state.reservations.open(&token, client.as_ref(), deadline, session).unwrap_or_else(Outcome::into_http)
 }
 
 /// The origins besides the server's own that may stream.

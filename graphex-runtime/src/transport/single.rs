@@ -27,6 +27,12 @@
 //! operations are bounded by [`crate::ProtocolConfig::max_operations`] and
 //! their ids by [`crate::ProtocolConfig::max_operation_id_bytes`].
 //!
+//! The stream ends when the client leaves; at the hub's shutdown once its
+//! running operations have sent their last frames (at most
+//! `SHUTDOWN_DRAIN`); when the token of its `GET` expires or the principal
+//! is revoked, after one error result and a `complete` per running
+//! operation.
+//!
 //! A `POST` or `DELETE` reaching a process other than the one holding the
 //! reservation is forwarded to that one (`forward.rs`), like a two-channel
 //! subscribe; the reply is an [`Outcome`]. The `PUT` and its `GET` must
@@ -49,6 +55,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{ClientKey, Hub, Resource};
+use crate::transport::auth;
+use crate::transport::socket::SHUTDOWN_DRAIN;
 use crate::transport::streaming::Part;
 
 /// The header carrying a reservation's token.
@@ -242,6 +250,8 @@ impl Reservations {
         self: &Arc<Self>,
         token: &str,
         client: Option<&ClientKey>,
+        deadline: Option<tokio::time::Instant>,
+        session: Option<crate::hub::Session>,
     ) -> Result<axum::response::Response, Outcome> {
         let reservation = self.find(token, client).ok_or_else(Outcome::not_found)?;
         let Some(rx) = lock(&reservation.rx).take() else {
@@ -255,14 +265,53 @@ impl Reservations {
         };
         let ended = reservation.ended.clone();
         let shutdown = self.hub.shutting_down().clone();
+        let (reservations, token) = (Arc::downgrade(self), token.to_owned());
+        let running = Arc::downgrade(&reservation);
         drop(reservation);
-        let messages = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
-            .take_until(async move {
+        let why: Arc<std::sync::OnceLock<auth::Ended>> = Arc::default();
+        let until = {
+            let why = why.clone();
+            async move {
+                let mut expiry = auth::expiry(deadline);
                 tokio::select! {
                     () = ended.cancelled() => {}
-                    () = shutdown.cancelled() => {}
+                    () = async {
+                        shutdown.cancelled().await;
+                        // No new operations. The stream ends once every
+                        // running one has sent its last frame (the
+                        // reservation, and the sender it holds, go with the
+                        // last: `rx` then ends), at most `SHUTDOWN_DRAIN`.
+                        if let Some(reservations) = reservations.upgrade() {
+                            lock(&reservations.by_token).remove(&token);
+                        }
+                        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+                    } => {}
+                    ended = auth::ended(&mut expiry, session.as_ref()) => {
+                        let _ = why.set(ended);
+                    }
                 }
-            })
+            }
+        };
+        // Ended by its token's expiry or its principal's revocation: each
+        // running operation gets the error result and its `complete`.
+        let tail = futures_util::stream::once(async move {
+            let (Some(ended), Some(reservation)) = (why.get().copied(), running.upgrade()) else {
+                return Vec::new();
+            };
+            if ended == auth::Ended::TokenExpired {
+                reservation.hub.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut ids: Vec<String> = lock(&reservation.operations).running.keys().cloned().collect();
+            ids.sort_unstable();
+            ids.iter()
+                .flat_map(|id| [Message::next(id, Part::Own(Box::new(ended.response()))), Some(Message::complete(id))])
+                .flatten()
+                .collect()
+        })
+        .flat_map(futures_util::stream::iter);
+        let messages = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+            .take_until(until)
+            .chain(tail)
             .map(move |message| {
                 let _ends_the_reservation_when_dropped = &open;
                 Ok::<_, std::convert::Infallible>(message.event())
@@ -406,6 +455,8 @@ impl Reservation {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
     use crate::Config;
 
@@ -438,7 +489,8 @@ mod tests {
         let client: Option<ClientKey> = Some(Arc::from("p:ann"));
         let token = reservations.reserve(client.clone(), None).expect("reserved");
         assert!(token.starts_with(hub.node()) && token.len() == TOKEN_BYTES, "{token}");
-        let mut stream = reservations.open(&token, client.as_ref()).expect("opened").into_body().into_data_stream();
+        let mut stream =
+            reservations.open(&token, client.as_ref(), None, None).expect("opened").into_body().into_data_stream();
         let reservation = reservations.find(&token, client.as_ref()).unwrap();
         let parts = futures_util::stream::iter([response(serde_json::json!({"a": 1}))]).boxed();
         assert_eq!(reservation.start("op\"1".into(), parts, 10), Outcome::ok(StatusCode::ACCEPTED));
@@ -462,7 +514,7 @@ mod tests {
         assert!(reservations.find(&token, client.as_ref()).is_some(), "not yet expired");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(reservations.len(), 0, "expired");
-        assert_eq!(reservations.open(&token, client.as_ref()).unwrap_err().status, 404);
+        assert_eq!(reservations.open(&token, client.as_ref(), None, None).unwrap_err().status, 404);
         reservations.reserve(client, None).expect("the slot is back");
     }
 
@@ -471,8 +523,8 @@ mod tests {
         let hub = Hub::new(Config::default());
         let reservations = Reservations::new(hub.clone());
         let token = reservations.reserve(None, None).expect("reserved");
-        let _stream = reservations.open(&token, None).expect("opened");
-        assert_eq!(reservations.open(&token, None).unwrap_err().status, 409);
+        let _stream = reservations.open(&token, None, None, None).expect("opened");
+        assert_eq!(reservations.open(&token, None, None, None).unwrap_err().status, 409);
         tokio::time::sleep(RESERVATION_TTL * 2).await;
         assert_eq!(reservations.len(), 1);
     }
@@ -482,7 +534,7 @@ mod tests {
         let hub = Hub::new(Config::default());
         let reservations = Reservations::new(hub.clone());
         let token = reservations.reserve(None, None).expect("reserved");
-        let mut stream = reservations.open(&token, None).expect("opened").into_body().into_data_stream();
+        let mut stream = reservations.open(&token, None, None, None).expect("opened").into_body().into_data_stream();
         let reservation = reservations.find(&token, None).unwrap();
         let forever = || futures_util::stream::pending::<Part>().boxed();
         assert_eq!(reservation.start("a".into(), forever(), 2).status, 202);
@@ -501,5 +553,101 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(reservations.find(&token, Some(&Arc::from("p:mallory"))).map(|_| ()), None, "another client");
+    }
+
+    /// The whole body, once the stream ends, without keep-alive comments.
+    async fn body_to_end(body: &mut Body) -> String {
+        let mut text = String::new();
+        while let Some(chunk) = body.next().await {
+            text.push_str(std::str::from_utf8(&chunk.expect("a chunk")).unwrap());
+        }
+        text.replace(":\n\n", "")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_its_token_s_expiry_each_operation_ends_with_the_error_and_the_stream_ends() {
+        let hub = Hub::new(Config::default());
+        let reservations = Reservations::new(hub.clone());
+        let token = reservations.reserve(None, None).expect("reserved");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let response = reservations.open(&token, None, Some(deadline), Some(hub.session("ann"))).expect("opened");
+        let mut stream = response.into_body().into_data_stream();
+        let reservation = reservations.find(&token, None).unwrap();
+        let forever = || futures_util::stream::pending::<Part>().boxed();
+        assert_eq!(reservation.start("b".into(), forever(), 10).status, 202);
+        assert_eq!(reservation.start("a".into(), forever(), 10).status, 202);
+        drop(reservation);
+        assert_eq!(body_until(&mut stream, ": \n\n").await, ": \n\n");
+        tokio::time::sleep(Duration::from_millis(59_999)).await;
+        while let Some(Some(chunk)) = stream.next().now_or_never() {
+            let chunk = chunk.expect("a chunk");
+            assert_eq!(&chunk[..], b":\n\n", "only keep-alives before the deadline");
+        }
+        let text = body_to_end(&mut stream).await;
+        let error = r#"{"data":null,"errors":[{"message":"token expired","extensions":{"code":"TOKEN_EXPIRED"}}]}"#;
+        assert_eq!(
+            text,
+            format!(
+                "event: next\ndata: {{\"id\":\"a\",\"payload\":{error}}}\n\nevent: complete\ndata: {{\"id\":\"a\"}}\n\n\
+                 event: next\ndata: {{\"id\":\"b\",\"payload\":{error}}}\n\nevent: complete\ndata: {{\"id\":\"b\"}}\n\n"
+            )
+        );
+        drop(stream);
+        assert_eq!(reservations.len(), 0);
+        assert_eq!(hub.stats().tokens_expired, 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_principal_s_stream_ends() {
+        let hub = Hub::new(Config::default());
+        let reservations = Reservations::new(hub.clone());
+        let ann = reservations.reserve(Some(Arc::from("p:ann")), None).expect("reserved");
+        let bob = reservations.reserve(Some(Arc::from("p:bob")), None).expect("reserved");
+        let open = |token: &str, who: &str| {
+            let client: ClientKey = Arc::from(format!("p:{who}"));
+            let response = reservations.open(token, Some(&client), None, Some(hub.session(who))).expect("opened");
+            response.into_body().into_data_stream()
+        };
+        let (mut ann_stream, mut bob_stream) = (open(&ann, "ann"), open(&bob, "bob"));
+        let ann_reservation = reservations.find(&ann, Some(&Arc::from("p:ann"))).unwrap();
+        let forever = || futures_util::stream::pending::<Part>().boxed();
+        assert_eq!(ann_reservation.start("1".into(), forever(), 10).status, 202);
+        drop(ann_reservation);
+        hub.revoke("ann").await.expect("revoked");
+        let text = body_to_end(&mut ann_stream).await;
+        assert!(
+            text.contains(r#""code":"REVOKED""#) && text.ends_with("event: complete\ndata: {\"id\":\"1\"}\n\n"),
+            "{text}"
+        );
+        assert_eq!(body_until(&mut bob_stream, ": \n\n").await, ": \n\n");
+        drop(ann_stream);
+        assert_eq!(reservations.len(), 1, "bob's stream goes on");
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_running_operations_finish_before_the_stream_ends() {
+        let hub = Hub::new(Config::default());
+        let reservations = Reservations::new(hub.clone());
+        let token = reservations.reserve(None, None).expect("reserved");
+        let mut stream = reservations.open(&token, None, None, None).expect("opened").into_body().into_data_stream();
+        let reservation = reservations.find(&token, None).unwrap();
+        // An operation whose last result comes after the shutdown began, as
+        // a native stream's queued changes do.
+        let shutdown = hub.shutting_down().clone();
+        let late = futures_util::stream::once(async move {
+            shutdown.cancelled().await;
+            response(serde_json::json!({"last": true}))
+        })
+        .boxed();
+        assert_eq!(reservation.start("op".into(), late, 10).status, 202);
+        drop(reservation);
+        assert_eq!(body_until(&mut stream, ": \n\n").await, ": \n\n");
+        hub.shutdown();
+        let text = body_to_end(&mut stream).await;
+        assert_eq!(
+            text,
+            "event: next\ndata: {\"id\":\"op\",\"payload\":{\"data\":{\"last\":true}}}\n\n\
+             event: complete\ndata: {\"id\":\"op\"}\n\n"
+        );
     }
 }

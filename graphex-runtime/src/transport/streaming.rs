@@ -42,6 +42,21 @@ pub(crate) fn streaming(headers: &HeaderMap) -> Option<Streaming> {
     }
 }
 
+/// Whether the client takes nothing but an event stream (`Accept` lists
+/// `text/event-stream` and no JSON type, nor `*/*`), as the graphql-sse
+/// client asks in its distinct connections mode, for queries and mutations
+/// too. A client that also takes JSON gets the JSON answer it always got.
+pub(crate) fn event_stream_only(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(axum::http::header::ACCEPT).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let types: Vec<&str> = accept.split(',').map(|item| item.split(';').next().unwrap_or("").trim()).collect();
+    types.contains(&"text/event-stream")
+        && !types
+            .iter()
+            .any(|ty| matches!(*ty, "*/*" | "application/*" | "application/json" | "application/graphql-response+json"))
+}
+
 /// One result of a streaming response: the operation's own (async-graphql
 /// rendered it), or a shared execution's payload, serialized once for every
 /// member (`subscribe/shared.rs`).
