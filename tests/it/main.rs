@@ -64,6 +64,7 @@ mod hygiene;
 mod index_groups;
 mod lifecycle;
 mod limits;
+mod logs;
 mod metrics;
 mod node_clients;
 mod pins;

@@ -186,6 +186,7 @@ pub(crate) async fn to_owner(
         return None;
     }
     let node = Hub::node_of(&channel).filter(|node| *node != hub.node())?;
+    tracing::debug!(node, channel, "subscribe forwarded to the process holding the channel");
     let forwarded = Forwarded {
         query: request.query.clone(),
         operation_name: request.operation_name.clone(),

@@ -143,26 +143,41 @@ where
                 let Some(state) = state else {
                     return forward::reply(&forward::refusal("server stopped".to_owned()));
                 };
-                match forward::admit(&state.hub, &state.guard, &body) {
-                    Ok(Admitted::Subscribe(mut request, principal)) => {
-                        let response = match state.guard.check(&mut request) {
-                            Ok(_) => run_as(&state, request, principal).await,
-                            Err(error) => Response::from_errors(vec![error]),
-                        };
-                        forward::reply(&response)
+                let admitted = forward::admit(&state.hub, &state.guard, &body);
+                let (kind, principal) = match &admitted {
+                    Ok(Admitted::Subscribe(_, principal)) => ("subscribe", principal),
+                    Ok(Admitted::Operation(_, principal, _)) => ("single-connection operation", principal),
+                    Ok(Admitted::Stop(principal, _)) => ("single-connection stop", principal),
+                    Err(_) => ("refused", &None),
+                };
+                let span = tracing::debug_span!(
+                    "forwarded",
+                    kind,
+                    principal = principal.as_ref().map(|principal| principal.id.as_str())
+                );
+                let run = async move {
+                    match admitted {
+                        Ok(Admitted::Subscribe(mut request, principal)) => {
+                            let response = match state.guard.check(&mut request) {
+                                Ok(_) => run_as(&state, request, principal).await,
+                                Err(error) => Response::from_errors(vec![error]),
+                            };
+                            forward::reply(&response)
+                        }
+                        Ok(Admitted::Operation(mut request, principal, target)) => {
+                            let outcome = match state.guard.check(&mut request) {
+                                Ok(_) => start_single(&state, request, principal, target),
+                                Err(error) => Outcome::refused(StatusCode::BAD_REQUEST, error.message),
+                            };
+                            forward::single_reply(&outcome)
+                        }
+                        Ok(Admitted::Stop(principal, target)) => {
+                            forward::single_reply(&stop_single(&state, principal.as_ref(), &target))
+                        }
+                        Err(message) => forward::reply(&forward::refusal(message)),
                     }
-                    Ok(Admitted::Operation(mut request, principal, target)) => {
-                        let outcome = match state.guard.check(&mut request) {
-                            Ok(_) => start_single(&state, request, principal, target),
-                            Err(error) => Outcome::refused(StatusCode::BAD_REQUEST, error.message),
-                        };
-                        forward::single_reply(&outcome)
-                    }
-                    Ok(Admitted::Stop(principal, target)) => {
-                        forward::single_reply(&stop_single(&state, principal.as_ref(), &target))
-                    }
-                    Err(message) => forward::reply(&forward::refusal(message)),
-                }
+                };
+                tracing::Instrument::instrument(run, span).await
             })
         }));
         Router::new()

@@ -30,7 +30,11 @@ pub(crate) const SOCKET_READ_BUFFER: usize = 4 * 1024;
 /// or until `deadline` (when the token that opened it expires: close 4401),
 /// or until the owner is revoked (close 4403).
 /// Generic over the socket halves so tests can drive it with channels.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(
+    name = "connection",
+    skip_all,
+    fields(protocol = "two-channel", principal = owner.as_deref(), channel = tracing::field::Empty)
+)]
 pub(crate) async fn serve_socket<Si, St, E>(
     hub: Hub,
     owner: Option<String>,
@@ -50,7 +54,8 @@ pub(crate) async fn serve_socket<Si, St, E>(
             return;
         }
     };
-    tracing::debug!(channel = channel.id(), "channel opened");
+    tracing::Span::current().record("channel", channel.id());
+    tracing::debug!("connected");
     let _connected = hub.connected(Transport::TwoChannel);
     // Closes the channel however this future ends: returned, dropped, or
     // unwound by a panic (the shard catches it; the channel must not leak).
@@ -78,7 +83,7 @@ struct Opened<'a> {
 impl Drop for Opened<'_> {
     fn drop(&mut self) {
         self.hub.close_channel(&self.channel);
-        tracing::debug!(channel = self.channel.id(), "channel closed");
+        tracing::debug!(reason = ?self.channel.close_reason(), "disconnected");
     }
 }
 

@@ -314,7 +314,11 @@ enum Incoming {
 /// Serves one standard-protocol connection until either side closes.
 /// Generic over the socket halves so tests can drive it with channels.
 #[allow(clippy::too_many_arguments)]
-#[tracing::instrument(skip_all, fields(connection = connection.id, protocol = connection.protocol))]
+#[tracing::instrument(
+    name = "connection",
+    skip_all,
+    fields(connection = connection.id, protocol = connection.protocol, principal = tracing::field::Empty)
+)]
 pub(crate) async fn serve_connection<E, Si, St, Er>(
     executor: E,
     hub: Hub,
@@ -365,7 +369,9 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     if let Some(address) = connection.address {
         connection_data.insert(crate::hub::ClientAddress(address));
     }
+    let span = tracing::Span::current();
     let on_init = {
+        let span = span.clone();
         let hooks = hooks.clone();
         let connection = connection.clone();
         let shared = shared.clone();
@@ -374,8 +380,10 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                 Ok(principal) => {
                     let mut data = Data::default();
                     if let Some(principal) = &principal {
+                        span.record("principal", principal.id.as_str());
                         data.insert(principal.clone());
                     }
+                    tracing::debug!(parent: &span, "connected");
                     lock(&shared).principal = principal;
                     Ok(data)
                 }
@@ -567,13 +575,14 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     // which frees their hub channels and groups.
     drop(graphql);
     if let Some((code, reason)) = close {
-        tracing::debug!(code, %reason, "closing");
+        tracing::debug!(code, %reason, "closing the connection");
         let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
     }
     for id in ops.active.drain() {
         hooks.on_complete(&connection, &id).await;
     }
+    tracing::debug!("disconnected");
     if ops.acked {
         hooks.on_disconnect(&connection).await;
     }
@@ -807,6 +816,7 @@ async fn incoming_message(
                 Some(limits) if shareable(limits, &request) => marked(&bytes, &id, generation).unwrap_or(bytes),
                 _ => bytes,
             };
+            tracing::debug!(operation = %id, "operation started");
             ops.generations.insert(id.clone(), generation);
             ops.active.insert(id);
             Incoming::Forward(bytes)
@@ -826,6 +836,7 @@ async fn incoming_message(
                 ops.silenced.insert(id.clone());
             }
             hooks.on_complete(connection, &id).await;
+            tracing::debug!(operation = %id, "operation stopped by the client");
             Incoming::Forward(bytes)
         }
         "ping" | "pong" if ops.transport_ws => Incoming::Forward(bytes),
