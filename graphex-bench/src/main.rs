@@ -29,6 +29,9 @@ options (defaults are the issue's numbers):
   --memory-n 10000           idle connections of the memory scenario
   --window 256               changes in flight at most
   --writers 64               tasks saving changes concurrently (throughput runs)
+                             (GRAPHEX_BENCH_BATCH=k: graphex saves the indexed model's rows by group
+                             commit, up to k per insert_many + graphex::announce_many; unset: one
+                             insert per change, announced by its hooks)
   --settle-secs 2            wait for late deliveries
   --systems ceiling,ceiling-unpaced,graphex,alternative
                              (also graphex-standard: graphex's native field over graphql-transport-ws;
