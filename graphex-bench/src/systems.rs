@@ -257,7 +257,7 @@ pub async fn start_with(system: System, model: Model, serve: Serve) -> Result<Se
             let task = tokio::spawn(async move {
                 let _ = axum::serve(listener.tap_io(nodelay), app).await;
             });
-            let batch = (save && model == Model::Indexed).then(|| batch_size()).flatten().map(|size| {
+            let batch = (save && model == Model::Indexed).then(batch_size).flatten().map(|size| {
                 let (tx, rx) = mpsc::channel(4 * size);
                 tokio::spawn(group_commit(db.clone(), hub.clone(), rx, size));
                 tx
@@ -349,8 +349,11 @@ struct GraphexTarget {
     model: Model,
     save: bool,
     /// Group commit (`GRAPHEX_BENCH_BATCH`): rows to save, answered once saved.
-    batch: Option<mpsc::Sender<(message::Model, tokio::sync::oneshot::Sender<Result<(), String>>)>>,
+    batch: Option<mpsc::Sender<Pending>>,
 }
+
+/// A row waiting for the group commit, and who waits for it.
+type Pending = (message::Model, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// `GRAPHEX_BENCH_BATCH=k` (k > 1): the indexed model's rows are saved by
 /// group commit, as a high-rate writer would save them: the rows that
@@ -363,12 +366,7 @@ fn batch_size() -> Option<usize> {
 
 /// Saves what `rows` brings, up to `size` rows per statement, and
 /// announces them in order, inside the hub's scope.
-async fn group_commit(
-    db: DatabaseConnection,
-    hub: graphex::Hub,
-    mut rows: mpsc::Receiver<(message::Model, tokio::sync::oneshot::Sender<Result<(), String>>)>,
-    size: usize,
-) {
+async fn group_commit(db: DatabaseConnection, hub: graphex::Hub, mut rows: mpsc::Receiver<Pending>, size: usize) {
     use sea_orm::{EntityTrait, IntoActiveModel};
     let mut batch = Vec::with_capacity(size);
     while rows.recv_many(&mut batch, size).await > 0 {
