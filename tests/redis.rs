@@ -65,7 +65,7 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let cases: [(&str, Case); 32] = [
+    let cases: [(&str, Case); 33] = [
         ("sigterm_closes_sockets_and_exits", || Box::pin(sigterm_closes_sockets_and_exits())),
         ("layer_urls_are_checked", || Box::pin(layer_urls_are_checked())),
         ("two_processes_coarse_group", || Box::pin(two_processes_coarse_group())),
@@ -89,6 +89,7 @@ fn main() {
         ("redis_restart_resumes_delivery", || Box::pin(redis_restart_resumes_delivery())),
         ("leave_and_rejoin_over_graphql_transport_ws", || Box::pin(leave_and_rejoin_over_graphql_transport_ws())),
         ("leave_and_rejoin_over_two_channel", || Box::pin(leave_and_rejoin_over_two_channel())),
+        ("stopping_sends_the_outbox_first", || Box::pin(positions::stopping_sends_the_outbox_first())),
         ("outbox_and_history_bridge_a_redis_restart", || {
             Box::pin(positions::outbox_and_history_bridge_a_redis_restart())
         }),

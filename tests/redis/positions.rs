@@ -184,6 +184,34 @@ pub async fn outbox_and_history_bridge_a_redis_restart() -> Option<()> {
     Some(())
 }
 
+/// A process that stops while Redis is unreachable sends what its outbox
+/// holds once Redis is back, before `Hub::stopped` returns (issue 19): a
+/// change published before the stop reaches the other processes.
+pub async fn stopping_sends_the_outbox_first() -> Option<()> {
+    let mut redis = OwnRedis::start().await?;
+    let prefix = unique_prefix();
+    let (a, b) = (Node::start(&redis.url(), quick(&prefix)).await, Node::start(&redis.url(), quick(&prefix)).await);
+    let mut on_b = b.watch().await;
+    a.publish_all(1..=5).await;
+    assert_eq!(on_b.check("B before", 1, 5).await, Ended::Complete);
+
+    redis.stop_saving().await;
+    a.publish_all(6..=15).await;
+    assert!(a.layer.stats().outboxed >= 10, "{:?}", a.layer.stats());
+    let hub = a.hub.clone();
+    let stopping = tokio::spawn(async move { hub.stopped().await });
+    // Waits for Redis rather than drop the outbox (not a timing check: a
+    // stop that finished now would have lost the ten changes).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "stopped with changes still in the outbox");
+    redis.start_again().await;
+    let stopped = stopping.await.expect("stopped");
+    assert!(stopped.is_clean(), "{stopped:?}");
+    assert_eq!(a.layer.stats().outbox_waiting, 0);
+    assert_eq!(on_b.check("B after A stopped", 6, 15).await, Ended::Complete);
+    Some(())
+}
+
 /// Redis restarts empty: its history is gone, so subscribers cannot be
 /// told what they missed; they are closed (Expired) rather than left with
 /// a gap. New subscribers then receive everything.
