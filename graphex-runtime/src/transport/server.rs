@@ -676,7 +676,8 @@ where
             let (sink, stream) = socket.split();
             // The socket runs in one of the hub's shard tasks; this upgrade task ends here.
             let owner = principal.map(|principal| principal.id);
-            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, deadline, client, sink, stream)));
+            let expiry = crate::transport::auth::expiry(deadline);
+            hub.run_socket(Box::pin(serve_socket(hub.clone(), owner, expiry, client, sink, stream)));
         })
 }
 
