@@ -423,7 +423,12 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                 // first (at most `SHUTDOWN_DRAIN`), then 1001, with no
                 // `complete`: the client's subscriptions resume from their
                 // cursors once it reconnects.
-                let deadline = tokio::time::sleep(SHUTDOWN_DRAIN.min(send_timeout));
+                // Every write of the drain is bounded by what is left of it,
+                // not by the send timeout alone: a client that stopped
+                // reading holds the connection 1 s, not 10.
+                let until = tokio::time::Instant::now() + SHUTDOWN_DRAIN.min(send_timeout);
+                let left = || until.saturating_duration_since(tokio::time::Instant::now());
+                let deadline = tokio::time::sleep_until(until);
                 tokio::pin!(deadline);
                 let drained = hub.drained();
                 tokio::pin!(drained);
@@ -433,12 +438,12 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                         () = &mut deadline => break,
                         outgoing = graphql.next() => {
                             let Some(WsMessage::Text(text)) = outgoing else { break };
-                            if !drain_text(&mut ops, &hooks, &mut connection, &shared, &mut outbox, &mut frames, &mut sink, text, send_timeout).await {
+                            if !drain_text(&mut ops, &hooks, &mut connection, &shared, &mut outbox, &mut frames, &mut sink, text, left()).await {
                                 break;
                             }
                         }
                         _ = outbox.recv_many(&mut frames, FRAME_BATCH) => {
-                            if !write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await {
+                            if !write_frames(&mut ops, &mut sink, &mut frames, left()).await {
                                 break;
                             }
                         }
@@ -446,14 +451,14 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                             // Every stream has yielded what it held; what
                             // is ready now is the rest.
                             while let Some(Some(WsMessage::Text(text))) = graphql.next().now_or_never() {
-                                if !drain_text(&mut ops, &hooks, &mut connection, &shared, &mut outbox, &mut frames, &mut sink, text, send_timeout).await {
+                                if !drain_text(&mut ops, &hooks, &mut connection, &shared, &mut outbox, &mut frames, &mut sink, text, left()).await {
                                     break;
                                 }
                             }
                             while let Ok(frame) = outbox.try_recv() {
                                 frames.push(frame);
                             }
-                            write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await;
+                            write_frames(&mut ops, &mut sink, &mut frames, left()).await;
                             break;
                         }
                     }
