@@ -387,6 +387,17 @@ async fn group_commit(db: DatabaseConnection, hub: graphex::Hub, mut rows: mpsc:
     }
 }
 
+/// The indexed model's row of change `seq`, as it is saved (its time taken now).
+fn message_row(seq: usize, room: i32) -> Result<message::Model, BenchError> {
+    Ok(message::Model {
+        id: row_id(seq)?,
+        room_id: room,
+        author: entities::author(room),
+        body: BODY.to_owned(),
+        created_us: now_us(),
+    })
+}
+
 #[async_trait::async_trait]
 impl Target for GraphexTarget {
     async fn emit(&self, seq: usize, room: i32) -> Result<(), BenchError> {
@@ -394,24 +405,12 @@ impl Target for GraphexTarget {
         let (author, body, created_us) = (Set(entities::author(room)), Set(BODY.to_owned()), Set(now_us()));
         let (id, room_id) = (Set(row_id(seq)?), Set(room));
         if !self.save {
-            let row = message::Model {
-                id: row_id(seq)?,
-                room_id: room,
-                author: entities::author(room),
-                body: BODY.to_owned(),
-                created_us: now_us(),
-            };
+            let row = message_row(seq, room)?;
             self.hub.scope(graphex::announce(&row, graphex::Action::Create)).await;
             return Ok(());
         }
         if let Some(batch) = &self.batch {
-            let row = message::Model {
-                id: row_id(seq)?,
-                room_id: room,
-                author: entities::author(room),
-                body: BODY.to_owned(),
-                created_us: now_us(),
-            };
+            let row = message_row(seq, room)?;
             let (done, saved) = tokio::sync::oneshot::channel();
             batch.send((row, done)).await.map_err(|_| BenchError::new("the group commit stopped"))?;
             return saved.await.map_err(|_| BenchError::new("the group commit stopped"))?.map_err(BenchError::new);
