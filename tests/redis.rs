@@ -16,6 +16,9 @@
 #[path = "../examples/reference/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "../examples/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
 #[path = "../examples/reference/serve.rs"]
 mod serve;
 // The integration tests' support module; this binary uses part of it.

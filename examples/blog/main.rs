@@ -5,18 +5,12 @@
 #![allow(unreachable_pub)]
 
 mod app;
+#[path = "../common/mod.rs"]
+mod common;
 
 #[tokio::main]
 async fn main() {
-    // Logs on stderr, filtered by RUST_LOG (default: warnings, and
-    // graphex's own info lines), e.g. RUST_LOG=graphex=debug.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,graphex=info,graphex_runtime=info")),
-        )
-        .init();
+    common::init_logs();
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
     let db = app::connect(&url).await;
@@ -45,9 +39,5 @@ async fn main() {
         .expect("server ran");
     // axum waited for HTTP requests and streams; the hub's own tasks
     // (WebSocket connections, shards) end here.
-    let stopped = hub.stopped().await;
-    if !stopped.is_clean() {
-        eprintln!("graphex hub stopped with work left: {stopped:?}");
-        std::process::exit(1);
-    }
+    common::exit_unless_clean(hub.stopped().await);
 }

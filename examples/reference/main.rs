@@ -9,18 +9,12 @@
 #![allow(unreachable_pub)]
 
 mod app;
+#[path = "../common/mod.rs"]
+mod common;
 mod serve;
 
 #[tokio::main]
 async fn main() {
-    // Logs on stderr, filtered by RUST_LOG (default: warnings, and
-    // graphex's own info lines), e.g. RUST_LOG=graphex=debug.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,graphex=info,graphex_runtime=info")),
-        )
-        .init();
+    common::init_logs();
     serve::serve(serve::Settings::from_env()).await;
 }

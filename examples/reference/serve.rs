@@ -113,11 +113,7 @@ pub async fn serve(settings: Settings) {
         .expect("server ran");
     // axum waited for HTTP requests and streams; the hub's own tasks
     // (WebSocket connections, shards, capture, the layer) end here.
-    let stopped = hub.stopped().await;
-    if !stopped.is_clean() {
-        eprintln!("graphex hub stopped with work left: {stopped:?}");
-        std::process::exit(1);
-    }
+    crate::common::exit_unless_clean(hub.stopped().await);
 }
 
 /// Captures the example's four tables from PostgreSQL's log into `hub`:

@@ -331,15 +331,7 @@ mod tests {
 
     /// A socket on `hub` subscribed to every user creation; returns its recorder.
     async fn subscribed_socket(hub: &Hub) -> Recorder {
-        let recorder = Recorder::default();
-        let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
-        tokio::spawn(serve_socket(hub.clone(), None, None, None, recorder.clone(), silent_client));
-        settle().await;
-        let handshake: serde_json::Value = serde_json::from_str(&recorder.writes()[0][0]).unwrap();
-        let channel = hub.channel(handshake["channel_id"].as_str().unwrap()).expect("the socket's channel");
-        let subscription = Subscription::of_users(&group::coarse("users", Action::Create), Action::Create, None);
-        hub.add_subscription(&channel, subscription).await.unwrap();
-        recorder
+        owned_socket(hub, None, None).await
     }
 
     async fn create(hub: &Hub, pk: i64) {
@@ -508,12 +500,12 @@ mod tests {
 
     /// A socket opened by `owner`'s token, which expires at `deadline`;
     /// subscribed to every user creation.
-    async fn owned_socket(hub: &Hub, owner: &str, deadline: Option<tokio::time::Instant>) -> Recorder {
+    async fn owned_socket(hub: &Hub, owner: Option<&str>, deadline: Option<tokio::time::Instant>) -> Recorder {
         let recorder = Recorder::default();
         let silent_client = futures_util::stream::pending::<Result<Message, std::convert::Infallible>>();
         let socket = serve_socket(
             hub.clone(),
-            Some(owner.to_owned()),
+            owner.map(str::to_owned),
             crate::transport::auth::expiry(deadline),
             None,
             recorder.clone(),
@@ -536,7 +528,7 @@ mod tests {
     async fn a_socket_closes_with_4401_when_its_token_expires_and_not_before() {
         let hub = Hub::new(Config::default().with_socket_ping(None).with_write_pacing(None));
         let expiry = Duration::from_secs(60);
-        let recorder = owned_socket(&hub, "ann", Some(tokio::time::Instant::now() + expiry)).await;
+        let recorder = owned_socket(&hub, Some("ann"), Some(tokio::time::Instant::now() + expiry)).await;
         tokio::time::advance(expiry - Duration::from_millis(1)).await;
         create(&hub, 1).await;
         settle().await;
@@ -553,9 +545,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn revoking_a_principal_closes_its_sockets_with_4403_and_no_other() {
         let hub = Hub::new(Config::default().with_socket_ping(None).with_write_pacing(None));
-        let ann = owned_socket(&hub, "ann", None).await;
-        let ann_again = owned_socket(&hub, "ann", None).await;
-        let bob = owned_socket(&hub, "bob", None).await;
+        let ann = owned_socket(&hub, Some("ann"), None).await;
+        let ann_again = owned_socket(&hub, Some("ann"), None).await;
+        let bob = owned_socket(&hub, Some("bob"), None).await;
         assert_eq!(hub.session_count(), 3);
         hub.revoke("ann").await.unwrap();
         settle().await;

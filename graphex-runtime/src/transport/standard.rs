@@ -455,10 +455,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                                     break;
                                 }
                             }
-                            while let Ok(frame) = outbox.try_recv() {
-                                frames.push(frame);
-                            }
-                            write_frames(&mut ops, &mut sink, &mut frames, left()).await;
+                            frames_before(&mut ops, &mut sink, &mut outbox, &mut frames, left()).await;
                             break;
                         }
                     }
@@ -510,17 +507,14 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     });
                 }
                 Some(WsMessage::Text(text)) => {
-                    // A shared execution's frames queued before this message
-                    // (its last results before its `complete`) go first.
-                    while let Ok(frame) = outbox.try_recv() {
-                        frames.push(frame);
-                    }
-                    if !frames.is_empty() && !write_frames(&mut ops, &mut sink, &mut frames, send_timeout).await {
+                    if !frames_before(&mut ops, &mut sink, &mut outbox, &mut frames, send_timeout).await {
                         break None;
                     }
                     let Some(text) = outgoing_text(&mut ops, &hooks, &mut connection, &shared, text).await else {
                         continue;
                     };
+                    // Registered before the ack is written: a revocation
+                    // the client could follow with finds the connection.
                     if ops.just_acked && let Some(principal) = &connection.principal {
                         session = Some(counters.session(&principal.id));
                         expiry = crate::transport::auth::expiry(connection.deadline(principal));
@@ -593,9 +587,25 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     }
 }
 
-/// Writes, while draining at shutdown, one message of async-graphql's (the
-/// shared frames queued before it first); false when the peer stopped
-/// reading.
+/// Writes the shared executions' frames queued before a message of
+/// async-graphql's (a shared execution's last results go before its
+/// `complete`); false when the peer stopped reading.
+async fn frames_before<Si: Sink<Message> + Unpin>(
+    ops: &mut Operations,
+    sink: &mut Si,
+    outbox: &mut mpsc::UnboundedReceiver<Frame>,
+    frames: &mut Vec<Frame>,
+    bound: Duration,
+) -> bool {
+    while let Ok(frame) = outbox.try_recv() {
+        frames.push(frame);
+    }
+    frames.is_empty() || write_frames(ops, sink, frames, bound).await
+}
+
+/// Writes, while draining at shutdown, one message of async-graphql's
+/// ([`frames_before`] it, then the message as the connection tracks it:
+/// `outgoing_text`); false when the peer stopped reading.
 #[allow(clippy::too_many_arguments)]
 async fn drain_text<Si: Sink<Message> + Unpin>(
     ops: &mut Operations,
@@ -608,10 +618,7 @@ async fn drain_text<Si: Sink<Message> + Unpin>(
     text: String,
     bound: Duration,
 ) -> bool {
-    while let Ok(frame) = outbox.try_recv() {
-        frames.push(frame);
-    }
-    if !frames.is_empty() && !write_frames(ops, sink, frames, bound).await {
+    if !frames_before(ops, sink, outbox, frames, bound).await {
         return false;
     }
     match outgoing_text(ops, hooks, connection, shared, text).await {
