@@ -697,6 +697,13 @@ async fn partitioned(options: &Options) -> Outcome {
         for &(model, variant, changes) in variants {
             let pace = Pace { changes, rooms, rate: None, latency: false, serve: Serve::default() };
             runs.push(measure(system, model, plans.clone(), pace, variant, options).await?);
+            if system == System::Graphex && variant == "indexed groups" {
+                // Right after, as in the fan-out: the pipeline without the
+                // save, so the gap to the ceiling splits into its two parts.
+                let serve = Serve { save: false, ..Serve::default() };
+                let pace = Pace { changes, rooms, rate: None, latency: false, serve };
+                runs.push(measure(system, model, plans.clone(), pace, "indexed groups, no DB", options).await?);
+            }
         }
     }
     let indexed = rate_of(&runs, System::Graphex, "indexed groups", n);
@@ -716,6 +723,12 @@ async fn partitioned(options: &Options) -> Outcome {
     checks.extend(ratio_check(
         "indexed groups / ceiling (info)".into(),
         indexed,
+        rate_of(&runs, System::Ceiling, "rooms", n),
+        0.0,
+    ));
+    checks.extend(ratio_check(
+        "indexed groups without DB / ceiling (info)".into(),
+        rate_of(&runs, System::Graphex, "indexed groups, no DB", n),
         rate_of(&runs, System::Ceiling, "rooms", n),
         0.0,
     ));

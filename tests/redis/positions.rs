@@ -99,13 +99,13 @@ impl Watcher {
             let delivery = tokio::select! {
                 biased;
                 delivery = self.rx.recv() => delivery,
-                () = self.channel.closed().cancelled() => self.rx.try_recv().ok(),
+                () = self.channel.closed() => self.rx.try_recv().ok(),
                 () = tokio::time::sleep(TIMEOUT * 2) => panic!("neither a change nor a close in time"),
             };
             match delivery {
-                Some(Delivery::Change { event, .. }) => {
-                    self.last = event.position.or(self.last);
-                    return Some(event.change.pk.as_i64().expect("numeric pk"));
+                Some(Delivery::Change(dispatched)) => {
+                    self.last = dispatched.event.position.or(self.last);
+                    return Some(dispatched.event.change.pk.as_i64().expect("numeric pk"));
                 }
                 Some(_) => continue,
                 None => return None,

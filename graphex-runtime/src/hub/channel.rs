@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::change::codec::{Event, Fetched};
 use crate::layer::LayerError;
@@ -16,28 +15,34 @@ use crate::subscribe::filter::Filter;
 use crate::subscribe::resume::{Admit, Resume};
 use crate::subscribe::row::RowFetch;
 
-/// What a channel's queue carries.
+/// What a channel's queue carries: one pointer (and its tag), so that a
+/// queue's block of slots, allocated with every channel, stays small.
 #[derive(Clone, Debug)]
 pub enum Delivery {
-    /// A decoded change, tagged with the group it came through.
-    Change {
-        /// The group the change was sent to.
-        group: Arc<str>,
-        /// The change, shared by every channel of the group.
-        event: Arc<Event>,
-        /// When the hub queued it: how long it waited tells a socket whether the server is behind.
-        queued_at: tokio::time::Instant,
-    },
+    /// A decoded change, as dispatched to the channels of one group.
+    Change(Arc<Dispatched>),
     /// The replay of a resumed subscribe, then its switch to live delivery
     /// (`subscribe/resume.rs`).
     Resume(Arc<Resume>),
+}
+
+/// A change dispatched to the local channels of one group: one per change
+/// and group, shared by the queues of every channel it is queued on.
+#[derive(Debug)]
+pub struct Dispatched {
+    /// The group the change was sent to.
+    pub group: Arc<str>,
+    /// The change, shared by every group of the change in this process.
+    pub event: Arc<Event>,
+    /// When the hub queued it: how long it waited tells a socket whether the server is behind.
+    pub queued_at: tokio::time::Instant,
 }
 
 impl Delivery {
     /// When the hub queued a change (a resume is not timed).
     pub fn queued_at(&self) -> Option<tokio::time::Instant> {
         match self {
-            Delivery::Change { queued_at, .. } => Some(*queued_at),
+            Delivery::Change(dispatched) => Some(dispatched.queued_at),
             Delivery::Resume(_) => None,
         }
     }
@@ -45,7 +50,7 @@ impl Delivery {
     /// The change, if this is one.
     pub fn event(&self) -> Option<&Arc<Event>> {
         match self {
-            Delivery::Change { event, .. } => Some(event),
+            Delivery::Change(dispatched) => Some(&dispatched.event),
             Delivery::Resume(_) => None,
         }
     }
@@ -203,11 +208,11 @@ pub enum CloseReason {
 
 /// One WebSocket connection's mailbox and subscriptions.
 pub struct Channel {
-    pub(super) id: String,
+    /// Shared with the hub's map of channels by id (one allocation).
+    pub(super) id: Arc<str>,
     pub(super) seq: u64,
     pub(super) owner: Option<String>,
     pub(super) tx: mpsc::Sender<Delivery>,
-    pub(super) closed: CancellationToken,
     pub(super) close_reason: OnceLock<CloseReason>,
     pub(super) subscriptions: Mutex<Subscriptions>,
     /// Signalled when the queue passes half its capacity: a socket holding
@@ -215,7 +220,10 @@ pub struct Channel {
     pub(super) pressure: tokio::sync::Notify,
     /// Signalled when a publisher waits for this lagging channel
     /// ([`Hub::publish`]) and its queue is back to three quarters or less,
-    /// or closed.
+    /// and when the channel is closed: both a waiting publisher and
+    /// [`Channel::closed`] check their condition again when it fires.
+    /// (One signal for both: a channel per connection, and a cancellation
+    /// token of its own cost every connection about 130 bytes.)
     pub(super) relieved: tokio::sync::Notify,
     /// Whether a publisher waits on `relieved` (saves a lock per write otherwise).
     pub(super) relief_wanted: AtomicBool,
@@ -260,9 +268,25 @@ impl Channel {
         self.sent.load(Ordering::Acquire)
     }
 
-    /// Resolves when the server closes this channel.
-    pub fn closed(&self) -> &CancellationToken {
-        &self.closed
+    /// Resolves once the server has closed this channel
+    /// ([`Channel::close_reason`] says why).
+    pub async fn closed(&self) {
+        loop {
+            let signal = self.relieved.notified();
+            tokio::pin!(signal);
+            // Registered before the check: a close between the two is not missed.
+            signal.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            // Also fires when a waiting publisher is relieved: check again.
+            signal.await;
+        }
+    }
+
+    /// Whether the server has closed this channel (a lock-free check).
+    pub fn is_closed(&self) -> bool {
+        self.close_reason.get().is_some()
     }
 
     /// Why the server closed the channel.
@@ -272,7 +296,7 @@ impl Channel {
 
     pub(crate) fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
-        self.closed.cancel();
+        // After the reason is set: a waiter woken here sees it.
         self.relieved.notify_waiters();
     }
 
@@ -316,7 +340,7 @@ impl Channel {
             relieved.as_mut().enable();
             self.relief_wanted.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
-            if !self.above_relief() || self.closed.is_cancelled() {
+            if !self.above_relief() || self.is_closed() {
                 return;
             }
             if tokio::time::timeout_at(until, relieved).await.is_err() {
@@ -372,7 +396,9 @@ impl Channel {
         frames: &mut Vec<T>,
     ) {
         match delivery {
-            Delivery::Change { group, event, .. } => self.select_change(group, event, None, &render, frames).await,
+            Delivery::Change(dispatched) => {
+                self.select_change(&dispatched.group, &dispatched.event, None, &render, frames).await;
+            }
             Delivery::Resume(resume) => {
                 // The replay, then what was held meanwhile: for the resumed
                 // subscriptions only, in order; then they are live.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{CloseReason, Delivery, Hub, LAGGING_KEPT, RECENT_KEPT};
+use super::{CloseReason, Delivery, Dispatched, Hub, LAGGING_KEPT, RECENT_KEPT};
 use crate::change::codec::{Change, DecodeError, Event};
 use crate::layer::Position;
 
@@ -133,19 +133,20 @@ impl Hub {
                 return;
             }
         };
-        let group: Arc<str> = Arc::from(group);
         let queued_at = tokio::time::Instant::now();
+        let dispatched = Arc::new(Dispatched { group: Arc::from(group), event, queued_at });
+        let (group, event) = (&dispatched.group, &dispatched.event);
         let mut delivered = 0;
         let mut filtered = 0;
         let mut lagging = Vec::new();
         let mut overflowed = Vec::new();
         let backpressure = self.inner.config.publish_backpressure.is_some();
         for channel in members.values() {
-            if !channel.may_take(&group, &event) {
+            if !channel.may_take(group, event) {
                 filtered += 1;
                 continue;
             }
-            let delivery = Delivery::Change { group: group.clone(), event: event.clone(), queued_at };
+            let delivery = Delivery::Change(dispatched.clone());
             match channel.tx.try_send(delivery) {
                 Ok(()) => {
                     channel.sent.fetch_add(1, Ordering::AcqRel);

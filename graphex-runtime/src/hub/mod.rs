@@ -41,7 +41,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::config::Config;
 use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 
-pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Subscription, SubscriptionKey};
+pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Dispatched, Subscription, SubscriptionKey};
 pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
 pub(crate) use sessions::Session;
@@ -53,7 +53,7 @@ struct Inner {
     node: String,
     layer: Arc<dyn ChannelLayer>,
     config: Config,
-    channels: RwLock<HashMap<String, Arc<Channel>>>,
+    channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     groups: Membership<Arc<Channel>>,
     next_seq: AtomicU64,
     stats: Arc<Counters>,
@@ -358,11 +358,10 @@ impl Hub {
     ) -> Result<(Arc<Channel>, mpsc::Receiver<Delivery>), ChannelError> {
         let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
         let channel = Arc::new(Channel {
-            id: format!("{}{}", self.inner.node, random_hex(CHANNEL_RANDOM_BYTES)),
+            id: Arc::from(format!("{}{}", self.inner.node, random_hex(CHANNEL_RANDOM_BYTES))),
             seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
             owner,
             tx,
-            closed: CancellationToken::new(),
             close_reason: OnceLock::new(),
             subscriptions: Mutex::default(),
             pressure: tokio::sync::Notify::new(),

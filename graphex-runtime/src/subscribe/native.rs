@@ -325,7 +325,7 @@ impl ChangeStream {
                 let channel = state.guard.channel.clone();
                 tokio::select! {
                     biased;
-                    () = channel.closed().cancelled() => {
+                    () = channel.closed() => {
                         let reason = channel.close_reason();
                         if reason == Some(CloseReason::Shutdown) {
                             // What was queued before the shutdown goes first.

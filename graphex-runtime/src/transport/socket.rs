@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
@@ -130,13 +130,16 @@ async fn pump<Si, St, E>(
     let mut heard = tokio::time::Instant::now();
     let mut last_write: Option<tokio::time::Instant> = None;
     loop {
+        // The branches in the order they are polled. A change is the usual
+        // wake-up: polled before the read half and the channel's close, a
+        // turn of the loop that writes one change polls neither (the read
+        // half costs a read attempt, which zero-fills tungstenite's read
+        // buffer; waiting for the close takes a lock). Each is still polled
+        // whenever the queue is empty, which is every turn that waits.
         tokio::select! {
             biased;
-            // Boxed: its state (the drain) would otherwise be part of every
-            // idle socket's future, a few hundred bytes per connection.
-            () = channel.closed().cancelled() => return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await,
             // The token that opened the socket expired: closed like any
-            // channel the server closes (the branch above, next turn).
+            // channel the server closes (the close branch, next turn).
             // A closure over the timer, not an `async fn` future: part of
             // every idle socket's state, so kept to one pointer.
             () = std::future::poll_fn(|cx| match expiry.as_mut() {
@@ -146,11 +149,15 @@ async fn pump<Si, St, E>(
                 expiry = None;
                 channel.close(CloseReason::TokenExpired);
             }
-            incoming = stream.next() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => heard = tokio::time::Instant::now(),
-            },
             _ = ping.tick(), if period.is_some() => {
+                // Under a steady stream of changes the read half may not
+                // have had a turn: what the peer sent meanwhile counts.
+                while let Some(incoming) = stream.next().now_or_never() {
+                    match incoming {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                        Some(Ok(_)) => heard = tokio::time::Instant::now(),
+                    }
+                }
                 if heard.elapsed() > live.idle {
                     tracing::debug!(channel = channel.id(), "nothing heard from the peer: closing");
                     return;
@@ -162,6 +169,11 @@ async fn pump<Si, St, E>(
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { return };
+                // Closed by the server: nothing more is written (a revoked
+                // principal gets nothing queued before the revocation).
+                if channel.is_closed() {
+                    return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await;
+                }
                 let hold = pacing.and_then(|pacing| {
                     pacing.hold_until(tokio::time::Instant::now(), delivery.queued_at(), last_write)
                 });
@@ -172,7 +184,7 @@ async fn pump<Si, St, E>(
                     // past half full ends the hold at once.
                     tokio::select! {
                         biased;
-                        () = channel.closed().cancelled() => return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await,
+                        () = channel.closed() => return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await,
                         () = channel.pressure().notified() => {}
                         () = tokio::time::sleep_until(until) => {}
                     }
@@ -193,15 +205,25 @@ async fn pump<Si, St, E>(
                 last_write = Some(tokio::time::Instant::now());
                 let write = write_frames(sink, &mut frames);
                 tokio::select! {
+                    // The write first: one that completes at once (the
+                    // usual case) never polls the close.
+                    biased;
                     done = tokio::time::timeout(live.send, write) => if !matches!(done, Ok(Ok(()))) { return },
                     // A client that stopped reading: give up on the write.
-                    () = channel.closed().cancelled() => return,
+                    () = channel.closed() => return,
                 }
                 // Once per write, not per delivery: one histogram update.
                 if let Some(oldest) = oldest {
                     written.observe(oldest.elapsed());
                 }
             }
+            incoming = stream.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
+            },
+            // Boxed: its state (the drain) would otherwise be part of every
+            // idle socket's future, a few hundred bytes per connection.
+            () = channel.closed() => return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await,
         }
     }
 }
