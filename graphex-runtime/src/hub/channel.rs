@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
@@ -225,6 +226,10 @@ pub struct Channel {
     /// (One signal for both: a channel per connection, and a cancellation
     /// token of its own cost every connection about 130 bytes.)
     pub(super) relieved: tokio::sync::Notify,
+    /// Woken when the channel is closed, for the task that serves its
+    /// two-channel socket ([`Channel::poll_closed`]: no lock, unlike a
+    /// `Notify`'s waiters, at each turn of the socket's loop).
+    pub(super) close_waker: AtomicWaker,
     /// Whether a publisher waits on `relieved` (saves a lock per write otherwise).
     pub(super) relief_wanted: AtomicBool,
     /// The client this channel and its subscriptions count against.
@@ -284,6 +289,16 @@ impl Channel {
         }
     }
 
+    /// Ready once the server has closed this channel. For the one task that
+    /// serves the channel's socket: it keeps one waker (a second task
+    /// polling it would take the wake-up from the first); any other waits
+    /// with [`Channel::closed`].
+    pub(crate) fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Registered before the check: a close between the two wakes it.
+        self.close_waker.register(cx.waker());
+        if self.is_closed() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    }
+
     /// Whether the server has closed this channel (a lock-free check).
     pub fn is_closed(&self) -> bool {
         self.close_reason.get().is_some()
@@ -298,6 +313,7 @@ impl Channel {
         let _ = self.close_reason.set(reason);
         // After the reason is set: a waiter woken here sees it.
         self.relieved.notify_waiters();
+        self.close_waker.wake();
     }
 
     // The queue's levels, from the hub's side (`tx.capacity()` is what is free):

@@ -366,6 +366,7 @@ impl Hub {
             subscriptions: Mutex::default(),
             pressure: tokio::sync::Notify::new(),
             relieved: tokio::sync::Notify::new(),
+            close_waker: futures_util::task::AtomicWaker::new(),
             relief_wanted: AtomicBool::new(false),
             client,
             sent: AtomicU64::new(0),

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::task::{ArcWake, AtomicWaker};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::config::WritePacing;
@@ -129,13 +133,14 @@ async fn pump<Si, St, E>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
     let mut last_write: Option<tokio::time::Instant> = None;
+    let gate = Arc::new(ReadGate { woken: AtomicBool::new(true), task: AtomicWaker::new() });
     loop {
         // The branches in the order they are polled. A change is the usual
-        // wake-up: polled before the read half and the channel's close, a
-        // turn of the loop that writes one change polls neither (the read
-        // half costs a read attempt, which zero-fills tungstenite's read
-        // buffer; waiting for the close takes a lock). Each is still polled
-        // whenever the queue is empty, which is every turn that waits.
+        // wake-up, so the queue comes before the read half and the close:
+        // a turn that finds a change polls neither. The read half is also
+        // gated (`ReadGate`): read only once its waker fired, since a read
+        // attempt is not free (tungstenite zero-fills its read buffer
+        // before each one, and the split socket takes its lock).
         tokio::select! {
             biased;
             // The token that opened the socket expired: closed like any
@@ -152,10 +157,12 @@ async fn pump<Si, St, E>(
             _ = ping.tick(), if period.is_some() => {
                 // Under a steady stream of changes the read half may not
                 // have had a turn: what the peer sent meanwhile counts.
-                while let Some(incoming) = stream.next().now_or_never() {
-                    match incoming {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                        Some(Ok(_)) => heard = tokio::time::Instant::now(),
+                loop {
+                    let read = std::future::poll_fn(|cx| std::task::Poll::Ready(gate.poll_next(&mut stream, cx)));
+                    match read.await {
+                        std::task::Poll::Pending => break,
+                        std::task::Poll::Ready(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                        std::task::Poll::Ready(Some(Ok(_))) => heard = tokio::time::Instant::now(),
                     }
                 }
                 if heard.elapsed() > live.idle {
@@ -184,7 +191,9 @@ async fn pump<Si, St, E>(
                     // past half full ends the hold at once.
                     tokio::select! {
                         biased;
-                        () = channel.closed() => return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await,
+                        () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => {
+                            return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await;
+                        }
                         () = channel.pressure().notified() => {}
                         () = tokio::time::sleep_until(until) => {}
                     }
@@ -210,21 +219,59 @@ async fn pump<Si, St, E>(
                     biased;
                     done = tokio::time::timeout(live.send, write) => if !matches!(done, Ok(Ok(()))) { return },
                     // A client that stopped reading: give up on the write.
-                    () = channel.closed() => return,
+                    () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => return,
                 }
                 // Once per write, not per delivery: one histogram update.
                 if let Some(oldest) = oldest {
                     written.observe(oldest.elapsed());
                 }
             }
-            incoming = stream.next() => match incoming {
+            incoming = std::future::poll_fn(|cx| gate.poll_next(&mut stream, cx)) => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
             // Boxed: its state (the drain) would otherwise be part of every
             // idle socket's future, a few hundred bytes per connection.
-            () = channel.closed() => return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await,
+            () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => {
+                return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await;
+            }
         }
+    }
+}
+
+/// Lets a socket's loop poll the read half only once the read half's
+/// waker fired (or a read returned something: more may be buffered), not
+/// at every turn: the read half is polled with this gate's waker, which
+/// marks it and wakes the socket's task.
+struct ReadGate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for ReadGate {
+    fn wake_by_ref(gate: &Arc<Self>) {
+        gate.woken.store(true, Ordering::Release);
+        gate.task.wake();
+    }
+}
+
+impl ReadGate {
+    fn poll_next<St: Stream + Unpin>(
+        self: &Arc<Self>,
+        stream: &mut St,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<St::Item>> {
+        // Registered before the check: a wake-up between the two is not lost.
+        self.task.register(cx.waker());
+        if !self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = futures_util::task::waker_ref(self);
+        let polled = stream.poll_next_unpin(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            self.woken.store(true, Ordering::Release);
+        }
+        polled
     }
 }
 
