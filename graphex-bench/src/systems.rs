@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::{Context, EmptyMutation, MergedSubscription, Object, Schema, Subscription};
 use async_graphql_axum::GraphQLSubscription;
 use axum::serve::ListenerExt;
 use bytes::Bytes;
+use futures_util::task::{ArcWake, AtomicWaker};
 use futures_util::{SinkExt, Stream, StreamExt};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
 use serde_json::{Map, Value as Json};
@@ -373,8 +374,11 @@ async fn group_commit(db: DatabaseConnection, hub: graphex::Hub, mut rows: mpsc:
         let models: Vec<message::Model> = batch.iter().map(|(row, _)| row.clone()).collect();
         let saved = hub
             .scope(async {
+                // The ids are the bench's own: nothing to read back. (`exec`
+                // adds `RETURNING`, whose rows come back one by one through
+                // sqlx's worker thread.)
                 message::Entity::insert_many(models.iter().cloned().map(IntoActiveModel::into_active_model))
-                    .exec(&db)
+                    .exec_without_returning(&db)
                     .await?;
                 graphex::announce_many(&models, graphex::Action::Create).await;
                 Ok::<(), sea_orm::DbErr>(())
@@ -588,6 +592,40 @@ impl Target for CeilingTarget {
     }
 }
 
+/// The ceiling's own copy of graphex's read gate (the ceiling depends on
+/// none of graphex's socket code): the read half is polled with this
+/// gate's waker, and only once it fired or a read returned something.
+struct ReadGate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for ReadGate {
+    fn wake_by_ref(gate: &Arc<Self>) {
+        gate.woken.store(true, Ordering::Release);
+        gate.task.wake();
+    }
+}
+
+impl ReadGate {
+    fn poll_next<St: Stream + Unpin>(
+        self: &Arc<Self>,
+        stream: &mut St,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<St::Item>> {
+        self.task.register(cx.waker());
+        if !self.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        let waker = futures_util::task::waker_ref(self);
+        let polled = stream.poll_next_unpin(&mut std::task::Context::from_waker(&waker));
+        if polled.is_ready() {
+            self.woken.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
 async fn ceiling_accept(listener: TcpListener, registry: Arc<Mutex<Registry>>, pacing: Option<graphex::WritePacing>) {
     while let Ok((stream, _)) = listener.accept().await {
         tokio::spawn(ceiling_connection(stream, registry.clone(), pacing));
@@ -627,8 +665,14 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>, p
     }
     if sink.send(Message::text("ready")).await.is_ok() {
         let mut last_write: Option<tokio::time::Instant> = None;
+        let gate = Arc::new(ReadGate { woken: AtomicBool::new(true), task: AtomicWaker::new() });
         loop {
+            // As graphex's socket loop: the queue first, and the read half
+            // only once its waker fired, so that a turn that writes one
+            // frame makes no read attempt (tungstenite zero-fills its read
+            // buffer before each).
             tokio::select! {
+                biased;
                 frame = rx.recv() => {
                     let Some((frame, queued_at)) = frame else { break };
                     // graphex's rules: a frame that waited past `busy_after`
@@ -654,7 +698,7 @@ async fn ceiling_connection(stream: TcpStream, registry: Arc<Mutex<Registry>>, p
                         break;
                     }
                 }
-                message = incoming.next() => match message {
+                message = std::future::poll_fn(|cx| gate.poll_next(&mut incoming, cx)) => match message {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(_)) => {}
                 },
