@@ -103,7 +103,13 @@ impl Clause {
 
     /// Decides the clause on a change's values; `None` when the field is not there.
     pub fn matches(&self, values: &Map<String, Json>) -> Option<bool> {
-        let actual = values.get(self.name)?;
+        // A change's values come in the model's field order (`values()`):
+        // the field is looked for at its position first, by name only if
+        // another field is there (hashing the name cost more than the test).
+        let actual = match values.iter().nth(self.field) {
+            Some((name, value)) if name == self.name => value,
+            _ => values.get(self.name)?,
+        };
         Some(eval(self.lookup, actual, &self.value))
     }
 }

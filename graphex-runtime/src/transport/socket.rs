@@ -3,12 +3,11 @@
 //! batches with write pacing, until either side closes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-
 use futures_util::task::{ArcWake, AtomicWaker};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -133,14 +132,15 @@ async fn pump<Si, St, E>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
     let mut last_write: Option<tokio::time::Instant> = None;
-    let gate = Arc::new(ReadGate { woken: AtomicBool::new(true), task: AtomicWaker::new() });
+    let (read_gate, ping_gate) = (Gate::new(), Gate::new());
     loop {
         // The branches in the order they are polled. A change is the usual
         // wake-up, so the queue comes before the read half and the close:
-        // a turn that finds a change polls neither. The read half is also
-        // gated (`ReadGate`): read only once its waker fired, since a read
-        // attempt is not free (tungstenite zero-fills its read buffer
-        // before each one, and the split socket takes its lock).
+        // a turn that finds a change polls neither. The read half and the
+        // ping timer are also gated (`Gate`): polled only once their waker
+        // fired, since a read attempt is not free (tungstenite zero-fills
+        // its read buffer before each one, and the split socket takes its
+        // lock) and neither is a timer's poll.
         tokio::select! {
             biased;
             // The token that opened the socket expired: closed like any
@@ -154,15 +154,14 @@ async fn pump<Si, St, E>(
                 expiry = None;
                 channel.close(CloseReason::TokenExpired);
             }
-            _ = ping.tick(), if period.is_some() => {
+            _ = std::future::poll_fn(|cx| ping_gate.poll(cx, |cx| ping.poll_tick(cx))), if period.is_some() => {
                 // Under a steady stream of changes the read half may not
                 // have had a turn: what the peer sent meanwhile counts.
                 loop {
-                    let read = std::future::poll_fn(|cx| std::task::Poll::Ready(gate.poll_next(&mut stream, cx)));
-                    match read.await {
-                        std::task::Poll::Pending => break,
-                        std::task::Poll::Ready(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
-                        std::task::Poll::Ready(Some(Ok(_))) => heard = tokio::time::Instant::now(),
+                    match std::future::poll_fn(|cx| Poll::Ready(read_gate.poll(cx, |cx| stream.poll_next_unpin(cx)))).await {
+                        Poll::Pending => break,
+                        Poll::Ready(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                        Poll::Ready(Some(Ok(_))) => heard = tokio::time::Instant::now(),
                     }
                 }
                 if heard.elapsed() > live.idle {
@@ -212,21 +211,27 @@ async fn pump<Si, St, E>(
                     continue;
                 }
                 last_write = Some(tokio::time::Instant::now());
-                let write = write_frames(sink, &mut frames);
-                tokio::select! {
-                    // The write first: one that completes at once (the
-                    // usual case) never polls the close.
-                    biased;
-                    done = tokio::time::timeout(live.send, write) => if !matches!(done, Ok(Ok(()))) { return },
-                    // A client that stopped reading: give up on the write.
-                    () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => return,
+                let mut write = std::pin::pin!(write_frames(sink, &mut frames));
+                // Most writes complete at once (the kernel takes the bytes):
+                // only one that does not is timed, and raced with the close.
+                let done = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                    Poll::Ready(done) => done.is_ok(),
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        done = tokio::time::timeout(live.send, write) => matches!(done, Ok(Ok(()))),
+                        // A client that stopped reading: give up on the write.
+                        () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => false,
+                    },
+                };
+                if !done {
+                    return;
                 }
                 // Once per write, not per delivery: one histogram update.
                 if let Some(oldest) = oldest {
                     written.observe(oldest.elapsed());
                 }
             }
-            incoming = std::future::poll_fn(|cx| gate.poll_next(&mut stream, cx)) => match incoming {
+            incoming = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
@@ -239,35 +244,37 @@ async fn pump<Si, St, E>(
     }
 }
 
-/// Lets a socket's loop poll the read half only once the read half's
-/// waker fired (or a read returned something: more may be buffered), not
-/// at every turn: the read half is polled with this gate's waker, which
-/// marks it and wakes the socket's task.
-struct ReadGate {
+/// Lets a socket's loop poll one of its sources (the read half, the ping
+/// timer) only once that source's waker fired, not at every turn of the
+/// loop: the source is polled with this gate's waker, which marks the gate
+/// and wakes the socket's task. Open at first (the first poll registers),
+/// and again after the source gave something (it may have more).
+struct Gate {
     woken: AtomicBool,
     task: AtomicWaker,
 }
 
-impl ArcWake for ReadGate {
+impl ArcWake for Gate {
     fn wake_by_ref(gate: &Arc<Self>) {
         gate.woken.store(true, Ordering::Release);
         gate.task.wake();
     }
 }
 
-impl ReadGate {
-    fn poll_next<St: Stream + Unpin>(
-        self: &Arc<Self>,
-        stream: &mut St,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<St::Item>> {
+impl Gate {
+    fn new() -> Arc<Gate> {
+        Arc::new(Gate { woken: AtomicBool::new(true), task: AtomicWaker::new() })
+    }
+
+    /// Polls the source through `poll` if the gate is open; pending otherwise.
+    fn poll<T>(self: &Arc<Self>, cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
         // Registered before the check: a wake-up between the two is not lost.
         self.task.register(cx.waker());
         if !self.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
         let waker = futures_util::task::waker_ref(self);
-        let polled = stream.poll_next_unpin(&mut Context::from_waker(&waker));
+        let polled = poll(&mut Context::from_waker(&waker));
         if polled.is_ready() {
             self.woken.store(true, Ordering::Release);
         }
