@@ -584,6 +584,21 @@ mod tests {
     }
 
     #[test]
+    fn a_clause_finds_its_field_whatever_the_order_of_the_values() {
+        let clause = Clause { field: 1, name: "name", lookup: Lookup::Exact, value: json!("Ann") };
+        let in_field_order = json!({"id": 1, "name": "Ann", "nick": null});
+        // Another order (a change encoded elsewhere), a missing field before it, none at all.
+        let reordered = json!({"name": "Ann", "nick": null, "id": 1});
+        let shifted = json!({"nick": null, "id": 1, "name": "Bob"});
+        for (values, expected) in
+            [(in_field_order, Some(true)), (reordered, Some(true)), (shifted, Some(false)), (json!({"id": 1}), None)]
+        {
+            let Json::Object(values) = values else { unreachable!() };
+            assert_eq!(clause.matches(&values), expected, "{values:?}");
+        }
+    }
+
+    #[test]
     fn a_null_in_an_in_list_matches_null() {
         assert!(eval(Lookup::In, &Json::Null, &json!(["a", null])));
         assert_eq!(
