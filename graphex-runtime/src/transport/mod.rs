@@ -17,6 +17,7 @@ pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod close;
 pub(crate) mod forward;
+pub(crate) mod gate;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod peer;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
+use crate::transport::gate::Gate;
 
 /// Shards per CPU by default. With the server pinned to one core and
 /// overloaded, one per CPU let a few sockets fall a whole queue behind
@@ -73,10 +74,15 @@ impl Shards {
 async fn run(mut incoming: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>, shutdown: CancellationToken) {
     let mut sockets = FuturesUnordered::new();
     let mut open = true;
+    // A shard wakes mostly for one of its sockets: the shutdown and the
+    // queue of new sockets are polled only once their own waker fired
+    // (polling the shutdown takes the token's lock).
+    let (shutdown_gate, incoming_gate) = (Gate::new(), Gate::new());
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
     loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled(), if open => {
+            () = std::future::poll_fn(|cx| shutdown_gate.poll(cx, |cx| cancelled.as_mut().poll(cx))), if open => {
                 // Sockets handed over from now on run as tasks of their own
                 // (`Shards::run`); those already queued run here.
                 incoming.close();
@@ -85,7 +91,7 @@ async fn run(mut incoming: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>, shut
                 }
                 open = false;
             }
-            socket = incoming.recv(), if open => match socket {
+            socket = std::future::poll_fn(|cx| incoming_gate.poll(cx, |cx| incoming.poll_recv(cx))), if open => match socket {
                 // A panic ends its own socket, not the shard's others.
                 Some(socket) => sockets.push(AssertUnwindSafe(socket).catch_unwind()),
                 None => open = false,

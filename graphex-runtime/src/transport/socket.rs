@@ -3,12 +3,10 @@
 //! batches with write pacing, until either side closes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::task::{ArcWake, AtomicWaker};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -18,6 +16,7 @@ use crate::transport::close::{
     CLOSE_CURSOR_EXPIRED, CLOSE_DISCONNECTED, CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED,
 };
+use crate::transport::gate::Gate;
 
 /// Most deliveries written to a socket before one flush.
 const WRITE_BATCH: usize = 256;
@@ -241,44 +240,6 @@ async fn pump<Si, St, E>(
                 return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await;
             }
         }
-    }
-}
-
-/// Lets a socket's loop poll one of its sources (the read half, the ping
-/// timer) only once that source's waker fired, not at every turn of the
-/// loop: the source is polled with this gate's waker, which marks the gate
-/// and wakes the socket's task. Open at first (the first poll registers),
-/// and again after the source gave something (it may have more).
-struct Gate {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl ArcWake for Gate {
-    fn wake_by_ref(gate: &Arc<Self>) {
-        gate.woken.store(true, Ordering::Release);
-        gate.task.wake();
-    }
-}
-
-impl Gate {
-    fn new() -> Arc<Gate> {
-        Arc::new(Gate { woken: AtomicBool::new(true), task: AtomicWaker::new() })
-    }
-
-    /// Polls the source through `poll` if the gate is open; pending otherwise.
-    fn poll<T>(self: &Arc<Self>, cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        // Registered before the check: a wake-up between the two is not lost.
-        self.task.register(cx.waker());
-        if !self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let waker = futures_util::task::waker_ref(self);
-        let polled = poll(&mut Context::from_waker(&waker));
-        if polled.is_ready() {
-            self.woken.store(true, Ordering::Release);
-        }
-        polled
     }
 }
 
