@@ -13,6 +13,12 @@ use super::{CloseReason, Delivery, Dispatched, Hub, LAGGING_KEPT, RECENT_KEPT};
 use crate::change::codec::{Change, DecodeError, Event};
 use crate::layer::Position;
 
+/// A change dispatched here lately, with the message it was decoded from.
+pub(super) struct Recent {
+    message: Bytes,
+    event: Arc<Event>,
+}
+
 tokio::task_local! {
     /// When the change being published in this task was handed to the
     /// layer; taken by the first dispatch that queues it.
@@ -79,19 +85,38 @@ impl Hub {
         }
     }
 
-    /// The shared event of a decoded change: the one already made for
-    /// another group of the same change (same nonce, same content), so that
-    /// its frames are rendered and its row is read once per process; else a new one.
-    fn event(&self, change: Change, position: Option<Position>) -> Arc<Event> {
-        if change.nonce == 0 {
-            return Arc::new(Event::new(change, position));
-        }
+    /// The shared event of a change: the one already made for another
+    /// group of the same change, so that its frames are rendered and its
+    /// row is read once per process; else a new one. The same buffer at the
+    /// same position is the same change without decoding it again (a
+    /// [`Bytes`] is immutable, and the one kept here keeps its memory from
+    /// being reused); else the same nonce and content. Without a position
+    /// or a nonce, two equal messages may be two changes: never shared.
+    fn event(&self, message: &Bytes, position: Option<Position>) -> Result<Arc<Event>, DecodeError> {
         let recent = || self.inner.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let known = |event: &&Arc<Event>| {
-            event.change.nonce == change.nonce && event.position == position && event.change == change
+        let same_buffer = |kept: &&Recent| {
+            kept.event.position == position
+                && kept.message.as_ptr() == message.as_ptr()
+                && kept.message.len() == message.len()
         };
-        if let Some(event) = recent().iter().find(known) {
-            return event.clone();
+        if position.is_some()
+            && !message.is_empty()
+            && let Some(kept) = recent().iter().find(same_buffer)
+        {
+            return Ok(kept.event.clone());
+        }
+        let change = Change::decode(message)?;
+        if change.nonce != 0 {
+            let known = |kept: &&Recent| {
+                kept.event.change.nonce == change.nonce
+                    && kept.event.position == position
+                    && kept.event.change == change
+            };
+            if let Some(kept) = recent().iter().find(known) {
+                return Ok(kept.event.clone());
+            }
+        } else if position.is_none() {
+            return Ok(Arc::new(Event::new(change, position)));
         }
         // Rendered outside the lock; two groups of one change dispatched at
         // once may each make one (nothing is wrong, only shared less).
@@ -100,28 +125,28 @@ impl Hub {
         if kept.len() >= RECENT_KEPT {
             kept.pop_front();
         }
-        kept.push_back(event.clone());
-        event
+        kept.push_back(Recent { message: message.clone(), event: event.clone() });
+        Ok(event)
     }
 
     /// Fans a layer message out to the local members of `group`.
-    pub(super) fn dispatch(&self, group: &str, position: Option<Position>, message: &[u8]) {
+    pub(super) fn dispatch(&self, group: &str, position: Option<Position>, message: Bytes) {
         // A revocation names a principal whose connections end here too.
         if group == crate::change::group::REVOKE {
-            if let Ok(principal) = std::str::from_utf8(message) {
+            if let Ok(principal) = std::str::from_utf8(&message) {
                 self.revoke_here(principal);
             }
             return;
         }
         // Custom groups live in their own namespace and carry payloads, not changes.
         if crate::change::group::is_custom(group) {
-            return self.inner.custom.dispatch(group, message, &self.inner.stats);
+            return self.inner.custom.dispatch(group, &message, &self.inner.stats);
         }
         let groups = self.inner.groups.members();
         let Some(members) = groups.get(group) else { return };
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
-        let event = match Change::decode(message) {
-            Ok(change) => self.event(change, position),
+        let event = match self.event(&message, position) {
+            Ok(event) => event,
             Err(error @ DecodeError::UnknownVersion(_)) => {
                 self.inner.stats.unreadable.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%group, %error, "change of a newer release not delivered");

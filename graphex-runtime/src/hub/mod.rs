@@ -68,9 +68,11 @@ struct Inner {
     lagging: Mutex<Vec<Arc<Channel>>>,
     /// What each client holds, against the per-client caps.
     clients: clients::Clients,
-    /// The last changes dispatched here (at most [`RECENT_KEPT`]): a change
-    /// sent to several groups is decoded once, and its row read once.
-    recent: Mutex<std::collections::VecDeque<Arc<crate::change::codec::Event>>>,
+    /// The last changes dispatched here (at most [`RECENT_KEPT`]), with the
+    /// message each was decoded from: a change sent to several groups is
+    /// decoded once when the layer hands over the same buffer for each (in
+    /// memory), its frames rendered once and its row read once.
+    recent: Mutex<std::collections::VecDeque<dispatch::Recent>>,
     /// Changes decoded for replays, by position (at most [`REPLAYED_KEPT`]):
     /// clients resuming after the same outage share each decode.
     replayed: Mutex<Replayed>,
@@ -210,7 +212,7 @@ impl Hub {
         inner.layer.start(crate::layer::Inbound::new(
             move |group: &str, position, message: Bytes| {
                 if let Some(inner) = weak.upgrade() {
-                    Hub { inner }.dispatch(group, position, &message);
+                    Hub { inner }.dispatch(group, position, message);
                 }
             },
             move |stream: &str| {

@@ -424,3 +424,27 @@ fn a_queue_slot_holds_one_pointer_and_its_tag() {
     // (BENCHMARKS.md, "Session 12").
     assert!(std::mem::size_of::<Delivery>() <= 16, "{} bytes", std::mem::size_of::<Delivery>());
 }
+
+#[tokio::test]
+async fn a_change_sent_to_several_groups_in_memory_is_decoded_once_per_position() {
+    let hub = Hub::default();
+    let coarse = group::coarse("users", Action::Create);
+    let instance = group::instance("users", Action::Create, &serde_json::json!(7));
+    let (a, mut rx_a) = hub.open_channel(None).unwrap();
+    let (b, mut rx_b) = hub.open_channel(None).unwrap();
+    hub.add_subscription(&a, Subscription::of_users(&coarse, Action::Create, None)).await.unwrap();
+    hub.add_subscription(&b, Subscription::of_users(&instance, Action::Create, None)).await.unwrap();
+    // A version-1 message has no nonce, so only the buffer can tell that
+    // the two groups carry one change.
+    let message = Bytes::from_static(br#"{"stream":"users","model":"user","action":"create","pk":7,"pk_field":"id"}"#);
+    let groups = [coarse.clone(), instance.clone()];
+    hub.publish(&groups, message.clone()).await;
+    let first = rx_a.try_recv().unwrap().event().unwrap().clone();
+    assert!(Arc::ptr_eq(&first, rx_b.try_recv().unwrap().event().unwrap()), "one decode, one event for both groups");
+    // The same buffer published again is another change, at another position.
+    hub.publish(&groups, message).await;
+    let again = rx_a.try_recv().unwrap().event().unwrap().clone();
+    assert!(!Arc::ptr_eq(&first, &again));
+    assert!(again.position.unwrap().offset > first.position.unwrap().offset);
+    assert!(Arc::ptr_eq(&again, rx_b.try_recv().unwrap().event().unwrap()));
+}
