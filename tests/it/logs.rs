@@ -46,12 +46,21 @@ impl Captured {
 async fn connections_and_subscribes_are_logged_with_who_and_where() {
     let captured = Captured::default();
     let writer = captured.clone();
+    // tracing caches each callsite's interest for the whole process, and
+    // while at most one dispatcher exists it asks only the registering
+    // thread's: a test on another thread (no subscriber) that reaches a
+    // callsite first would disable it for this one too (2 runs in 10 of the
+    // suite lost every line but one). A second live dispatcher makes the
+    // interest the union of all of them; the rebuild repairs what was
+    // cached before.
+    let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
     let _logging = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .with_env_filter(tracing_subscriber::EnvFilter::new("graphex_runtime=debug"))
         .finish()
         .set_default();
+    tracing::callsite::rebuild_interest_cache();
 
     let db = crate::app::connect("sqlite::memory:", None).await;
     let hub = Hub::default();

@@ -469,7 +469,8 @@ impl Drop for Ending {
 }
 
 fn offer(hub: &Hub, member: &Arc<Member>, payload: &Arc<str>, capacity: usize) {
-    if member.ended.is_cancelled() {
+    // Set before the token is cancelled, and read without its lock.
+    if member.reason.get().is_some() {
         return;
     }
     if member.pending.fetch_add(1, Ordering::Relaxed) >= capacity {

@@ -16,7 +16,9 @@
 //! it enforces, with its unit tests.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use async_graphql::http::{WebSocketProtocols as Protocols, WsMessage};
@@ -33,6 +35,7 @@ use crate::hub::Hub;
 use crate::model::{Denied, Principal};
 use crate::subscribe::shared::{self, Execute, Frame, Ticket};
 use crate::transport::auth::{Authenticated, Authenticator};
+use crate::transport::gate::Gate;
 use crate::transport::socket::SHUTDOWN_DRAIN;
 
 use crate::transport::close::*;
@@ -415,10 +418,19 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     let keep_alive_period = config.keep_alive.filter(|_| keep_alive_on).unwrap_or(Duration::from_secs(3600));
     let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive_period, keep_alive_period);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Shared frames are the usual wake-up: the other sources (the client's
+    // messages, async-graphql's, the keep-alive timer, the shutdown) are
+    // polled only once their own waker fired (`Gate`), as a two-channel
+    // socket's are. Polling async-graphql's connection, the split read
+    // half or the shutdown token is not free (the token takes a lock).
+    let (read_gate, graphql_gate, keep_alive_gate, shutdown_gate) =
+        (Gate::new(), Gate::new(), Gate::new(), Gate::new());
+    let shutdown_signal = shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
 
     let close: Option<(u16, String)> = loop {
         tokio::select! {
-            () = shutdown.cancelled() => {
+            () = std::future::poll_fn(|cx| shutdown_gate.poll(cx, |cx| shutdown_signal.as_mut().poll(cx))) => {
                 // What the connection's streams held at shutdown is written
                 // first (at most `SHUTDOWN_DRAIN`), then 1001, with no
                 // `complete`: the client's subscriptions resume from their
@@ -488,13 +500,13 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
             () = &mut init_deadline, if !ops.init_received => {
                 break Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
-            _ = keep_alive.tick(), if ops.acked && keep_alive_on => {
+            _ = std::future::poll_fn(|cx| keep_alive_gate.poll(cx, |cx| keep_alive.poll_tick(cx))), if ops.acked && keep_alive_on => {
                 let ping = if ops.transport_ws { r#"{"type":"ping"}"# } else { r#"{"type":"ka"}"# };
                 if !sent(send_timeout, sink.send(Message::Text(Utf8Bytes::from_static(ping)))).await {
                     break None;
                 }
             }
-            outgoing = graphql.next() => match outgoing {
+            outgoing = std::future::poll_fn(|cx| graphql_gate.poll(cx, |cx| graphql.poll_next_unpin(cx))) => match outgoing {
                 None => {
                     let refused = lock(&shared).refused.clone();
                     break refused.map(|reason| (CLOSE_FORBIDDEN, format!("Forbidden: {reason}")));
@@ -544,7 +556,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     break None;
                 }
             }
-            incoming = stream.next() => {
+            incoming = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => {
                 let bytes = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => Bytes::from(text),
@@ -881,8 +893,14 @@ fn marked(bytes: &Bytes, id: &str, generation: u64) -> Option<Bytes> {
 
 /// Whether a send completed within `bound` (a peer that stopped reading
 /// makes no progress: the connection ends).
+/// Most sends complete at once (the kernel takes the bytes): only one that
+/// does not is timed.
 async fn sent<E>(bound: Duration, send: impl std::future::Future<Output = Result<(), E>>) -> bool {
-    matches!(tokio::time::timeout(bound, send).await, Ok(Ok(())))
+    let mut send = std::pin::pin!(send);
+    match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+        Poll::Ready(done) => done.is_ok(),
+        Poll::Pending => matches!(tokio::time::timeout(bound, send).await, Ok(Ok(()))),
+    }
 }
 
 /// An `error` message for one operation, in the negotiated protocol's shape.
