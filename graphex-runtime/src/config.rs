@@ -73,8 +73,9 @@ pub struct Config {
     /// every change as soon as its socket task runs. Default
     /// [`WritePacing::default`].
     pub write_pacing: Option<WritePacing>,
-    /// Tasks the two-channel sockets run in, each socket a future inside
-    /// one of them (`transport/shard.rs`), so that a change to many sockets wakes
+    /// Tasks the sockets (two-channel and standard-protocol) run in, each
+    /// socket a future inside one of them (`transport/shard.rs`), so that a
+    /// change to many sockets wakes
     /// a few tasks rather than one per socket and the rest of the process
     /// (the requests that save the next rows) is not queued behind the
     /// fan-out. Default 0: four per CPU (`std::thread::available_parallelism`).

@@ -89,7 +89,7 @@ async fn http_streams_write_what_they_hold_then_end_as_before() {
 /// `Hub::stopped` answered and the tasks still alive on that runtime once
 /// the server's state is dropped.
 fn serve_on_own_runtime(
-    addr_tx: std::sync::mpsc::Sender<(SocketAddr, Hub)>,
+    addr_tx: std::sync::mpsc::Sender<(SocketAddr, Hub, tokio::runtime::Handle)>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> (graphex::Stopped, usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -97,7 +97,7 @@ fn serve_on_own_runtime(
         let db = app::connect("sqlite::memory:", None).await;
         let hub = Hub::new(Config::default().with_stop_timeout(Duration::from_secs(5)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addr_tx.send((listener.local_addr().unwrap(), hub.clone())).unwrap();
+        addr_tx.send((listener.local_addr().unwrap(), hub.clone(), tokio::runtime::Handle::current())).unwrap();
         let shutdown = {
             let hub = hub.clone();
             async move {
@@ -129,7 +129,7 @@ async fn stopped_returns_once_every_task_of_the_hub_has_ended() {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let server = std::thread::spawn(move || serve_on_own_runtime(addr_tx, stop_rx));
-    let (addr, hub) = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
+    let (addr, hub, _) = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
 
     // A connection of each kind: two-channel, both standard protocols (one
     // of them sharing an execution with the SSE stream's twin), SSE.
@@ -154,6 +154,56 @@ async fn stopped_returns_once_every_task_of_the_hub_has_ended() {
         assert_eq!(client.expect_close(1001).await, "server shutting down");
     }
     while sse.read_more().await {}
+    let (stopped, alive) = tokio::task::spawn_blocking(move || server.join().unwrap()).await.unwrap();
+    assert!(stopped.is_clean(), "{stopped:?}");
+    assert_eq!(alive, 0, "tasks alive on the server's runtime after Hub::stopped");
+}
+
+/// Standard-protocol connections run inside the hub's shard tasks, as
+/// two-channel sockets do: a shared frame for many connections wakes a few
+/// shards, not a task per connection. Sixteen more connections leave the
+/// server's runtime with (about) as many live tasks as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_connections_run_in_the_hub_s_shards_not_a_task_each() {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let server = std::thread::spawn(move || serve_on_own_runtime(addr_tx, stop_rx));
+    let (addr, hub, runtime) = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
+    let alive = || runtime.metrics().num_alive_tasks();
+
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut client = Client::connected(addr, Proto::Transport, json!({})).await;
+        client.start("1", USER_CREATES).await;
+        clients.push(client);
+    }
+    wait_for("two subscribers", || hub.shared_subscriber_count() == 2).await;
+    // The upgrade tasks end once they handed their connection over.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = alive();
+    for _ in 0..16 {
+        let mut client = Client::connected(addr, Proto::Transport, json!({})).await;
+        client.start("1", USER_CREATES).await;
+        clients.push(client);
+    }
+    wait_for("eighteen subscribers", || hub.shared_subscriber_count() == 18).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while alive() > before + 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = alive();
+    assert!(after <= before + 2, "live tasks: {before} with 2 connections, {after} with 18");
+    // Every connection still gets its frames.
+    let change = prepare(&user(1), Action::Create);
+    hub.publish(&change.groups, change.message).await;
+    for client in &mut clients {
+        assert_eq!(client.expect_type("next").await["payload"]["data"]["userChanges"]["id"], json!(1));
+    }
+    drop(hub);
+    stop_tx.send(()).unwrap();
+    for client in &mut clients {
+        assert_eq!(client.expect_close(1001).await, "server shutting down");
+    }
     let (stopped, alive) = tokio::task::spawn_blocking(move || server.join().unwrap()).await.unwrap();
     assert!(stopped.is_clean(), "{stopped:?}");
     assert_eq!(alive, 0, "tasks alive on the server's runtime after Hub::stopped");

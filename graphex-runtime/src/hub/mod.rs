@@ -61,7 +61,8 @@ struct Inner {
     custom: crate::subscribe::custom::Registry,
     /// Cancelled by [`Hub::shutdown`]: standard-protocol connections close on it.
     shutdown: CancellationToken,
-    /// The tasks that run the two-channel sockets, started with the first one.
+    /// The tasks that run the sockets (two-channel and standard-protocol),
+    /// started with the first one.
     shards: OnceLock<crate::transport::shard::Shards>,
     /// Channels a dispatch left seven eighths full or more, for the next
     /// local publisher to wait on (at most [`LAGGING_KEPT`]).
@@ -407,7 +408,8 @@ impl Hub {
         &self.inner.shutdown
     }
 
-    /// Runs a two-channel socket in one of the hub's shard tasks.
+    /// Runs a socket (two-channel or standard-protocol) in one of the hub's
+    /// shard tasks.
     pub(crate) fn run_socket(&self, socket: BoxFuture<'static, ()>) {
         self.inner
             .shards

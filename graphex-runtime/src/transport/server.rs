@@ -608,17 +608,24 @@ where
             // Mutations sent over the socket announce their changes to this hub.
             let hub = state.hub.clone();
             let executor = Guarded { inner: state.schema.clone(), guard: state.guard.clone() };
-            hub.scope(serve_connection(
-                executor,
-                state.hub.clone(),
-                state.hooks.clone(),
-                state.protocol.clone(),
-                connection,
-                protocol,
-                sink,
-                stream,
-            ))
-            .await;
+            // The connection runs in one of the hub's shard tasks, as a
+            // two-channel socket does: a shared frame for many connections
+            // wakes a few shards, not one task per connection.
+            let shards = hub.clone();
+            let serve = async move {
+                hub.scope(serve_connection(
+                    executor,
+                    state.hub.clone(),
+                    state.hooks.clone(),
+                    state.protocol.clone(),
+                    connection,
+                    protocol,
+                    sink,
+                    stream,
+                ))
+                .await;
+            };
+            shards.run_socket(Box::pin(serve));
         })
         .into_response()
 }

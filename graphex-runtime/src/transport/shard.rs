@@ -1,5 +1,6 @@
-//! Socket shards: the two-channel sockets of a hub run as futures inside a
-//! few long-lived tasks instead of one task each.
+//! Socket shards: the sockets of a hub (two-channel sockets and
+//! standard-protocol connections) run as futures inside a few long-lived
+//! tasks instead of one task each.
 //!
 //! A change to N sockets then wakes at most one task per shard instead of
 //! N tasks, so a large fan-out no longer fills the executor's run queue:
@@ -98,7 +99,7 @@ async fn run(mut incoming: mpsc::UnboundedReceiver<BoxFuture<'static, ()>>, shut
             },
             Some(outcome) = sockets.next(), if !sockets.is_empty() => {
                 if outcome.is_err() {
-                    tracing::error!("a two-channel socket task panicked; its connection is dropped");
+                    tracing::error!("a socket panicked; its connection is dropped");
                 }
             }
             else => return,
