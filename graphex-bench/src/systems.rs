@@ -123,9 +123,15 @@ impl Limits {
                 .with_max_subscriptions_per_client(RAISED_CAP)
                 .with_max_streams_per_client(RAISED_CAP),
         };
-        config.with_write_pacing(Some(pacing()))
+        let shards = std::env::var(SHARDS).ok().and_then(|count| count.parse().ok()).unwrap_or(0);
+        config.with_write_pacing(Some(pacing())).with_socket_shards(shards)
     }
 }
+
+/// The environment variable that sets [`graphex::Config::socket_shards`]
+/// for the graphex server (unset or `0`: the default, four per CPU), to
+/// compare shard counts without rebuilding.
+pub const SHARDS: &str = "GRAPHEX_BENCH_SHARDS";
 
 /// The environment variable that, set to `0`, leaves Nagle's algorithm on
 /// for the graphex and alternative servers' connections (`TCP_NODELAY`
