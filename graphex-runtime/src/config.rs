@@ -75,10 +75,9 @@ pub struct Config {
     pub write_pacing: Option<WritePacing>,
     /// Tasks the sockets (two-channel and standard-protocol) run in, each
     /// socket a future inside one of them (`transport/shard.rs`), so that a
-    /// change to many sockets wakes
-    /// a few tasks rather than one per socket and the rest of the process
-    /// (the requests that save the next rows) is not queued behind the
-    /// fan-out. Default 0: four per CPU (`std::thread::available_parallelism`).
+    /// change to many sockets wakes a few tasks rather than one per socket
+    /// and the rest of the process (the requests that save the next rows)
+    /// is not queued behind the fan-out. Default 0: four per CPU (`std::thread::available_parallelism`).
     pub socket_shards: usize,
     /// Backpressure on the producers: a publish that leaves a local
     /// socket's queue seven eighths full or more waits, after publishing,

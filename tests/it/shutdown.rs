@@ -124,12 +124,32 @@ fn serve_on_own_runtime(
     })
 }
 
+/// The reference app served on a thread and runtime of its own
+/// (`serve_on_own_runtime`).
+struct OwnServer {
+    addr: SocketAddr,
+    hub: Hub,
+    /// The server's runtime, for its task count.
+    runtime: tokio::runtime::Handle,
+    /// Starts the shutdown.
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Joined: what `Hub::stopped` answered and the tasks left.
+    server: std::thread::JoinHandle<(graphex::Stopped, usize)>,
+}
+
+impl OwnServer {
+    async fn start() -> OwnServer {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let server = std::thread::spawn(move || serve_on_own_runtime(addr_tx, stop_rx));
+        let (addr, hub, runtime) = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
+        OwnServer { addr, hub, runtime, stop, server }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_returns_once_every_task_of_the_hub_has_ended() {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let server = std::thread::spawn(move || serve_on_own_runtime(addr_tx, stop_rx));
-    let (addr, hub, _) = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
+    let OwnServer { addr, hub, stop: stop_tx, server, .. } = OwnServer::start().await;
 
     // A connection of each kind: two-channel, both standard protocols (one
     // of them sharing an execution with the SSE stream's twin), SSE.
@@ -165,10 +185,7 @@ async fn stopped_returns_once_every_task_of_the_hub_has_ended() {
 /// server's runtime with (about) as many live tasks as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_connections_run_in_the_hub_s_shards_not_a_task_each() {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let server = std::thread::spawn(move || serve_on_own_runtime(addr_tx, stop_rx));
-    let (addr, hub, runtime) = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
+    let OwnServer { addr, hub, runtime, stop: stop_tx, server } = OwnServer::start().await;
     let alive = || runtime.metrics().num_alive_tasks();
 
     let mut clients = Vec::new();

@@ -2,11 +2,17 @@
 //! socket) turned into a [`Principal`] by the application's [`Authenticator`],
 //! with the instant the token expires, if it does.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use axum::http::HeaderMap;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::model::Principal;
+use crate::transport::gate::Gate;
 
 /// Turns a bearer token into a principal. Requests without a token, or
 /// whose token yields `None`, are anonymous.
@@ -106,14 +112,6 @@ pub(crate) fn expiry(deadline: Option<tokio::time::Instant>) -> Expiry {
     deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline)))
 }
 
-/// Resolves when the connection's token expires; never without one.
-pub(crate) async fn expired(timer: &mut Expiry) {
-    match timer {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Why a connection's authorization ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -154,18 +152,44 @@ impl Ended {
     }
 }
 
-/// Resolves when the connection's token expires or its principal is
-/// revoked; never for a connection without either.
-pub(crate) async fn ended(expiry: &mut Expiry, session: Option<&crate::hub::Session>) -> Ended {
-    let revoked = async {
-        match session.and_then(crate::hub::Session::revoked) {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        biased;
-        () = revoked => Ended::Revoked,
-        () = expired(expiry) => Ended::TokenExpired,
+/// Resolves when the connection's principal is revoked (first) or its
+/// token expires; never for a connection without either. Made once and
+/// polled at every turn of the connection's loop: the wait on the
+/// revocation token registers once (with the token's lock), and both are
+/// polled only once one of them woke the task (`Gate`).
+pub(crate) struct Ending {
+    revoked: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    expiry: Expiry,
+    gate: Arc<Gate>,
+}
+
+impl Ending {
+    /// The end of `session` (its revocation) and of the token `expiry` times.
+    pub(crate) fn new(session: Option<&crate::hub::Session>, expiry: Expiry) -> Ending {
+        let revoked =
+            session.and_then(crate::hub::Session::revoked).map(|token| Box::pin(token.clone().cancelled_owned()));
+        Ending { revoked, expiry, gate: Gate::new() }
+    }
+}
+
+impl Future for Ending {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.get_mut();
+        let (revoked, expiry) = (&mut this.revoked, &mut this.expiry);
+        this.gate.poll(cx, |cx| {
+            if let Some(revocation) = revoked
+                && revocation.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ended::Revoked);
+            }
+            if let Some(timer) = expiry
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ended::TokenExpired);
+            }
+            Poll::Pending
+        })
     }
 }

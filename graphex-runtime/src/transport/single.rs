@@ -272,7 +272,6 @@ impl Reservations {
         let until = {
             let why = why.clone();
             async move {
-                let mut expiry = auth::expiry(deadline);
                 tokio::select! {
                     () = ended.cancelled() => {}
                     () = async {
@@ -286,7 +285,7 @@ impl Reservations {
                         }
                         tokio::time::sleep(SHUTDOWN_DRAIN).await;
                     } => {}
-                    ended = auth::ended(&mut expiry, session.as_ref()) => {
+                    ended = auth::Ending::new(session.as_ref(), auth::expiry(deadline)) => {
                         let _ = why.set(ended);
                     }
                 }

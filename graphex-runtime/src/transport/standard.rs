@@ -17,9 +17,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use async_graphql::http::{WebSocketProtocols as Protocols, WsMessage};
@@ -31,7 +30,6 @@ use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::hub::Hub;
 use crate::model::{Denied, Principal};
@@ -365,9 +363,9 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     let input = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
     let shutdown = hub.shutting_down().clone();
     // Set once acknowledged with a principal: registered for revocations
-    // while held (`revoked` below waits on it), and the token's expiry.
+    // while held, and how the connection's authorization ends.
     let mut _session: Option<crate::hub::Session> = None;
-    let mut expiry: crate::transport::auth::Expiry = None;
+    let mut ending = crate::transport::auth::Ending::new(None, None);
     let counters = hub.clone();
     let mut connection_data = Data::default();
     connection_data.insert(hub.clone());
@@ -428,11 +426,6 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     // half or the shutdown token is not free (the token takes a lock).
     let (read_gate, graphql_gate, keep_alive_gate, shutdown_gate) =
         (Gate::new(), Gate::new(), Gate::new(), Gate::new());
-    // The revocation and the token's expiry, once acknowledged with a
-    // principal: made once, not at every turn (waiting on the token
-    // registers with its lock), and gated like the rest.
-    let mut revoked: Option<Pin<Box<WaitForCancellationFutureOwned>>> = None;
-    let mut ended_gate = Gate::new();
     let shutdown_signal = shutdown.cancelled();
     tokio::pin!(shutdown_signal);
 
@@ -482,7 +475,7 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                 }
                 break Some((CLOSE_GOING_AWAY, "server shutting down".into()));
             }
-            ended = std::future::poll_fn(|cx| ended_gate.poll(cx, |cx| poll_ended(cx, &mut revoked, &mut expiry))) => {
+            ended = &mut ending => {
                 if ended == crate::transport::auth::Ended::TokenExpired {
                     counters.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -537,11 +530,9 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
                     // the client could follow with finds the connection.
                     if ops.just_acked && let Some(principal) = &connection.principal {
                         let opened = counters.session(&principal.id);
-                        revoked = opened.revoked().map(|token| Box::pin(token.clone().cancelled_owned()));
+                        let expiry = crate::transport::auth::expiry(connection.deadline(principal));
+                        ending = crate::transport::auth::Ending::new(Some(&opened), expiry);
                         _session = Some(opened);
-                        expiry = crate::transport::auth::expiry(connection.deadline(principal));
-                        // Open again: the new timer and token register at the next turn.
-                        ended_gate = Gate::new();
                     }
                     let keep_alive_now = std::mem::take(&mut ops.just_acked) && !ops.transport_ws;
                     if !sent(send_timeout, sink.send(Message::Text(text.into()))).await {
@@ -609,26 +600,6 @@ pub(crate) async fn serve_connection<E, Si, St, Er>(
     if ops.acked {
         hooks.on_disconnect(&connection).await;
     }
-}
-
-/// The connection's principal was revoked, or its token expired (a
-/// revocation first); pending without either.
-fn poll_ended(
-    cx: &mut Context<'_>,
-    revoked: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    expiry: &mut crate::transport::auth::Expiry,
-) -> Poll<crate::transport::auth::Ended> {
-    if let Some(revocation) = revoked
-        && revocation.as_mut().poll(cx).is_ready()
-    {
-        return Poll::Ready(crate::transport::auth::Ended::Revoked);
-    }
-    if let Some(timer) = expiry
-        && timer.as_mut().poll(cx).is_ready()
-    {
-        return Poll::Ready(crate::transport::auth::Ended::TokenExpired);
-    }
-    Poll::Pending
 }
 
 /// Writes the shared executions' frames queued before a message of

@@ -123,20 +123,21 @@ pub(crate) fn until_ended(
         return parts;
     }
     let hub = hub.clone();
-    let state = Some((parts, auth::expiry(deadline), session));
+    let ending = auth::Ending::new(session.as_ref(), auth::expiry(deadline));
+    let state = Some((parts, ending, session));
     futures_util::stream::unfold(state, move |state| {
         let hub = hub.clone();
         async move {
-            let (mut parts, mut expiry, session) = state?;
+            let (mut parts, mut ending, session) = state?;
             tokio::select! {
                 biased;
-                ended = auth::ended(&mut expiry, session.as_ref()) => {
+                ended = &mut ending => {
                     if ended == auth::Ended::TokenExpired {
                         hub.counters().tokens_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Some((Part::Own(Box::new(ended.response())), None))
                 }
-                part = parts.next() => part.map(|part| (part, Some((parts, expiry, session)))),
+                part = parts.next() => part.map(|part| (part, Some((parts, ending, session)))),
             }
         }
     })
