@@ -77,7 +77,7 @@ async fn user_hooks_run_and_changes_are_announced() {
     for action in Action::ALL {
         let subscription = Subscription {
             key: SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None, cursors: false },
-            group: graphex::__internals::group::coarse("items", action),
+            group: graphex::__internals::group::coarse("items", action).into(),
             filter: Default::default(),
             row: None,
             resume: None,

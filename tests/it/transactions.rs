@@ -106,7 +106,7 @@ impl Listener {
             for action in Action::ALL {
                 let subscription = Subscription {
                     key: SubscriptionKey { stream, action, id: None, filters: None, projection: None, cursors: false },
-                    group: graphex::__internals::group::coarse(stream, action),
+                    group: graphex::__internals::group::coarse(stream, action).into(),
                     filter: Default::default(),
                     row: None,
                     resume: None,

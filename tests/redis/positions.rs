@@ -66,7 +66,7 @@ impl Node {
                 projection: None,
                 cursors: false,
             },
-            group: graphex::__internals::group::coarse("users", Action::Create),
+            group: graphex::__internals::group::coarse("users", Action::Create).into(),
             filter: Default::default(),
             row: None,
             resume: None,
@@ -103,7 +103,7 @@ impl Watcher {
                 () = tokio::time::sleep(TIMEOUT * 2) => panic!("neither a change nor a close in time"),
             };
             match delivery {
-                Some(Delivery::Change(dispatched)) => {
+                Some(Delivery::Change(dispatched) | Delivery::Taken(dispatched, _)) => {
                     self.last = dispatched.event.position.or(self.last);
                     return Some(dispatched.event.change.pk.as_i64().expect("numeric pk"));
                 }

@@ -127,7 +127,8 @@ pub(crate) enum Step {
     /// A captured row of the open transaction: its change, or why it could
     /// not be made (logged and counted by the caller; the transaction's
     /// other changes are published).
-    Row(LogPosition, Result<Prepared, CaptureError>),
+    /// (Boxed: a prepared change is a few hundred bytes.)
+    Row(LogPosition, Box<Result<Prepared, CaptureError>>),
     /// The open transaction's commit: every row of it has been stepped.
     Commit {
         /// Its commit LSN (as in its rows' positions).
@@ -208,7 +209,7 @@ impl Assembler {
         let Some(capture) = self.tables.of(relation) else { return Ok(None) };
         let position = LogPosition { lsn: *lsn, index: *rows };
         *rows += 1;
-        Ok(Some(Step::Row(position, capture(action, relation, row, old))))
+        Ok(Some(Step::Row(position, Box::new(capture(action, relation, row, old)))))
     }
 }
 
@@ -266,11 +267,13 @@ mod tests {
         let (mut changes, mut errors, mut end) = (Vec::new(), Vec::new(), 0);
         for step in steps {
             match step {
-                Step::Row(position, Ok(prepared)) => {
-                    assert_eq!(position.lsn, 90, "the transaction's commit LSN, from its begin");
-                    changes.push((position.index, prepared));
-                }
-                Step::Row(_, Err(error)) => errors.push(error),
+                Step::Row(position, row) => match *row {
+                    Ok(prepared) => {
+                        assert_eq!(position.lsn, 90, "the transaction's commit LSN, from its begin");
+                        changes.push((position.index, prepared));
+                    }
+                    Err(error) => errors.push(error),
+                },
                 Step::Commit { end_lsn, .. } => end = end_lsn,
             }
         }

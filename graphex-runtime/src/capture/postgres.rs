@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::assemble::{Assembler, Step, Tables};
 use super::pgoutput::{self, Message};
+use crate::change::announce::Prepared;
 use crate::hub::Hub;
 use crate::model::ModelSubscription;
 
@@ -610,14 +611,17 @@ impl PostgresCapture {
                 // restart) is recognised by its log position and not
                 // published twice. The publish waits for room, and so
                 // slows the stream rather than buffering it.
-                Some(Step::Row(source, Ok(prepared))) => {
-                    self.hub.publish_captured(&prepared.groups, prepared.message, source).await;
-                    counters.changes.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(Step::Row(_, Err(error))) => {
-                    tracing::error!(%error, "captured row not published");
-                    counters.refused.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(Step::Row(source, row)) => match *row {
+                    Ok(prepared) => {
+                        let Prepared { groups, message, change } = prepared;
+                        self.hub.publish_captured(&groups, message, change, source).await;
+                        counters.changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "captured row not published");
+                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
                 Some(Step::Commit { commit_lsn, end_lsn }) => {
                     counters.published.fetch_max(commit_lsn, Ordering::Relaxed);
                     // Published (into the layer's history where it keeps

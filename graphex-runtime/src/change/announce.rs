@@ -50,6 +50,16 @@ pub struct Prepared {
     pub groups: Vec<String>,
     /// The encoded change.
     pub message: Bytes,
+    /// The change itself, handed to this process's dispatch when the layer
+    /// delivers in the publisher's task (in memory), so that the message
+    /// just encoded is not decoded again.
+    pub change: Option<Change>,
+}
+
+impl Prepared {
+    fn of(groups: Vec<String>, change: Change) -> Prepared {
+        Prepared { groups, message: change.encode(), change: Some(change) }
+    }
 }
 
 /// Serializes a change of `row` and names its groups.
@@ -61,7 +71,7 @@ pub fn prepare<M: ModelSubscription>(row: &M, action: Action) -> Prepared {
         let pairs: Vec<(&str, &Json)> = values.iter().map(|(name, value)| (*name, value)).collect();
         groups.push(group::indexed(M::STREAM, action, &pairs));
     }
-    Prepared { groups, message: change.encode() }
+    Prepared::of(groups, change)
 }
 
 /// As [`prepare`], for a row known only by its payload values, as
@@ -86,7 +96,7 @@ pub fn prepare_values<M: ModelSubscription>(action: Action, values: Map<String, 
         values: M::FULL_PAYLOAD.then_some(values),
         nonce: Change::nonce(),
     };
-    Prepared { groups, message: change.encode() }
+    Prepared::of(groups, change)
 }
 
 /// The coarse and per-instance groups of a change.
@@ -109,7 +119,7 @@ pub(crate) async fn send(prepared: Prepared) {
 /// Publishes a change to the hub in scope.
 async fn publish_now(prepared: Prepared) {
     match current_hub() {
-        Some(hub) => hub.publish(&prepared.groups, prepared.message).await,
+        Some(hub) => hub.publish_change(&prepared.groups, prepared.message, prepared.change).await,
         None => tracing::warn!("change not announced: no graphex hub in scope (see Hub::scope, set_global_hub)"),
     }
 }
@@ -206,5 +216,5 @@ pub(crate) fn prepare_pk<M: ModelSubscription>(pk: Json, action: Action) -> Prep
         pk,
         nonce: Change::nonce(),
     };
-    Prepared { groups: key_groups::<M>(action, &change.pk), message: change.encode() }
+    Prepared::of(key_groups::<M>(action, &change.pk), change)
 }

@@ -138,7 +138,7 @@ async fn publish_committed(changes: Vec<Prepared>) {
     };
     let publish = hub.clone().spawn(async move {
         for change in changes {
-            hub.publish(&change.groups, change.message).await;
+            hub.publish_change(&change.groups, change.message, change.change).await;
         }
     });
     if let Err(error) = publish.await

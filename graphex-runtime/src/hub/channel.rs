@@ -22,6 +22,11 @@ use crate::subscribe::row::RowFetch;
 pub enum Delivery {
     /// A decoded change, as dispatched to the channels of one group.
     Change(Arc<Dispatched>),
+    /// A change that every subscription of the channel on its group takes,
+    /// as decided when it was queued, while the channel's subscriptions
+    /// were at this version ([`Subscriptions::version`]): unless they
+    /// changed since, the socket does not decide the filters again.
+    Taken(Arc<Dispatched>, u32),
     /// The replay of a resumed subscribe, then its switch to live delivery
     /// (`subscribe/resume.rs`).
     Resume(Arc<Resume>),
@@ -43,7 +48,7 @@ impl Delivery {
     /// When the hub queued a change (a resume is not timed).
     pub fn queued_at(&self) -> Option<tokio::time::Instant> {
         match self {
-            Delivery::Change(dispatched) => Some(dispatched.queued_at),
+            Delivery::Change(dispatched) | Delivery::Taken(dispatched, _) => Some(dispatched.queued_at),
             Delivery::Resume(_) => None,
         }
     }
@@ -51,7 +56,7 @@ impl Delivery {
     /// The change, if this is one.
     pub fn event(&self) -> Option<&Arc<Event>> {
         match self {
-            Delivery::Change(dispatched) => Some(&dispatched.event),
+            Delivery::Change(dispatched) | Delivery::Taken(dispatched, _) => Some(&dispatched.event),
             Delivery::Resume(_) => None,
         }
     }
@@ -82,8 +87,9 @@ pub struct SubscriptionKey {
 pub struct Subscription {
     /// Its arguments.
     pub key: SubscriptionKey,
-    /// The group it receives from.
-    pub group: String,
+    /// The group it receives from: once added to a channel, the group's
+    /// shared name, the same allocation as what is dispatched to it.
+    pub group: Arc<str>,
     /// Scope and client filters merged, shared by the subscriptions of one subscribe.
     pub filter: Arc<Filter>,
     /// Reads the changed row back when the filter cannot be decided from the
@@ -155,7 +161,7 @@ impl Subscription {
                 projection: None,
                 cursors: false,
             },
-            group: group.to_owned(),
+            group: Arc::from(group),
             filter: Arc::default(),
             row: None,
             resume: None,
@@ -173,6 +179,13 @@ fn with_cursor(frame: &[u8], cursor: &str) -> Bytes {
     out.extend_from_slice(cursor.as_bytes());
     out.extend_from_slice(b"\"}");
     Bytes::from(out)
+}
+
+/// Whether a subscription's group is `group`: the same shared name (by
+/// pointer, without reading either), else the same text (a replay's groups
+/// are not the shared names).
+fn same_group(subscription: &Arc<str>, group: &Arc<str>) -> bool {
+    Arc::ptr_eq(subscription, group) || **subscription == **group
 }
 
 /// A subscription's decision on one change.
@@ -244,6 +257,29 @@ pub struct Channel {
 pub(super) struct Subscriptions {
     pub(super) list: Vec<Subscription>,
     pub(super) gone: bool,
+    /// Changed (wrapping) with every change of `list`, so that a verdict
+    /// carried by a queued [`Delivery::Taken`] is used only on the list it
+    /// was made on. (A wrap-around while one delivery waits in the queue
+    /// would take 2^32 subscribes and unsubscribes meanwhile.)
+    pub(super) version: u32,
+}
+
+impl Subscriptions {
+    /// Marks `list` changed.
+    pub(super) fn changed(&mut self) {
+        self.version = self.version.wrapping_add(1);
+    }
+}
+
+/// What the hub does with a change for one channel ([`Channel::may_take`]).
+pub(super) enum Queue {
+    /// No subscription of the channel takes it: not queued.
+    Skip,
+    /// Queued; the socket decides.
+    Decide,
+    /// Queued; every subscription on the group takes it, on this version
+    /// of the channel's subscriptions.
+    Take(u32),
 }
 
 impl std::fmt::Debug for Channel {
@@ -297,6 +333,18 @@ impl Channel {
         // Registered before the check: a close between the two wakes it.
         self.close_waker.register(cx.waker());
         if self.is_closed() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    }
+
+    /// Has the server's close of this channel wake `waker` (until another
+    /// waker is registered, by this or by [`Channel::poll_closed`]). For
+    /// the one task that serves the channel's socket, which checks
+    /// [`Channel::is_closed`] at each turn of its loop.
+    pub(crate) fn wake_on_close(&self, waker: &std::task::Waker) {
+        self.close_waker.register(waker);
+        if self.is_closed() {
+            // Closed before the registration: the wake-up is not lost.
+            waker.wake_by_ref();
+        }
     }
 
     /// Whether the server has closed this channel (a lock-free check).
@@ -381,16 +429,36 @@ impl Channel {
     /// so that the hub queues (and wakes the socket for) only what the
     /// channel's filters let through. Never waits: while a subscribe or a
     /// close holds the list, the socket decides.
-    pub(super) fn may_take(&self, group: &str, event: &Event) -> bool {
-        let Ok(subscriptions) = self.subscriptions.try_lock() else { return true };
-        subscriptions.list.iter().filter(|subscription| subscription.group == group).any(|subscription| {
-            match &subscription.resume {
+    pub(super) fn may_take(&self, group: &Arc<str>, event: &Event) -> Queue {
+        let Ok(subscriptions) = self.subscriptions.try_lock() else { return Queue::Decide };
+        let (mut any, mut all) = (false, true);
+        for subscription in subscriptions.list.iter().filter(|subscription| same_group(&subscription.group, group)) {
+            let takes = match &subscription.resume {
                 Some(resume) if !resume.wants(event) => false,
-                // Held while its replay is read: taken whatever its filter says.
-                Some(_) => true,
-                None => !matches!(subscription.verdict(event), Verdict::Skip),
-            }
-        })
+                // Held while its replay is read: taken whatever its filter
+                // says (the socket decides once it is live).
+                Some(_) => {
+                    all = false;
+                    true
+                }
+                None => match subscription.verdict(event) {
+                    Verdict::Take => true,
+                    Verdict::Skip => false,
+                    // Decided by the socket, once the row is read back.
+                    Verdict::Fetch(_) => {
+                        all = false;
+                        true
+                    }
+                },
+            };
+            any |= takes;
+            all &= takes;
+        }
+        match (any, all) {
+            (false, _) => Queue::Skip,
+            (true, false) => Queue::Decide,
+            (true, true) => Queue::Take(subscriptions.version),
+        }
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
@@ -413,13 +481,17 @@ impl Channel {
     ) {
         match delivery {
             Delivery::Change(dispatched) => {
-                self.select_change(&dispatched.group, &dispatched.event, None, &render, frames).await;
+                self.select_change(&dispatched.group, &dispatched.event, None, None, &render, frames).await;
+            }
+            Delivery::Taken(dispatched, version) => {
+                let (group, event) = (&dispatched.group, &dispatched.event);
+                self.select_change(group, event, None, Some(*version), &render, frames).await;
             }
             Delivery::Resume(resume) => {
                 // The replay, then what was held meanwhile: for the resumed
                 // subscriptions only, in order; then they are live.
                 for (group, event) in resume.switch() {
-                    self.select_change(&group, &event, Some(resume), &render, frames).await;
+                    self.select_change(&group, &event, Some(resume), None, &render, frames).await;
                 }
             }
         }
@@ -427,12 +499,14 @@ impl Channel {
 
     /// What the subscriptions on `group` take of `event`; with `only`, the
     /// subscriptions of that resumed subscribe (its replay), else every
-    /// live one.
+    /// live one. `taken`: the version of the subscriptions on which every
+    /// one on `group` was found to take `event` when it was queued.
     async fn select_change<T>(
         &self,
         group: &Arc<str>,
         event: &Arc<Event>,
         only: Option<&Arc<Resume>>,
+        taken: Option<u32>,
         render: &impl Fn(&Subscription, &Event) -> T,
         frames: &mut Vec<T>,
     ) {
@@ -440,7 +514,14 @@ impl Channel {
         let mut overflow = false;
         {
             let subscriptions = self.lock();
-            for subscription in subscriptions.list.iter().filter(|s| *s.group == **group) {
+            if taken.is_some_and(|version| version == subscriptions.version) {
+                // Decided when queued, on these very subscriptions (none of
+                // them resumed, every filter decided from the change).
+                let on_group = subscriptions.list.iter().filter(|s| same_group(&s.group, group));
+                frames.extend(on_group.map(|subscription| render(subscription, event)));
+                return;
+            }
+            for subscription in subscriptions.list.iter().filter(|s| same_group(&s.group, group)) {
                 match (only, &subscription.resume) {
                     (Some(only), _) if !crate::subscribe::resume::belongs(subscription, only) => continue,
                     (Some(_), _) | (None, None) => {}

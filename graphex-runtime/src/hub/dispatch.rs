@@ -3,12 +3,14 @@
 //! consumers closed, lagging sockets noted for the local publisher to wait
 //! on (backpressure).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::channel::Queue;
 use super::{CloseReason, Delivery, Dispatched, Hub, LAGGING_KEPT, RECENT_KEPT};
 use crate::change::codec::{Change, DecodeError, Event};
 use crate::layer::Position;
@@ -19,10 +21,32 @@ pub(super) struct Recent {
     event: Arc<Event>,
 }
 
+/// The change being published in this task, for a layer that dispatches
+/// in the publisher's task (in memory).
+struct Publishing {
+    /// When it was handed to the layer; taken by the first dispatch that queues it.
+    at: Cell<Option<tokio::time::Instant>>,
+    /// The change and its message as the layer was given it: the first
+    /// dispatch of that very buffer takes the change instead of decoding
+    /// the message (the buffer kept here cannot be reused meanwhile).
+    change: Cell<Option<(Bytes, Change)>>,
+}
+
 tokio::task_local! {
-    /// When the change being published in this task was handed to the
-    /// layer; taken by the first dispatch that queues it.
-    static PUBLISHED_AT: std::cell::Cell<Option<tokio::time::Instant>>;
+    static PUBLISHING: Publishing;
+}
+
+/// The change published in this task as `message`, if this is that buffer.
+fn published_here(message: &Bytes) -> Option<Change> {
+    let take = |publishing: &Publishing| {
+        let (kept, change) = publishing.change.take()?;
+        if kept.as_ptr() == message.as_ptr() && kept.len() == message.len() {
+            return Some(change);
+        }
+        publishing.change.set(Some((kept, change)));
+        None
+    };
+    PUBLISHING.try_with(take).ok().flatten()
 }
 
 impl Hub {
@@ -30,21 +54,43 @@ impl Hub {
     /// if local sockets are close to overflowing, waits for them a bounded
     /// time ([`crate::Config::publish_backpressure`]).
     pub(crate) async fn publish(&self, groups: &[String], message: Bytes) {
-        self.publish_from(groups, message, None).await;
+        self.publish_from(groups, message, None, None).await;
+    }
+
+    /// As [`Hub::publish`], with the change `message` encodes, if at hand:
+    /// a layer that dispatches in this task then does not decode it again.
+    pub(crate) async fn publish_change(&self, groups: &[String], message: Bytes, change: Option<Change>) {
+        self.publish_from(groups, message, change, None).await;
     }
 
     /// As [`Hub::publish`], for a change captured from the database's log
     /// at `source` (a resent one is dropped by a layer that keeps positions).
     #[cfg(feature = "postgres-capture")]
-    pub(crate) async fn publish_captured(&self, groups: &[String], message: Bytes, source: crate::layer::LogPosition) {
-        self.publish_from(groups, message, Some(source)).await;
+    pub(crate) async fn publish_captured(
+        &self,
+        groups: &[String],
+        message: Bytes,
+        change: Option<Change>,
+        source: crate::layer::LogPosition,
+    ) {
+        self.publish_from(groups, message, change, Some(source)).await;
     }
 
-    async fn publish_from(&self, groups: &[String], message: Bytes, source: Option<crate::layer::LogPosition>) {
+    async fn publish_from(
+        &self,
+        groups: &[String],
+        message: Bytes,
+        change: Option<Change>,
+        source: Option<crate::layer::LogPosition>,
+    ) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         let stream = groups.first().map_or("", |group| crate::change::group::stream_of(group));
         let layer = &self.inner.layer;
-        let publishing = async {
+        let publishing = Publishing {
+            at: Cell::new(Some(tokio::time::Instant::now())),
+            change: Cell::new(change.map(|change| (message.clone(), change))),
+        };
+        let publish = async {
             match source {
                 Some(source) => layer.publish_captured(stream, groups, message, source).await,
                 None => layer.publish_change(stream, groups, message).await,
@@ -52,7 +98,7 @@ impl Hub {
         };
         // A layer that delivers inline (in memory) dispatches in this task:
         // the first dispatch that queues the change observes publish-to-queue.
-        let published = PUBLISHED_AT.scope(std::cell::Cell::new(Some(tokio::time::Instant::now())), publishing).await;
+        let published = PUBLISHING.scope(publishing, publish).await;
         if let Err(error) = published {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             self.inner.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
@@ -105,7 +151,10 @@ impl Hub {
         {
             return Ok(kept.event.clone());
         }
-        let change = Change::decode(message)?;
+        let change = match published_here(message) {
+            Some(change) => change,
+            None => Change::decode(message)?,
+        };
         if change.nonce != 0 {
             let known = |kept: &&Recent| {
                 kept.event.change.nonce == change.nonce
@@ -143,7 +192,7 @@ impl Hub {
             return self.inner.custom.dispatch(group, &message, &self.inner.stats);
         }
         let groups = self.inner.groups.members();
-        let Some(members) = groups.get(group) else { return };
+        let Some((name, members)) = groups.get_key_value(group) else { return };
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         let event = match self.event(&message, position) {
             Ok(event) => event,
@@ -159,7 +208,8 @@ impl Hub {
             }
         };
         let queued_at = tokio::time::Instant::now();
-        let dispatched = Arc::new(Dispatched { group: Arc::from(group), event, queued_at });
+        // The group's shared name: subscriptions on it match it by pointer.
+        let dispatched = Arc::new(Dispatched { group: name.clone(), event, queued_at });
         let (group, event) = (&dispatched.group, &dispatched.event);
         let mut delivered = 0;
         let mut filtered = 0;
@@ -167,11 +217,14 @@ impl Hub {
         let mut overflowed = Vec::new();
         let backpressure = self.inner.config.publish_backpressure.is_some();
         for channel in members.values() {
-            if !channel.may_take(group, event) {
-                filtered += 1;
-                continue;
-            }
-            let delivery = Delivery::Change(dispatched.clone());
+            let delivery = match channel.may_take(group, event) {
+                Queue::Skip => {
+                    filtered += 1;
+                    continue;
+                }
+                Queue::Decide => Delivery::Change(dispatched.clone()),
+                Queue::Take(version) => Delivery::Taken(dispatched.clone(), version),
+            };
             match channel.tx.try_send(delivery) {
                 Ok(()) => {
                     channel.sent.fetch_add(1, Ordering::AcqRel);
@@ -200,7 +253,7 @@ impl Hub {
             self.inner.stats.filtered.fetch_add(filtered, Ordering::Relaxed);
         }
         if delivered > 0
-            && let Ok(Some(published)) = PUBLISHED_AT.try_with(std::cell::Cell::take)
+            && let Ok(Some(published)) = PUBLISHING.try_with(|publishing| publishing.at.take())
         {
             self.inner.stats.publish_to_queue.observe(queued_at.saturating_duration_since(published));
         }

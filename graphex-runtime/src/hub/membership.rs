@@ -6,13 +6,16 @@
 //! (the ordering rule, see ARCHITECTURE.md).
 
 use std::collections::HashMap;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::layer::ChannelLayer;
 
-/// The local members of each group, by member id.
+/// The local members of each group, by member id. A group's name is one
+/// shared `Arc<str>` while it has members ([`Membership::join`] gives it
+/// out), so that what is dispatched to it and the subscriptions on it can
+/// be matched by pointer.
 pub(crate) struct Membership<M> {
-    groups: RwLock<HashMap<String, HashMap<u64, M>>>,
+    groups: RwLock<HashMap<Arc<str>, HashMap<u64, M>>>,
 }
 
 impl<M> Default for Membership<M> {
@@ -22,14 +25,20 @@ impl<M> Default for Membership<M> {
 }
 
 impl<M> Membership<M> {
-    /// Adds member `id` to `group`; its first local member makes `layer` listen.
-    pub(crate) fn join(&self, layer: &dyn ChannelLayer, group: &str, id: u64, member: M) {
+    /// Adds member `id` to `group`; its first local member makes `layer`
+    /// listen. Returns the group's shared name.
+    pub(crate) fn join(&self, layer: &dyn ChannelLayer, group: &str, id: u64, member: M) -> Arc<str> {
         let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let members = groups.entry(group.to_owned()).or_default();
+        let name = match groups.get_key_value(group) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(group),
+        };
+        let members = groups.entry(name.clone()).or_default();
         members.insert(id, member);
         if members.len() == 1 {
             layer.listen(group);
         }
+        name
     }
 
     /// Removes member `id` from `group`; its last local member leaving makes `layer` unlisten.
@@ -44,7 +53,7 @@ impl<M> Membership<M> {
     }
 
     /// The members of `group`, read-locked while the caller fans out (never across `.await`).
-    pub(crate) fn members(&self) -> RwLockReadGuard<'_, HashMap<String, HashMap<u64, M>>> {
+    pub(crate) fn members(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, HashMap<u64, M>>> {
         self.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

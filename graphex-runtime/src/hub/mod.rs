@@ -560,13 +560,17 @@ impl Hub {
             // Given back one by one by `remove_subscription` (the undo
             // included) or all at once by `close_channel`.
             self.take(channel.client.as_ref(), Resource::Subscriptions, fresh.len())?;
-            for subscription in fresh {
-                let joins = !held.list.iter().any(|existing| existing.group == subscription.group);
+            for mut subscription in fresh {
                 undo.keys.push(subscription.key.clone());
-                if joins {
-                    self.join(&subscription.group, channel);
-                }
+                // The group's shared name (`Membership`), joined by the
+                // channel's first subscription on it.
+                let joined = held.list.iter().find(|existing| existing.group == subscription.group);
+                subscription.group = match joined {
+                    Some(existing) => existing.group.clone(),
+                    None => self.join(&subscription.group, channel),
+                };
                 held.list.push(subscription);
+                held.changed();
             }
             outcomes
         };
@@ -585,6 +589,7 @@ impl Hub {
         let position =
             subscriptions.list.iter().position(|existing| existing.key == *key).ok_or(ChannelError::NotSubscribed)?;
         let removed = subscriptions.list.swap_remove(position);
+        subscriptions.changed();
         self.release(channel.client.as_ref(), Resource::Subscriptions, 1);
         if !subscriptions.list.iter().any(|existing| existing.group == removed.group) {
             self.leave(&removed.group, channel);
@@ -602,7 +607,8 @@ impl Hub {
         let mut subscriptions = channel.lock();
         subscriptions.gone = true;
         self.release(channel.client.as_ref(), Resource::Subscriptions, subscriptions.list.len());
-        let mut groups: Vec<String> = subscriptions.list.drain(..).map(|s| s.group).collect();
+        let mut groups: Vec<Arc<str>> = subscriptions.list.drain(..).map(|s| s.group).collect();
+        subscriptions.changed();
         groups.sort_unstable();
         groups.dedup();
         for group in groups {
@@ -632,8 +638,9 @@ impl Hub {
     }
 
     /// Adds `channel` to `group`'s members (the layer listens on its first).
-    fn join(&self, group: &str, channel: &Arc<Channel>) {
-        self.inner.groups.join(self.inner.layer.as_ref(), group, channel.seq, channel.clone());
+    /// Returns the group's shared name.
+    fn join(&self, group: &str, channel: &Arc<Channel>) -> Arc<str> {
+        self.inner.groups.join(self.inner.layer.as_ref(), group, channel.seq, channel.clone())
     }
 
     /// Removes `channel` from `group`'s members (the layer unlistens on its last).

@@ -448,3 +448,95 @@ async fn a_change_sent_to_several_groups_in_memory_is_decoded_once_per_position(
     assert!(again.position.unwrap().offset > first.position.unwrap().offset);
     assert!(Arc::ptr_eq(&again, rx_b.try_recv().unwrap().event().unwrap()));
 }
+
+/// A subscription to user creations on `group` whose filter pins `room`.
+fn in_room(group: &str, room: i64) -> Subscription {
+    let mut subscription = Subscription::of_users(group, Action::Create, Some(serde_json::json!({ "room": room })));
+    subscription.filter = Arc::new(crate::subscribe::filter::Filter::of(vec![crate::subscribe::filter::Clause {
+        field: 1,
+        name: "room",
+        lookup: crate::model::Lookup::Exact,
+        value: room.into(),
+    }]));
+    subscription
+}
+
+fn created_in_room(pk: i64, room: i64) -> Change {
+    let row = serde_json::Map::from_iter([("id".to_owned(), pk.into()), ("room".to_owned(), room.into())]);
+    Change::user_created(pk, Some(row))
+}
+
+#[tokio::test]
+async fn a_verdict_made_when_queued_is_used_only_on_the_subscriptions_it_was_made_on() {
+    let hub = Hub::default();
+    let group = group::coarse("users", Action::Create);
+    let (channel, mut rx) = hub.open_channel(None).unwrap();
+    hub.add_subscription(&channel, in_room(&group, 1)).await.unwrap();
+    hub.publish(std::slice::from_ref(&group), created_in_room(1, 1).encode()).await;
+    let decided = rx.try_recv().unwrap();
+    assert!(matches!(decided, Delivery::Taken(..)), "every subscription on the group takes it: {decided:?}");
+    let mut frames = Vec::new();
+    channel.frames(&decided, &mut frames).await;
+    assert_eq!(frames.len(), 1);
+    // Queued as taken by the room-1 subscription; then, before the socket
+    // takes it, a subscription on the same group that does not take it
+    // (room 2) and one that does (no filter) are added: the verdict made
+    // on the old list is not used, each subscription decides.
+    hub.publish(std::slice::from_ref(&group), created_in_room(2, 1).encode()).await;
+    let queued = rx.try_recv().unwrap();
+    assert!(matches!(queued, Delivery::Taken(..)));
+    hub.add_subscription(&channel, in_room(&group, 2)).await.unwrap();
+    hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    frames.clear();
+    channel.frames(&queued, &mut frames).await;
+    assert_eq!(frames.len(), 2, "room 1 and the unfiltered one, not room 2");
+    // A subscription that does not take a change makes the socket decide.
+    hub.publish(std::slice::from_ref(&group), created_in_room(3, 2).encode()).await;
+    let mixed = rx.try_recv().unwrap();
+    assert!(matches!(mixed, Delivery::Change(..)), "room 1 does not take it: {mixed:?}");
+    frames.clear();
+    channel.frames(&mixed, &mut frames).await;
+    assert_eq!(frames.len(), 2, "room 2 and the unfiltered one");
+}
+
+#[tokio::test]
+async fn a_subscription_holds_its_group_s_shared_name() {
+    let hub = Hub::default();
+    let group = group::coarse("users", Action::Create);
+    let (a, _rx_a) = hub.open_channel(None).unwrap();
+    let (b, mut rx_b) = hub.open_channel(None).unwrap();
+    hub.add_subscription(&a, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    hub.add_subscription(&b, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    hub.add_subscription(&b, in_room(&group, 1)).await.unwrap();
+    let names: Vec<Arc<str>> = [&a, &b]
+        .iter()
+        .flat_map(|channel| {
+            channel.inspect_subscriptions(|list| list.iter().map(|s| s.group.clone()).collect::<Vec<_>>())
+        })
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(names.iter().all(|name| Arc::ptr_eq(name, &names[0])), "one allocation for the group's name");
+    hub.publish(std::slice::from_ref(&group), created_in_room(1, 1).encode()).await;
+    let Delivery::Taken(dispatched, _) = rx_b.try_recv().unwrap() else { panic!("not decided when queued") };
+    assert!(Arc::ptr_eq(&dispatched.group, &names[0]), "what is dispatched carries the same name");
+}
+
+#[tokio::test]
+async fn a_change_published_in_memory_is_not_decoded_again() {
+    let hub = Hub::default();
+    let group = group::coarse("users", Action::Create);
+    let (channel, mut rx) = hub.open_channel(None).unwrap();
+    hub.add_subscription(&channel, Subscription::of_users(&group, Action::Create, None)).await.unwrap();
+    let change = created_in_room(1, 1);
+    // The message is what the layer carries; the change handed along with
+    // it is what this process dispatches. (Here they differ on purpose,
+    // to see which one the dispatch used: they never do otherwise.)
+    let mut handed = change.clone();
+    handed.pk = 99.into();
+    hub.publish_change(std::slice::from_ref(&group), change.encode(), Some(handed)).await;
+    let delivery = rx.try_recv().unwrap();
+    assert_eq!(delivery.event().unwrap().change.pk, serde_json::json!(99), "the handed change, not a decode");
+    // Without one, the message is decoded.
+    hub.publish_change(std::slice::from_ref(&group), change.encode(), None).await;
+    assert_eq!(rx.try_recv().unwrap().event().unwrap().change.pk, serde_json::json!(1));
+}

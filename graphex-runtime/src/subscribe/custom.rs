@@ -173,7 +173,8 @@ impl Hub {
             GroupReceiver { hub: self.clone(), id, groups: Vec::new(), rx, overflowed: overflowed.clone() };
         let layer = self.layer().as_ref();
         for group in groups {
-            self.custom().groups.join(layer, &group, id, Member { tx: tx.clone(), overflowed: overflowed.clone() });
+            let _ =
+                self.custom().groups.join(layer, &group, id, Member { tx: tx.clone(), overflowed: overflowed.clone() });
             receiver.groups.push(group);
         }
         // Confirmed only once this process receives every group; on an

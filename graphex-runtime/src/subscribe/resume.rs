@@ -209,7 +209,7 @@ pub(crate) async fn add_resumed(
     for subscription in &mut subscriptions {
         subscription.resume = Some(resume.clone());
     }
-    let groups: Vec<String> = subscriptions.iter().map(|subscription| subscription.group.clone()).collect();
+    let groups: Vec<String> = subscriptions.iter().map(|subscription| subscription.group.to_string()).collect();
     add_all(hub, channel, subscriptions).await?;
     if let Err(error) = replay(hub, channel, stream, after, &resume, &groups).await {
         let added: Vec<_> = channel.inspect_subscriptions(|list| {

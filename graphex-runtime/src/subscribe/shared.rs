@@ -176,7 +176,7 @@ pub(crate) fn shareable_operation(document: &ExecutableDocument, name: Option<&s
 /// check reads (the same connection object, by address).
 #[derive(PartialEq)]
 pub(crate) struct Proof {
-    subscriptions: Vec<(String, SubscriptionKey)>,
+    subscriptions: Vec<(Arc<str>, SubscriptionKey)>,
     filter: Option<Arc<Filter>>,
     row: Option<usize>,
 }

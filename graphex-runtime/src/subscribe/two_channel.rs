@@ -255,7 +255,13 @@ fn per_action(
                 projection: shared.projection.clone(),
                 cursors: false,
             };
-            Subscription { key, group, filter: shared.filter.clone(), row: shared.row.clone(), resume: None }
+            Subscription {
+                key,
+                group: group.into(),
+                filter: shared.filter.clone(),
+                row: shared.row.clone(),
+                resume: None,
+            }
         })
         .collect()
 }
@@ -320,7 +326,7 @@ mod tests {
             row: Some(row),
         };
         let subscriptions = per_action("comments", &[], ActionSubscription::AllActions.actions(), None, &shared);
-        let groups: Vec<&str> = subscriptions.iter().map(|subscription| subscription.group.as_str()).collect();
+        let groups: Vec<&str> = subscriptions.iter().map(|subscription| &*subscription.group).collect();
         assert_eq!(groups, ["comments-create", "comments-update", "comments-delete"]);
         for subscription in &subscriptions {
             assert!(Arc::ptr_eq(&subscription.filter, &shared.filter));

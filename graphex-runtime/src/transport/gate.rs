@@ -2,8 +2,8 @@
 //! when that source's own waker fired, not at every wake-up of the task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::task::{ArcWake, AtomicWaker};
 
@@ -45,6 +45,60 @@ impl Gate {
         let polled = poll(&mut Context::from_waker(&waker));
         if polled.is_ready() {
             self.woken.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+/// Up to eight gated sources of one loop behind one registration of the
+/// loop's waker per turn, instead of one per source ([`Gate`] registers at
+/// each of its polls): the loop calls [`Gates::register`] once at the top
+/// of each turn, then [`Gates::poll`] for each source. A source is polled
+/// with its own waker ([`Gates::waker`]), which sets its bit and wakes the
+/// loop's task; open at first, and again after the source gave something.
+pub(crate) struct Gates {
+    woken: AtomicU8,
+    task: AtomicWaker,
+}
+
+/// The waker of one source behind [`Gates`].
+struct Source {
+    gates: Arc<Gates>,
+    bit: u8,
+}
+
+impl ArcWake for Source {
+    fn wake_by_ref(source: &Arc<Self>) {
+        source.gates.woken.fetch_or(source.bit, Ordering::AcqRel);
+        source.gates.task.wake();
+    }
+}
+
+impl Gates {
+    pub(crate) fn new() -> Arc<Gates> {
+        Arc::new(Gates { woken: AtomicU8::new(u8::MAX), task: AtomicWaker::new() })
+    }
+
+    /// The waker of source `bit` (one bit set): made once per source.
+    pub(crate) fn waker(self: &Arc<Self>, bit: u8) -> Waker {
+        futures_util::task::waker(Arc::new(Source { gates: self.clone(), bit }))
+    }
+
+    /// Registers the loop's waker: once per turn, before any [`Gates::poll`]
+    /// of that turn (a wake-up between the two is then not lost).
+    pub(crate) fn register(&self, cx: &Context<'_>) {
+        self.task.register(cx.waker());
+    }
+
+    /// Polls source `bit` through `poll`, with its waker `waker`, if its
+    /// gate is open; pending otherwise.
+    pub(crate) fn poll<T>(&self, bit: u8, waker: &Waker, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        if self.woken.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+            return Poll::Pending;
+        }
+        let polled = poll(&mut Context::from_waker(waker));
+        if polled.is_ready() {
+            self.woken.fetch_or(bit, Ordering::AcqRel);
         }
         polled
     }
@@ -109,5 +163,45 @@ mod tests {
         assert!(source.poll(&gate, &mut cx).is_pending());
         assert!(source.poll(&gate, &mut cx).is_pending());
         assert_eq!(source.polls, 4, "pending again: shut again");
+    }
+
+    #[test]
+    fn gates_register_once_and_poll_each_source_only_after_its_own_waker_fired() {
+        const A: u8 = 1;
+        const B: u8 = 2;
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let task_waker = futures_util::task::waker(task.clone());
+        let cx = Context::from_waker(&task_waker);
+        let gates = Gates::new();
+        let (waker_a, waker_b) = (gates.waker(A), gates.waker(B));
+        let (mut polls_a, mut polls_b) = (0, 0);
+        let turn = |ready_a: bool, ready_b: bool, polls_a: &mut usize, polls_b: &mut usize| {
+            gates.register(&cx);
+            let a = gates.poll(A, &waker_a, |_| {
+                *polls_a += 1;
+                if ready_a { Poll::Ready(()) } else { Poll::Pending }
+            });
+            let b = gates.poll(B, &waker_b, |_| {
+                *polls_b += 1;
+                if ready_b { Poll::Ready(()) } else { Poll::Pending }
+            });
+            (a.is_ready(), b.is_ready())
+        };
+        assert_eq!(turn(false, false, &mut polls_a, &mut polls_b), (false, false));
+        assert_eq!(turn(false, false, &mut polls_a, &mut polls_b), (false, false));
+        assert_eq!((polls_a, polls_b), (1, 1), "both open at first, then shut");
+        // B's waker fires: the loop's task is woken, and only B is polled.
+        waker_b.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(turn(true, true, &mut polls_a, &mut polls_b), (false, true));
+        assert_eq!((polls_a, polls_b), (1, 2));
+        // B gave something: polled again without a wake-up; A still shut.
+        assert_eq!(turn(true, false, &mut polls_a, &mut polls_b), (false, false));
+        assert_eq!((polls_a, polls_b), (1, 3));
+        assert_eq!(turn(true, false, &mut polls_a, &mut polls_b), (false, false));
+        assert_eq!((polls_a, polls_b), (1, 3), "B pending again: shut again");
+        waker_a.wake_by_ref();
+        assert_eq!(turn(true, false, &mut polls_a, &mut polls_b), (true, false));
+        assert_eq!((polls_a, polls_b), (2, 3));
     }
 }

@@ -16,7 +16,7 @@ use crate::transport::close::{
     CLOSE_CURSOR_EXPIRED, CLOSE_DISCONNECTED, CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED,
 };
-use crate::transport::gate::Gate;
+use crate::transport::gate::Gates;
 
 /// Most deliveries written to a socket before one flush.
 const WRITE_BATCH: usize = 256;
@@ -131,33 +131,50 @@ async fn pump<Si, St, E>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
     let mut last_write: Option<tokio::time::Instant> = None;
-    let (read_gate, ping_gate) = (Gate::new(), Gate::new());
+    // The loop's sources behind one registration of its waker per turn
+    // (`Gates`): the read half and the ping timer are polled only once
+    // their own waker fired, since a read attempt is not free (tungstenite
+    // zero-fills its read buffer before each one, and the split socket
+    // takes its lock) and neither is a timer's poll. The close wakes the
+    // task through the same registration and is checked at every turn.
+    let gates = Gates::new();
+    let (read_waker, ping_waker) = (gates.waker(READ), gates.waker(PING));
+    channel.wake_on_close(&gates.waker(CLOSE));
     loop {
-        // The branches in the order they are polled. A change is the usual
+        // The sources in the order they are polled. A change is the usual
         // wake-up, so the queue comes before the read half and the close:
-        // a turn that finds a change polls neither. The read half and the
-        // ping timer are also gated (`Gate`): polled only once their waker
-        // fired, since a read attempt is not free (tungstenite zero-fills
-        // its read buffer before each one, and the split socket takes its
-        // lock) and neither is a timer's poll.
-        tokio::select! {
-            biased;
+        // a turn that finds a change polls neither.
+        let turn = std::future::poll_fn(|cx| {
+            gates.register(cx);
             // The token that opened the socket expired: closed like any
-            // channel the server closes (the close branch, next turn).
-            // A closure over the timer, not an `async fn` future: part of
-            // every idle socket's state, so kept to one pointer.
-            () = std::future::poll_fn(|cx| match expiry.as_mut() {
-                Some(sleep) => sleep.as_mut().poll(cx),
-                None => std::task::Poll::Pending,
-            }) => {
+            // channel the server closes (the close, next turn).
+            if let Some(sleep) = expiry.as_mut()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Turn::Expired);
+            }
+            if period.is_some() && gates.poll(PING, &ping_waker, |cx| ping.poll_tick(cx)).is_ready() {
+                return Poll::Ready(Turn::Ping);
+            }
+            if let Poll::Ready(delivery) = rx.poll_recv(cx) {
+                return Poll::Ready(Turn::Delivery(delivery));
+            }
+            if let Poll::Ready(incoming) = gates.poll(READ, &read_waker, |cx| stream.poll_next_unpin(cx)) {
+                return Poll::Ready(Turn::Incoming(incoming));
+            }
+            if channel.is_closed() { Poll::Ready(Turn::Closed) } else { Poll::Pending }
+        })
+        .await;
+        match turn {
+            Turn::Expired => {
                 expiry = None;
                 channel.close(CloseReason::TokenExpired);
             }
-            _ = std::future::poll_fn(|cx| ping_gate.poll(cx, |cx| ping.poll_tick(cx))), if period.is_some() => {
+            Turn::Ping => {
                 // Under a steady stream of changes the read half may not
                 // have had a turn: what the peer sent meanwhile counts.
                 loop {
-                    match std::future::poll_fn(|cx| Poll::Ready(read_gate.poll(cx, |cx| stream.poll_next_unpin(cx)))).await {
+                    match gates.poll(READ, &read_waker, |cx| stream.poll_next_unpin(cx)) {
                         Poll::Pending => break,
                         Poll::Ready(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
                         Poll::Ready(Some(Ok(_))) => heard = tokio::time::Instant::now(),
@@ -172,7 +189,7 @@ async fn pump<Si, St, E>(
                     _ => return,
                 }
             }
-            delivery = rx.recv() => {
+            Turn::Delivery(delivery) => {
                 let Some(delivery) = delivery else { return };
                 // Closed by the server: nothing more is written (a revoked
                 // principal gets nothing queued before the revocation).
@@ -230,17 +247,34 @@ async fn pump<Si, St, E>(
                     written.observe(oldest.elapsed());
                 }
             }
-            incoming = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => match incoming {
+            Turn::Incoming(incoming) => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
             // Boxed: its state (the drain) would otherwise be part of every
             // idle socket's future, a few hundred bytes per connection.
-            () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => {
-                return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await;
-            }
+            Turn::Closed => return Box::pin(finish(channel, None, &mut rx, sink, live.send)).await,
         }
     }
+}
+
+/// The bits of a socket loop's gated sources (`Gates`).
+const READ: u8 = 1;
+const PING: u8 = 2;
+const CLOSE: u8 = 4;
+
+/// What woke a socket's loop, in the order its sources are polled.
+enum Turn<E> {
+    /// The token that opened the socket expired.
+    Expired,
+    /// Time to ping the peer (and to check it was heard from).
+    Ping,
+    /// The channel's queue gave a delivery (`None`: it was closed).
+    Delivery(Option<Delivery>),
+    /// The peer sent something (`None`: the connection ended).
+    Incoming(Option<Result<Message, E>>),
+    /// The server closed the channel.
+    Closed,
 }
 
 /// Most time a socket spends, at shutdown, writing what its queue still
