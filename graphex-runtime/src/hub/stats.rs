@@ -156,23 +156,41 @@ impl Drop for Connected {
 }
 
 /// A latency histogram in seconds, observed at most once per change
-/// dispatched or per socket write (never per delivery).
-#[derive(Debug)]
-pub(crate) struct Latency(pub(crate) prometheus_client::metrics::histogram::Histogram);
+/// dispatched or per socket write (never per delivery). Lock-free: one
+/// atomic add to its bucket and one to the sum per observation
+/// (prometheus-client's histogram takes a mutex per observation, which
+/// every socket's write then shared across the runtime's threads).
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    /// Observations per bucket of [`LATENCY_BUCKETS`], then above the last.
+    buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// The sum of the observations, in nanoseconds.
+    sum_nanos: std::sync::atomic::AtomicU64,
+}
 
 /// Bucket bounds in seconds: 100 µs to 10 s, fine where pacing and
 /// backpressure act (1-10 ms).
 pub(crate) const LATENCY_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
 
-impl Default for Latency {
-    fn default() -> Self {
-        Latency(prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS))
-    }
-}
-
 impl Latency {
     pub(crate) fn observe(&self, elapsed: std::time::Duration) {
-        self.0.observe(elapsed.as_secs_f64());
+        use std::sync::atomic::Ordering::Relaxed;
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// The sum in seconds, the count, and each bucket's own count with its
+    /// upper bound (the last one +Inf), as OpenMetrics encoders take them.
+    /// The count is the buckets' total, so the two always agree.
+    pub(crate) fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bounds = LATENCY_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> =
+            bounds.zip(&self.buckets).map(|(bound, count)| (bound, count.load(Relaxed))).collect();
+        let count = buckets.iter().map(|(_, count)| count).sum();
+        (self.sum_nanos.load(Relaxed) as f64 / 1e9, count, buckets)
     }
 }

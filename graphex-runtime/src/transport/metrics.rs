@@ -13,7 +13,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -229,8 +229,9 @@ impl Collector for HubCollector {
                 &counters.queue_to_socket,
             ),
         ] {
-            let metric = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), latency.0.metric_type())?;
-            latency.0.encode(metric)?;
+            let mut metric = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+            let (sum, count, buckets) = latency.snapshot();
+            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
 
         let layer = hub.layer().metrics();
@@ -335,6 +336,32 @@ mod tests {
         // In memory, no capture runs and no backend connects.
         assert!(!text.contains("graphex_capture_lag"), "{text}");
         assert!(!text.contains("graphex_layer_connected"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn latency_histograms_are_cumulative_and_their_count_and_sum_agree() {
+        let hub = Hub::default();
+        let written = &hub.counters().queue_to_socket;
+        for micros in [50, 300, 300, 2_000, 20_000_000] {
+            written.observe(std::time::Duration::from_micros(micros));
+        }
+        let text = render_metrics(&hub);
+        let value = |series: &str| {
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(&format!("{series} ")))
+                .unwrap_or_else(|| panic!("{series} missing from\n{text}"));
+            line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+        };
+        assert_eq!(value("graphex_queue_to_socket_seconds_bucket{le=\"0.0001\"}"), 1.0);
+        assert_eq!(value("graphex_queue_to_socket_seconds_bucket{le=\"0.00025\"}"), 1.0);
+        assert_eq!(value("graphex_queue_to_socket_seconds_bucket{le=\"0.0005\"}"), 3.0);
+        assert_eq!(value("graphex_queue_to_socket_seconds_bucket{le=\"0.0025\"}"), 4.0);
+        assert_eq!(value("graphex_queue_to_socket_seconds_bucket{le=\"10.0\"}"), 4.0);
+        assert_eq!(value("graphex_queue_to_socket_seconds_bucket{le=\"+Inf\"}"), 5.0);
+        assert_eq!(value("graphex_queue_to_socket_seconds_count"), 5.0);
+        assert!((value("graphex_queue_to_socket_seconds_sum") - 20.00265).abs() < 1e-9, "{text}");
+        assert_eq!(value("graphex_publish_to_queue_seconds_count"), 0.0, "the other histogram is apart");
     }
 
     #[tokio::test]
