@@ -497,7 +497,8 @@ async fn subscribe(
         cursors: false,
     };
     let group = graphex::__internals::group::coarse("messages", Action::Create);
-    let subscription = Subscription { key, group: group.into(), filter: Default::default(), row: None, resume: None };
+    let subscription =
+        Subscription { key, group: group.into(), filter: Default::default(), row: None, resume: None, implied: None };
     hub.add_subscription(&channel, subscription).await.map_err(|error| BenchError::new(error.to_string()))?;
     let task = tokio::spawn(async move {
         let mut seen = Vec::with_capacity(capacity);

@@ -70,7 +70,7 @@ pub mod __internals {
     pub use crate::change::announce::{Prepared, prepare, prepare_values};
     pub use crate::change::codec::Fetched;
     pub use crate::change::group;
-    pub use crate::hub::{Added, Channel, Delivery, Dispatched, Subscription, SubscriptionKey};
+    pub use crate::hub::{Added, Channel, Delivery, Dispatched, Implied, Subscription, SubscriptionKey};
     pub use crate::subscribe::filter::{Clause, Filter};
     pub use crate::subscribe::row::RowFetch;
 

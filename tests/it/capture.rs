@@ -50,8 +50,14 @@ async fn watch(hub: &Hub) -> mpsc::Receiver<Delivery> {
         let key =
             SubscriptionKey { stream: "items", action, id: None, filters: None, projection: None, cursors: false };
         let group = graphex::__internals::group::coarse("items", action);
-        let subscription =
-            Subscription { key, group: group.into(), filter: Default::default(), row: None, resume: None };
+        let subscription = Subscription {
+            key,
+            group: group.into(),
+            filter: Default::default(),
+            row: None,
+            resume: None,
+            implied: None,
+        };
         hub.add_subscription(&channel, subscription).await.expect("subscribed");
     }
     std::mem::forget(channel); // kept open for the test's length

@@ -81,6 +81,7 @@ async fn user_hooks_run_and_changes_are_announced() {
             filter: Default::default(),
             row: None,
             resume: None,
+            implied: None,
         };
         hub.add_subscription(&channel, subscription).await.unwrap();
     }

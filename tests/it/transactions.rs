@@ -110,6 +110,7 @@ impl Listener {
                     filter: Default::default(),
                     row: None,
                     resume: None,
+                    implied: None,
                 };
                 hub.add_subscription(&channel, subscription).await.unwrap();
             }

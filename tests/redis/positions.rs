@@ -70,6 +70,7 @@ impl Node {
             filter: Default::default(),
             row: None,
             resume: None,
+            implied: None,
         };
         self.hub.add_subscription(&channel, subscription).await.expect("subscribed");
         Watcher { channel, rx, last: None }

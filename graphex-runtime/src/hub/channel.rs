@@ -97,6 +97,38 @@ pub struct Subscription {
     pub row: Option<RowFetch>,
     /// The replay-to-live handoff of a subscribe resumed after a cursor.
     pub resume: Option<Arc<Resume>>,
+    /// Set when the group itself implies the filter: decided from the
+    /// change and this (inline, without reading the filter).
+    pub implied: Option<Implied>,
+}
+
+/// A filter that is one equality clause on the one index field the
+/// subscription's value-indexed group is named after
+/// (`<stream>-<action>:field=value`, not hashed). A change sent to that
+/// group has, at that field, a value whose group encoding is the clause's
+/// value's: the same value, unless one of the two is a string and the
+/// other is not (a string prints bare in a group name: `"5"` and `5`, or
+/// `"null"` and `null`, share one). So the clause holds exactly when the
+/// change's value is a string as the clause's is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Implied {
+    /// The field's position in the model's values.
+    pub field: usize,
+    /// The field's name.
+    pub name: &'static str,
+    /// Whether the clause's value is a string.
+    pub string: bool,
+}
+
+impl Implied {
+    /// The clause on `values`, sent to the group; `None` without the field.
+    fn decide(&self, values: &serde_json::Map<String, Json>) -> Option<bool> {
+        let actual = match values.iter().nth(self.field) {
+            Some((name, value)) if name == self.name => value,
+            _ => values.get(self.name)?,
+        };
+        Some(actual.is_string() == self.string)
+    }
 }
 
 impl std::fmt::Debug for Subscription {
@@ -123,7 +155,11 @@ impl Subscription {
 
     /// What this subscription does with a change of its group.
     fn verdict(&self, event: &Event) -> Verdict<'_> {
-        match self.filter.matches(event.known()) {
+        let decided = match self.implied.and_then(|implied| implied.decide(event.known())) {
+            Some(taken) => Some(taken),
+            None => self.filter.matches(event.known()),
+        };
+        match decided {
             Some(true) => Verdict::Take,
             Some(false) => Verdict::Skip,
             // The row is gone: what the change does not carry cannot be decided.
@@ -165,6 +201,7 @@ impl Subscription {
             filter: Arc::default(),
             row: None,
             resume: None,
+            implied: None,
         }
     }
 }

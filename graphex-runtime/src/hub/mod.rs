@@ -41,7 +41,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::config::Config;
 use crate::layer::{ChannelLayer, LayerError, MemoryLayer};
 
-pub use channel::{Added, Channel, ChannelError, CloseReason, Delivery, Dispatched, Subscription, SubscriptionKey};
+pub use channel::{
+    Added, Channel, ChannelError, CloseReason, Delivery, Dispatched, Implied, Subscription, SubscriptionKey,
+};
 pub(crate) use clients::{ClientAddress, ClientKey, Resource, client_key};
 pub(crate) use membership::Membership;
 pub(crate) use sessions::Session;

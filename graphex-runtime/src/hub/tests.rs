@@ -540,3 +540,42 @@ async fn a_change_published_in_memory_is_not_decoded_again() {
     hub.publish_change(std::slice::from_ref(&group), change.encode(), None).await;
     assert_eq!(rx.try_recv().unwrap().event().unwrap().change.pk, serde_json::json!(1));
 }
+
+#[tokio::test]
+async fn a_filter_implied_by_its_group_still_tells_a_string_from_what_prints_the_same() {
+    // In a group name `"5"` and `5` (and `"null"` and `null`) print alike:
+    // a change of either reaches the group, and only the one of the
+    // clause's kind matches it.
+    let hub = Hub::default();
+    let (channel, mut rx) = hub.open_channel(None).unwrap();
+    let subscribe = async |value: serde_json::Value, key: i64| {
+        let group = group::indexed("users", Action::Create, &[("room", &value)]);
+        // (`key`: the two subscriptions' arguments differ, as two subscribes' would.)
+        let mut subscription = in_room(&group, key);
+        subscription.filter = Arc::new(crate::subscribe::filter::Filter::of(vec![crate::subscribe::filter::Clause {
+            field: 1,
+            name: "room",
+            lookup: crate::model::Lookup::Exact,
+            value: value.clone(),
+        }]));
+        subscription.implied = Some(crate::hub::Implied { field: 1, name: "room", string: value.is_string() });
+        assert_eq!(hub.add_subscription(&channel, subscription).await.unwrap(), Added::New);
+        group
+    };
+    let number = subscribe(serde_json::json!(5), 1).await;
+    let text = subscribe(serde_json::json!("null"), 2).await;
+    let mut send = async |group: &str, pk: i64, value: serde_json::Value| {
+        let row = serde_json::Map::from_iter([("id".to_owned(), pk.into()), ("room".to_owned(), value)]);
+        hub.publish(&[group.to_owned()], Change::user_created(pk, Some(row)).encode()).await;
+        let mut frames = Vec::new();
+        while let Ok(delivery) = rx.try_recv() {
+            channel.frames(&delivery, &mut frames).await;
+        }
+        frames.len()
+    };
+    assert_eq!(send(&number, 1, serde_json::json!(5)).await, 1);
+    assert_eq!(send(&number, 2, serde_json::json!("5")).await, 0, "a string five is not room 5");
+    assert_eq!(send(&text, 3, serde_json::json!("null")).await, 1);
+    assert_eq!(send(&text, 4, serde_json::Value::Null).await, 0, "no room is not the room named null");
+    assert_eq!(group::indexed("users", Action::Create, &[("room", &serde_json::json!("5"))]), number);
+}

@@ -393,8 +393,14 @@ mod tests {
             projection,
             cursors: false,
         };
-        let subscription =
-            Subscription { key, group: "users-create".into(), filter: Arc::default(), row: None, resume: None };
+        let subscription = Subscription {
+            key,
+            group: "users-create".into(),
+            filter: Arc::default(),
+            row: None,
+            resume: None,
+            implied: None,
+        };
         hub.add_subscription(&channel, subscription).await.unwrap();
         ChangeStream::new(ChannelGuard { hub: hub.clone(), channel }, rx, None, None)
     }

@@ -10,8 +10,8 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value as Json;
 
 use crate::change::group;
-use crate::hub::{Channel, ChannelError, Hub, Subscription, SubscriptionKey};
-use crate::model::{Action, ActionSubscription, ModelSubscription, OperationSubscription};
+use crate::hub::{Channel, ChannelError, Hub, Implied, Subscription, SubscriptionKey};
+use crate::model::{Action, ActionSubscription, Lookup, ModelSubscription, OperationSubscription};
 use crate::model::{Denied, Principal, SubscribeRequest};
 use crate::subscribe::filter::{Filter, FilterError};
 use crate::subscribe::row::{RowFetch, row_fetch};
@@ -242,10 +242,14 @@ fn per_action(
     actions
         .iter()
         .map(|&action| {
-            let group = match (&id, &pinned) {
-                (Some(pk), _) => group::instance(stream, action, pk),
-                (None, Some(pairs)) if !pairs.is_empty() => group::indexed(stream, action, pairs),
-                _ => group::coarse(stream, action),
+            let (group, implied) = match (&id, &pinned) {
+                (Some(pk), _) => (group::instance(stream, action, pk), None),
+                (None, Some(pairs)) if !pairs.is_empty() => {
+                    let group = group::indexed(stream, action, pairs);
+                    let implied = implied_by(&group, &shared.filter, pairs);
+                    (group, implied)
+                }
+                _ => (group::coarse(stream, action), None),
             };
             let key = SubscriptionKey {
                 stream,
@@ -261,9 +265,24 @@ fn per_action(
                 filter: shared.filter.clone(),
                 row: shared.row.clone(),
                 resume: None,
+                implied,
             }
         })
         .collect()
+}
+
+/// Whether `group`, named after `pairs` (the values `filter` pins the
+/// index fields to), implies `filter`: one index field, and the filter is
+/// its one equality clause ([`Implied`]). Not for a hashed name (`#`, too
+/// long to spell out), whose text says nothing about the values.
+fn implied_by(group: &str, filter: &Filter, pairs: &[(&str, &Json)]) -> Option<Implied> {
+    let ([clause], [(name, value)]) = (filter.clauses(), pairs) else { return None };
+    let same = clause.lookup == Lookup::Exact && clause.name == *name && std::ptr::eq(&clause.value, *value);
+    (same && !group.contains('#')).then(|| Implied {
+        field: clause.field,
+        name: clause.name,
+        string: value.is_string(),
+    })
 }
 
 /// Adds every subscription to the channel, or none of them, once the
@@ -313,6 +332,34 @@ mod tests {
         assert_eq!(&*shared_projection(repeated), ["email", "username", "id"]);
         assert_eq!(unique_fields(["id", "email"]), ["id", "email"], "a list without repeats is unchanged");
         assert!(unique_fields([]).is_empty());
+    }
+
+    fn shared_filter(clauses: Vec<Clause>) -> Shared {
+        Shared { filters: None, filter: Arc::new(Filter::of(clauses)), projection: None, row: None }
+    }
+
+    fn room(lookup: Lookup, value: Json) -> Clause {
+        Clause { field: 1, name: "room", lookup, value }
+    }
+
+    #[test]
+    fn a_value_indexed_group_implies_its_one_equality_clause_only() {
+        let create = &[Action::Create][..];
+        let implied =
+            |shared: &Shared, id: Option<Json>| per_action("messages", &["room"], create, id, shared)[0].implied;
+        let on_room = shared_filter(vec![room(Lookup::Exact, json!(5))]);
+        assert_eq!(implied(&on_room, None), Some(Implied { field: 1, name: "room", string: false }));
+        let on_text = shared_filter(vec![room(Lookup::Exact, json!("lobby"))]);
+        assert_eq!(implied(&on_text, None), Some(Implied { field: 1, name: "room", string: true }));
+        // Not implied: another clause beside it, another lookup (coarse
+        // group), a subscription by id, a hashed group name.
+        let author = Clause { field: 2, name: "author", lookup: Lookup::Exact, value: json!("neo") };
+        assert_eq!(implied(&shared_filter(vec![room(Lookup::Exact, json!(5)), author]), None), None);
+        assert_eq!(implied(&shared_filter(vec![room(Lookup::Gt, json!(5))]), None), None);
+        assert_eq!(implied(&on_room, Some(json!(1))), None);
+        let long = shared_filter(vec![room(Lookup::Exact, json!("x".repeat(400)))]);
+        assert!(per_action("messages", &["room"], create, None, &long)[0].group.contains('#'));
+        assert_eq!(implied(&long, None), None);
     }
 
     #[test]
