@@ -50,12 +50,14 @@ impl Gate {
     }
 }
 
-/// Up to eight gated sources of one loop behind one registration of the
-/// loop's waker per turn, instead of one per source ([`Gate`] registers at
-/// each of its polls): the loop calls [`Gates::register`] once at the top
-/// of each turn, then [`Gates::poll`] for each source. A source is polled
-/// with its own waker ([`Gates::waker`]), which sets its bit and wakes the
+/// Up to seven gated sources of one loop behind at most one registration of
+/// the loop's waker per turn, instead of one per source ([`Gate`] registers
+/// at each of its polls): the loop calls [`Gates::register`] at the top of
+/// each turn, then [`Gates::poll`] for each source. A source is polled with
+/// its own waker ([`Gates::waker`]), which sets its bit and wakes the
 /// loop's task; open at first, and again after the source gave something.
+/// The registration is skipped while it still holds: the same waker, and
+/// no source woke it (a wake-up takes the registered waker) since.
 pub(crate) struct Gates {
     woken: AtomicU8,
     task: AtomicWaker,
@@ -67,9 +69,13 @@ struct Source {
     bit: u8,
 }
 
+/// Set, with its own bit, by every source's wake-up, before it takes the
+/// registered waker: the next turn registers again.
+const WOKE: u8 = 0x80;
+
 impl ArcWake for Source {
     fn wake_by_ref(source: &Arc<Self>) {
-        source.gates.woken.fetch_or(source.bit, Ordering::AcqRel);
+        source.gates.woken.fetch_or(source.bit | WOKE, Ordering::AcqRel);
         source.gates.task.wake();
     }
 }
@@ -79,15 +85,28 @@ impl Gates {
         Arc::new(Gates { woken: AtomicU8::new(u8::MAX), task: AtomicWaker::new() })
     }
 
-    /// The waker of source `bit` (one bit set): made once per source.
+    /// The waker of source `bit` (one bit below 0x80): made once per source.
     pub(crate) fn waker(self: &Arc<Self>, bit: u8) -> Waker {
+        debug_assert!(bit.count_ones() == 1 && bit != WOKE);
         futures_util::task::waker(Arc::new(Source { gates: self.clone(), bit }))
     }
 
-    /// Registers the loop's waker: once per turn, before any [`Gates::poll`]
-    /// of that turn (a wake-up between the two is then not lost).
-    pub(crate) fn register(&self, cx: &Context<'_>) {
+    /// Registers the loop's waker, at the top of each turn, before any
+    /// [`Gates::poll`] of that turn (a wake-up between the two is then not
+    /// lost). `last` is the loop's own: the waker last registered. Skipped
+    /// when the registration still holds (the same waker, not woken since),
+    /// which leaves the gates' memory alone on such a turn.
+    pub(crate) fn register(&self, cx: &Context<'_>, last: &mut Option<Waker>) {
+        let same = last.as_ref().is_some_and(|known| known.will_wake(cx.waker()));
+        if same && self.woken.load(Ordering::Acquire) & WOKE == 0 {
+            return;
+        }
+        // Cleared before registering: a wake-up from here on sets it again.
+        self.woken.fetch_and(!WOKE, Ordering::AcqRel);
         self.task.register(cx.waker());
+        if !same {
+            *last = Some(cx.waker().clone());
+        }
     }
 
     /// Polls source `bit` through `poll`, with its waker `waker`, if its
@@ -175,8 +194,9 @@ mod tests {
         let gates = Gates::new();
         let (waker_a, waker_b) = (gates.waker(A), gates.waker(B));
         let (mut polls_a, mut polls_b) = (0, 0);
-        let turn = |ready_a: bool, ready_b: bool, polls_a: &mut usize, polls_b: &mut usize| {
-            gates.register(&cx);
+        let mut last = None;
+        let mut turn = |ready_a: bool, ready_b: bool, polls_a: &mut usize, polls_b: &mut usize| {
+            gates.register(&cx, &mut last);
             let a = gates.poll(A, &waker_a, |_| {
                 *polls_a += 1;
                 if ready_a { Poll::Ready(()) } else { Poll::Pending }
@@ -203,5 +223,32 @@ mod tests {
         waker_a.wake_by_ref();
         assert_eq!(turn(true, false, &mut polls_a, &mut polls_b), (true, false));
         assert_eq!((polls_a, polls_b), (2, 3));
+    }
+
+    #[test]
+    fn a_skipped_registration_still_wakes_the_loop() {
+        const A: u8 = 1;
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let task_waker = futures_util::task::waker(task.clone());
+        let cx = Context::from_waker(&task_waker);
+        let gates = Gates::new();
+        let waker_a = gates.waker(A);
+        let mut last = None;
+        for wakes in 1..=3 {
+            // Turns without a wake-up: the registration is kept, not redone.
+            for _ in 0..3 {
+                gates.register(&cx, &mut last);
+                let _ = gates.poll(A, &waker_a, |_| Poll::<()>::Pending);
+            }
+            waker_a.wake_by_ref();
+            assert_eq!(task.0.load(Ordering::SeqCst), wakes, "every wake-up reaches the loop's task");
+        }
+        // Another waker (the loop moved): registered at once.
+        let other = Arc::new(Task(AtomicUsize::new(0)));
+        let other_waker = futures_util::task::waker(other.clone());
+        gates.register(&Context::from_waker(&other_waker), &mut last);
+        waker_a.wake_by_ref();
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.0.load(Ordering::SeqCst), 3);
     }
 }

@@ -140,12 +140,13 @@ async fn pump<Si, St, E>(
     let gates = Gates::new();
     let (read_waker, ping_waker) = (gates.waker(READ), gates.waker(PING));
     channel.wake_on_close(&gates.waker(CLOSE));
+    let mut registered = None;
     loop {
         // The sources in the order they are polled. A change is the usual
         // wake-up, so the queue comes before the read half and the close:
         // a turn that finds a change polls neither.
         let turn = std::future::poll_fn(|cx| {
-            gates.register(cx);
+            gates.register(cx, &mut registered);
             // The token that opened the socket expired: closed like any
             // channel the server closes (the close, next turn).
             if let Some(sleep) = expiry.as_mut()
