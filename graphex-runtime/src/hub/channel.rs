@@ -23,9 +23,9 @@ pub enum Delivery {
     /// A decoded change, as dispatched to the channels of one group.
     Change(Arc<Dispatched>),
     /// A change that every subscription of the channel on its group takes,
-    /// as decided when it was queued, while the channel's subscriptions
-    /// were at this version ([`Subscriptions::version`]): unless they
-    /// changed since, the socket does not decide the filters again.
+    /// as decided when it was queued, while the channel's subscription list
+    /// was at this version: unless it changed since, the socket does not
+    /// decide the filters again.
     Taken(Arc<Dispatched>, u32),
     /// The replay of a resumed subscribe, then its switch to live delivery
     /// (`subscribe/resume.rs`).
@@ -266,9 +266,16 @@ pub struct Channel {
     pub(super) tx: mpsc::Sender<Delivery>,
     pub(super) close_reason: OnceLock<CloseReason>,
     pub(super) subscriptions: Mutex<Subscriptions>,
-    /// Signalled when the queue passes half its capacity: a socket holding
-    /// its write (pacing) writes now, whatever its timer says.
-    pub(super) pressure: tokio::sync::Notify,
+    /// Woken, with `pressed` set, when the queue passes half its capacity:
+    /// a socket holding its write (pacing) writes now, whatever its timer
+    /// says ([`Channel::poll_pressure`]). A flag and a waker, not a
+    /// `Notify`: a hold registers once, instead of locking the waiter list
+    /// to enter and again to leave.
+    pub(super) pressure: AtomicWaker,
+    /// Set when the queue passed half its capacity, until a socket's hold
+    /// sees it (it also ends the next hold at once, as a `Notify`'s permit
+    /// would).
+    pub(super) pressed: AtomicBool,
     /// Signalled when a publisher waits for this lagging channel
     /// ([`Hub::publish`]) and its queue is back to three quarters or less,
     /// and when the channel is closed: both a waiting publisher and
@@ -336,9 +343,19 @@ impl Channel {
         self.owner.as_deref()
     }
 
-    /// Resolves once the channel's queue has passed half its capacity.
-    pub(crate) fn pressure(&self) -> &tokio::sync::Notify {
-        &self.pressure
+    /// Ready once the channel's queue has passed half its capacity since
+    /// this was last ready. For the one task that serves the channel's
+    /// socket (one waker is kept).
+    pub(crate) fn poll_pressure(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Registered before the check: a signal between the two wakes it.
+        self.pressure.register(cx.waker());
+        if self.pressed.swap(false, Ordering::AcqRel) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    }
+
+    /// Tells a socket holding its write that the queue passed half its capacity.
+    pub(super) fn press(&self) {
+        self.pressed.store(true, Ordering::Release);
+        self.pressure.wake();
     }
 
     /// Deliveries queued on this channel so far (counted once queued).

@@ -230,7 +230,7 @@ impl Hub {
                     channel.sent.fetch_add(1, Ordering::AcqRel);
                     delivered += 1;
                     if channel.past_half() {
-                        channel.pressure.notify_one();
+                        channel.press();
                     }
                     if backpressure && channel.near_overflow() {
                         lagging.push(channel.clone());

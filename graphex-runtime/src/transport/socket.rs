@@ -210,7 +210,7 @@ async fn pump<Si, St, E>(
                         () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => {
                             return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await;
                         }
-                        () = channel.pressure().notified() => {}
+                        () = std::future::poll_fn(|cx| channel.poll_pressure(cx)) => {}
                         () = tokio::time::sleep_until(until) => {}
                     }
                 }
