@@ -123,10 +123,7 @@ pub struct Implied {
 impl Implied {
     /// The clause on `values`, sent to the group; `None` without the field.
     fn decide(&self, values: &serde_json::Map<String, Json>) -> Option<bool> {
-        let actual = match values.iter().nth(self.field) {
-            Some((name, value)) if name == self.name => value,
-            _ => values.get(self.name)?,
-        };
+        let actual = crate::subscribe::filter::field_value(values, self.field, self.name)?;
         Some(actual.is_string() == self.string)
     }
 }
@@ -155,10 +152,8 @@ impl Subscription {
 
     /// What this subscription does with a change of its group.
     fn verdict(&self, event: &Event) -> Verdict<'_> {
-        let decided = match self.implied.and_then(|implied| implied.decide(event.known())) {
-            Some(taken) => Some(taken),
-            None => self.filter.matches(event.known()),
-        };
+        let known = event.known();
+        let decided = self.implied.and_then(|implied| implied.decide(known)).or_else(|| self.filter.matches(known));
         match decided {
             Some(true) => Verdict::Take,
             Some(false) => Verdict::Skip,

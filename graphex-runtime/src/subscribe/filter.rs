@@ -103,14 +103,18 @@ impl Clause {
 
     /// Decides the clause on a change's values; `None` when the field is not there.
     pub fn matches(&self, values: &Map<String, Json>) -> Option<bool> {
-        // A change's values come in the model's field order (`values()`):
-        // the field is looked for at its position first, by name only if
-        // another field is there (hashing the name cost more than the test).
-        let actual = match values.iter().nth(self.field) {
-            Some((name, value)) if name == self.name => value,
-            _ => values.get(self.name)?,
-        };
-        Some(eval(self.lookup, actual, &self.value))
+        Some(eval(self.lookup, field_value(values, self.field, self.name)?, &self.value))
+    }
+}
+
+/// The value of field `name`, at position `field` of the model's fields,
+/// in a change's values. They come in the model's field order (`values()`):
+/// the field is looked for at its position first, by name only if another
+/// field is there (hashing the name cost more than the test).
+pub(crate) fn field_value<'a>(values: &'a Map<String, Json>, field: usize, name: &str) -> Option<&'a Json> {
+    match values.iter().nth(field) {
+        Some((key, value)) if key == name => Some(value),
+        _ => values.get(name),
     }
 }
 
