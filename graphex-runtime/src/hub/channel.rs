@@ -261,15 +261,14 @@ pub struct Channel {
     pub(super) tx: mpsc::Sender<Delivery>,
     pub(super) close_reason: OnceLock<CloseReason>,
     pub(super) subscriptions: Mutex<Subscriptions>,
-    /// Woken, with `pressed` set, when the queue passes half its capacity:
-    /// a socket holding its write (pacing) writes now, whatever its timer
-    /// says ([`Channel::poll_pressure`]). A flag and a waker, not a
-    /// `Notify`: a hold registers once, instead of locking the waiter list
-    /// to enter and again to leave.
-    pub(super) pressure: AtomicWaker,
-    /// Set when the queue passed half its capacity, until a socket's hold
-    /// sees it (it also ends the next hold at once, as a `Notify`'s permit
-    /// would).
+    /// Woken when `pressed` is set (the queue passed half its capacity):
+    /// the waker the channel's socket gave once ([`Channel::wake_on_press`]),
+    /// so that a socket holding its write (pacing) writes now, whatever its
+    /// timer says. Kept, not taken at each wake: a hold registers nothing.
+    pub(super) pressure: OnceLock<std::task::Waker>,
+    /// Set when the queue passed half its capacity, until the socket sees
+    /// it ([`Channel::take_pressed`]; it also ends the next hold at once,
+    /// as a `Notify`'s permit would).
     pub(super) pressed: AtomicBool,
     /// Signalled when a publisher waits for this lagging channel
     /// ([`Hub::publish`]) and its queue is back to three quarters or less,
@@ -279,7 +278,7 @@ pub struct Channel {
     /// token of its own cost every connection about 130 bytes.)
     pub(super) relieved: tokio::sync::Notify,
     /// Woken when the channel is closed, for the task that serves its
-    /// two-channel socket ([`Channel::poll_closed`]: no lock, unlike a
+    /// two-channel socket ([`Channel::wake_on_close`]: no lock, unlike a
     /// `Notify`'s waiters, at each turn of the socket's loop).
     pub(super) close_waker: AtomicWaker,
     /// Whether a publisher waits on `relieved` (saves a lock per write otherwise).
@@ -338,19 +337,29 @@ impl Channel {
         self.owner.as_deref()
     }
 
-    /// Ready once the channel's queue has passed half its capacity since
-    /// this was last ready. For the one task that serves the channel's
-    /// socket (one waker is kept).
-    pub(crate) fn poll_pressure(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        // Registered before the check: a signal between the two wakes it.
-        self.pressure.register(cx.waker());
-        if self.pressed.swap(false, Ordering::AcqRel) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    /// Has a queue passing half its capacity wake `waker` (set once, by
+    /// the one task that serves the channel's socket; a second call is
+    /// ignored). That task checks [`Channel::take_pressed`] when woken.
+    pub(crate) fn wake_on_press(&self, waker: &std::task::Waker) {
+        if self.pressure.set(waker.clone()).is_ok() && self.pressed.load(Ordering::Acquire) {
+            // Pressed before the waker was there: the wake-up is not lost.
+            waker.wake_by_ref();
+        }
     }
 
-    /// Tells a socket holding its write that the queue passed half its capacity.
+    /// Whether the queue passed half its capacity since this last said so.
+    pub(crate) fn take_pressed(&self) -> bool {
+        self.pressed.load(Ordering::Relaxed) && self.pressed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Tells a socket holding its write that the queue passed half its
+    /// capacity (woken once per time it is pressed, not per delivery).
     pub(super) fn press(&self) {
-        self.pressed.store(true, Ordering::Release);
-        self.pressure.wake();
+        if !self.pressed.swap(true, Ordering::AcqRel)
+            && let Some(waker) = self.pressure.get()
+        {
+            waker.wake_by_ref();
+        }
     }
 
     /// Deliveries queued on this channel so far (counted once queued).
@@ -374,18 +383,8 @@ impl Channel {
         }
     }
 
-    /// Ready once the server has closed this channel. For the one task that
-    /// serves the channel's socket: it keeps one waker (a second task
-    /// polling it would take the wake-up from the first); any other waits
-    /// with [`Channel::closed`].
-    pub(crate) fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        // Registered before the check: a close between the two wakes it.
-        self.close_waker.register(cx.waker());
-        if self.is_closed() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    }
-
     /// Has the server's close of this channel wake `waker` (until another
-    /// waker is registered, by this or by [`Channel::poll_closed`]). For
+    /// waker is registered by a second call). For
     /// the one task that serves the channel's socket, which checks
     /// [`Channel::is_closed`] at each turn of its loop.
     pub(crate) fn wake_on_close(&self, waker: &std::task::Waker) {

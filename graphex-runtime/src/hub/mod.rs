@@ -369,7 +369,7 @@ impl Hub {
             tx,
             close_reason: OnceLock::new(),
             subscriptions: Mutex::default(),
-            pressure: futures_util::task::AtomicWaker::new(),
+            pressure: OnceLock::new(),
             pressed: std::sync::atomic::AtomicBool::new(false),
             relieved: tokio::sync::Notify::new(),
             close_waker: futures_util::task::AtomicWaker::new(),

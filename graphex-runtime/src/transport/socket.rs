@@ -139,7 +139,12 @@ async fn pump<Si, St, E>(
     // task through the same registration and is checked at every turn.
     let gates = Gates::new();
     let (read_waker, ping_waker) = (gates.waker(READ), gates.waker(PING));
-    channel.wake_on_close(&gates.waker(CLOSE));
+    // The server's signals (the close, a queue past half full during a
+    // hold) wake the task through the same registration; the loop checks
+    // their flags, lock-free, rather than a gate bit.
+    let signal = gates.waker(SIGNAL);
+    channel.wake_on_close(&signal);
+    channel.wake_on_press(&signal);
     let mut registered = None;
     loop {
         // The sources in the order they are polled. A change is the usual
@@ -205,13 +210,20 @@ async fn pump<Si, St, E>(
                     // ago: let the changes arriving meanwhile share this
                     // write. A busy runtime fires timers late, so a queue
                     // past half full ends the hold at once.
-                    tokio::select! {
-                        biased;
-                        () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => {
-                            return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await;
+                    let mut sleep = std::pin::pin!(tokio::time::sleep_until(until));
+                    let closed = std::future::poll_fn(|cx| {
+                        gates.register(cx, &mut registered);
+                        if channel.is_closed() {
+                            return Poll::Ready(true);
                         }
-                        () = std::future::poll_fn(|cx| channel.poll_pressure(cx)) => {}
-                        () = tokio::time::sleep_until(until) => {}
+                        if channel.take_pressed() {
+                            return Poll::Ready(false);
+                        }
+                        sleep.as_mut().poll(cx).map(|()| false)
+                    })
+                    .await;
+                    if closed {
+                        return Box::pin(finish(channel, Some(delivery), &mut rx, sink, live.send)).await;
                     }
                 }
                 // The first delivery of a batch is its oldest.
@@ -237,7 +249,10 @@ async fn pump<Si, St, E>(
                         biased;
                         done = tokio::time::timeout(live.send, write) => matches!(done, Ok(Ok(()))),
                         // A client that stopped reading: give up on the write.
-                        () = std::future::poll_fn(|cx| channel.poll_closed(cx)) => false,
+                        () = std::future::poll_fn(|cx| {
+                            gates.register(cx, &mut registered);
+                            if channel.is_closed() { Poll::Ready(()) } else { Poll::Pending }
+                        }) => false,
                     },
                 };
                 if !done {
@@ -262,7 +277,8 @@ async fn pump<Si, St, E>(
 /// The bits of a socket loop's gated sources (`Gates`).
 const READ: u8 = 1;
 const PING: u8 = 2;
-const CLOSE: u8 = 4;
+/// The server's signals: the channel closed, its queue past half full.
+const SIGNAL: u8 = 4;
 
 /// What woke a socket's loop, in the order its sources are polled.
 enum Turn<E> {
