@@ -312,7 +312,16 @@ proptest! {
         nonce in any::<u64>(),
     ) {
         let values = values.map(Map::from_iter);
-        let change = Change { version: Change::VERSION, stream, model, action, pk, pk_field, values, nonce };
+        let change = Change {
+            version: Change::VERSION,
+            stream: stream.into(),
+            model: model.into(),
+            action,
+            pk,
+            pk_field: pk_field.into(),
+            values,
+            nonce,
+        };
         prop_assert_eq!(Change::decode(&change.encode()).expect("decodes"), change);
     }
 }

@@ -5,6 +5,7 @@
 //! is sent to each of its groups: coarse, per instance and, with index
 //! fields, value-indexed.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::OnceLock;
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait, TryIntoModel};
 use serde_json::{Map, Value as Json};
 
-use crate::change::codec::Change;
+use crate::change::codec::{Change, Handed};
 use crate::change::group;
 use crate::hub::Hub;
 use crate::model::{Action, ModelSubscription};
@@ -52,13 +53,15 @@ pub struct Prepared {
     pub message: Bytes,
     /// The change itself, handed to this process's dispatch when the layer
     /// delivers in the publisher's task (in memory), so that the message
-    /// just encoded is not decoded again.
-    pub change: Option<Change>,
+    /// just encoded is not decoded again, nor its values serialized again
+    /// for the frame.
+    pub change: Option<Handed>,
 }
 
 impl Prepared {
     fn of(groups: Vec<String>, change: Change) -> Prepared {
-        Prepared { groups, message: change.encode(), change: Some(change) }
+        let (message, values_at) = change.encode_handed();
+        Prepared { groups, message, change: Some(Handed { change, values_at }) }
     }
 }
 
@@ -68,8 +71,14 @@ pub fn prepare<M: ModelSubscription>(row: &M, action: Action) -> Prepared {
     let mut groups = key_groups::<M>(action, &change.pk);
     if !M::INDEX_FIELDS.is_empty() {
         let values = row.index_values();
-        let pairs: Vec<(&str, &Json)> = values.iter().map(|(name, value)| (*name, value)).collect();
-        groups.push(group::indexed(M::STREAM, action, &pairs));
+        let group = match values.as_slice() {
+            [(name, value)] => group::indexed(M::STREAM, action, &[(*name, value)]),
+            values => {
+                let pairs: Vec<(&str, &Json)> = values.iter().map(|(name, value)| (*name, value)).collect();
+                group::indexed(M::STREAM, action, &pairs)
+            }
+        };
+        groups.push(group);
     }
     Prepared::of(groups, change)
 }
@@ -88,11 +97,11 @@ pub fn prepare_values<M: ModelSubscription>(action: Action, values: Map<String, 
     }
     let change = Change {
         version: Change::VERSION,
-        stream: M::STREAM.to_owned(),
-        model: M::LABEL.to_owned(),
+        stream: Cow::Borrowed(M::STREAM),
+        model: Cow::Borrowed(M::LABEL),
         action,
         pk,
-        pk_field: pk_field.to_owned(),
+        pk_field: Cow::Borrowed(pk_field),
         values: M::FULL_PAYLOAD.then_some(values),
         nonce: Change::nonce(),
     };
@@ -101,7 +110,11 @@ pub fn prepare_values<M: ModelSubscription>(action: Action, values: Map<String, 
 
 /// The coarse and per-instance groups of a change.
 fn key_groups<M: ModelSubscription>(action: Action, pk: &Json) -> Vec<String> {
-    vec![group::coarse(M::STREAM, action), group::instance(M::STREAM, action, pk)]
+    // Room for the value-indexed group: one allocation for the list.
+    let mut groups = Vec::with_capacity(3);
+    groups.push(group::coarse(M::STREAM, action));
+    groups.push(group::instance(M::STREAM, action, pk));
+    groups
 }
 
 /// Sends a prepared change now, or, inside [`transaction()`], after the
@@ -208,10 +221,10 @@ pub(crate) fn prepare_pk<M: ModelSubscription>(pk: Json, action: Action) -> Prep
     let pk = (M::FIELDS[M::PRIMARY_KEY].canonical)(pk.clone()).unwrap_or(pk);
     let change = Change {
         version: Change::VERSION,
-        stream: M::STREAM.to_owned(),
-        model: M::LABEL.to_owned(),
+        stream: Cow::Borrowed(M::STREAM),
+        model: Cow::Borrowed(M::LABEL),
         action,
-        pk_field: M::FIELDS[M::PRIMARY_KEY].name.to_owned(),
+        pk_field: Cow::Borrowed(M::FIELDS[M::PRIMARY_KEY].name),
         values: None,
         pk,
         nonce: Change::nonce(),

@@ -4,7 +4,9 @@
 //! mode the decoded change also keeps the row read back for filters that
 //! the change cannot decide, read once for every subscriber that needs it.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -28,16 +30,17 @@ pub struct Change {
     /// The message version ([`Change::VERSION`]; 1 when absent).
     #[serde(rename = "v", default = "version_one")]
     pub version: u32,
-    /// Stream of the model.
-    pub stream: String,
+    /// Stream of the model (borrowed from the model's constants when
+    /// made here: no allocation per change).
+    pub stream: Cow<'static, str>,
     /// Model label.
-    pub model: String,
+    pub model: Cow<'static, str>,
     /// What happened.
     pub action: Action,
     /// Primary key.
     pub pk: Json,
     /// Name of the primary-key field.
-    pub pk_field: String,
+    pub pk_field: Cow<'static, str>,
     /// Every payload field, in full-payload mode; absent in id-only mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Map<String, Json>>,
@@ -77,11 +80,11 @@ impl Change {
     pub fn of<M: ModelSubscription>(row: &M, action: Action) -> Change {
         Change {
             version: Change::VERSION,
-            stream: M::STREAM.to_owned(),
-            model: M::LABEL.to_owned(),
+            stream: Cow::Borrowed(M::STREAM),
+            model: Cow::Borrowed(M::LABEL),
             action,
             pk: row.primary_key(),
-            pk_field: M::FIELDS[M::PRIMARY_KEY].name.to_owned(),
+            pk_field: Cow::Borrowed(M::FIELDS[M::PRIMARY_KEY].name),
             values: M::FULL_PAYLOAD.then(|| row.values()),
             nonce: Change::nonce(),
         }
@@ -105,7 +108,49 @@ impl Change {
 
     /// Encodes for a channel layer.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).expect("a change is plain JSON"))
+        self.encode_handed().0
+    }
+
+    /// Encodes for a channel layer, and says where the `values` object
+    /// sits in the message: this process's frames take those bytes
+    /// instead of serializing the values again ([`Handed`]). The same
+    /// bytes as the derived `Serialize` writes (a test checks it).
+    pub(crate) fn encode_handed(&self) -> (Bytes, Option<Range<usize>>) {
+        /// Every field before `values`, in the order `Change` declares them.
+        #[derive(Serialize)]
+        struct Head<'a> {
+            v: u32,
+            stream: &'a str,
+            model: &'a str,
+            action: Action,
+            pk: &'a Json,
+            pk_field: &'a str,
+        }
+        let head = Head {
+            v: self.version,
+            stream: &self.stream,
+            model: &self.model,
+            action: self.action,
+            pk: &self.pk,
+            pk_field: &self.pk_field,
+        };
+        let mut out = Vec::with_capacity(256);
+        serde_json::to_writer(&mut out, &head).expect("a change is plain JSON");
+        // Reopened: the head's closing brace goes after the last field.
+        out.pop();
+        let mut values_at = None;
+        if let Some(values) = &self.values {
+            out.extend_from_slice(b",\"values\":");
+            let start = out.len();
+            serde_json::to_writer(&mut out, values).expect("a change is plain JSON");
+            values_at = Some(start..out.len());
+        }
+        if self.nonce != 0 {
+            use std::io::Write;
+            write!(out, ",\"nonce\":{}", self.nonce).expect("writing to memory");
+        }
+        out.push(b'}');
+        (Bytes::from(out), values_at)
     }
 
     /// Decodes a channel-layer message of this version or the one before.
@@ -132,6 +177,24 @@ impl Change {
             values,
             nonce: Change::nonce(),
         }
+    }
+}
+
+/// A change as the process that made it hands it to its own dispatch,
+/// beside its encoded message: the dispatch neither decodes the message
+/// nor serializes the values again for the frame.
+#[derive(Clone, Debug)]
+pub struct Handed {
+    /// The change the message encodes.
+    pub change: Change,
+    /// Where the change's `values` object sits in the message, as
+    /// [`Change::encode_handed`] wrote it (`None`: not known, rendered).
+    pub values_at: Option<Range<usize>>,
+}
+
+impl From<Change> for Handed {
+    fn from(change: Change) -> Handed {
+        Handed { change, values_at: None }
     }
 }
 
@@ -177,10 +240,29 @@ impl Event {
     pub fn new(change: Change, position: Option<Position>) -> Event {
         let key_only = match &change.values {
             Some(_) => Map::new(),
-            None => Map::from_iter([(change.pk_field.clone(), change.pk.clone())]),
+            None => Map::from_iter([(change.pk_field.to_string(), change.pk.clone())]),
         };
         let frame = render(&change, None);
         Event { change, position, key_only, frame, projections: Mutex::default(), row: tokio::sync::OnceCell::new() }
+    }
+
+    /// As [`Event::new`], for a change whose `values` object is already
+    /// serialized as `values_json` (the bytes of its own message, where
+    /// [`Change::encode_handed`] put them): the frame splices them in. The
+    /// same bytes as rendering the values (a test checks it).
+    pub(crate) fn with_values_json(change: Change, position: Option<Position>, values_json: &[u8]) -> Event {
+        if change.values.is_none() {
+            return Event::new(change, position);
+        }
+        let frame = splice(&change, values_json);
+        Event {
+            change,
+            position,
+            key_only: Map::new(),
+            frame,
+            projections: Mutex::default(),
+            row: tokio::sync::OnceCell::new(),
+        }
     }
 
     /// The row read back for this change: the first caller runs `fetch`,
@@ -261,10 +343,61 @@ fn render(change: &Change, fields: Option<&[&'static str]>) -> Bytes {
     Bytes::from(serde_json::to_vec(&frame).expect("a frame is plain JSON"))
 }
 
+/// The full frame of `change` around `values_json`, its values already
+/// serialized: what [`render`] writes for it, without serializing them.
+fn splice(change: &Change, values_json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(values_json.len() + change.stream.len() + change.model.len() + 64);
+    let text = |out: &mut Vec<u8>, text: &str| serde_json::to_writer(out, text).expect("a string is plain JSON");
+    out.extend_from_slice(b"{\"stream\":");
+    text(&mut out, &change.stream);
+    out.extend_from_slice(b",\"payload\":{\"action\":");
+    serde_json::to_writer(&mut out, &change.action).expect("an action is plain JSON");
+    out.extend_from_slice(b",\"model\":");
+    text(&mut out, &change.model);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(values_json);
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Values that serialize with escapes, unicode, floats and nesting.
+    fn tricky() -> Vec<Option<Map<String, Json>>> {
+        let values = [
+            json!({"id": 5, "username": "neo", "email": "neo@example.com"}),
+            json!({"id": "a\"b\\c\n\u{1}", "név": "é😀\u{2028}", "x": -1.5e-7, "big": 18446744073709551615u64}),
+            json!({"id": 1, "nested": {"a": [1, null, true, {"b": "</script>"}]}, "empty": {}, "list": []}),
+            json!({}),
+        ];
+        let mut all: Vec<_> = values.into_iter().map(|values| values.as_object().cloned()).collect();
+        all.push(None);
+        all
+    }
+
+    #[test]
+    fn the_handed_encoding_is_the_derived_one_and_its_values_span_splices_the_rendered_frame() {
+        for values in tricky() {
+            for (stream, model, nonce) in [("users", "user", 7), ("we\"ird.s", "mö\\del", 0)] {
+                let mut change = change(values.clone());
+                change.stream = stream.to_owned().into();
+                change.model = model.to_owned().into();
+                change.nonce = nonce;
+                let (message, values_at) = change.encode_handed();
+                assert_eq!(message, serde_json::to_vec(&change).unwrap(), "the derived bytes");
+                assert_eq!(Change::decode(&message).unwrap(), change);
+                assert_eq!(values_at.is_some(), change.values.is_some());
+                let spliced = match &values_at {
+                    Some(at) => Event::with_values_json(change.clone(), None, &message[at.clone()]),
+                    None => Event::with_values_json(change.clone(), None, b""),
+                };
+                assert_eq!(spliced.frame, Event::new(change.clone(), None).frame, "{values:?}");
+            }
+        }
+    }
 
     fn change(values: Option<Map<String, Json>>) -> Change {
         Change {

@@ -31,21 +31,72 @@ const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.'
 
 /// The group of every change of `action` on `stream`.
 pub fn coarse(stream: &str, action: Action) -> String {
-    format!("{stream}-{}", action.as_str())
+    let mut name = head(stream, action, 0);
+    name.shrink_to_fit();
+    name
 }
 
 /// The group of changes of `action` on the row with primary key `pk`.
 pub fn instance(stream: &str, action: Action, pk: &Json) -> String {
-    bounded(stream, action, format!("{stream}-{}-{}", action.as_str(), encode(pk)))
+    let mut name = head(stream, action, 24);
+    name.push('-');
+    encode_into(&mut name, pk);
+    bounded(stream, action, name)
 }
 
 /// The group of changes of `action` on rows whose index fields have these
 /// values. `pairs` may come in any order.
 pub fn indexed(stream: &str, action: Action, pairs: &[(&str, &Json)]) -> String {
-    let mut pairs: Vec<_> = pairs.iter().map(|(key, value)| (*key, encode(value))).collect();
-    pairs.sort_unstable();
-    let suffix: Vec<String> = pairs.into_iter().map(|(key, value)| format!("{key}={value}")).collect();
-    bounded(stream, action, format!("{stream}-{}:{}", action.as_str(), suffix.join("&")))
+    let mut name = head(stream, action, 32);
+    name.push(':');
+    if let [(key, value)] = pairs {
+        // One index field (the usual case): nothing to sort.
+        push_pair(&mut name, 0, key, |name| encode_into(name, value));
+        return bounded(stream, action, name);
+    }
+    let mut sorted = pairs.to_vec();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if sorted.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+        // One key twice (no model has that): ordered by encoded value too,
+        // as the name has always been built.
+        let mut encoded: Vec<(&str, String)> = sorted
+            .iter()
+            .map(|(key, value)| {
+                let mut text = String::new();
+                encode_into(&mut text, value);
+                (*key, text)
+            })
+            .collect();
+        encoded.sort_unstable();
+        for (index, (key, value)) in encoded.iter().enumerate() {
+            push_pair(&mut name, index, key, |name| name.push_str(value));
+        }
+    } else {
+        for (index, (key, value)) in sorted.iter().enumerate() {
+            push_pair(&mut name, index, key, |name| encode_into(name, value));
+        }
+    }
+    bounded(stream, action, name)
+}
+
+/// `<stream>-<action>`, with room for `more` bytes after it.
+fn head(stream: &str, action: Action, more: usize) -> String {
+    let action = action.as_str();
+    let mut name = String::with_capacity(stream.len() + 1 + action.len() + more);
+    name.push_str(stream);
+    name.push('-');
+    name.push_str(action);
+    name
+}
+
+/// `key=value`, after a `&` unless it is the first pair.
+fn push_pair(name: &mut String, index: usize, key: &str, value: impl FnOnce(&mut String)) {
+    if index > 0 {
+        name.push('&');
+    }
+    name.push_str(key);
+    name.push('=');
+    value(name);
 }
 
 /// The stream of a model group: the name up to its first `-` (stream
@@ -94,13 +145,33 @@ pub(crate) fn node_replies(node: &str) -> String {
     format!("{NODE_MARK}reply:{node}")
 }
 
-fn encode(value: &Json) -> String {
+/// Appends `value` percent-encoded: a string's text, any other value as
+/// JSON prints it.
+fn encode_into(out: &mut String, value: &Json) {
     match value {
-        Json::String(text) => utf8_percent_encode(text, VALUE).to_string(),
+        Json::String(text) => out.extend(utf8_percent_encode(text, VALUE)),
         // Numbers, booleans and null print as JSON; objects and arrays (not
         // valid keys) are encoded whole so they still map to a stable name.
-        other => utf8_percent_encode(&other.to_string(), VALUE).to_string(),
+        other => {
+            let start = out.len();
+            {
+                use std::fmt::Write;
+                let _ = write!(out, "{other}");
+            }
+            // Digits, letters, `-` and `.` need no encoding (the usual case:
+            // an integer); anything else (`+` of an exponent, an object's
+            // punctuation) is encoded from the printed text.
+            if !out.as_bytes()[start..].iter().all(|byte| unreserved(*byte)) {
+                let printed = out.split_off(start);
+                out.extend(utf8_percent_encode(&printed, VALUE));
+            }
+        }
     }
+}
+
+/// A byte [`VALUE`] leaves as it is.
+fn unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~')
 }
 
 fn bounded(stream: &str, action: Action, name: String) -> String {
@@ -130,6 +201,25 @@ mod tests {
         assert_eq!(name, "messages-create:room=42&tenant=acme%26co");
         let same = indexed("messages", Action::Create, &[("room", &json!(42)), ("tenant", &json!("acme&co"))]);
         assert_eq!(name, same);
+    }
+
+    #[test]
+    fn values_are_encoded_as_json_prints_them() {
+        let name = |value: serde_json::Value| indexed("m", Action::Create, &[("k", &value)]);
+        assert_eq!(name(json!(-1.5)), "m-create:k=-1.5");
+        assert_eq!(name(json!(1e300)), "m-create:k=1e%2B300", "the exponent's `+` is encoded");
+        assert_eq!(name(json!(null)), "m-create:k=null");
+        assert_eq!(name(json!(true)), "m-create:k=true");
+        assert_eq!(name(json!("null")), "m-create:k=null", "a string and a value that print alike meet");
+        assert_eq!(name(json!({"a": [1, 2]})), "m-create:k=%7B%22a%22%3A%5B1%2C2%5D%7D");
+        assert_eq!(name(json!("é &=")), "m-create:k=%C3%A9%20%26%3D");
+        assert_eq!(coarse("m", Action::Delete), "m-delete");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_ordered_by_its_encoded_values() {
+        let pairs = [("k", &json!("b")), ("a", &json!(1)), ("k", &json!("a"))];
+        assert_eq!(indexed("m", Action::Create, &pairs), "m-create:a=1&k=a&k=b");
     }
 
     #[test]

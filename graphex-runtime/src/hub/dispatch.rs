@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::channel::Queue;
 use super::{CloseReason, Delivery, Dispatched, Hub, LAGGING_KEPT, RECENT_KEPT};
-use crate::change::codec::{Change, DecodeError, Event};
+use crate::change::codec::{Change, DecodeError, Event, Handed};
 use crate::layer::Position;
 
 /// A change dispatched here lately, with the message it was decoded from.
@@ -29,7 +29,7 @@ struct Publishing {
     /// The change and its message as the layer was given it: the first
     /// dispatch of that very buffer takes the change instead of decoding
     /// the message (the buffer kept here cannot be reused meanwhile).
-    change: Cell<Option<(Bytes, Change)>>,
+    change: Cell<Option<(Bytes, Handed)>>,
 }
 
 tokio::task_local! {
@@ -37,7 +37,7 @@ tokio::task_local! {
 }
 
 /// The change published in this task as `message`, if this is that buffer.
-fn published_here(message: &Bytes) -> Option<Change> {
+fn published_here(message: &Bytes) -> Option<Handed> {
     let take = |publishing: &Publishing| {
         let (kept, change) = publishing.change.take()?;
         if kept.as_ptr() == message.as_ptr() && kept.len() == message.len() {
@@ -59,7 +59,7 @@ impl Hub {
 
     /// As [`Hub::publish`], with the change `message` encodes, if at hand:
     /// a layer that dispatches in this task then does not decode it again.
-    pub(crate) async fn publish_change(&self, groups: &[String], message: Bytes, change: Option<Change>) {
+    pub(crate) async fn publish_change(&self, groups: &[String], message: Bytes, change: Option<Handed>) {
         self.publish_from(groups, message, change, None).await;
     }
 
@@ -70,7 +70,7 @@ impl Hub {
         &self,
         groups: &[String],
         message: Bytes,
-        change: Option<Change>,
+        change: Option<Handed>,
         source: crate::layer::LogPosition,
     ) {
         self.publish_from(groups, message, change, Some(source)).await;
@@ -80,7 +80,7 @@ impl Hub {
         &self,
         groups: &[String],
         message: Bytes,
-        change: Option<Change>,
+        change: Option<Handed>,
         source: Option<crate::layer::LogPosition>,
     ) {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
@@ -151,9 +151,14 @@ impl Hub {
         {
             return Ok(kept.event.clone());
         }
-        let change = match published_here(message) {
-            Some(change) => change,
-            None => Change::decode(message)?,
+        let (change, values_at) = match published_here(message) {
+            Some(Handed { change, values_at }) => (change, values_at),
+            None => (Change::decode(message)?, None),
+        };
+        // This process encoded it: the frame takes the values as encoded.
+        let new_event = |change: Change| match values_at.and_then(|at| message.get(at)) {
+            Some(values_json) => Event::with_values_json(change, position, values_json),
+            None => Event::new(change, position),
         };
         if change.nonce != 0 {
             let known = |kept: &&Recent| {
@@ -165,11 +170,11 @@ impl Hub {
                 return Ok(kept.event.clone());
             }
         } else if position.is_none() {
-            return Ok(Arc::new(Event::new(change, position)));
+            return Ok(Arc::new(new_event(change)));
         }
         // Rendered outside the lock; two groups of one change dispatched at
         // once may each make one (nothing is wrong, only shared less).
-        let event = Arc::new(Event::new(change, position));
+        let event = Arc::new(new_event(change));
         let mut kept = recent();
         if kept.len() >= RECENT_KEPT {
             kept.pop_front();

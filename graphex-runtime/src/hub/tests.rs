@@ -533,7 +533,7 @@ async fn a_change_published_in_memory_is_not_decoded_again() {
     // to see which one the dispatch used: they never do otherwise.)
     let mut handed = change.clone();
     handed.pk = 99.into();
-    hub.publish_change(std::slice::from_ref(&group), change.encode(), Some(handed)).await;
+    hub.publish_change(std::slice::from_ref(&group), change.encode(), Some(handed.into())).await;
     let delivery = rx.try_recv().unwrap();
     assert_eq!(delivery.event().unwrap().change.pk, serde_json::json!(99), "the handed change, not a decode");
     // Without one, the message is decoded.

@@ -29,9 +29,47 @@ struct Stream {
     epoch: u64,
     /// The last offset given (0 before the first change).
     head: u64,
-    kept: VecDeque<Kept>,
+    kept: VecDeque<Held>,
     /// The last captured change published (a resent one is dropped).
     captured: Option<LogPosition>,
+}
+
+/// A change in a stream's history: its groups joined by [`GROUP_SEPARATOR`]
+/// (one allocation per change, not one per group and one for the list;
+/// split again only when a client resumes).
+struct Held {
+    offset: u64,
+    /// `None` for a change published to no group.
+    groups: Option<Box<str>>,
+    message: Bytes,
+}
+
+/// Between the group names of a [`Held`] change: no group name holds it
+/// (model groups are ASCII without controls, custom and node groups have no
+/// control characters and are not published as changes).
+const GROUP_SEPARATOR: char = '\n';
+
+impl Held {
+    fn new(offset: u64, groups: &[String], message: Bytes) -> Held {
+        let mut joined = String::with_capacity(groups.iter().map(|group| group.len() + 1).sum());
+        for (index, group) in groups.iter().enumerate() {
+            debug_assert!(!group.contains(GROUP_SEPARATOR), "a group name without the separator");
+            if index > 0 {
+                joined.push(GROUP_SEPARATOR);
+            }
+            joined.push_str(group);
+        }
+        let groups = (!groups.is_empty()).then(|| joined.into_boxed_str());
+        Held { offset, groups, message }
+    }
+
+    fn kept(&self) -> Kept {
+        let groups = match &self.groups {
+            Some(joined) => joined.split(GROUP_SEPARATOR).map(str::to_owned).collect(),
+            None => Vec::new(),
+        };
+        Kept { offset: self.offset, groups, message: self.message.clone() }
+    }
 }
 
 impl Default for MemoryLayer {
@@ -86,7 +124,7 @@ impl MemoryLayer {
             if stream.kept.len() == self.history {
                 stream.kept.pop_front();
             }
-            stream.kept.push_back(Kept { offset: position.offset, groups: groups.to_vec(), message: message.clone() });
+            stream.kept.push_back(Held::new(position.offset, groups, message.clone()));
         }
         if let Some(inbound) = self.inbound.get() {
             for group in groups {
@@ -175,7 +213,7 @@ impl ChannelLayer for MemoryLayer {
             return Ok(History::Expired(Expiry::Trimmed));
         }
         let skip = (after.offset + 1 - first) as usize;
-        Ok(History::Since { kept: stream.kept.iter().skip(skip).cloned().collect(), head })
+        Ok(History::Since { kept: stream.kept.iter().skip(skip).map(Held::kept).collect(), head })
     }
 
     fn listen(&self, _group: &str) {}
@@ -225,6 +263,27 @@ mod tests {
             History::Since { kept, head } => {
                 assert_eq!(head, at(5));
                 assert_eq!(kept[0].groups, ["users-create", "users-create-1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_gives_back_each_change_s_groups_as_published() {
+        let layer = MemoryLayer::new();
+        let lists: [&[&str]; 4] =
+            [&["users-create", "users-create-1", "users-create:room=2"], &["users-create"], &[], &[""]];
+        for groups in lists {
+            let groups: Vec<String> = groups.iter().map(|group| (*group).to_owned()).collect();
+            layer.publish_change("users", &groups, Bytes::from_static(b"m")).await.unwrap();
+        }
+        let epoch = lock(&layer.stream("users")).epoch;
+        match layer.history("users", Position { epoch, offset: 0 }).await.unwrap() {
+            History::Since { kept, .. } => {
+                let got: Vec<Vec<String>> = kept.into_iter().map(|kept| kept.groups).collect();
+                let want: Vec<Vec<String>> =
+                    lists.iter().map(|groups| groups.iter().map(|group| (*group).to_owned()).collect()).collect();
+                assert_eq!(got, want);
             }
             other => panic!("{other:?}"),
         }

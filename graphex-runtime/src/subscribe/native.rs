@@ -68,8 +68,8 @@ impl ModelChange {
         });
         ModelChange {
             action: change.action,
-            model: change.model.clone(),
-            stream: change.stream.clone(),
+            model: change.model.to_string(),
+            stream: change.stream.to_string(),
             id: async_graphql::Json(change.pk.clone()),
             data: data.map(async_graphql::Json),
             cursor: event.position.map(crate::subscribe::resume::cursor).unwrap_or_default(),
