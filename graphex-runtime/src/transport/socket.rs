@@ -587,6 +587,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_write_to_a_peer_that_stopped_reading_ends_when_the_server_closes_the_channel() {
+        let hub = Hub::new(Config::default().with_socket_ping(None));
+        let recorder = owned_socket(&hub, Some("ann"), None).await;
+        recorder.stuck.store(true, std::sync::atomic::Ordering::Relaxed);
+        create(&hub, 1).await;
+        settle().await;
+        assert_eq!(hub.channel_count(), 1, "the write waits");
+        hub.revoke("ann").await.unwrap();
+        settle().await;
+        assert_eq!(hub.channel_count(), 0, "let go at the close, not after the send timeout");
+        assert_eq!(hub.group_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_silent_peer_is_closed_after_the_idle_timeout() {
         let config = Config::default()
             .with_socket_ping(Some(Duration::from_secs(1)))
