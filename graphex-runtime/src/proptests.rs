@@ -322,6 +322,66 @@ proptest! {
             values,
             nonce,
         };
-        prop_assert_eq!(Change::decode(&change.encode()).expect("decodes"), change);
+        prop_assert_eq!(Change::decode(&change.encode()).expect("decodes"), change.clone());
+        // The handed encoding is the derived one, and the frame spliced
+        // from its values is the one rendered from them.
+        let (message, values_at) = change.encode_handed();
+        prop_assert_eq!(&message[..], &serde_json::to_vec(&change).expect("JSON")[..]);
+        let spliced = Event::with_values_json(change.clone(), None, values_at.map_or(&[][..], |at| &message[at]));
+        prop_assert_eq!(spliced.frame, Event::new(change, None).frame);
+    }
+
+    #[test]
+    fn group_names_are_those_of_the_previous_builder(
+        stream in "[A-Za-z0-9_.]{1,30}",
+        action in prop::sample::select(Action::ALL.to_vec()),
+        pk in json(),
+        pairs in prop::collection::vec(("[a-z_]{1,4}", json()), 0..4),
+    ) {
+        let pairs: Vec<(&str, &Json)> = pairs.iter().map(|(key, value)| (key.as_str(), value)).collect();
+        prop_assert_eq!(group::coarse(&stream, action), format!("{stream}-{}", action.as_str()));
+        prop_assert_eq!(group::instance(&stream, action, &pk), previous::instance(&stream, action, &pk));
+        prop_assert_eq!(group::indexed(&stream, action, &pairs), previous::indexed(&stream, action, &pairs));
+    }
+}
+
+/// Group names as they were built before session 17 (`format!` and a
+/// `String` per encoded value): the names a running deployment's other
+/// processes use, which the one-buffer builder must match exactly.
+mod previous {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    use serde_json::Value as Json;
+    use sha2::{Digest, Sha256};
+
+    use crate::change::group::MAX_GROUP_LEN;
+    use crate::model::Action;
+
+    const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+    pub(super) fn instance(stream: &str, action: Action, pk: &Json) -> String {
+        bounded(stream, action, format!("{stream}-{}-{}", action.as_str(), encode(pk)))
+    }
+
+    pub(super) fn indexed(stream: &str, action: Action, pairs: &[(&str, &Json)]) -> String {
+        let mut pairs: Vec<_> = pairs.iter().map(|(key, value)| (*key, encode(value))).collect();
+        pairs.sort_unstable();
+        let suffix: Vec<String> = pairs.into_iter().map(|(key, value)| format!("{key}={value}")).collect();
+        bounded(stream, action, format!("{stream}-{}:{}", action.as_str(), suffix.join("&")))
+    }
+
+    fn encode(value: &Json) -> String {
+        match value {
+            Json::String(text) => utf8_percent_encode(text, VALUE).to_string(),
+            other => utf8_percent_encode(&other.to_string(), VALUE).to_string(),
+        }
+    }
+
+    fn bounded(stream: &str, action: Action, name: String) -> String {
+        if name.len() <= MAX_GROUP_LEN {
+            return name;
+        }
+        let digest = Sha256::digest(name.as_bytes());
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("{stream}-{}#{hex}", action.as_str())
     }
 }
