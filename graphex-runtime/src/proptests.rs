@@ -347,16 +347,14 @@ proptest! {
 
 /// Group names as they were built before session 17 (`format!` and a
 /// `String` per encoded value): the names a running deployment's other
-/// processes use, which the one-buffer builder must match exactly.
+/// processes use, which the one-buffer builder must match exactly. The
+/// hashing of long names (`group::bounded`) did not change and is shared.
 mod previous {
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    use percent_encoding::utf8_percent_encode;
     use serde_json::Value as Json;
-    use sha2::{Digest, Sha256};
 
-    use crate::change::group::MAX_GROUP_LEN;
+    use crate::change::group::{VALUE, bounded};
     use crate::model::Action;
-
-    const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
     pub(super) fn instance(stream: &str, action: Action, pk: &Json) -> String {
         bounded(stream, action, format!("{stream}-{}-{}", action.as_str(), encode(pk)))
@@ -374,14 +372,5 @@ mod previous {
             Json::String(text) => utf8_percent_encode(text, VALUE).to_string(),
             other => utf8_percent_encode(&other.to_string(), VALUE).to_string(),
         }
-    }
-
-    fn bounded(stream: &str, action: Action, name: String) -> String {
-        if name.len() <= MAX_GROUP_LEN {
-            return name;
-        }
-        let digest = Sha256::digest(name.as_bytes());
-        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-        format!("{stream}-{}#{hex}", action.as_str())
     }
 }

@@ -238,11 +238,16 @@ const PROJECTIONS_SHARED: usize = 16;
 impl Event {
     /// Prepares a decoded change for delivery.
     pub fn new(change: Change, position: Option<Position>) -> Event {
+        let frame = render(&change, None);
+        Event::with_frame(change, position, frame)
+    }
+
+    /// The event of `change` whose whole-payload frame is `frame`.
+    fn with_frame(change: Change, position: Option<Position>, frame: Bytes) -> Event {
         let key_only = match &change.values {
             Some(_) => Map::new(),
             None => Map::from_iter([(change.pk_field.to_string(), change.pk.clone())]),
         };
-        let frame = render(&change, None);
         Event { change, position, key_only, frame, projections: Mutex::default(), row: tokio::sync::OnceCell::new() }
     }
 
@@ -255,14 +260,7 @@ impl Event {
             return Event::new(change, position);
         }
         let frame = splice(&change, values_json);
-        Event {
-            change,
-            position,
-            key_only: Map::new(),
-            frame,
-            projections: Mutex::default(),
-            row: tokio::sync::OnceCell::new(),
-        }
+        Event::with_frame(change, position, frame)
     }
 
     /// The row read back for this change: the first caller runs `fetch`,

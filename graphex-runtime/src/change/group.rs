@@ -27,7 +27,7 @@ use crate::model::Action;
 pub const MAX_GROUP_LEN: usize = 100;
 
 /// Characters left as they are in values: RFC 3986 unreserved.
-const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+pub(crate) const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// The group of every change of `action` on `stream`.
 pub fn coarse(stream: &str, action: Action) -> String {
@@ -158,10 +158,11 @@ fn encode_into(out: &mut String, value: &Json) {
                 use std::fmt::Write;
                 let _ = write!(out, "{other}");
             }
-            // Digits, letters, `-` and `.` need no encoding (the usual case:
-            // an integer); anything else (`+` of an exponent, an object's
-            // punctuation) is encoded from the printed text.
-            if !out.as_bytes()[start..].iter().all(|byte| unreserved(*byte)) {
+            // Usually (an integer) nothing needs encoding: the encoder's
+            // first chunk is then the whole text. Otherwise (`+` of an
+            // exponent, an object's punctuation) it is encoded as printed.
+            let printed = &out[start..];
+            if utf8_percent_encode(printed, VALUE).next() != Some(printed) {
                 let printed = out.split_off(start);
                 out.extend(utf8_percent_encode(&printed, VALUE));
             }
@@ -169,12 +170,8 @@ fn encode_into(out: &mut String, value: &Json) {
     }
 }
 
-/// A byte [`VALUE`] leaves as it is.
-fn unreserved(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~')
-}
-
-fn bounded(stream: &str, action: Action, name: String) -> String {
+/// `name`, or its hash when it is longer than [`MAX_GROUP_LEN`].
+pub(crate) fn bounded(stream: &str, action: Action, name: String) -> String {
     if name.len() <= MAX_GROUP_LEN {
         return name;
     }

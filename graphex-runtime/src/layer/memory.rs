@@ -47,19 +47,12 @@ struct Held {
 /// Between the group names of a [`Held`] change: no group name holds it
 /// (model groups are ASCII without controls, custom and node groups have no
 /// control characters and are not published as changes).
-const GROUP_SEPARATOR: char = '\n';
+const GROUP_SEPARATOR: &str = "\n";
 
 impl Held {
     fn new(offset: u64, groups: &[String], message: Bytes) -> Held {
-        let mut joined = String::with_capacity(groups.iter().map(|group| group.len() + 1).sum());
-        for (index, group) in groups.iter().enumerate() {
-            debug_assert!(!group.contains(GROUP_SEPARATOR), "a group name without the separator");
-            if index > 0 {
-                joined.push(GROUP_SEPARATOR);
-            }
-            joined.push_str(group);
-        }
-        let groups = (!groups.is_empty()).then(|| joined.into_boxed_str());
+        debug_assert!(groups.iter().all(|group| !group.contains(GROUP_SEPARATOR)), "group names without the separator");
+        let groups = (!groups.is_empty()).then(|| groups.join(GROUP_SEPARATOR).into_boxed_str());
         Held { offset, groups, message }
     }
 
